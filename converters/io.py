@@ -1,0 +1,40 @@
+"""Saving and loading parameter graphs: plain tensors, atomic writes, no pickle on load."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .graph import ConversionError, ParameterGraph, ParamIndex
+
+_SKIP = ("model", "param_index")
+
+
+def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
+    """Write ``g`` to ``path`` atomically (a crash leaves the old file or none)."""
+    payload = {k: v for k, v in g.to_dict().items() if k not in _SKIP}
+    payload["param_index"] = g.param_index.to_dict()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_graph(path: str | os.PathLike) -> ParameterGraph:
+    """Read a graph written by :func:`save_graph` (``weights_only``: no code runs)."""
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as err:
+        raise ConversionError(f"{path} is not a gmn parameter graph: {err}") from err
+    if not isinstance(payload, dict) or "param_index" not in payload or "edge_index" not in payload:
+        raise ConversionError(f"{path} is not a gmn parameter graph")
+    index = ParamIndex.from_dict(payload.pop("param_index"))
+    return ParameterGraph(param_index=index, **payload)

@@ -1,0 +1,92 @@
+"""Products of two activations: attention scores (q . k) and their use on values.
+
+A contraction ``a @ b`` makes one node per distinct (row of ``a``, column of ``b``) pair
+of neuron sets: for ``q @ k^T`` one node per head (its scores), for ``scores @ v`` one per
+(head, value channel). When both sides contract over neurons, ``CONTRACT_PAIR`` edges say
+which query channel meets which key channel, so permuting channels inside a head is a
+graph automorphism only when done to queries and keys alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.fx import Node
+
+from ..context import Context, nonneuron
+from ..registry import register_op
+from ..tensor_info import TensorInfo
+from ..vocab import Activation, EdgeType, NodeType
+from .common import fibers_to_nodes
+from .linear import matmul_with_parameter
+
+
+def contract(ctx: Context, a: TensorInfo, b: TensorInfo, shape: tuple[int, ...]) -> TensorInfo:
+    """``a @ b`` over the last axis of ``a`` and the second-to-last of ``b``."""
+    if not a.has_neurons and not b.has_neurons:
+        return nonneuron(shape, a, b)
+    lead = shape[:-2]
+    m, k = a.ids.shape[-2:]
+    n = b.ids.shape[-1]
+    rows = a.ids.broadcast_to(lead + (m, k)).reshape(-1, k)
+    cols = b.ids.broadcast_to(lead + (k, n)).transpose(-1, -2).reshape(-1, k)
+    if not a.has_neurons or not b.has_neurons:  # a constant mixing matrix: channels pass
+        side, fibers = (b, cols) if b.has_neurons else (a, rows)
+        if bool((fibers == fibers[:, :1]).all()):
+            ids = fibers[:, 0].reshape(lead + ((n,) if side is b else (m,)))
+            ids = ids.unsqueeze(-2) if side is b else ids.unsqueeze(-1)
+            return TensorInfo(ids.expand(shape), torch.zeros((), dtype=torch.long).expand(shape))
+        nodes, inverse = fibers_to_nodes(ctx, fibers, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(side))
+        ids = nodes[inverse].reshape(lead + ((n,) if side is b else (m,)))
+        ids = ids.unsqueeze(-2) if side is b else ids.unsqueeze(-1)
+        return TensorInfo(ids.expand(shape), torch.zeros((), dtype=torch.long).expand(shape))
+    row_u, row_inv = torch.unique(rows, dim=0, return_inverse=True)
+    col_u, col_inv = torch.unique(cols, dim=0, return_inverse=True)
+    grid = row_inv.reshape(lead + (m, 1)) * col_u.shape[0] + col_inv.reshape(lead + (1, n))
+    grid = grid.broadcast_to(shape)
+    pairs, inverse = torch.unique(grid.reshape(-1), return_inverse=True)
+    r, c = row_u[pairs // col_u.shape[0]], col_u[pairs % col_u.shape[0]]
+    mixing = bool((r != r[:, :1]).any()) and bool((c != c[:, :1]).any())
+    ntype = NodeType.ATTENTION if mixing else NodeType.PRODUCT
+    nodes = ctx.new_neurons(pairs.numel(), ntype, ctx.depth(a, b))
+    _fan_in(ctx, r, nodes, EdgeType.MATMUL_LEFT)
+    _fan_in(ctx, c, nodes, EdgeType.MATMUL_RIGHT)
+    if mixing:
+        both = torch.stack([r.reshape(-1), c.reshape(-1)])
+        both = torch.unique(both[:, (both >= 0).all(0)], dim=1)
+        ctx.builder.edges(both[0], both[1], EdgeType.CONTRACT_PAIR)
+    ids = nodes[inverse].reshape(shape)
+    return TensorInfo(ids, torch.zeros((), dtype=torch.long).expand(shape))
+
+
+def _fan_in(ctx: Context, sets: Tensor, nodes: Tensor, etype: EdgeType) -> None:
+    src = sets.reshape(-1)
+    dst = nodes.repeat_interleave(sets.shape[1])
+    e = torch.unique(torch.stack([src, dst])[:, src >= 0], dim=1)
+    ctx.builder.edges(e[0], e[1], etype)
+
+
+@register_op("aten.matmul", "aten.bmm", "aten.mm")
+def matmul(ctx: Context, node: Node) -> TensorInfo:
+    done = matmul_with_parameter(ctx, node)
+    if done is not None:
+        return done
+    a, b = ctx.info(node.args[0]), ctx.info(node.args[1])
+    shape = ctx.shape()
+    if a.ids.dim() == 1 or b.ids.dim() == 1:
+        raise ctx.fail("matrix-vector product of activations")
+    return contract(ctx, a, b, shape)
+
+
+@register_op("aten.scaled_dot_product_attention")
+def sdpa(ctx: Context, node: Node) -> TensorInfo:
+    q, k, v = (ctx.info(a) for a in node.args[:3])
+    if node.kwargs.get("enable_gqa") and k.ids.shape[-3] != q.ids.shape[-3]:
+        g = q.ids.shape[-3] // k.ids.shape[-3]
+        k, v = (i.map(lambda t: t.repeat_interleave(g, dim=-3)) for i in (k, v))
+    qs, ks = q.ids.shape, k.ids.shape
+    score_shape = torch.broadcast_shapes(qs[:-2], ks[:-2]) + (qs[-2], ks[-2])
+    scores = contract(ctx, q, k.map(lambda t: t.transpose(-1, -2)), score_shape)
+    heads = torch.unique(scores.ids[scores.ids >= 0])
+    ctx.builder.set_activation(heads, Activation.SOFTMAX)
+    return contract(ctx, scores, v, ctx.shape())

@@ -1,0 +1,145 @@
+"""Vectorised building blocks shared by the rules."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..context import Context
+from ..tensor_info import TensorInfo, channel_ids
+from ..vocab import EdgeType, NodeType
+
+
+def channel_pos(info: TensorInfo, dim: int) -> Tensor:
+    """Position of each index along ``dim`` (set when spatial maps were flattened into it)."""
+    return channel_ids(info.pos, dim).clamp(min=0)
+
+
+def whole(ctx: Context, info: TensorInfo) -> bool:
+    """Whether ``info`` is its parameter, unsliced and in its own layout."""
+    return info.flat is ctx.whole_flat.get(info.param)
+
+
+def varies(ids: Tensor, dim: int) -> bool:
+    return ids.shape[dim] > 1 and bool((ids != ids.narrow(dim, 0, 1)).any())
+
+
+def lookup(ids: Tensor, old: Tensor, new: Tensor, size: int) -> Tensor:
+    """Replace node ids ``old[i]`` by ``new[i]`` in ``ids`` (others become -1)."""
+    table = torch.full((size + 1,), -1, dtype=torch.long)
+    table[old] = new
+    return table[ids.clamp(min=-1)]  # -1 indexes the trailing -1
+
+
+def first_occurrence(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unique keys, the inverse map and the first position of each key."""
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((uniq.numel(),), key.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(key.numel()), reduce="amin")
+    return uniq, inverse, first
+
+
+def pair(
+    ctx: Context,
+    a: Tensor,
+    b: Tensor,
+    ntype: NodeType,
+    etype: EdgeType,
+    depth: int,
+    b_pos: int = 0,
+) -> Tensor:
+    """One new node per distinct (a, b) pair of node ids; edges a -> node and b -> node."""
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    a = a.broadcast_to(shape).reshape(-1)
+    b = b.broadcast_to(shape).reshape(-1)
+    m = ctx.builder.num_nodes + 1
+    uniq, inverse = torch.unique((a + 1) * m + (b + 1), return_inverse=True)
+    ua, ub = uniq // m - 1, uniq % m - 1
+    nodes = ctx.new_neurons(uniq.numel(), ntype, depth)
+    ctx.builder.edges(ua[ua >= 0], nodes[ua >= 0], etype)
+    ctx.builder.edges(ub[ub >= 0], nodes[ub >= 0], etype, b_pos)
+    return nodes[inverse].reshape(shape)
+
+
+def fibers_to_nodes(ctx: Context, rows: Tensor, ntype: NodeType, etype: EdgeType, depth: int):
+    """One node per distinct row of ids (a set of neurons combined into one)."""
+    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    nodes = ctx.new_neurons(uniq.shape[0], ntype, depth)
+    src = uniq.reshape(-1)
+    dst = nodes.repeat_interleave(uniq.shape[1])
+    edges = torch.unique(torch.stack([src, dst])[:, src >= 0], dim=1)
+    ctx.builder.edges(edges[0], edges[1], etype)
+    return nodes, inverse
+
+
+def dense_edges(
+    ctx: Context,
+    x: TensorInfo,
+    in_dim: int,
+    weight: TensorInfo,
+    weight_oi: Tensor,
+    etype: EdgeType,
+    depth: int,
+) -> Tensor:
+    """A dense map: new output neurons, one edge per weight scalar ``weight_oi[o, i]``."""
+    n_out, n_in = weight_oi.shape
+    in_ids = channel_ids(x.ids, in_dim) if x.has_neurons else ctx.materialise_inputs(x, in_dim)
+    if in_ids.numel() != n_in:
+        raise ctx.fail(f"weight {weight.param} expects {n_in} inputs, the tensor has {in_ids.numel()}")
+    in_pos = channel_pos(x, in_dim)
+    out = ctx.new_neurons(n_out, NodeType.HIDDEN, depth)
+    src = in_ids.repeat(n_out)
+    dst = out.repeat_interleave(n_in)
+    pos = in_pos.repeat(n_out)
+    flat = None if whole(ctx, weight) and weight_oi is weight.flat else weight_oi.reshape(-1)
+    ctx.builder.param_edges(weight.param, src, dst, etype, pos, flat=flat)
+    return out
+
+
+def bias_edges(ctx: Context, bias: TensorInfo | None, out: Tensor, depth: int, etype=EdgeType.BIAS) -> None:
+    if bias is None:
+        return
+    if bias.param is None:
+        raise ctx.fail("bias is not a parameter")
+    node = ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0))
+    flat = None if whole(ctx, bias) else bias.flat.reshape(-1)
+    ctx.builder.param_edges(bias.param, node.expand(out.numel()), out, etype, flat=flat)
+
+
+def affine(
+    ctx: Context,
+    x: TensorInfo,
+    shape: tuple[int, ...],
+    weight: TensorInfo | None,
+    bias: TensorInfo | None,
+    weight_type: EdgeType,
+    bias_type: EdgeType,
+) -> TensorInfo:
+    """``x * weight + bias`` with broadcast parameters: a new neuron per neuron of ``x``.
+
+    Each parameter scalar becomes the edge into the neuron where it first acts; further
+    neurons it also acts on get tied edges (a scalar gain shared by all channels).
+    """
+    if not x.has_neurons:
+        x = ctx.materialise(x)
+    ids = x.ids.broadcast_to(shape).reshape(-1)
+    pos = x.pos.broadcast_to(shape).reshape(-1)
+    valid = ids >= 0
+    uniq, inverse = torch.unique(ids[valid], return_inverse=True)
+    depth = ctx.depth(x)
+    out = ctx.new_neurons(uniq.numel(), NodeType.HIDDEN, depth)
+    out_ids = torch.full_like(ids, -1)
+    out_ids[valid] = out[inverse]
+    if weight is None:
+        ctx.builder.edges(uniq, out, EdgeType.RESIDUAL)
+    for p, etype in ((weight, weight_type), (bias, bias_type)):
+        if p is None:
+            continue
+        flat = p.flat.broadcast_to(shape).reshape(-1)[valid]
+        m = ctx.builder.num_nodes + 1
+        key = flat * m + ids[valid]
+        _, _, first = first_occurrence(key)
+        idx = valid.nonzero().squeeze(1)[first]
+        src = ids[idx] if p is weight else ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0)).expand(idx.numel())
+        ctx.builder.param_edges(p.param, src, out_ids[idx], etype, pos[idx], flat=flat[first])
+    return TensorInfo(ids=out_ids.reshape(shape), pos=x.pos.broadcast_to(shape))

@@ -1,0 +1,60 @@
+"""Convolutions (any dimension, stride, padding, dilation, groups) and transposed ones.
+
+One edge per weight scalar, from input channel to output channel; ``edge_pos`` is the
+kernel offset (flat index into the kernel window).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.fx import Node
+
+from ..context import Context
+from ..registry import op_name, register_op
+from ..tensor_info import TensorInfo, channel_ids
+from ..vocab import EdgeType, NodeType
+from .common import bias_edges, whole
+
+
+def _args(node: Node) -> tuple[bool, int]:
+    """(transposed, groups) for every convolution overload."""
+    name = op_name(node.target)
+    a = list(node.args)
+    if name == "aten.convolution":
+        return bool(a[6]), int(a[8])
+    if name.startswith("aten.conv_transpose"):
+        return True, int(a[6]) if len(a) > 6 else int(node.kwargs.get("groups", 1))
+    return False, int(a[6]) if len(a) > 6 else int(node.kwargs.get("groups", 1))
+
+
+@register_op("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
+             "aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
+def conv(ctx: Context, node: Node) -> TensorInfo:
+    x, w = ctx.info(node.args[0]), ctx.info(node.args[1])
+    b = ctx.info(node.args[2]) if len(node.args) > 2 else None
+    if w is None or w.param is None:
+        raise ctx.fail("convolution whose weight is not a parameter")
+    transposed, groups = _args(node)
+    in_ids = channel_ids(x.ids, 1) if x.has_neurons else ctx.materialise_inputs(x, 1)
+    shape = tuple(w.flat.shape)
+    a, bdim, k = shape[0], shape[1], math.prod(shape[2:])
+    depth = ctx.depth(x)
+    n_out = bdim * groups if transposed else a
+    out = ctx.new_neurons(n_out, NodeType.HIDDEN, depth)
+    first = torch.arange(a).view(a, 1, 1)
+    second = torch.arange(bdim).view(1, bdim, 1)
+    group = first // (a // groups)
+    if transposed:  # weight (in, out / groups, *k)
+        src, dst, etype = in_ids[first], out[group * bdim + second], EdgeType.CONV_TRANSPOSE
+    else:  # weight (out, in / groups, *k)
+        src, dst, etype = in_ids[group * bdim + second], out[first], EdgeType.CONV
+    full = (a, bdim, k)
+    pos = torch.arange(k).view(1, 1, k).expand(full)
+    flat = None if whole(ctx, w) else w.flat.reshape(-1)
+    ctx.builder.param_edges(
+        w.param, src.expand(full).reshape(-1), dst.expand(full).reshape(-1), etype, pos, flat=flat
+    )
+    bias_edges(ctx, b, out, depth)
+    return ctx.neurons_along(out, ctx.shape(), 1)

@@ -1,0 +1,71 @@
+"""Elementwise binary ops: residual sums, gating products, parameter scales and shifts."""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from ..context import Context, nonneuron
+from ..registry import op_name, register_op
+from ..tensor_info import TensorInfo
+from ..vocab import EdgeType, NodeType
+from .common import affine, pair, varies
+
+ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
+MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.div", "aten.div_")
+ORDERED = ("aten.sub", "aten.sub_", "aten.rsub", "aten.div", "aten.div_")
+
+
+@register_op(*ADDITIVE, *MULTIPLICATIVE)
+def binary(ctx: Context, node: Node) -> TensorInfo:
+    name = op_name(node.target)
+    shape = ctx.shape()
+    a, b = ctx.info(node.args[0]), ctx.info(node.args[1])
+    if a is None or b is None:  # with a Python number: structure unchanged
+        x = a if a is not None else b
+        return x if x is not None else nonneuron(shape)
+    additive = name in ADDITIVE
+    if a.param is not None and b.param is not None:
+        a = ctx.materialise(a)
+    if a.param is not None or b.param is not None:
+        p, x = (a, b) if a.param is not None else (b, a)
+        if not x.has_neurons:
+            return _with_nonneuron(ctx, ctx.materialise(p), x, shape)
+        if additive:
+            return affine(ctx, x, shape, None, p, EdgeType.SCALE, EdgeType.SHIFT)
+        return affine(ctx, x, shape, p, None, EdgeType.SCALE, EdgeType.SHIFT)
+    if a.has_neurons and b.has_neurons:
+        ntype, etype = (NodeType.SUM, EdgeType.RESIDUAL) if additive else (NodeType.PRODUCT, EdgeType.PRODUCT)
+        ids = pair(ctx, a.ids, b.ids, ntype, etype, ctx.depth(a, b), b_pos=int(name in ORDERED))
+        return TensorInfo(ids, a.pos.broadcast_to(shape))
+    if a.has_neurons or b.has_neurons:
+        x, c = (a, b) if a.has_neurons else (b, a)
+        return _with_nonneuron(ctx, x, c, shape)
+    return nonneuron(shape, a, b)
+
+
+def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...]) -> TensorInfo:
+    """Neurons combined with a tensor that is no neuron's.
+
+    A statistic of the input (a norm's variance, routing weights) leaves the neurons as
+    they are. A constant that differs between channels (rotary tables) fixes each
+    channel's role: new neurons whose edges carry the channel position.
+    """
+    xb = x.ids.broadcast_to(shape)
+    cshape = (1,) * (len(shape) - c.ids.dim()) + tuple(c.ids.shape)
+    fixed = [d for d in range(len(shape)) if cshape[d] > 1 and varies(xb, d)]
+    if not c.const or not fixed:
+        return TensorInfo(xb, x.pos.broadcast_to(shape), routes=x.routes)
+    sizes = [shape[d] if d in fixed else 1 for d in range(len(shape))]
+    n = 1
+    for s in sizes:
+        n *= s
+    channel = torch.arange(n).reshape(sizes).broadcast_to(shape).reshape(-1)
+    flat = xb.reshape(-1)
+    m = n + 1
+    uniq, inverse = torch.unique((flat + 1) * m + channel, return_inverse=True)
+    src, where = uniq // m - 1, uniq % m
+    nodes = ctx.new_neurons(uniq.numel(), NodeType.POSITIONAL, ctx.depth(x))
+    keep = src >= 0
+    ctx.builder.edges(src[keep], nodes[keep], EdgeType.POSITIONAL, where[keep])
+    return TensorInfo(nodes[inverse].reshape(shape), x.pos.broadcast_to(shape))

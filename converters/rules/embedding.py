@@ -1,0 +1,35 @@
+"""Embedding tables: every row is a token node (a one-hot input), every column a neuron."""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from ..context import Context
+from ..tensor_info import TensorInfo
+from ..registry import register_op
+from ..vocab import EdgeType, NodeType
+from .common import whole
+
+
+def _table(ctx: Context, table: TensorInfo) -> TensorInfo:
+    if table.param is None or table.flat.dim() != 2:
+        raise ctx.fail("embedding lookup in something other than a 2-D parameter")
+    rows, cols = table.flat.shape
+    tokens = ctx.builder.add_nodes(rows, NodeType.TOKEN, 0, index=torch.arange(rows))
+    out = ctx.new_neurons(cols, NodeType.HIDDEN, 1)
+    flat = None if whole(ctx, table) else table.flat.reshape(-1)
+    ctx.builder.param_edges(
+        table.param, tokens.repeat_interleave(cols), out.repeat(rows), EdgeType.EMBEDDING, flat=flat
+    )
+    return ctx.neurons_along(out, ctx.shape(), -1)
+
+
+@register_op("aten.embedding")
+def embedding(ctx: Context, node: Node) -> TensorInfo:
+    return _table(ctx, ctx.info(node.args[0]))
+
+
+def lookup_rows(ctx: Context, node: Node, table: TensorInfo) -> TensorInfo:
+    """``weight[idx]`` on a parameter: an embedding lookup written with indexing."""
+    return _table(ctx, table)

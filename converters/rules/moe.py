@@ -1,0 +1,90 @@
+"""Mixture-of-experts: routing (top-k over router neurons) and fused expert tensors.
+
+Top-k over router neurons yields tensors that are no neuron's but remember the router
+neurons they chose from (``routes``); scattering them back over the expert axis, or a
+module rule for fused experts, ties each expert to its router neuron. Permuting experts
+together with their router rows is then a graph automorphism.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from ..context import Context, nonneuron
+from ..registry import register_module, register_op
+from ..tensor_info import TensorInfo, broadcast_ids, channel_ids, fresh_pos
+from ..vocab import Activation, EdgeType, NodeType
+from .common import pair, varies
+
+
+@register_op("aten.topk", "aten.sort", "aten.argsort")
+def topk(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
+    x = ctx.info(node.args[0])
+    val = node.meta["val"]
+    shapes = [tuple(v.shape) for v in val] if isinstance(val, (tuple, list)) else [tuple(val.shape)]
+    dim = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], int) else node.kwargs.get("dim", -1)
+    routes = None
+    if x is not None and x.has_neurons and varies(x.ids, dim % x.ids.dim()):
+        routes = channel_ids(x.ids, dim)
+    infos = [TensorInfo(nonneuron(s, x).ids, nonneuron(s, x).pos, routes=routes) for s in shapes]
+    return infos if isinstance(val, (tuple, list)) else infos[0]
+
+
+@register_op("aten.scatter", "aten.scatter_", "aten.scatter_add", "aten.scatter_add_")
+def scatter(ctx: Context, node: Node) -> TensorInfo:
+    """Values chosen among router neurons, written back along the expert axis."""
+    base, dim = ctx.info(node.args[0]), node.args[1]
+    src = ctx.info(node.args[3]) if len(node.args) > 3 else None
+    shape = ctx.shape()
+    routes = next((i.routes for i in (src, ctx.info(node.args[2])) if i is not None and i.routes is not None), None)
+    if routes is not None and routes.numel() == shape[dim]:
+        return TensorInfo(broadcast_ids(routes, shape, dim % len(shape)), fresh_pos(shape, dim))
+    return base if base is not None and base.has_neurons else nonneuron(shape, base, src)
+
+
+def _has_fused_experts(module: torch.nn.Module) -> bool:
+    params = dict(module.named_parameters(recurse=False))
+    return (
+        "gate_up_proj" in params and "down_proj" in params
+        and params["gate_up_proj"].dim() == 3 and params["down_proj"].dim() == 3
+    )
+
+
+_ACTS = {"silu": Activation.SILU, "swish": Activation.SILU, "gelu": Activation.GELU, "relu": Activation.RELU}
+
+
+@register_module(_has_fused_experts)
+def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list[Node], output: Node):
+    """Experts stored as ``gate_up_proj (E, 2I, D)`` and ``down_proj (E, D, I)`` (Mixtral).
+
+    Expert ``e``: ``down_e(act(gate_e x) * up_e x)``, weighted by router neuron ``e`` and
+    summed over experts.
+    """
+    infos = [ctx.info(n) for n in inputs]
+    hidden = next((i for i in infos if i is not None and i.has_neurons), None)
+    routed = next((i for i in infos if i is not None and i.routes is not None), None)
+    if hidden is None or routed is None:
+        raise ctx.fail(f"fused experts {path}: cannot find hidden states and router weights")
+    gate_up, down = f"{path}.gate_up_proj", f"{path}.down_proj"
+    n_exp, two_i, d = ctx.param_tensor(gate_up).shape
+    inter = two_i // 2
+    x = channel_ids(hidden.ids, -1)
+    depth = ctx.depth(hidden)
+    gu = ctx.new_neurons(n_exp * two_i, NodeType.HIDDEN, depth)
+    ctx.builder.param_edges(gate_up, x.repeat(n_exp * two_i), gu.repeat_interleave(d), EdgeType.LINEAR)
+    gu = gu.view(n_exp, 2, inter)
+    act = _ACTS.get(getattr(module.act_fn, "__class__", type(None)).__name__.lower().replace("activation", ""),
+                    Activation.OTHER)
+    ctx.builder.set_activation(gu[:, 0].reshape(-1), act)
+    mid = pair(ctx, gu[:, 0], gu[:, 1], NodeType.PRODUCT, EdgeType.PRODUCT, depth + 1)  # (E, I)
+    y = ctx.new_neurons(n_exp * d, NodeType.HIDDEN, depth + 2)
+    ctx.builder.param_edges(
+        down, mid.reshape(n_exp, 1, inter).expand(n_exp, d, inter).reshape(-1),
+        y.repeat_interleave(inter), EdgeType.LINEAR,
+    )
+    weighted = pair(ctx, routed.routes.view(n_exp, 1), y.view(n_exp, d), NodeType.PRODUCT,
+                    EdgeType.PRODUCT, depth + 3)
+    out = ctx.new_neurons(d, NodeType.SUM, depth + 4)
+    ctx.builder.edges(weighted.reshape(-1), out.repeat(n_exp), EdgeType.RESIDUAL)
+    return ctx.neurons_along(out, ctx.shape(output), -1)

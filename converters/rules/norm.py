@@ -1,0 +1,86 @@
+"""Normalisation layers: BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm.
+
+The scale of channel ``c`` is an edge from the input neuron to a new neuron, the shift
+an edge from the layer's bias node. BatchNorm running statistics stay buffers, tied to
+the channels' nodes so that permutations carry them along.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import Node
+
+from ..context import Context
+from ..registry import op_name, register_op
+from ..tensor_info import TensorInfo, channel_ids
+from ..vocab import EdgeType, NodeType
+from .common import affine
+
+
+def _channel_view(p: TensorInfo | None, ndim: int, dim: int) -> TensorInfo | None:
+    """A per-channel parameter laid along axis ``dim`` of an ``ndim``-D tensor."""
+    if p is None:
+        return None
+    view = [1] * ndim
+    view[dim] = -1
+    return TensorInfo(p.ids.reshape(view), p.pos.reshape(view), param=p.param, flat=p.flat.reshape(view))
+
+
+def _norm(ctx: Context, x: TensorInfo, w, b, dim: int | None) -> TensorInfo:
+    shape = ctx.shape()
+    if dim is not None:
+        w, b = _channel_view(w, len(shape), dim), _channel_view(b, len(shape), dim)
+    return affine(ctx, x, shape, w, b, EdgeType.NORM_WEIGHT, EdgeType.NORM_BIAS)
+
+
+def _keep_buffers(ctx: Context, out: TensorInfo, buffers: list[Node | None]) -> None:
+    nodes = channel_ids(out.ids, 1)
+    for buf in buffers:
+        if isinstance(buf, Node) and buf in ctx.buffer_names:
+            ctx.builder.buffer_nodes[ctx.buffer_names[buf]] = (0, nodes)
+
+
+@register_op("aten.batch_norm", "aten._native_batch_norm_legit_no_training", "aten.instance_norm",
+             "aten._native_batch_norm_legit", "aten.native_batch_norm")
+def batch_norm(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
+    x, w, b = (ctx.info(a) for a in node.args[:3])
+    out = _norm(ctx, x, w, b, 1)
+    _keep_buffers(ctx, out, list(node.args[3:5]))
+    if isinstance(node.meta["val"], (tuple, list)):
+        return [out] + [ctx.info(None) for _ in node.meta["val"][1:]]
+    return out
+
+
+@register_op("aten.layer_norm", "aten.native_layer_norm")
+def layer_norm(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
+    x = ctx.info(node.args[0])
+    w = ctx.info(node.args[2]) if len(node.args) > 2 else None
+    b = ctx.info(node.args[3]) if len(node.args) > 3 else None
+    out = _norm(ctx, x, w, b, None)
+    if op_name(node.target) == "aten.native_layer_norm":
+        return [out, None, None]
+    return out
+
+
+@register_op("aten.rms_norm")
+def rms_norm(ctx: Context, node: Node) -> TensorInfo:
+    x = ctx.info(node.args[0])
+    w = ctx.info(node.args[2]) if len(node.args) > 2 else None
+    return _norm(ctx, x, w, None, None)
+
+
+@register_op("aten.group_norm")
+def group_norm(ctx: Context, node: Node) -> TensorInfo:
+    x, groups = ctx.info(node.args[0]), int(node.args[1])
+    w = ctx.info(node.args[2]) if len(node.args) > 2 else None
+    b = ctx.info(node.args[3]) if len(node.args) > 3 else None
+    out = _norm(ctx, x, w, b, 1)
+    channels = channel_ids(out.ids, 1)
+    # channels are interchangeable only inside their group: a node per group says which
+    group_nodes = ctx.new_neurons(groups, NodeType.NORM_GROUP, ctx.depth(out) - 1)
+    members = group_nodes.repeat_interleave(channels.numel() // groups)
+    ctx.builder.edges(members, channels, EdgeType.NORM_GROUP)
+    return out
+
+
+__all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "torch"]

@@ -1,0 +1,151 @@
+"""Shape ops: applied verbatim to the id/position shadows of their input."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.fx import Node
+
+from ..context import Context, nonneuron
+from ..registry import op_name, register_op
+from ..tensor_info import TensorInfo
+from .common import fibers_to_nodes, varies
+from ..vocab import EdgeType, NodeType
+
+IDENTITY = (
+    "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.to", "aten._to_copy",
+    "aten.type_as", "aten.lift_fresh_copy", "aten.dropout", "aten.feature_dropout",
+    "aten.alpha_dropout", "aten.neg", "aten.positive", "aten.dropout_", "aten.clone_",
+)
+SHAPE = (
+    "aten.view", "aten._unsafe_view", "aten.reshape", "aten.permute", "aten.transpose",
+    "aten.t", "aten.flatten", "aten.unflatten", "aten.unsqueeze", "aten.squeeze",
+    "aten.expand", "aten.slice", "aten.select", "aten.narrow", "aten.repeat", "aten.flip",
+    "aten.roll", "aten.movedim", "aten.swapaxes", "aten.view_as", "aten.expand_as",
+    "aten.repeat_interleave", "aten.unfold", "aten.diagonal", "aten.tile",
+)
+SPLIT = ("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.unsafe_split",
+         "aten.tensor_split")
+
+
+def _shape_fn(ctx: Context, node: Node):
+    name = op_name(node.target)
+    rest = list(node.args[1:])
+    if name in ("aten.view", "aten._unsafe_view"):
+        return lambda t: t.reshape(rest[0])
+    if name in ("aten.view_as", "aten.expand_as"):
+        other = ctx.shape(rest[0])
+        return (lambda t: t.reshape(other)) if name == "aten.view_as" else (lambda t: t.expand(other))
+    if any(isinstance(a, Node) for a in rest):
+        raise ctx.fail("shape op with a tensor argument")
+    return lambda t: node.target(t, *rest, **node.kwargs)
+
+
+@register_op(*IDENTITY)
+def identity(ctx: Context, node: Node) -> TensorInfo | None:
+    return ctx.info(node.args[0])
+
+
+@register_op(*SHAPE)
+def shape_op(ctx: Context, node: Node) -> TensorInfo:
+    x = ctx.info(node.args[0])
+    if x is None:
+        return nonneuron(ctx.shape())
+    return x.map(_shape_fn(ctx, node))
+
+
+@register_op(*SPLIT)
+def split(ctx: Context, node: Node) -> list[TensorInfo]:
+    x = ctx.info(node.args[0])
+    fn = _shape_fn(ctx, node)
+    if x is None:
+        return [nonneuron(tuple(v.shape)) for v in node.meta["val"]]
+    parts = [fn(t) for t in (x.ids, x.pos)] + ([fn(x.flat)] if x.flat is not None else [])
+    n = len(parts[0])
+    return [
+        TensorInfo(parts[0][i], parts[1][i], x.const, x.param, parts[2][i] if x.flat is not None else None, x.routes)
+        for i in range(n)
+    ]
+
+
+@register_op("aten.constant_pad_nd", "aten.pad")
+def pad(ctx: Context, node: Node) -> TensorInfo:
+    x = ctx.info(node.args[0])
+    if x is None or not x.has_neurons:
+        return nonneuron(ctx.shape(), x)
+    widths = node.args[1]
+    return TensorInfo(F.pad(x.ids.contiguous(), widths, value=-1), F.pad(x.pos.contiguous(), widths, value=-1), x.const)
+
+
+@register_op("aten.cat", "aten.concat", "aten.concatenate")
+def cat(ctx: Context, node: Node) -> TensorInfo:
+    shape = ctx.shape()
+    dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(shape)
+    infos = [ctx.info(a) for a in node.args[0]]
+    if any(i is None for i in infos):
+        raise ctx.fail("concatenation of an untracked tensor")
+    if any(i.param is not None for i in infos) and any(i.has_neurons for i in infos):
+        infos = [ctx.materialise(i) for i in infos]
+    infos = [i for i in infos if i.ids.shape[dim] > 0]
+    if all(i.param is not None for i in infos) and len({i.param for i in infos}) == 1:
+        return TensorInfo(
+            torch.cat([i.ids for i in infos], dim), torch.cat([i.pos for i in infos], dim),
+            param=infos[0].param, flat=torch.cat([i.flat for i in infos], dim),
+        )
+    with_neurons = [i for i in infos if i.has_neurons]
+    merge = (
+        dim != 0
+        and len(with_neurons) > 1
+        and max(i.ids.shape[dim] for i in infos) > 1
+        and not any(varies(i.ids, dim) for i in with_neurons)
+    )
+    if not merge:
+        return TensorInfo(
+            torch.cat([i.ids for i in infos], dim), torch.cat([i.pos for i in infos], dim),
+            const=all(i.const for i in infos),
+        )
+    # tokens of different origin joined along a sequence axis share channels: merge them
+    rows = torch.stack([i.ids.narrow(dim, 0, 1).broadcast_to(
+        shape[:dim] + (1,) + shape[dim + 1:]).reshape(-1) for i in with_neurons], 1)
+    nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.MERGE, EdgeType.MERGE, ctx.depth(*with_neurons))
+    ids = nodes[inverse].reshape(shape[:dim] + (1,) + shape[dim + 1:]).expand(shape)
+    pos = torch.cat([i.pos for i in infos], dim)
+    return TensorInfo(ids, pos)
+
+
+@register_op("aten.stack")
+def stack(ctx: Context, node: Node) -> TensorInfo:
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    infos = [ctx.info(a) for a in node.args[0]]
+    if any(i is None for i in infos):
+        raise ctx.fail("stack of an untracked tensor")
+    infos = [ctx.materialise(i) if i.param is not None else i for i in infos]
+    return TensorInfo(
+        torch.stack([i.ids for i in infos], dim), torch.stack([i.pos for i in infos], dim),
+        const=all(i.const for i in infos),
+    )
+
+
+@register_op("aten.index", "aten.index_select", "aten.gather")
+def index(ctx: Context, node: Node) -> TensorInfo:
+    """Indexing by tensors: exact where the indexed axes carry no channel structure."""
+    from .embedding import lookup_rows
+
+    x = ctx.info(node.args[0])
+    name = op_name(node.target)
+    if x is not None and x.param is not None:
+        return lookup_rows(ctx, node, x)
+    if x is None or not x.has_neurons:
+        return nonneuron(ctx.shape(), x)
+    if name == "aten.index":
+        dims = [d for d, i in enumerate(node.args[1]) if i is not None]
+        zeros = [None if i is None else torch.zeros(ctx.shape(i), dtype=torch.long) for i in node.args[1]]
+        fn = lambda t: torch.ops.aten.index.Tensor(t, zeros)  # noqa: E731
+    else:
+        dim = node.args[1] % x.ids.dim()
+        dims = [dim]
+        zeros = torch.zeros(ctx.shape(node.args[2]), dtype=torch.long)
+        fn = lambda t: node.target(t, dim, zeros)  # noqa: E731
+    if any(varies(x.ids, d) for d in dims):
+        raise ctx.fail("data-dependent gather across neurons; register a module rule for this module")
+    return x.map(fn)

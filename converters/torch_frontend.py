@@ -1,0 +1,207 @@
+"""PyTorch frontend: ``torch.export`` the model, then run every op's rule in order."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor, nn
+from torch.fx import Node
+
+from . import rules  # noqa: F401  (registers the rules)
+from .context import Context, nonneuron
+from .graph import ConversionError, GraphBuilder, ParamIndex, ParameterGraph
+from .registry import MODULE_RULES, OP_RULES, op_name
+from .simplify import simplify
+from .tensor_info import TensorInfo, broadcast_ids, fresh_pos
+
+CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
+            "aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
+
+
+def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, strict: bool = False) -> ParameterGraph:
+    """Convert ``model`` to a :class:`ParameterGraph` by tracing it on ``example_inputs``.
+
+    The model is traced in eval mode (its mode is restored afterwards). Float inputs get
+    one input node per channel: axis 1 for models with convolutions, the last axis
+    otherwise. Integer inputs (token ids) get none; embedding tables make token nodes.
+    """
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    program = _export(model, args, strict)
+    params, aliases = _unique_parameters(model)
+    state = model.state_dict()
+    buffers = {k: v.detach().clone() for k, v in state.items() if k not in params and k not in aliases}
+    builder = GraphBuilder({k: v.detach() for k, v in params.items()})
+    ctx = Context(builder)
+    _walk(ctx, model, program, params, aliases)
+    data, layout = builder.finish()
+    simplify(data, builder.buffer_nodes)
+    index = ParamIndex(
+        params=layout,
+        state_keys=tuple(state),
+        aliases=aliases,
+        buffers=buffers,
+        buffer_nodes=dict(builder.buffer_nodes),
+        dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
+    )
+    graph = ParameterGraph(num_nodes=data["node_type"].numel(), param_index=index, **data)
+    graph.nonfinite = torch.tensor([int((~torch.isfinite(data["edge_value"])).sum())])
+    graph.model = model
+    return graph
+
+
+def _export(model: nn.Module, args: tuple, strict: bool):
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.export.export(model, args, strict=strict)
+    except Exception as err:  # export raises many types; all mean "cannot trace"
+        raise ConversionError(
+            f"torch.export could not trace {type(model).__name__}: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+
+
+def _unique_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Parameters under their first name; tied names map to it."""
+    first: dict[int, str] = {}
+    params: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+            params[name] = p
+    return params, aliases
+
+
+def _walk(ctx: Context, model: nn.Module, program, params: dict[str, Tensor], aliases: dict[str, str]) -> None:
+    sig = program.graph_signature
+    graph = program.graph_module.graph
+    has_conv = any(n.op == "call_function" and op_name(n.target) in CONV_OPS for n in graph.nodes)
+    to_param = dict(sig.inputs_to_parameters)
+    to_buffer = dict(sig.inputs_to_buffers)
+    user_inputs = set(sig.user_inputs)
+    handled: set[Node] = set()
+    for node in graph.nodes:
+        ctx.node = node
+        if node in handled:
+            continue
+        if node.op == "placeholder":
+            ctx.infos[node] = _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv)
+        elif node.op == "call_function":
+            region = _module_region(ctx, model, node, graph)
+            if region is not None:
+                handled |= region
+                continue
+            ctx.infos[node] = _apply(ctx, node)
+        elif node.op == "output":
+            _mark_outputs(ctx, node)
+
+
+def _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv) -> TensorInfo | None:
+    val = node.meta.get("val")
+    if node.name in to_param:
+        name = aliases.get(to_param[node.name], to_param[node.name])
+        flat = torch.arange(val.numel()).reshape(val.shape)
+        ctx.whole_flat[name] = flat
+        none = nonneuron(tuple(val.shape))
+        return TensorInfo(none.ids, none.pos, param=name, flat=flat)
+    if not isinstance(val, Tensor):
+        return None
+    shape = tuple(val.shape)
+    if node.name in to_buffer:
+        ctx.buffer_names[node] = to_buffer[node.name]
+        return nonneuron(shape, None)
+    if node.name not in user_inputs:  # lifted constants
+        return nonneuron(shape, None)
+    if val.is_floating_point() and val.dim() >= 1:
+        dim = 1 if (has_conv and val.dim() >= 3) else -1
+        nodes = ctx.input_neurons(shape[dim])
+        return TensorInfo(broadcast_ids(nodes, shape, dim % len(shape)), fresh_pos(shape, dim))
+    return TensorInfo(nonneuron(shape).ids, nonneuron(shape).pos, const=False)
+
+
+def _apply(ctx: Context, node: Node):
+    if node.target is operator.getitem:
+        got = ctx.infos.get(node.args[0])
+        return got[node.args[1]] if isinstance(got, (list, tuple)) else None
+    name = op_name(node.target)
+    rule = OP_RULES.get(name)
+    if rule is not None:
+        return rule(ctx, node)
+    return _unknown(ctx, node, name)
+
+
+def _unknown(ctx: Context, node: Node, name: str):
+    """Ops without a rule: parameter-free elementwise ops pass channels through."""
+    flat_args = [a for a in node.args if isinstance(a, Node)]
+    flat_args += [x for a in node.args if isinstance(a, (list, tuple)) for x in a if isinstance(x, Node)]
+    infos = [ctx.info(a) for a in flat_args]
+    for info in infos:
+        if info is not None and info.param is not None:
+            raise ctx.fail(
+                f"no rule for op {name!r} using parameter {info.param!r}; register one with "
+                f"@converters.register_op({name!r}) (see converters/rules/ for examples)"
+            )
+    val = node.meta.get("val")
+    if not isinstance(val, (Tensor, tuple, list)):
+        return None
+    if isinstance(val, (tuple, list)):
+        return [nonneuron(tuple(v.shape), *infos) if isinstance(v, Tensor) else None for v in val]
+    shape = tuple(val.shape)
+    neurons = [i for i in infos if i is not None and i.has_neurons]
+    if not neurons:
+        return nonneuron(shape, *infos)
+    if tuple(neurons[0].ids.shape) == shape:
+        return neurons[0]
+    raise ctx.fail(f"no rule for op {name!r} on neurons; register one with @converters.register_op({name!r})")
+
+
+def _module_region(ctx: Context, model: nn.Module, node: Node, graph) -> set[Node] | None:
+    """Hand a whole module call to a module rule when one claims the module."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, _ in stack.values():
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        rule = next((r for pred, r in MODULE_RULES if pred(module)), None)
+        if rule is None:
+            continue
+        region = {
+            n for n in graph.nodes
+            if n.op == "call_function"
+            and any(p == path for p, _ in (n.meta.get("nn_module_stack") or {}).values())
+        }
+        inputs = []
+        for n in region:
+            for a in n.all_input_nodes:
+                if a not in region and a not in inputs and ctx.info(a) is not None and ctx.info(a).param is None:
+                    inputs.append(a)
+        outputs = [n for n in region if any(u not in region for u in n.users)]
+        if len(outputs) != 1:
+            raise ctx.fail(f"module {path} has {len(outputs)} outputs; module rules need one")
+        ctx.infos[outputs[0]] = rule(ctx, module, path, inputs, outputs[0])
+        return region
+    return None
+
+
+def _mark_outputs(ctx: Context, node: Node) -> None:
+    first = 0
+    outs = node.args[0] if isinstance(node.args[0], (list, tuple)) else [node.args[0]]
+    for out in outs:
+        info = ctx.info(out)
+        if info is None or not info.has_neurons:
+            continue
+        ids = info.ids[0] if info.ids.dim() > 1 else info.ids
+        ids = ids.reshape(-1)
+        ids = ids[ids >= 0]
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        order = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long)
+        order.scatter_reduce_(0, inverse, torch.arange(ids.numel()), reduce="amin")
+        nodes = uniq[torch.argsort(order)]
+        ctx.builder.mark_outputs(nodes, first)
+        first += nodes.numel()

@@ -1,0 +1,102 @@
+"""Edge values back to weights: a state_dict, a graph with new values, a model call.
+
+Parameter edges are laid out parameter by parameter in flat order (see ``graph.py``), so
+writing back is slicing and reshaping: exact, vectorised and differentiable.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from .graph import ConversionError, ParameterGraph
+
+
+def _edge_starts(g: ParameterGraph) -> list[int]:
+    if isinstance(g, Batch):
+        return [int(s) for s in g._slice_dict["edge_value"][:-1]]
+    return [0]
+
+
+def _param_counts(g: ParameterGraph) -> list[int]:
+    return [int(n) for n in g.num_param_edges.reshape(-1)]
+
+
+def parameter_values(g: ParameterGraph) -> Tensor:
+    """One entry per parameter scalar, in graph order (for a batch: graph after graph)."""
+    return torch.cat([g.edge_value[s : s + n] for s, n in zip(_edge_starts(g), _param_counts(g))])
+
+
+def _split(g: ParameterGraph, values: Tensor | None) -> list[Tensor]:
+    counts = _param_counts(g)
+    if values is None:
+        return [g.edge_value[s : s + n] for s, n in zip(_edge_starts(g), counts)]
+    if values.dim() != 1 or values.numel() != sum(counts):
+        raise ConversionError(
+            f"values have shape {tuple(values.shape)}; the graph has {sum(counts)} parameter scalars"
+        )
+    return list(torch.split(values, counts))
+
+
+def _state_dict_one(index, values: Tensor) -> dict[str, Tensor]:
+    params = {}
+    for name, shape, offset in index.params:
+        n = 1
+        for s in shape:
+            n *= s
+        t = values[offset : offset + n].reshape(shape)
+        dtype = index.dtypes.get(name)
+        params[name] = t.to(getattr(torch, dtype)) if dtype else t
+    out = {}
+    for key in index.state_keys:
+        if key in params:
+            out[key] = params[key]
+        elif key in index.aliases:
+            out[key] = params[index.aliases[key]]
+        else:
+            out[key] = index.buffers[key]
+    return out
+
+
+def _indices(g: ParameterGraph) -> list:
+    return g.param_index if isinstance(g.param_index, list) else [g.param_index]
+
+
+def to_state_dict(g: ParameterGraph, values: Tensor | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    """The model's state_dict with parameter values ``values`` (default: the graph's own).
+
+    Buffers are kept; tied names share one tensor. ``values`` may carry gradients. For a
+    PyG ``Batch`` of graphs, returns one state_dict per graph.
+    """
+    parts = _split(g, values)
+    dicts = [_state_dict_one(index, v) for index, v in zip(_indices(g), parts)]
+    return dicts if isinstance(g, Batch) else dicts[0]
+
+
+def with_values(g: ParameterGraph, values: Tensor, buffers: dict[str, Tensor] | None = None) -> ParameterGraph:
+    """A copy of single graph ``g`` whose parameter (and tied) edges carry ``values``."""
+    parts = _split(g, values)
+    out = copy.copy(g)
+    p = int(g.num_param_edges.sum())
+    t = int(g.num_tied_edges.sum())
+    edge_value = g.edge_value.clone()
+    edge_value[:p] = parts[0]
+    edge_value[p : p + t] = parts[0][g.tied_slot]
+    out.edge_value = edge_value
+    if buffers is not None:
+        index = g.param_index
+        out.param_index = type(index)(index.params, index.state_keys, index.aliases,
+                                      {**index.buffers, **buffers}, index.buffer_nodes, index.dtypes)
+    return out
+
+
+def functional_call(g: ParameterGraph, values: Tensor | None, *inputs, **kwargs):
+    """Run the graph's model with parameter values ``values``; differentiable in ``values``."""
+    model = getattr(g, "model", None)
+    if model is None:
+        raise ConversionError("this graph has no model attached (graphs loaded from disk carry none); "
+                              "set g.model = the module it was converted from")
+    return torch.func.functional_call(model, to_state_dict(g, values), inputs, kwargs)
