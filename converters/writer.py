@@ -93,10 +93,18 @@ def with_values(g: ParameterGraph, values: Tensor, buffers: dict[str, Tensor] | 
     return out
 
 
-def functional_call(g: ParameterGraph, values: Tensor | None, *inputs, **kwargs):
-    """Run the graph's model with parameter values ``values``; differentiable in ``values``."""
+def functional_call(g: ParameterGraph, values: Tensor | None, *inputs, training: bool = False, **kwargs):
+    """Run the graph's model with parameter values ``values``; differentiable in ``values``.
+
+    The model runs in eval mode (the mode it was converted in) unless ``training``.
+    """
     model = getattr(g, "model", None)
     if model is None:
         raise ConversionError("this graph has no model attached (graphs loaded from disk carry none); "
                               "set g.model = the module it was converted from")
-    return torch.func.functional_call(model, to_state_dict(g, values), inputs, kwargs)
+    was_training = model.training
+    model.train(training)
+    try:
+        return torch.func.functional_call(model, to_state_dict(g, values), inputs, kwargs)
+    finally:
+        model.train(was_training)
