@@ -20,6 +20,7 @@ class Context:
         self.buffer_names: dict[Node, str] = {}
         self.whole_flat: dict[str, Tensor] = {}  # parameter -> its placeholder's flat index
         self.next_input_index = 0
+        self._tags: dict[Node, int] = {}
         self.node: Node | None = None
 
     # reading ----------------------------------------------------------------
@@ -39,6 +40,12 @@ class Context:
     def path(self, node: Node | None = None) -> str:
         stack = (node or self.node).meta.get("nn_module_stack") or {}
         return list(stack.values())[-1][0] if stack else ""
+
+    def tag(self, node: object) -> int:
+        """A small id per constant tensor, in order of first use (1, 2, ...)."""
+        if not isinstance(node, Node):
+            return 0
+        return self._tags.setdefault(node, len(self._tags) + 1)
 
     def param_tensor(self, name: str) -> Tensor:
         return self.builder.params[name]

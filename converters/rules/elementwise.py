@@ -30,7 +30,7 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
     if a.param is not None or b.param is not None:
         p, x = (a, b) if a.param is not None else (b, a)
         if not x.has_neurons:
-            return _with_nonneuron(ctx, ctx.materialise(p), x, shape)
+            return _with_nonneuron(ctx, ctx.materialise(p), x, shape, 0)
         if additive:
             return affine(ctx, x, shape, None, p, EdgeType.SCALE, EdgeType.SHIFT)
         return affine(ctx, x, shape, p, None, EdgeType.SCALE, EdgeType.SHIFT)
@@ -40,16 +40,18 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
         return TensorInfo(ids, a.pos.broadcast_to(shape))
     if a.has_neurons or b.has_neurons:
         x, c = (a, b) if a.has_neurons else (b, a)
-        return _with_nonneuron(ctx, x, c, shape)
+        const_node = node.args[1] if a.has_neurons else node.args[0]
+        return _with_nonneuron(ctx, x, c, shape, ctx.tag(const_node))
     return nonneuron(shape, a, b)
 
 
-def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...]) -> TensorInfo:
+def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...], tag: int) -> TensorInfo:
     """Neurons combined with a tensor that is no neuron's.
 
     A statistic of the input (a norm's variance, routing weights) leaves the neurons as
     they are. A constant that differs between channels (rotary tables) fixes each
-    channel's role: new neurons whose edges carry the channel position.
+    channel's role: new neurons whose edges carry the channel position and which
+    constant it was (``tag``: rotary cos and sin tables must not be interchangeable).
     """
     xb = x.ids.broadcast_to(shape)
     cshape = (1,) * (len(shape) - c.ids.dim()) + tuple(c.ids.shape)
@@ -67,5 +69,5 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
     src, where = uniq // m - 1, uniq % m
     nodes = ctx.new_neurons(uniq.numel(), NodeType.POSITIONAL, ctx.depth(x))
     keep = src >= 0
-    ctx.builder.edges(src[keep], nodes[keep], EdgeType.POSITIONAL, where[keep])
+    ctx.builder.edges(src[keep], nodes[keep], EdgeType.POSITIONAL, where[keep] + tag * m)
     return TensorInfo(nodes[inverse].reshape(shape), x.pos.broadcast_to(shape))

@@ -1,0 +1,183 @@
+"""Symmetries of parameter graphs: random function-preserving reparametrisations.
+
+A random automorphism of the graph's *structure* (types, depths, indices, activations,
+edge types and positions; not values) is found by colour refinement with
+individualisation on two copies of the graph at once. Because the graph's automorphisms
+are the model's symmetries (DESIGN.md, contract 3), moving every edge value along it
+gives the graph of an equivalent model: permuted hidden neurons, heads, experts, with
+channel-ordered buffers (BatchNorm statistics) carried along. Optionally, neurons with
+positively homogeneous activations (ReLU) are rescaled as well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from converters import ParameterGraph, with_values
+from converters.vocab import POSITIVE_HOMOGENEOUS, Activation, EdgeType, NodeType
+
+_M1 = 0x7FB5D329728EA185
+_M2 = 0x1B873593
+
+
+def _mix(x: Tensor) -> Tensor:
+    x = x ^ (x >> 31)
+    x = x * _M1
+    x = x ^ (x >> 29)
+    return x * _M2 + 0x2545F491
+
+
+def _dense(*cols: Tensor) -> Tensor:
+    return torch.unique(torch.stack(cols, 1), dim=0, return_inverse=True)[1]
+
+
+def refine(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> Tensor:
+    """Colour refinement (1-WL) to the stable partition; colours come back dense."""
+    n = colors.numel()
+    colors = _dense(colors)
+    count = int(colors.max()) + 1 if n else 0
+    while True:
+        lab = _mix(label * 1_000_003 + 7)
+        h_in = torch.zeros(n, dtype=torch.long).index_add_(0, dst, _mix(lab + _mix(colors[src])))
+        h_out = torch.zeros(n, dtype=torch.long).index_add_(0, src, _mix(lab * 3 + _mix(colors[dst] + 1)))
+        new = _dense(colors, h_in, h_out)
+        new_count = int(new.max()) + 1 if n else 0
+        colors = new
+        if new_count == count:
+            return colors
+        count = new_count
+
+
+def _structure(g: ParameterGraph) -> tuple[Tensor, Tensor]:
+    node = _dense(g.node_type.long(), g.node_depth.long(), g.node_index.long(), g.node_act.long())
+    edge = _dense(g.edge_type.long(), g.edge_pos.long())
+    return node, edge
+
+
+def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor:
+    """A random permutation ``pi`` of nodes that maps the graph's structure onto itself."""
+    n = g.num_nodes
+    node, label = _structure(g)
+    src, dst = g.edge_index
+    src2, dst2, label2 = torch.cat([src, src + n]), torch.cat([dst, dst + n]), torch.cat([label, label])
+    colors = refine(torch.cat([node, node]), src2, dst2, label2)
+    while True:
+        a = colors[:n]
+        counts = torch.bincount(a)
+        multi = (counts > 1).nonzero().squeeze(1)
+        if multi.numel() == 0:
+            break
+        k = int(multi[0])
+        members_a = (a == k).nonzero().squeeze(1)
+        members_b = (colors[n:] == k).nonzero().squeeze(1)
+        fresh = int(colors.max()) + 1
+        pick = members_b[torch.randint(members_b.numel(), (1,), generator=generator)]
+        trial = colors.clone()
+        trial[members_a[0]] = fresh
+        trial[n + pick] = fresh
+        trial = refine(trial, src2, dst2, label2)
+        rest = trial[members_a[1:]]
+        if rest.numel() > 1 and bool((rest == rest[0]).all()):
+            # the class is fully symmetric: match all of it at once
+            perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
+            trial = colors.clone()
+            trial[members_a] = fresh + torch.arange(members_a.numel())
+            trial[n + perm] = fresh + torch.arange(members_a.numel())
+            trial = refine(trial, src2, dst2, label2)
+        colors = trial
+    a, b = colors[:n], colors[n:]
+    if not torch.equal(torch.sort(a).values, torch.sort(b).values):
+        raise RuntimeError("colour refinement diverged between the two copies")
+    pi = torch.empty(n, dtype=torch.long)
+    pi[torch.argsort(a)] = torch.argsort(b)
+    if not _is_automorphism(pi, src, dst, label, n):
+        raise RuntimeError("could not find an automorphism of this graph's structure")
+    return pi
+
+
+def _edge_keys(src: Tensor, dst: Tensor, label: Tensor, n: int) -> Tensor:
+    return (src * n + dst) * (int(label.max()) + 1 if label.numel() else 1) + label
+
+
+def _is_automorphism(pi: Tensor, src: Tensor, dst: Tensor, label: Tensor, n: int) -> bool:
+    before = torch.sort(_edge_keys(src, dst, label, n)).values
+    after = torch.sort(_edge_keys(pi[src], pi[dst], label, n)).values
+    return torch.equal(before, after)
+
+
+def permute_values(g: ParameterGraph, pi: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Parameter values and buffers of the graph relabelled by automorphism ``pi``."""
+    n = g.num_nodes
+    _, label = _structure(g)
+    src, dst = g.edge_index
+    old = torch.argsort(_edge_keys(src, dst, label, n), stable=True)
+    new = torch.argsort(_edge_keys(pi[src], pi[dst], label, n), stable=True)
+    value = torch.empty_like(g.edge_value)
+    value[old] = g.edge_value[new]
+    buffers = {}
+    index = g.param_index
+    for name, (dim, nodes) in index.buffer_nodes.items():
+        where = torch.full((n,), -1, dtype=torch.long)
+        where[nodes] = torch.arange(nodes.numel())
+        target = where[pi[nodes]]
+        buf = index.buffers[name]
+        moved = torch.empty_like(buf)
+        moved.index_copy_(dim, target, buf)
+        buffers[name] = moved
+    return value[: int(g.num_param_edges)], buffers
+
+
+def scalable_neurons(g: ParameterGraph) -> Tensor:
+    """Hidden neurons whose activation commutes with positive scaling and whose edges all
+    carry weights of dense/conv layers: scaling in-edges by s and out-edges by 1/s keeps
+    the function."""
+    n = g.num_nodes
+    p = int(g.num_param_edges)
+    src, dst = g.edge_index
+    etype = g.edge_type.long()
+    is_param = torch.zeros_like(etype, dtype=torch.bool)
+    is_param[:p] = True
+    weight = torch.zeros_like(is_param)
+    for t in (EdgeType.LINEAR, EdgeType.CONV, EdgeType.CONV_TRANSPOSE):
+        weight |= etype == int(t)
+    ok = torch.zeros(n, dtype=torch.bool)
+    for act in POSITIVE_HOMOGENEOUS:
+        ok |= g.node_act.long() == int(act)
+    ok &= g.node_type.long() == int(NodeType.HIDDEN)
+    bad_out = torch.zeros(n, dtype=torch.long).index_add_(0, src, (~(weight & is_param)).long())
+    bad_in = torch.zeros(n, dtype=torch.long).index_add_(0, dst, (~is_param).long())
+    has_out = torch.bincount(src, minlength=n) > 0
+    ok &= (bad_out == 0) & (bad_in == 0) & has_out
+    return ok
+
+
+def random_symmetry(
+    g: ParameterGraph, seed: int = 0, *, scale: bool = False, scale_range: float = 4.0
+) -> ParameterGraph:
+    """The graph of a random function-preserving reparametrisation of ``g``'s model.
+
+    Permutes hidden neurons, heads, experts (every symmetry the graph's structure has);
+    with ``scale``, also rescales ReLU-like neurons by factors in ``[1/scale_range,
+    scale_range]``. Input/output neurons and non-permutable structure stay fixed.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pi = random_automorphism(g, gen)
+    values, buffers = permute_values(g, pi)
+    if scale:
+        values = _rescale(with_values(g, values), values, gen, scale_range)
+    return with_values(g, values, buffers)
+
+
+def _rescale(g: ParameterGraph, values: Tensor, gen: torch.Generator, scale_range: float) -> Tensor:
+    ok = scalable_neurons(g)
+    log_s = (torch.rand(g.num_nodes, generator=gen) * 2 - 1) * math.log(scale_range)
+    s = torch.where(ok, log_s.exp(), torch.ones(()))
+    p = values.numel()
+    src, dst = g.edge_index[:, :p]
+    return values * s[dst] / s[src]
+
+
+__all__ = ["Activation", "random_automorphism", "random_symmetry", "refine", "scalable_neurons"]
