@@ -180,3 +180,18 @@ class TinyTransformer(nn.Module):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.embed(tokens) + self.pos(positions)
         return self.head(self.norm(self.blocks(x)))
+
+
+def _tokens(batch: int = 2, length: int = 8, vocab: int = 32) -> Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+
+
+#: Built-in architectures by name: ``name -> (factory, example inputs)``.
+BUILTIN = {
+    "mlp": (lambda: MLP((64, 128, 128, 10)), lambda: torch.randn(2, 64)),
+    "cnn": (lambda: SmallCNN(), lambda: torch.randn(2, 1, 28, 28)),
+    "resnet18": (lambda: ResNet18(), lambda: torch.randn(1, 3, 64, 64)),
+    "vit": (lambda: ViT(image=32, patch=4, dim=64, depth=4, heads=4, mlp=128), lambda: torch.randn(2, 3, 32, 32)),
+    "gqa-transformer": (lambda: TinyTransformer(dim=64, depth=2, heads=8, kv_heads=2, mlp=128), _tokens),
+    "moe-transformer": (lambda: TinyTransformer(dim=64, depth=2, heads=4, mlp=128, experts=4), _tokens),
+}

@@ -64,8 +64,6 @@ def _reduce(ctx: Context, node: Node, x: TensorInfo | None, out_shape) -> Tensor
     rows = ids.permute(rest + mixed)
     kept = rows.shape[: len(rest)]
     rows = rows.reshape(-1, rows[(0,) * len(rest)].numel())
-    if bool((rows == rows[:1]).all()):  # one set of neurons everywhere: a statistic
-        return nonneuron(out_shape, x)
     nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(x))
     pos = pos.permute(rest + mixed).reshape(*kept, -1)[..., 0]
     return TensorInfo(nodes[inverse].reshape(kept).reshape(out_shape), pos.reshape(out_shape))
