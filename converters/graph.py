@@ -107,12 +107,45 @@ def _grow(buf: Tensor, size: int) -> Tensor:
 
 
 @dataclass
-class _ParamUse:
+class _Block:
+    """Edges ``src -> dst`` with ``pos``, each broadcast to ``shape`` and enumerated row-major.
+
+    Kept unexpanded until ``finish`` writes it straight into the final arrays: a dense
+    layer's block is two short index vectors, not two arrays of its weight's size.
+    """
+
     src: Tensor
     dst: Tensor
+    pos: Tensor | int
     etype: int
-    pos: Tensor
-    flat: Tensor | None  # flat indices covered, None for "all, in order"
+    shape: tuple[int, ...]
+    flat: Tensor | None = None  #: parameter scalar per edge; None: edge i carries scalar i
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def columns(self) -> tuple[Tensor, Tensor, Tensor]:
+        pos = self.pos if isinstance(self.pos, Tensor) else torch.tensor(self.pos)
+        return tuple(t.expand(self.shape).reshape(-1) for t in (self.src, self.dst, pos))
+
+    def write(self, edge_index: Tensor, etype: Tensor, pos: Tensor, start: int) -> int:
+        end = start + self.size
+        edge_index[0, start:end].view(self.shape).copy_(self.src.expand(self.shape))
+        edge_index[1, start:end].view(self.shape).copy_(self.dst.expand(self.shape))
+        etype[start:end] = self.etype
+        if isinstance(self.pos, Tensor):
+            pos[start:end].view(self.shape).copy_(self.pos.expand(self.shape))
+        else:
+            pos[start:end] = self.pos
+        return end
+
+
+def _block(src: Tensor, dst: Tensor, etype: int, pos: Tensor | int, shape=None, flat=None) -> _Block:
+    if shape is None:
+        shapes = [src.shape, dst.shape] + ([pos.shape] if isinstance(pos, Tensor) else [])
+        shape = tuple(torch.broadcast_shapes(*shapes))
+    return _Block(src, dst, pos, int(etype), tuple(shape), flat)
 
 
 class GraphBuilder:
@@ -128,8 +161,8 @@ class GraphBuilder:
         self._depth = torch.zeros(1024, dtype=torch.int32)
         self._index = torch.zeros(1024, dtype=torch.int32)
         self._act = torch.zeros(1024, dtype=torch.int16)
-        self._uses: dict[str, list[_ParamUse]] = {name: [] for name in params}
-        self._edges: list[tuple[Tensor, Tensor, int, Tensor]] = []
+        self._uses: dict[str, list[_Block]] = {name: [] for name in params}
+        self._edges: list[_Block] = []
         self.buffer_nodes: dict[str, tuple[int, Tensor]] = {}
 
     # nodes ------------------------------------------------------------------
@@ -167,102 +200,99 @@ class GraphBuilder:
         etype: EdgeType,
         pos: Tensor | int = 0,
         flat: Tensor | None = None,
+        shape: tuple[int, ...] | None = None,
     ) -> None:
-        """Edges carrying parameter ``name``: scalar ``flat[i]`` (or ``i``) on edge ``i``."""
-        n = src.numel() if flat is None else flat.numel()
+        """Edges carrying parameter ``name``, broadcast to ``shape`` and enumerated row-major.
+
+        Without ``flat``, edge ``i`` carries scalar ``i`` (the parameter in its own layout);
+        with it, edge ``i`` carries scalar ``flat[i]``.
+        """
+        block = _block(src, dst, etype, pos, shape, None if flat is None else flat.reshape(-1))
+        n = block.size if flat is None else flat.numel()
         if flat is None and n != self.params[name].numel():
             raise ConversionError(f"rule gave {n} edges for {name} of {self.params[name].numel()} scalars")
-        self._uses[name].append(_ParamUse(src, dst, int(etype), _as_pos(pos, n), flat))
+        self._uses[name].append(block)
 
     def edges(self, src: Tensor, dst: Tensor, etype: EdgeType, pos: Tensor | int = 0) -> None:
         """Structural (parameter-free) edges."""
-        self._edges.append((src, dst, int(etype), _as_pos(pos, src.numel())))
+        self._edges.append(_block(src, dst, etype, pos))
 
     # result -----------------------------------------------------------------
-    def finish(self) -> tuple[dict[str, Tensor], tuple[tuple[str, tuple[int, ...], int], ...]]:
-        p_parts, t_parts, tied_slot = [], [], []
-        layout, offset = [], 0
+    def finish(self) -> tuple[dict[str, Tensor], tuple, Tensor]:
+        carried, tied, layout, offset = [], [], [], 0
         for name, tensor in self.params.items():
-            parts, slots = self._param_layout(name, tensor, offset)
-            p_parts.append(parts[0])
-            if parts[1] is not None:
-                t_parts.append(parts[1])
-                tied_slot.append(slots)
+            c, t = self._param_layout(name, tensor, offset)
+            carried.append(c)
+            tied += t
             layout.append((name, tuple(tensor.shape), offset))
             offset += tensor.numel()
-        s_parts = [(s, d, torch.full((s.numel(),), t, dtype=torch.int16), p) for s, d, t, p in self._edges]
-        cols = list(zip(*(p_parts + t_parts + s_parts))) if (p_parts or s_parts) else [[]] * 4
-        src, dst, etype, pos = (torch.cat(c) if c else torch.zeros(0, dtype=torch.long) for c in cols)
-        n_s = sum(s.numel() for s, *_ in self._edges)
-        values = self._values(offset, tied_slot, n_s)
+        tied_blocks = [b for b, _ in tied]
+        blocks = carried + tied_blocks + self._edges
+        total = sum(b.size for b in blocks)
+        edge_index = torch.empty(2, total, dtype=torch.long)
+        etype = torch.empty(total, dtype=torch.int16)
+        pos = torch.empty(total, dtype=torch.int32)
+        start = 0
+        for b in blocks:
+            start = b.write(edge_index, etype, pos, start)
+        tied_slot = torch.cat([s for _, s in tied]) if tied else torch.zeros(0, dtype=torch.long)
+        value = torch.ones(total)
+        for (name, _, off), p in zip(layout, self.params.values()):
+            value[off : off + p.numel()] = p.detach().reshape(-1)
+        value[offset : offset + tied_slot.numel()] = value[tied_slot]
+        # nodes that feed parameter or tied edges (known from the short, unexpanded sources)
+        sources = torch.zeros(self.num_nodes, dtype=torch.bool)
+        for b in carried + tied_blocks:
+            sources[b.src.reshape(-1)] = True
         n = self.num_nodes
         data = {
-            "edge_index": torch.stack([src.long(), dst.long()]),
-            "edge_type": etype.to(torch.int16),
-            "edge_pos": pos.to(torch.int32),
-            "edge_value": values,
+            "edge_index": edge_index,
+            "edge_type": etype,
+            "edge_pos": pos,
+            "edge_value": value,
             "node_type": self._type[:n].clone(),
             "node_depth": self._depth[:n].clone(),
             "node_index": self._index[:n].clone(),
             "node_act": self._act[:n].clone(),
             "num_param_edges": torch.tensor([offset]),
-            "num_tied_edges": torch.tensor([sum(t.numel() for t in tied_slot)]),
-            "tied_slot": torch.cat(tied_slot) if tied_slot else torch.zeros(0, dtype=torch.long),
+            "num_tied_edges": torch.tensor([tied_slot.numel()]),
+            "tied_slot": tied_slot,
         }
-        return data, tuple(layout)
+        return data, tuple(layout), sources
 
-    def _values(self, num_params: int, tied_slot: list[Tensor], num_struct: int) -> Tensor:
-        flat = [t.detach().reshape(-1).float() for t in self.params.values()]
-        pvals = torch.cat(flat) if flat else torch.zeros(0)
-        tied = pvals[torch.cat(tied_slot)] if tied_slot else torch.zeros(0)
-        return torch.cat([pvals, tied, torch.ones(num_struct)])
-
-    def _param_layout(self, name: str, tensor: Tensor, offset: int):
-        """Parameter edges of ``name`` in flat order, plus tied edges for repeated uses."""
+    def _param_layout(self, name: str, tensor: Tensor, offset: int) -> tuple[_Block, list]:
+        """The block carrying ``name`` in flat order, and (block, slots) of tied repeats."""
         numel = tensor.numel()
         uses = self._uses[name]
-        if len(uses) == 1 and uses[0].flat is None:
-            u = uses[0]
-            etype = torch.full((numel,), u.etype, dtype=torch.int16)
-            return ((u.src, u.dst, etype, u.pos), None), None
-        if not uses:
+        if not uses:  # never read by the forward: still one slot per scalar (conservation)
             unused = self.add_nodes(1, NodeType.UNUSED, 0)
-            flat = torch.arange(numel)
-            src = unused.expand(numel)
-            etype = torch.full((numel,), int(EdgeType.UNUSED), dtype=torch.int16)
-            return ((src, src, etype, flat), None), None
+            return _block(unused, unused, EdgeType.UNUSED, torch.arange(numel), (numel,)), []
+        if all(u.flat is None for u in uses):
+            slots = torch.arange(offset, offset + numel)
+            return uses[0], [(u, slots) for u in uses[1:]]
+        cols = [u.columns() for u in uses]
         flats = torch.cat([u.flat if u.flat is not None else torch.arange(numel) for u in uses])
-        src = torch.cat([u.src.reshape(-1) for u in uses])
-        dst = torch.cat([u.dst.reshape(-1) for u in uses])
-        pos = torch.cat([u.pos for u in uses])
-        etype = torch.cat([torch.full((u.src.numel(),), u.etype, dtype=torch.int16) for u in uses])
-        # the first use of each scalar carries it; later uses become tied edges
-        order = torch.sort(flats, stable=True).indices
-        sorted_flat = flats[order]
-        first = torch.ones_like(sorted_flat, dtype=torch.bool)
-        first[1:] = sorted_flat[1:] != sorted_flat[:-1]
-        carried, tied = order[first], order[~first]
-        covered = torch.zeros(numel, dtype=torch.bool)
-        covered[sorted_flat[first]] = True
-        if not bool(covered.all()):
-            # scalars the forward never reads still need their slot (conservation)
-            missing = (~covered).nonzero().squeeze(1)
+        src, dst, pos = (torch.cat([c[i] for c in cols]) for i in range(3))
+        etype = torch.cat([torch.full((u.size,), u.etype, dtype=torch.int16) for u in uses])
+        # the first use of each scalar carries it (a scatter, no sort); later uses are tied
+        n = flats.numel()
+        claim = torch.full((numel,), n, dtype=torch.long)
+        claim.scatter_reduce_(0, flats, torch.arange(n), reduce="amin")
+        missing = (claim == n).nonzero().squeeze(1)
+        if missing.numel():  # scalars the forward never reads still need their slot
             unused = self.add_nodes(1, NodeType.UNUSED, 0)
-            flats = torch.cat([flats, missing])
+            claim[missing] = n + torch.arange(missing.numel())
             src = torch.cat([src, unused.expand(missing.numel())])
             dst = torch.cat([dst, unused.expand(missing.numel())])
             pos = torch.cat([pos, missing.to(pos.dtype)])
             etype = torch.cat([etype, torch.full((missing.numel(),), int(EdgeType.UNUSED), dtype=torch.int16)])
-            carried = torch.cat([carried, torch.arange(len(order), len(order) + missing.numel())])
-            carried = carried[torch.argsort(flats[carried])]
-        param_part = (src[carried], dst[carried], etype[carried], pos[carried])
-        if tied.numel() == 0:
-            return (param_part, None), None
-        tied_part = (src[tied], dst[tied], etype[tied], pos[tied])
-        return (param_part, tied_part), offset + flats[tied]
+        carried = _Block(src[claim], dst[claim], pos[claim], 0, (numel,))
+        carried.etype = etype[claim]
+        repeats = (claim[flats] != torch.arange(n)).nonzero().squeeze(1)
+        if repeats.numel() == 0:
+            return carried, []
+        tied = _Block(src[repeats], dst[repeats], pos[repeats], 0, (repeats.numel(),))
+        tied.etype = etype[repeats]
+        return carried, [(tied, offset + flats[repeats])]
 
 
-def _as_pos(pos: Tensor | int, n: int) -> Tensor:
-    if isinstance(pos, int):
-        return torch.full((n,), pos, dtype=torch.int32)
-    return pos.reshape(-1).to(torch.int32).expand(n) if pos.numel() == 1 else pos.reshape(-1).to(torch.int32)

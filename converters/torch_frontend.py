@@ -34,8 +34,8 @@ def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, strict: bool
     builder = GraphBuilder({k: v.detach() for k, v in params.items()})
     ctx = Context(builder)
     _walk(ctx, model, program, params, aliases)
-    data, layout = builder.finish()
-    simplify(data, builder.buffer_nodes)
+    data, layout, sources = builder.finish()
+    simplify(data, builder.buffer_nodes, sources)
     index = ParamIndex(
         params=layout,
         state_keys=tuple(state),
@@ -45,7 +45,7 @@ def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, strict: bool
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
     )
     graph = ParameterGraph(num_nodes=data["node_type"].numel(), param_index=index, **data)
-    graph.nonfinite = torch.tensor([int((~torch.isfinite(data["edge_value"])).sum())])
+    graph.nonfinite = torch.tensor([sum(int((~torch.isfinite(p.detach())).sum()) for p in params.values())])
     graph.model = model
     return graph
 
@@ -105,7 +105,7 @@ def _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv)
     val = node.meta.get("val")
     if node.name in to_param:
         name = aliases.get(to_param[node.name], to_param[node.name])
-        flat = torch.arange(val.numel()).reshape(val.shape)
+        flat = _arange(val.numel()).view(val.shape)
         ctx.whole_flat[name] = flat
         none = nonneuron(tuple(val.shape))
         return TensorInfo(none.ids, none.pos, param=name, flat=flat)
@@ -133,6 +133,17 @@ def _apply(ctx: Context, node: Node):
     if rule is not None:
         return rule(ctx, node)
     return _unknown(ctx, node, name)
+
+
+_ARANGE = torch.arange(0)
+
+
+def _arange(n: int) -> Tensor:
+    """``arange(n)`` as a view of one shared buffer: parameters' flat indices cost nothing."""
+    global _ARANGE
+    if _ARANGE.numel() < n:
+        _ARANGE = torch.arange(max(n, 2 * _ARANGE.numel()))
+    return _ARANGE[:n]
 
 
 def _unknown(ctx: Context, node: Node, name: str):

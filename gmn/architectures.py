@@ -76,6 +76,44 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, stride: int):
+        super().__init__()
+        cout = mid * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3]); ``width=64`` is the standard 25.6 M-parameter size."""
+
+    def __init__(self, width: int = 64, classes: int = 1000, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], width
+        for i, (mult, count) in enumerate(((1, 3), (2, 4), (4, 6), (8, 3))):
+            for j in range(count):
+                blocks.append(Bottleneck(cin, width * mult, 2 if (j == 0 and i > 0) else 1))
+                cin = width * mult * 4
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v/o projections; ``kv_heads < heads`` is GQA."""
 
@@ -191,6 +229,7 @@ BUILTIN = {
     "mlp": (lambda: MLP((64, 128, 128, 10)), lambda: torch.randn(2, 64)),
     "cnn": (lambda: SmallCNN(), lambda: torch.randn(2, 1, 28, 28)),
     "resnet18": (lambda: ResNet18(), lambda: torch.randn(1, 3, 64, 64)),
+    "resnet50": (lambda: ResNet50(), lambda: torch.randn(1, 3, 64, 64)),
     "vit": (lambda: ViT(image=32, patch=4, dim=64, depth=4, heads=4, mlp=128), lambda: torch.randn(2, 3, 32, 32)),
     "gqa-transformer": (lambda: TinyTransformer(dim=64, depth=2, heads=8, kv_heads=2, mlp=128), _tokens),
     "moe-transformer": (lambda: TinyTransformer(dim=64, depth=2, heads=4, mlp=128, experts=4), _tokens),

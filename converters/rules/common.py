@@ -77,22 +77,28 @@ def dense_edges(
     x: TensorInfo,
     in_dim: int,
     weight: TensorInfo,
-    weight_oi: Tensor,
+    transposed: bool,
     etype: EdgeType,
     depth: int,
 ) -> Tensor:
-    """A dense map: new output neurons, one edge per weight scalar ``weight_oi[o, i]``."""
-    n_out, n_in = weight_oi.shape
+    """A dense map: new output neurons, one edge per weight scalar.
+
+    ``weight.flat`` is laid out ``(out, in)``, or ``(in, out)`` when ``transposed``.
+    """
+    w = weight.flat.t() if transposed else weight.flat
+    n_out, n_in = w.shape
     in_ids = channel_ids(x.ids, in_dim) if x.has_neurons else ctx.materialise_inputs(x, in_dim)
     if in_ids.numel() != n_in:
         raise ctx.fail(f"weight {weight.param} expects {n_in} inputs, the tensor has {in_ids.numel()}")
     in_pos = channel_pos(x, in_dim)
     out = ctx.new_neurons(n_out, NodeType.HIDDEN, depth)
-    src = in_ids.repeat(n_out)
-    dst = out.repeat_interleave(n_in)
-    pos = in_pos.repeat(n_out)
-    flat = None if whole(ctx, weight) and weight_oi is weight.flat else weight_oi.reshape(-1)
-    ctx.builder.param_edges(weight.param, src, dst, etype, pos, flat=flat)
+    if not whole(ctx, weight):
+        ctx.builder.param_edges(weight.param, in_ids.view(1, n_in), out.view(n_out, 1), etype,
+                                in_pos.view(1, n_in), flat=w.expand(n_out, n_in).reshape(-1), shape=(n_out, n_in))
+    elif transposed:  # the parameter's own layout is (in, out)
+        ctx.builder.param_edges(weight.param, in_ids.view(n_in, 1), out.view(1, n_out), etype, in_pos.view(n_in, 1))
+    else:
+        ctx.builder.param_edges(weight.param, in_ids.view(1, n_in), out.view(n_out, 1), etype, in_pos.view(1, n_in))
     return out
 
 
@@ -103,7 +109,7 @@ def bias_edges(ctx: Context, bias: TensorInfo | None, out: Tensor, depth: int, e
         raise ctx.fail("bias is not a parameter")
     node = ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0))
     flat = None if whole(ctx, bias) else bias.flat.reshape(-1)
-    ctx.builder.param_edges(bias.param, node.expand(out.numel()), out, etype, flat=flat)
+    ctx.builder.param_edges(bias.param, node, out, etype, flat=flat)
 
 
 def affine(

@@ -40,6 +40,8 @@ def conv(ctx: Context, node: Node) -> TensorInfo:
     in_ids = channel_ids(x.ids, 1) if x.has_neurons else ctx.materialise_inputs(x, 1)
     shape = tuple(w.flat.shape)
     a, bdim, k = shape[0], shape[1], math.prod(shape[2:])
+    if in_ids.numel() != (a if transposed else bdim * groups):
+        raise ctx.fail(f"weight {w.param} of shape {shape} does not fit {in_ids.numel()} input channels")
     depth = ctx.depth(x)
     n_out = bdim * groups if transposed else a
     out = ctx.new_neurons(n_out, NodeType.HIDDEN, depth)
@@ -50,11 +52,8 @@ def conv(ctx: Context, node: Node) -> TensorInfo:
         src, dst, etype = in_ids[first], out[group * bdim + second], EdgeType.CONV_TRANSPOSE
     else:  # weight (out, in / groups, *k)
         src, dst, etype = in_ids[group * bdim + second], out[first], EdgeType.CONV
-    full = (a, bdim, k)
-    pos = torch.arange(k).view(1, 1, k).expand(full)
     flat = None if whole(ctx, w) else w.flat.reshape(-1)
-    ctx.builder.param_edges(
-        w.param, src.expand(full).reshape(-1), dst.expand(full).reshape(-1), etype, pos, flat=flat
-    )
+    pos = torch.arange(k).view(1, 1, k)
+    ctx.builder.param_edges(w.param, src, dst, etype, pos, flat=flat, shape=(a, bdim, k))
     bias_edges(ctx, b, out, depth)
     return ctx.neurons_along(out, ctx.shape(), 1)

@@ -19,9 +19,8 @@ def _table(ctx: Context, table: TensorInfo) -> TensorInfo:
     tokens = ctx.builder.add_nodes(rows, NodeType.TOKEN, 0, index=torch.arange(rows))
     out = ctx.new_neurons(cols, NodeType.HIDDEN, 1)
     flat = None if whole(ctx, table) else table.flat.reshape(-1)
-    ctx.builder.param_edges(
-        table.param, tokens.repeat_interleave(cols), out.repeat(rows), EdgeType.EMBEDDING, flat=flat
-    )
+    ctx.builder.param_edges(table.param, tokens.view(rows, 1), out.view(1, cols), EdgeType.EMBEDDING,
+                            flat=flat, shape=(rows, cols))
     return ctx.neurons_along(out, ctx.shape(), -1)
 
 

@@ -11,9 +11,9 @@ from ..vocab import EdgeType
 from .common import bias_edges, dense_edges
 
 
-def _dense(ctx: Context, x: TensorInfo, w: TensorInfo, weight_oi, bias, in_dim: int, out_dim: int):
+def _dense(ctx: Context, x: TensorInfo, w: TensorInfo, transposed: bool, bias, in_dim: int, out_dim: int):
     depth = ctx.depth(x)
-    out = dense_edges(ctx, x, in_dim, w, weight_oi, EdgeType.LINEAR, depth)
+    out = dense_edges(ctx, x, in_dim, w, transposed, EdgeType.LINEAR, depth)
     bias_edges(ctx, bias, out, depth)
     return ctx.neurons_along(out, ctx.shape(), out_dim)
 
@@ -24,7 +24,7 @@ def linear(ctx: Context, node: Node) -> TensorInfo:
     b = ctx.info(node.args[2]) if len(node.args) > 2 else None
     if w is None or w.param is None:
         raise ctx.fail("linear whose weight is not a parameter")
-    return _dense(ctx, x, w, w.flat, b, -1, -1)
+    return _dense(ctx, x, w, False, b, -1, -1)
 
 
 @register_op("aten.addmm")
@@ -32,7 +32,7 @@ def addmm(ctx: Context, node: Node) -> TensorInfo:
     b, x, w = (ctx.info(a) for a in node.args[:3])
     if w is None or w.param is None:
         raise ctx.fail("addmm whose weight is not a parameter")
-    return _dense(ctx, x, w, w.flat.t(), b, -1, -1)
+    return _dense(ctx, x, w, True, b, -1, -1)
 
 
 def matmul_with_parameter(ctx: Context, node: Node) -> TensorInfo | None:
@@ -41,9 +41,9 @@ def matmul_with_parameter(ctx: Context, node: Node) -> TensorInfo | None:
     if b is not None and b.param is not None and (a is None or a.param is None):
         if b.flat.dim() != 2:
             raise ctx.fail(f"matmul with a {b.flat.dim()}-D parameter {b.param}")
-        return _dense(ctx, a, b, b.flat.t(), None, -1, -1)
+        return _dense(ctx, a, b, True, None, -1, -1)
     if a is not None and a.param is not None and (b is None or b.param is None):
         if a.flat.dim() != 2 or op_name(node.target) == "aten.bmm":
             raise ctx.fail(f"matmul with a {a.flat.dim()}-D parameter {a.param}")
-        return _dense(ctx, b, a, a.flat, None, -2, -2)
+        return _dense(ctx, b, a, False, None, -2, -2)
     return None

@@ -72,17 +72,14 @@ def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list
     x = channel_ids(hidden.ids, -1)
     depth = ctx.depth(hidden)
     gu = ctx.new_neurons(n_exp * two_i, NodeType.HIDDEN, depth)
-    ctx.builder.param_edges(gate_up, x.repeat(n_exp * two_i), gu.repeat_interleave(d), EdgeType.LINEAR)
+    ctx.builder.param_edges(gate_up, x.view(1, 1, d), gu.view(n_exp, two_i, 1), EdgeType.LINEAR)
     gu = gu.view(n_exp, 2, inter)
     act = _ACTS.get(getattr(module.act_fn, "__class__", type(None)).__name__.lower().replace("activation", ""),
                     Activation.OTHER)
     ctx.builder.set_activation(gu[:, 0].reshape(-1), act)
     mid = pair(ctx, gu[:, 0], gu[:, 1], NodeType.PRODUCT, EdgeType.PRODUCT, depth + 1)  # (E, I)
     y = ctx.new_neurons(n_exp * d, NodeType.HIDDEN, depth + 2)
-    ctx.builder.param_edges(
-        down, mid.reshape(n_exp, 1, inter).expand(n_exp, d, inter).reshape(-1),
-        y.repeat_interleave(inter), EdgeType.LINEAR,
-    )
+    ctx.builder.param_edges(down, mid.view(n_exp, 1, inter), y.view(n_exp, d, 1), EdgeType.LINEAR)
     weighted = pair(ctx, routed.routes.view(n_exp, 1), y.view(n_exp, d), NodeType.PRODUCT,
                     EdgeType.PRODUCT, depth + 3)
     out = ctx.new_neurons(d, NodeType.SUM, depth + 4)
