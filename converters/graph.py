@@ -134,10 +134,12 @@ class _Block:
         edge_index[0, start:end].view(self.shape).copy_(self.src.expand(self.shape))
         edge_index[1, start:end].view(self.shape).copy_(self.dst.expand(self.shape))
         etype[start:end] = self.etype
-        if isinstance(self.pos, Tensor):
-            pos[start:end].view(self.shape).copy_(self.pos.expand(self.shape))
-        else:
+        if not isinstance(self.pos, Tensor):
             pos[start:end] = self.pos
+        elif self.pos.numel() < self.size and not bool(self.pos.any()):
+            pos[start:end] = 0  # the common case (dense layers): a fill, not a copy
+        else:
+            pos[start:end].view(self.shape).copy_(self.pos.expand(self.shape))
         return end
 
 
@@ -237,7 +239,7 @@ class GraphBuilder:
             start = b.write(edge_index, etype, pos, start)
         tied_slot = torch.cat([s for _, s in tied]) if tied else torch.zeros(0, dtype=torch.long)
         value = torch.ones(total)
-        for (name, _, off), p in zip(layout, self.params.values()):
+        for (_, _, off), p in zip(layout, self.params.values()):
             value[off : off + p.numel()] = p.detach().reshape(-1)
         value[offset : offset + tied_slot.numel()] = value[tied_slot]
         # nodes that feed parameter or tied edges (known from the short, unexpanded sources)

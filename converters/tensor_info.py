@@ -58,6 +58,17 @@ def fresh_pos(shape: tuple[int, ...], channel_dim: int) -> Tensor:
     return idx.reshape(view).expand(shape)
 
 
+def positions(ids: Tensor) -> Tensor:
+    """Flat index over the non-batch axes along which the neurons do not change."""
+    shape = tuple(ids.shape)
+    keep = [d for d in range(1, len(shape)) if shape[d] > 1 and bool((ids != ids.narrow(d, 0, 1)).any())]
+    sizes = [1 if (d == 0 or d in keep) else shape[d] for d in range(len(shape))]
+    n = 1
+    for s in sizes:
+        n *= s
+    return torch.arange(n).reshape(sizes).expand(shape)
+
+
 def broadcast_ids(nodes: Tensor, shape: tuple[int, ...], dim: int) -> Tensor:
     """Node ids ``nodes`` laid along axis ``dim`` of a tensor of ``shape``."""
     view = [1] * len(shape)

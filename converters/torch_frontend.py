@@ -10,7 +10,7 @@ from torch.fx import Node
 
 from . import rules  # noqa: F401  (registers the rules)
 from .context import Context, nonneuron
-from .graph import ConversionError, GraphBuilder, ParamIndex, ParameterGraph
+from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .registry import MODULE_RULES, OP_RULES, op_name
 from .simplify import simplify
 from .tensor_info import TensorInfo, broadcast_ids, fresh_pos

@@ -6,8 +6,8 @@ import torch
 from torch.fx import Node
 
 from ..context import Context
-from ..tensor_info import TensorInfo
 from ..registry import register_op
+from ..tensor_info import TensorInfo
 from ..vocab import EdgeType, NodeType
 from .common import whole
 

@@ -8,9 +8,9 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo
-from .common import fibers_to_nodes, varies
+from ..tensor_info import TensorInfo, positions
 from ..vocab import EdgeType, NodeType
+from .common import fibers_to_nodes, varies
 
 IDENTITY = (
     "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.to", "aten._to_copy",
@@ -109,8 +109,7 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
         shape[:dim] + (1,) + shape[dim + 1:]).reshape(-1) for i in with_neurons], 1)
     nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.MERGE, EdgeType.MERGE, ctx.depth(*with_neurons))
     ids = nodes[inverse].reshape(shape[:dim] + (1,) + shape[dim + 1:]).expand(shape)
-    pos = torch.cat([i.pos for i in infos], dim)
-    return TensorInfo(ids, pos)
+    return TensorInfo(ids, positions(ids))
 
 
 @register_op("aten.stack")
