@@ -7,7 +7,6 @@ the channels' nodes so that permutations carry them along.
 
 from __future__ import annotations
 
-import torch
 from torch.fx import Node
 
 from ..context import Context
@@ -83,4 +82,3 @@ def group_norm(ctx: Context, node: Node) -> TensorInfo:
     return out
 
 
-__all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "torch"]
