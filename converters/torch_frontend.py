@@ -10,6 +10,7 @@ from torch.fx import Node
 
 from . import rules  # noqa: F401  (registers the rules)
 from .context import Context, nonneuron
+from .eager_trace import RecordedProgram, record
 from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .registry import MODULE_RULES, OP_RULES, op_name
 from .simplify import simplify
@@ -19,15 +20,18 @@ CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
             "aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
 
 
-def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, strict: bool = False) -> ParameterGraph:
+def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, tracer: str = "auto") -> ParameterGraph:
     """Convert ``model`` to a :class:`ParameterGraph` by tracing it on ``example_inputs``.
 
+    ``tracer``: ``"export"`` (``torch.export``: sees inside ``forward``, traces
+    symbolically), ``"eager"`` (records one real run; handles data-dependent control
+    flow, specialised to this input) or ``"auto"`` (export, falling back to eager).
     The model is traced in eval mode (its mode is restored afterwards). Float inputs get
     one input node per channel: axis 1 for models with convolutions, the last axis
     otherwise. Integer inputs (token ids) get none; embedding tables make token nodes.
     """
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    program = _export(model, args, strict)
+    program = _trace(model, args, tracer)
     params, aliases = _unique_parameters(model)
     state = model.state_dict()
     buffers = {k: v.detach().clone() for k, v in state.items() if k not in params and k not in aliases}
@@ -50,15 +54,27 @@ def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, strict: bool
     return graph
 
 
-def _export(model: nn.Module, args: tuple, strict: bool):
+def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
+    if tracer not in ("auto", "export", "eager"):
+        raise ValueError(f"tracer must be 'auto', 'export' or 'eager', not {tracer!r}")
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, args, strict=strict)
-    except Exception as err:  # export raises many types; all mean "cannot trace"
-        raise ConversionError(
-            f"torch.export could not trace {type(model).__name__}: {type(err).__name__}: {err}"
-        ) from err
+        if tracer != "eager":
+            try:
+                ep = torch.export.export(model, args, strict=False)
+                sig = ep.graph_signature
+                return RecordedProgram(ep.graph_module.graph, dict(sig.inputs_to_parameters),
+                                       dict(sig.inputs_to_buffers), list(sig.user_inputs))
+            except Exception as err:  # export raises many types; all mean "cannot trace"
+                if tracer == "export":
+                    raise ConversionError(f"torch.export could not trace {type(model).__name__}: "
+                                          f"{type(err).__name__}: {err}") from err
+        try:
+            return record(model, args)
+        except Exception as err:
+            raise ConversionError(f"could not run {type(model).__name__} on the example inputs: "
+                                  f"{type(err).__name__}: {err}") from err
     finally:
         model.train(was_training)
 
@@ -77,13 +93,11 @@ def _unique_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, s
     return params, aliases
 
 
-def _walk(ctx: Context, model: nn.Module, program, params: dict[str, Tensor], aliases: dict[str, str]) -> None:
-    sig = program.graph_signature
-    graph = program.graph_module.graph
+def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict[str, Tensor],
+          aliases: dict[str, str]) -> None:
+    graph = program.graph
     has_conv = any(n.op == "call_function" and op_name(n.target) in CONV_OPS for n in graph.nodes)
-    to_param = dict(sig.inputs_to_parameters)
-    to_buffer = dict(sig.inputs_to_buffers)
-    user_inputs = set(sig.user_inputs)
+    to_param, to_buffer, user_inputs = program.to_param, program.to_buffer, set(program.user_inputs)
     handled: set[Node] = set()
     for node in graph.nodes:
         ctx.node = node

@@ -78,10 +78,21 @@ def matmul(ctx: Context, node: Node) -> TensorInfo:
     return contract(ctx, a, b, shape)
 
 
-@register_op("aten.scaled_dot_product_attention")
-def sdpa(ctx: Context, node: Node) -> TensorInfo:
+@register_op("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
+             "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_efficient_attention",
+             "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_attention_math")
+def sdpa(ctx: Context, node: Node) -> TensorInfo | list:
+    """Attention as one op: scores = contract(q, k), softmax at the head nodes, then values."""
+    val = node.meta["val"]
+    out = _attention(ctx, node)
+    if isinstance(val, (tuple, list)):  # the fused kernels also return statistics
+        return [out] + [nonneuron(tuple(v.shape)) if isinstance(v, torch.Tensor) else None for v in val[1:]]
+    return out
+
+
+def _attention(ctx: Context, node: Node) -> TensorInfo:
     q, k, v = (ctx.info(a) for a in node.args[:3])
-    if node.kwargs.get("enable_gqa") and k.ids.shape[-3] != q.ids.shape[-3]:
+    if k.ids.dim() >= 3 and k.ids.shape[-3] != q.ids.shape[-3]:  # grouped-query: kv heads are shared
         g = q.ids.shape[-3] // k.ids.shape[-3]
         k, v = (i.map(lambda t: t.repeat_interleave(g, dim=-3)) for i in (k, v))
     qs, ks = q.ids.shape, k.ids.shape
@@ -89,4 +100,4 @@ def sdpa(ctx: Context, node: Node) -> TensorInfo:
     scores = contract(ctx, q, k.map(lambda t: t.transpose(-1, -2)), score_shape)
     heads = torch.unique(scores.ids[scores.ids >= 0])
     ctx.builder.set_activation(heads, Activation.SOFTMAX)
-    return contract(ctx, scores, v, ctx.shape())
+    return contract(ctx, scores, v, tuple(q.ids.shape[:-1]) + (v.ids.shape[-1],))

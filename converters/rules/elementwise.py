@@ -71,3 +71,49 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
     keep = src >= 0
     ctx.builder.edges(src[keep], nodes[keep], EdgeType.POSITIONAL, where[keep] + tag * m)
     return TensorInfo(nodes[inverse].reshape(shape), x.pos.broadcast_to(shape))
+
+
+PREDICATES = (
+    "aten.eq", "aten.ne", "aten.gt", "aten.lt", "aten.ge", "aten.le", "aten.logical_and",
+    "aten.logical_or", "aten.logical_not", "aten.logical_xor", "aten.isnan", "aten.isinf",
+    "aten.isfinite", "aten.nonzero", "aten.argwhere", "aten.bitwise_and", "aten.bitwise_or",
+    "aten.bitwise_not",
+)
+
+
+@register_op(*PREDICATES)
+def predicate(ctx: Context, node: Node) -> TensorInfo:
+    """Masks and indices computed from activations carry no neurons."""
+    return nonneuron(ctx.shape(), *(ctx.info(a) for a in node.args))
+
+
+@register_op("aten.where")
+def where(ctx: Context, node: Node) -> TensorInfo:
+    """``where(cond, a, b)``: each element comes from one of two tensors, like a sum of them."""
+    shape = ctx.shape()
+    a, b = (ctx.info(x) for x in node.args[1:3])
+    a = ctx.materialise(a) if a is not None and a.param is not None else a
+    b = ctx.materialise(b) if b is not None and b.param is not None else b
+    if a is not None and b is not None and a.has_neurons and b.has_neurons:
+        ids = pair(ctx, a.ids, b.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(a, b))
+        return TensorInfo(ids, a.pos.broadcast_to(shape))
+    x = next((i for i in (a, b) if i is not None and i.has_neurons), None)
+    if x is None:
+        return nonneuron(shape, a, b)
+    return TensorInfo(x.ids.broadcast_to(shape), x.pos.broadcast_to(shape))
+
+
+@register_op("aten.index_add", "aten.index_add_")
+def index_add(ctx: Context, node: Node) -> TensorInfo:
+    """Rows of ``source`` added into ``self`` at indices along ``dim`` (expert dispatch)."""
+    base, dim, source = ctx.info(node.args[0]), node.args[1], ctx.info(node.args[3])
+    shape = ctx.shape()
+    if source is None or not source.has_neurons:
+        return base if base is not None else nonneuron(shape)
+    if varies(source.ids, dim % source.ids.dim()):
+        raise ctx.fail("index_add of rows with different neurons")
+    rows = source.map(lambda t: t.narrow(dim, 0, 1).expand(shape))
+    if base is None or not base.has_neurons:
+        return rows
+    ids = pair(ctx, base.ids.broadcast_to(shape), rows.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(base, rows))
+    return TensorInfo(ids, base.pos.broadcast_to(shape))

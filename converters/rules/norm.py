@@ -68,11 +68,19 @@ def rms_norm(ctx: Context, node: Node) -> TensorInfo:
     return _norm(ctx, x, w, None, None)
 
 
-@register_op("aten.group_norm")
-def group_norm(ctx: Context, node: Node) -> TensorInfo:
-    x, groups = ctx.info(node.args[0]), int(node.args[1])
-    w = ctx.info(node.args[2]) if len(node.args) > 2 else None
-    b = ctx.info(node.args[3]) if len(node.args) > 3 else None
+@register_op("aten.group_norm", "aten.native_group_norm")
+def group_norm(ctx: Context, node: Node) -> TensorInfo | list:
+    a = node.args
+    if op_name(node.target) == "aten.native_group_norm":  # (x, w, b, N, C, HxW, groups, eps)
+        x, w, b, groups = ctx.info(a[0]), ctx.info(a[1]), ctx.info(a[2]), int(a[6])
+        return [_group_norm(ctx, x, w, b, groups), None, None]
+    x, groups = ctx.info(a[0]), int(a[1])
+    w = ctx.info(a[2]) if len(a) > 2 else None
+    b = ctx.info(a[3]) if len(a) > 3 else None
+    return _group_norm(ctx, x, w, b, groups)
+
+
+def _group_norm(ctx: Context, x: TensorInfo, w, b, groups: int) -> TensorInfo:
     out = _norm(ctx, x, w, b, 1)
     channels = channel_ids(out.ids, 1)
     # channels are interchangeable only inside their group: a node per group says which

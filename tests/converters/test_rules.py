@@ -158,17 +158,31 @@ def test_unknown_op_with_parameters_is_a_clear_error():
     assert "'w'" in str(err.value)
 
 
-def test_untraceable_model_is_a_clear_error():
-    class DataDependent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(3, 3)
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 2)
 
-        def forward(self, x):
-            return self.fc(x) if x.sum() > 0 else -x
+    def forward(self, x):
+        h = self.fc(x)
+        if h.sum() > 0:  # Python control flow on data: export cannot trace it
+            h = torch.relu(h)
+        return self.out(h)
 
+
+def test_data_dependent_control_flow_falls_back_to_eager_tracing():
+    model, x = DataDependent().eval(), torch.randn(2, 3)
     with pytest.raises(ConversionError, match="torch.export could not trace DataDependent"):
-        converters.from_torch(DataDependent(), torch.randn(2, 3))
+        converters.from_torch(model, x, tracer="export")
+    g = converters.from_torch(model, x)  # auto: export fails, the recorded run works
+    assert int(g.num_param_edges) == 3 * 3 + 3 + 3 * 2 + 2
+    torch.testing.assert_close(converters.functional_call(g, None, x), model(x))
+
+
+def test_model_that_cannot_run_is_a_clear_error():
+    with pytest.raises(ConversionError, match="could not run Linear on the example inputs"):
+        converters.from_torch(nn.Linear(3, 2), torch.randn(2, 4))
 
 
 def test_nan_weights_convert_and_are_flagged():
