@@ -238,7 +238,8 @@ class GraphBuilder:
         for b in blocks:
             start = b.write(edge_index, etype, pos, start)
         tied_slot = torch.cat([s for _, s in tied]) if tied else torch.zeros(0, dtype=torch.long)
-        value = torch.ones(total)
+        value = torch.empty(total)
+        value[offset + tied_slot.numel() :] = 1.0  # structural edges; the rest is written below
         for (_, _, off), p in zip(layout, self.params.values()):
             value[off : off + p.numel()] = p.detach().reshape(-1)
         value[offset : offset + tied_slot.numel()] = value[tied_slot]

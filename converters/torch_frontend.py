@@ -49,9 +49,16 @@ def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, tracer: str 
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
     )
     graph = ParameterGraph(num_nodes=data["node_type"].numel(), param_index=index, **data)
-    graph.nonfinite = torch.tensor([sum(int((~torch.isfinite(p.detach())).sum()) for p in params.values())])
+    graph.nonfinite = torch.tensor([_count_nonfinite(data["edge_value"][: int(data["num_param_edges"])])])
     graph.model = model
     return graph
+
+
+def _count_nonfinite(values: Tensor) -> int:
+    """NaN/inf weights convert, and are counted; a finite sum proves there are none."""
+    if bool(torch.isfinite(torch.sum(values, dtype=torch.float64))):
+        return 0
+    return int((~torch.isfinite(values)).sum())
 
 
 def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
