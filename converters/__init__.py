@@ -5,10 +5,11 @@ from .io import load_graph, save_graph
 from .registry import register_module, register_op
 from .torch_frontend import from_torch
 from .vocab import Activation, EdgeType, NodeType
-from .writer import functional_call, parameter_values, to_state_dict, with_values
+from .writer import edge_kinds, functional_call, parameter_edge_mask, parameter_values, to_state_dict, with_values
 
 __all__ = [
     "Activation", "ConversionError", "EdgeType", "NodeType", "ParamIndex", "ParameterGraph",
+    "edge_kinds", "parameter_edge_mask",
     "from_torch", "functional_call", "load_graph", "parameter_values", "register_module",
     "register_op", "save_graph", "to_state_dict", "with_values",
 ]

@@ -93,8 +93,10 @@ class ParameterGraph(Data):
         return int(self.num_param_edges.sum())
 
     def __inc__(self, key: str, value, *args, **kwargs):
-        if key == "tied_slot":
+        if key == "tied_slot":  # an edge id: shifts by the edges before it in a batch
             return self.edge_index.size(1) if self.edge_index is not None else 0
+        if key == "node_index":  # a channel number, not a node id (PyG shifts "*index*")
+            return 0
         return super().__inc__(key, value, *args, **kwargs)
 
 

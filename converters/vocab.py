@@ -76,6 +76,9 @@ class Activation(IntEnum):
 #: Activations f with f(s x) = s f(x) for s > 0: hidden neurons may be rescaled.
 POSITIVE_HOMOGENEOUS = frozenset({Activation.RELU, Activation.LEAKY_RELU})
 
+#: Activations with f(-x) = -f(x): hidden neurons may be sign-flipped.
+ODD = frozenset({Activation.TANH})
+
 #: Edge types that carry one parameter scalar each.
 PARAMETER_EDGE_TYPES = frozenset(
     {

@@ -25,6 +25,33 @@ def _param_counts(g: ParameterGraph) -> list[int]:
     return [int(n) for n in g.num_param_edges.reshape(-1)]
 
 
+PARAMETER, TIED, STRUCTURAL = 0, 1, 2
+
+
+def edge_kinds(g: ParameterGraph) -> Tensor:
+    """``PARAMETER`` (0), ``TIED`` (1) or ``STRUCTURAL`` (2) for every edge of a graph or batch."""
+    batch = getattr(g, "batch", None)
+    n_edges = g.edge_index.size(1)
+    if batch is None:
+        graph = torch.zeros(n_edges, dtype=torch.long, device=g.edge_index.device)
+    else:
+        graph = batch[g.edge_index[0]]
+    counts = torch.bincount(graph, minlength=g.num_param_edges.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(n_edges, device=graph.device) - starts[graph]
+    p = g.num_param_edges.view(-1).to(graph.device)[graph]
+    t = g.num_tied_edges.view(-1).to(graph.device)[graph]
+    kind = torch.full_like(local, STRUCTURAL)
+    kind[local < p + t] = TIED
+    kind[local < p] = PARAMETER
+    return kind
+
+
+def parameter_edge_mask(g: ParameterGraph) -> Tensor:
+    """True at the edges that carry parameters (``values = edge_outputs[mask]``)."""
+    return edge_kinds(g) == PARAMETER
+
+
 def parameter_values(g: ParameterGraph) -> Tensor:
     """One entry per parameter scalar, in graph order (for a batch: graph after graph)."""
     return torch.cat([g.edge_value[s : s + n] for s, n in zip(_edge_starts(g), _param_counts(g))])

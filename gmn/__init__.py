@@ -1,7 +1,8 @@
 """gmn: graph metanetworks over parameter graphs of any architecture."""
 
-from . import architectures, symmetry
+from . import architectures, models, nn, symmetry
+from .models import GraphMetanetwork
 from .summary import summary, to_networkx
 
-__all__ = ["architectures", "summary", "symmetry", "to_networkx"]
+__all__ = ["GraphMetanetwork", "architectures", "models", "nn", "summary", "symmetry", "to_networkx"]
 __version__ = "0.1.0"

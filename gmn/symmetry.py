@@ -16,8 +16,9 @@ import math
 import torch
 from torch import Tensor
 
-from converters import ParameterGraph, with_values
-from converters.vocab import POSITIVE_HOMOGENEOUS, Activation, EdgeType, NodeType
+from converters import ParameterGraph, edge_kinds, with_values
+from converters.vocab import ODD, POSITIVE_HOMOGENEOUS, Activation, EdgeType, NodeType
+from converters.writer import PARAMETER
 
 _M1 = 0x7FB5D329728EA185
 _M2 = 0x1B873593
@@ -108,15 +109,16 @@ def _is_automorphism(pi: Tensor, src: Tensor, dst: Tensor, label: Tensor, n: int
     return torch.equal(before, after)
 
 
-def permute_values(g: ParameterGraph, pi: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def permute_values(g: ParameterGraph, pi: Tensor, return_edge_map: bool = False):
     """Parameter values and buffers of the graph relabelled by automorphism ``pi``."""
     n = g.num_nodes
     _, label = _structure(g)
     src, dst = g.edge_index
     old = torch.argsort(_edge_keys(src, dst, label, n), stable=True)
     new = torch.argsort(_edge_keys(pi[src], pi[dst], label, n), stable=True)
-    value = torch.empty_like(g.edge_value)
-    value[old] = g.edge_value[new]
+    edge_map = torch.empty_like(old)
+    edge_map[old] = new
+    value = g.edge_value[edge_map]
     buffers = {}
     index = g.param_index
     for name, (dim, nodes) in index.buffer_nodes.items():
@@ -127,57 +129,77 @@ def permute_values(g: ParameterGraph, pi: Tensor) -> tuple[Tensor, dict[str, Ten
         moved = torch.empty_like(buf)
         moved.index_copy_(dim, target, buf)
         buffers[name] = moved
+    if return_edge_map:
+        return value[: int(g.num_param_edges)], buffers, edge_map
     return value[: int(g.num_param_edges)], buffers
 
 
-def scalable_neurons(g: ParameterGraph) -> Tensor:
-    """Hidden neurons whose activation commutes with positive scaling and whose edges all
-    carry weights of dense/conv layers: scaling in-edges by s and out-edges by 1/s keeps
-    the function."""
+def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:
+    """Hidden neurons with an activation in ``acts`` whose in-edges are all parameters and
+    whose out-edges are all dense/conv weights: rescaling or flipping their in-edges and
+    compensating on their out-edges keeps the function. Works on batches."""
     n = g.num_nodes
-    p = int(g.num_param_edges)
     src, dst = g.edge_index
     etype = g.edge_type.long()
-    is_param = torch.zeros_like(etype, dtype=torch.bool)
-    is_param[:p] = True
+    is_param = edge_kinds(g) == PARAMETER
     weight = torch.zeros_like(is_param)
     for t in (EdgeType.LINEAR, EdgeType.CONV, EdgeType.CONV_TRANSPOSE):
         weight |= etype == int(t)
-    ok = torch.zeros(n, dtype=torch.bool)
-    for act in POSITIVE_HOMOGENEOUS:
+    ok = torch.zeros(n, dtype=torch.bool, device=src.device)
+    for act in acts:
         ok |= g.node_act.long() == int(act)
     ok &= g.node_type.long() == int(NodeType.HIDDEN)
-    bad_out = torch.zeros(n, dtype=torch.long).index_add_(0, src, (~(weight & is_param)).long())
-    bad_in = torch.zeros(n, dtype=torch.long).index_add_(0, dst, (~is_param).long())
+    bad_out = torch.zeros(n, dtype=torch.long, device=src.device).index_add_(0, src, (~(weight & is_param)).long())
+    bad_in = torch.zeros(n, dtype=torch.long, device=src.device).index_add_(0, dst, (~is_param).long())
     has_out = torch.bincount(src, minlength=n) > 0
-    ok &= (bad_out == 0) & (bad_in == 0) & has_out
-    return ok
+    return ok & (bad_out == 0) & (bad_in == 0) & has_out
+
+
+def scalable_neurons(g: ParameterGraph) -> Tensor:
+    """Neurons with a positively homogeneous activation (ReLU): f(s x) = s f(x), s > 0."""
+    return _neurons_with(g, POSITIVE_HOMOGENEOUS)
+
+
+def flippable_neurons(g: ParameterGraph) -> Tensor:
+    """Neurons with an odd activation (tanh): f(-x) = -f(x)."""
+    return _neurons_with(g, ODD)
 
 
 def random_symmetry(
-    g: ParameterGraph, seed: int = 0, *, scale: bool = False, scale_range: float = 4.0
-) -> ParameterGraph:
+    g: ParameterGraph,
+    seed: int = 0,
+    *,
+    scale: bool = False,
+    sign: bool = False,
+    scale_range: float = 4.0,
+    return_maps: bool = False,
+):
     """The graph of a random function-preserving reparametrisation of ``g``'s model.
 
     Permutes hidden neurons, heads, experts (every symmetry the graph's structure has);
     with ``scale``, also rescales ReLU-like neurons by factors in ``[1/scale_range,
-    scale_range]``. Input/output neurons and non-permutable structure stay fixed.
+    scale_range]``; with ``sign``, flips tanh-like neurons at random. Input/output neurons
+    and non-permutable structure stay fixed. With ``return_maps``, also returns
+    ``(node_map, edge_map)``: node ``n`` of ``g`` is node ``node_map[n]`` of the result, and
+    edge ``e`` of the result is edge ``edge_map[e]`` of ``g`` moved there.
     """
     gen = torch.Generator().manual_seed(seed)
     pi = random_automorphism(g, gen)
-    values, buffers = permute_values(g, pi)
-    if scale:
-        values = _rescale(with_values(g, values), values, gen, scale_range)
-    return with_values(g, values, buffers)
+    values, buffers, edge_map = permute_values(g, pi, return_edge_map=True)
+    if scale or sign:
+        moved = with_values(g, values)
+        factor = torch.ones(g.num_nodes)
+        if scale:
+            log_s = (torch.rand(g.num_nodes, generator=gen) * 2 - 1) * math.log(scale_range)
+            factor = torch.where(scalable_neurons(moved), log_s.exp(), factor)
+        if sign:
+            flips = torch.where(torch.rand(g.num_nodes, generator=gen) < 0.5, -1.0, 1.0)
+            factor = torch.where(flippable_neurons(moved), flips, factor)
+        src, dst = g.edge_index[:, : values.numel()]
+        values = values * factor[dst] / factor[src]
+    out = with_values(g, values, buffers)
+    return (out, pi, edge_map) if return_maps else out
 
 
-def _rescale(g: ParameterGraph, values: Tensor, gen: torch.Generator, scale_range: float) -> Tensor:
-    ok = scalable_neurons(g)
-    log_s = (torch.rand(g.num_nodes, generator=gen) * 2 - 1) * math.log(scale_range)
-    s = torch.where(ok, log_s.exp(), torch.ones(()))
-    p = values.numel()
-    src, dst = g.edge_index[:, :p]
-    return values * s[dst] / s[src]
-
-
-__all__ = ["Activation", "random_automorphism", "random_symmetry", "refine", "scalable_neurons"]
+__all__ = ["Activation", "flippable_neurons", "random_automorphism", "random_symmetry", "refine",
+           "scalable_neurons"]

@@ -33,6 +33,7 @@ def test_batch_keeps_tied_slots_per_graph():
     batch = Batch.from_data_list([converters.from_torch(mlp, xm), g])
     second = batch.get_example(1)
     assert torch.equal(second.tied_slot, g.tied_slot)
+    assert torch.equal(second.node_index, g.node_index)  # channel numbers are not shifted
 
 
 def test_wrong_number_of_values_is_refused():

@@ -1,0 +1,56 @@
+"""One metanetwork class: encoders, a stack of message-passing layers, a readout."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
+
+KINDS = ("gmn", "pna", "scale_gmn")
+READOUTS = ("graph", "node", "edge")
+
+
+class GraphMetanetwork(nn.Module):
+    """A metanetwork over (batches of) parameter graphs of any architecture.
+
+    ``kind``: ``"gmn"`` (edge-updating GMN layers), ``"pna"`` (PNA-style baseline) or
+    ``"scale_gmn"`` (GMN layers on scale/sign-canonical values: also invariant to ReLU
+    rescaling and tanh sign flips). ``readout``: ``"graph"`` (one invariant vector per
+    graph, mean and max pooled), ``"node"`` or ``"edge"`` (equivariant: one output per
+    node / edge; edge outputs at parameter edges map back to weights with
+    ``converters.parameter_edge_mask``).
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
+                 out_dim: int = 1):
+        super().__init__()
+        if kind not in KINDS or readout not in READOUTS:
+            raise ValueError(f"kind must be one of {KINDS} and readout one of {READOUTS}")
+        self.kind, self.readout = kind, readout
+        self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
+        conv = PNAConv if kind == "pna" else GMNConv
+        self.convs = nn.ModuleList(conv(hidden) for _ in range(layers))
+        width = 2 * hidden if readout == "graph" else hidden
+        self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, g, values: Tensor | None = None) -> Tensor:
+        """Outputs for graph (or batch) ``g``; ``values`` replaces ``g.edge_value`` (all edges)."""
+        values = g.edge_value if values is None else values
+        scales = None
+        if self.kind == "scale_gmn":
+            values, scales = canonicalise(g, values)
+        h, e = self.nodes(g), self.edges(g, values)
+        for conv in self.convs:
+            h, e = conv(h, e, g.edge_index)
+        if self.readout == "node":
+            return self.head(h)
+        if self.readout == "edge":
+            out = self.head(e)
+            return out if scales is None else decanonicalise(g, out, scales)
+        batch = getattr(g, "batch", None)
+        if batch is None:
+            batch = torch.zeros(h.size(0), dtype=torch.long, device=h.device)
+        size = int(g.num_param_edges.numel())
+        pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max")], -1)
+        return self.head(pooled)

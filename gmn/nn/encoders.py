@@ -1,0 +1,60 @@
+"""Encoders: node and edge features of a parameter graph -> hidden states.
+
+Nodes: type, activation, depth (sinusoidal), and an index only where the graph has one
+(input/output/token nodes); hidden neurons get nothing that tells them apart. Edges:
+type, kind (parameter / tied / structure), position (sinusoidal) and the value through
+random Fourier features plus the raw value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from converters.vocab import Activation, EdgeType, NodeType
+
+from .features import edge_kind, sinusoidal
+
+
+class NodeEncoder(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.type_embed = nn.Embedding(len(NodeType), hidden)
+        self.act = nn.Embedding(len(Activation), hidden)
+        self.depth = nn.Linear(hidden, hidden)
+        self.index = nn.Linear(hidden, hidden)
+
+    def forward(self, g) -> Tensor:
+        h = self.type_embed(g.node_type.long()) + self.act(g.node_act.long())
+        h = h + self.depth(sinusoidal(g.node_depth, self.hidden))
+        has_index = (g.node_index >= 0).unsqueeze(-1)
+        return h + has_index * self.index(sinusoidal(g.node_index.clamp(min=0), self.hidden))
+
+
+class FourierFeatures(nn.Module):
+    """``[sin(2 pi B x), cos(2 pi B x), x]`` with fixed random frequencies ``B``."""
+
+    def __init__(self, features: int, scale: float = 4.0):
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(features // 2) * scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        angles = 2 * torch.pi * x.unsqueeze(-1) * self.freqs
+        return torch.cat([angles.sin(), angles.cos(), x.unsqueeze(-1)], -1)
+
+
+class EdgeEncoder(nn.Module):
+    def __init__(self, hidden: int, fourier: int = 32):
+        super().__init__()
+        self.hidden = hidden
+        self.type_embed = nn.Embedding(len(EdgeType), hidden)
+        self.kind = nn.Embedding(3, hidden)
+        self.pos = nn.Linear(hidden, hidden)
+        self.fourier = FourierFeatures(fourier)
+        self.value = nn.Linear(fourier // 2 * 2 + 1, hidden)
+
+    def forward(self, g, values: Tensor) -> Tensor:
+        e = self.type_embed(g.edge_type.long()) + self.kind(edge_kind(g))
+        e = e + self.pos(sinusoidal(g.edge_pos, self.hidden))
+        return e + self.value(self.fourier(torch.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4)))
