@@ -55,6 +55,12 @@ class EdgeEncoder(nn.Module):
         self.value = nn.Linear(fourier // 2 * 2 + 1, hidden)
 
     def forward(self, g, values: Tensor) -> Tensor:
-        e = self.type_embed(g.edge_type.long()) + self.kind(edge_kind(g))
-        e = e + self.pos(sinusoidal(g.edge_pos, self.hidden))
-        return e + self.value(self.fourier(torch.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4)))
+        # (type, kind, position) takes few distinct values: embed those once, gather per edge
+        etype, kind, pos = g.edge_type.long(), edge_kind(g), g.edge_pos.long()
+        key = (etype * 3 + kind) * (int(pos.max()) + 1 if pos.numel() else 1) + pos
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        first = torch.zeros_like(uniq).scatter_(0, inverse, torch.arange(key.numel(), device=key.device))
+        table = (self.type_embed(etype[first]) + self.kind(kind[first])
+                 + self.pos(sinusoidal(pos[first], self.hidden)))
+        value = torch.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4)
+        return table[inverse] + self.value(self.fourier(value))
