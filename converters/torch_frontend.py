@@ -7,6 +7,7 @@ import operator
 import torch
 from torch import Tensor, nn
 from torch.fx import Node
+from tqdm.auto import tqdm
 
 from . import rules  # noqa: F401  (registers the rules)
 from .context import Context, nonneuron
@@ -20,7 +21,9 @@ CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
             "aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
 
 
-def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, tracer: str = "auto") -> ParameterGraph:
+def from_torch(
+    model: nn.Module, example_inputs: Tensor | tuple, *, tracer: str = "auto", progress: bool = False
+) -> ParameterGraph:
     """Convert ``model`` to a :class:`ParameterGraph` by tracing it on ``example_inputs``.
 
     ``tracer``: ``"export"`` (``torch.export``: sees inside ``forward``, traces
@@ -29,6 +32,7 @@ def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, tracer: str 
     The model is traced in eval mode (its mode is restored afterwards). Float inputs get
     one input node per channel: axis 1 for models with convolutions, the last axis
     otherwise. Integer inputs (token ids) get none; embedding tables make token nodes.
+    ``progress`` shows a progress bar over the traced ops.
     """
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     program = _trace(model, args, tracer)
@@ -37,7 +41,7 @@ def from_torch(model: nn.Module, example_inputs: Tensor | tuple, *, tracer: str 
     buffers = {k: v.detach().clone() for k, v in state.items() if k not in params and k not in aliases}
     builder = GraphBuilder({k: v.detach() for k, v in params.items()})
     ctx = Context(builder)
-    _walk(ctx, model, program, params, aliases)
+    _walk(ctx, model, program, params, aliases, progress)
     data, layout, sources = builder.finish()
     simplify(data, builder.buffer_nodes, sources)
     index = ParamIndex(
@@ -101,12 +105,13 @@ def _unique_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, s
 
 
 def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict[str, Tensor],
-          aliases: dict[str, str]) -> None:
+          aliases: dict[str, str], progress: bool = False) -> None:
     graph = program.graph
     has_conv = any(n.op == "call_function" and op_name(n.target) in CONV_OPS for n in graph.nodes)
     to_param, to_buffer, user_inputs = program.to_param, program.to_buffer, set(program.user_inputs)
     handled: set[Node] = set()
-    for node in graph.nodes:
+    nodes = list(graph.nodes)
+    for node in tqdm(nodes, desc=f"converting {type(model).__name__}", unit="op", disable=not progress):
         ctx.node = node
         if node in handled:
             continue

@@ -58,7 +58,7 @@ def load_target(target: str, arch: str | None, input_shape: str | None, dtype: s
             default = lambda: example  # noqa: E731
     else:
         raise SystemExit(f"gmn: {target!r} is no file, built-in model ({', '.join(BUILTIN)}) or module:attr")
-    return converters.from_torch(model, _example(input_shape, dtype, default))
+    return converters.from_torch(model, _example(input_shape, dtype, default), progress=True)
 
 
 def main(argv: list[str] | None = None) -> int:

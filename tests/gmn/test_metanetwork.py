@@ -88,6 +88,18 @@ def test_mixed_architecture_batch_matches_single_graphs(graphs):
     assert [set(s) for s in states] == [set(converters.to_state_dict(s)) for s in singles]
 
 
+def test_torch_scatter_and_fallback_agree(monkeypatch):
+    torch_scatter = pytest.importorskip("torch_scatter")
+    import gmn.nn.scatter as mod
+
+    src, index = torch.randn(40, 4), torch.randint(0, 6, (40,))
+    for reduce in ("sum", "mean", "max", "min"):
+        with_ext = torch_scatter.scatter(src, index, dim=0, dim_size=7, reduce=reduce)
+        monkeypatch.setattr(mod, "USE_TORCH_SCATTER", False)
+        torch.testing.assert_close(mod.scatter(src, index, 7, reduce), with_ext)
+        monkeypatch.setattr(mod, "USE_TORCH_SCATTER", True)
+
+
 def test_scatter_fallback_matches_reference():
     torch.manual_seed(0)
     src, index = torch.randn(50, 3), torch.randint(0, 7, (50,))
