@@ -21,6 +21,7 @@ class Context:
         self.whole_flat: dict[str, Tensor] = {}  # parameter -> its placeholder's flat index
         self.next_input_index = 0
         self._tags: dict[Node, int] = {}
+        self.unbiased: dict[Node, tuple[Tensor, int]] = {}  # dense outputs without a bias yet
         self.node: Node | None = None
 
     # reading ----------------------------------------------------------------

@@ -103,10 +103,10 @@ def dense_edges(
 
 
 def bias_edges(ctx: Context, bias: TensorInfo | None, out: Tensor, depth: int, etype=EdgeType.BIAS) -> None:
-    if bias is None:
-        return
+    if bias is None or (bias.param is None and not bias.has_neurons):
+        return  # no bias, or a constant one (ONNX files spell "no bias" as zeros): no parameters
     if bias.param is None:
-        raise ctx.fail("bias is not a parameter")
+        raise ctx.fail("bias computed from activations")
     node = ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0))
     flat = None if whole(ctx, bias) else bias.flat.reshape(-1)
     ctx.builder.param_edges(bias.param, node, out, etype, flat=flat)

@@ -56,4 +56,6 @@ def conv(ctx: Context, node: Node) -> TensorInfo:
     pos = torch.arange(k).view(1, 1, k)
     ctx.builder.param_edges(w.param, src, dst, etype, pos, flat=flat, shape=(a, bdim, k))
     bias_edges(ctx, b, out, depth)
+    if b is None:
+        ctx.unbiased[ctx.node] = (out, 1)
     return ctx.neurons_along(out, ctx.shape(), 1)

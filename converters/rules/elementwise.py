@@ -9,8 +9,10 @@ from ..context import Context, nonneuron
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo
 from ..vocab import EdgeType, NodeType
-from .common import affine, pair, varies
+from .common import affine, bias_edges, pair, varies
+from .shape import IDENTITY, SHAPE
 
+SHAPE_OPS = frozenset(IDENTITY + SHAPE)
 ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
 MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.div", "aten.div_")
 ORDERED = ("aten.sub", "aten.sub_", "aten.rsub", "aten.div", "aten.div_")
@@ -31,6 +33,18 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
         p, x = (a, b) if a.param is not None else (b, a)
         if not x.has_neurons:
             return _with_nonneuron(ctx, ctx.materialise(p), x, shape, 0)
+        if name in ("aten.add", "aten.add_"):
+            x_node = node.args[1] if a.param is not None else node.args[0]
+            layer = _layer_without_bias(ctx, x_node, x, p, shape)
+            if layer is not None:  # x @ W + b is a linear layer with a bias
+                out, _ = ctx.unbiased.pop(layer)
+                index = torch.full((ctx.builder.num_nodes,), -1, dtype=torch.long)
+                index[out] = torch.arange(out.numel())
+                flat = p.flat.broadcast_to(shape).reshape(-1)
+                order = torch.zeros(out.numel(), dtype=torch.long).scatter_(0, index[x.ids.reshape(-1)], flat)
+                bias_edges(ctx, TensorInfo(p.ids, p.pos, param=p.param, flat=order), out,
+                           ctx.builder.depth_of(out))
+                return x
         if additive:
             return affine(ctx, x, shape, None, p, EdgeType.SCALE, EdgeType.SHIFT)
         return affine(ctx, x, shape, p, None, EdgeType.SCALE, EdgeType.SHIFT)
@@ -43,6 +57,35 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
         const_node = node.args[1] if a.has_neurons else node.args[0]
         return _with_nonneuron(ctx, x, c, shape, ctx.tag(const_node))
     return nonneuron(shape, a, b)
+
+
+def _layer_without_bias(ctx: Context, x_node, x: TensorInfo, p: TensorInfo, shape: tuple[int, ...]):
+    """The dense/conv op whose output ``x`` is (through views nothing else reads), when it
+    has no bias and ``p`` adds exactly one scalar per output neuron: that is its bias."""
+    layer = x_node
+    for _ in range(8):
+        if len(layer.users) != 1:
+            return None
+        if layer in ctx.unbiased:
+            break
+        inputs = layer.all_input_nodes
+        if len(inputs) != 1 or op_name(layer.target) not in SHAPE_OPS:
+            return None
+        layer = inputs[0]
+    else:
+        return None
+    if layer not in ctx.unbiased or p.flat.numel() != ctx.unbiased[layer][0].numel():
+        return None
+    out = ctx.unbiased[layer][0]
+    ids = x.ids.broadcast_to(shape).reshape(-1)
+    flat = p.flat.broadcast_to(shape).reshape(-1)
+    if tuple(x.ids.shape) != shape or bool((ids < 0).any()) or not bool(torch.isin(ids, out).all()):
+        return None
+    # one parameter scalar per neuron, the same wherever the neuron appears
+    first = torch.full((ctx.builder.num_nodes,), -1, dtype=torch.long).scatter_(0, ids, flat)
+    if not bool((first[ids] == flat).all()) or torch.unique(flat).numel() != out.numel():
+        return None
+    return layer
 
 
 def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...], tag: int) -> TensorInfo:

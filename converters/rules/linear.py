@@ -15,6 +15,8 @@ def _dense(ctx: Context, x: TensorInfo, w: TensorInfo, transposed: bool, bias, i
     depth = ctx.depth(x)
     out = dense_edges(ctx, x, in_dim, w, transposed, EdgeType.LINEAR, depth)
     bias_edges(ctx, bias, out, depth)
+    if bias is None:
+        ctx.unbiased[ctx.node] = (out, out_dim)
     return ctx.neurons_along(out, ctx.shape(), out_dim)
 
 

@@ -7,6 +7,7 @@ the channels' nodes so that permutations carry them along.
 
 from __future__ import annotations
 
+import torch
 from torch.fx import Node
 
 from ..context import Context
@@ -27,6 +28,10 @@ def _channel_view(p: TensorInfo | None, ndim: int, dim: int) -> TensorInfo | Non
 
 def _norm(ctx: Context, x: TensorInfo, w, b, dim: int | None) -> TensorInfo:
     shape = ctx.shape()
+    if any(p is not None and p.param is None and p.has_neurons for p in (w, b)):
+        raise ctx.fail("normalisation scale or shift computed from activations")
+    # a constant scale or shift (ONNX spells "no affine" as ones and zeros) has no parameters
+    w, b = (p if p is not None and p.param is not None else None for p in (w, b))
     if dim is not None:
         w, b = _channel_view(w, len(shape), dim), _channel_view(b, len(shape), dim)
     return affine(ctx, x, shape, w, b, EdgeType.NORM_WEIGHT, EdgeType.NORM_BIAS)
@@ -90,3 +95,21 @@ def _group_norm(ctx: Context, x: TensorInfo, w, b, groups: int) -> TensorInfo:
     return out
 
 
+
+
+@register_op("gmn.local_response_norm")
+def local_response_norm(ctx: Context, node: Node) -> TensorInfo:
+    """Each channel is normalised by a window of its neighbours: one node per channel with
+    an edge from every channel in its window, the window offset as position. Only the
+    channel order's reversal survives as a symmetry, as for the function itself."""
+    x, size = ctx.info(node.args[0]), int(node.args[1])
+    channels = channel_ids(x.ids, 1)
+    n = channels.numel()
+    out = ctx.new_neurons(n, NodeType.SUM, ctx.depth(x))
+    offsets = torch.arange(-(size // 2), (size - 1) // 2 + 1)
+    src = torch.arange(n).view(n, 1) + offsets.view(1, -1)
+    inside = (src >= 0) & (src < n)
+    dst = torch.arange(n).view(n, 1).expand_as(src)
+    pos = (offsets + size // 2).view(1, -1).expand_as(src)
+    ctx.builder.edges(channels[src[inside]], out[dst[inside]], EdgeType.RESIDUAL, pos[inside])
+    return ctx.neurons_along(out, ctx.shape(), 1)

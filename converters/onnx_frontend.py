@@ -1,0 +1,272 @@
+"""ONNX frontend and writer: ``from_onnx`` reads a model file, ``to_onnx`` writes values back.
+
+The ONNX graph becomes an ``nn.Module`` that runs its nodes with torch code
+(``onnx_ops.py``); the eager tracer records it and the ordinary rules build the graph, so
+ONNX and PyTorch models of the same architecture give the same parameter graph.
+Parameters are the floating-point initializers and the non-trivial floating-point
+``Constant`` tensors (real files keep weights there too), under their ONNX names;
+BatchNormalization statistics are buffers. Nothing is folded or changed: the graph holds
+the values the file holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import external_data_helper, helper, numpy_helper
+from torch import Tensor, nn
+
+from .graph import ConversionError, ParameterGraph
+from .onnx_ops import ONNX_OPS
+from .torch_frontend import from_torch
+from .writer import to_state_dict
+
+
+def memory_limit() -> int:
+    """Bytes of memory a model file may take (what is free now)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def load_onnx(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read an ONNX model safely: size checked first, external data confined to its folder."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such ONNX file")
+    size = path.stat().st_size
+    limit = memory_limit()
+    if size > limit:
+        raise ConversionError(f"{path} is {size / 2**30:.1f} GiB; only {limit / 2**30:.1f} GiB of memory is free")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, RuntimeError, ...
+        raise ConversionError(f"{path} is not a valid ONNX model (truncated or corrupt protobuf): {err}") from err
+    _load_external_data(proto, path.parent.resolve(), size, limit)
+    return proto
+
+
+def _tensors(proto: onnx.ModelProto):
+    yield from proto.graph.initializer
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _load_external_data(proto: onnx.ModelProto, base: Path, size: int, limit: int) -> None:
+    external = [t for t in _tensors(proto) if external_data_helper.uses_external_data(t)]
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if Path(location).is_absolute() or base not in target.parents:
+            raise ConversionError(f"external data path {location!r} of tensor {tensor.name!r} escapes the "
+                                  f"model's folder {base}; refused")
+        if not target.is_file():
+            raise ConversionError(f"external data file {location!r} of tensor {tensor.name!r} is missing")
+    total = size + sum(int({e.key: e.value for e in t.external_data}.get("length", 0)) for t in external)
+    if total > limit:
+        raise ConversionError(f"the model and its external data are {total / 2**30:.1f} GiB; only "
+                              f"{limit / 2**30:.1f} GiB of memory is free")
+    for tensor in external:
+        try:
+            external_data_helper.load_external_data_for_tensor(tensor, str(base))
+        except Exception as err:
+            raise ConversionError(f"cannot read external data of tensor {tensor.name!r}: {err}") from err
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _to_torch(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    out = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        if isinstance(value, onnx.TensorProto):
+            value = _to_torch(numpy_helper.to_array(value))
+        elif isinstance(value, bytes):
+            value = value.decode()
+        out[attr.name] = value
+    return out
+
+
+def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Nodes in an order where every input exists first; names dangling inputs and cycles."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producers = {o for n in graph.node for o in n.output}
+    for n in graph.node:
+        for name in n.input:
+            if name not in available and name not in producers:
+                raise ConversionError(f"input {name!r} of node {n.name or n.op_type!r} ({n.op_type}) is produced "
+                                      f"by nothing: a missing initializer or a dangling input")
+    order, pending = [], list(graph.node)
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            names = ", ".join(repr(n.name or n.op_type) for n in pending[:5])
+            raise ConversionError(f"the ONNX graph has a cycle through nodes {names}")
+        for n in ready:
+            available.update(n.output)
+        order += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    for out in graph.output:
+        if out.name not in available:
+            raise ConversionError(f"graph output {out.name!r} is produced by nothing")
+    return order
+
+
+def _is_parameter(value: Tensor) -> bool:
+    """A Constant tensor that holds weights: floating point and not one repeated number."""
+    return value.is_floating_point() and value.numel() > 1 and bool((value != value.reshape(-1)[0]).any())
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph run with torch ops; parameters and buffers keep their ONNX names."""
+
+    def __init__(self, proto: onnx.ModelProto):
+        super().__init__()
+        graph = proto.graph
+        self.nodes = _topological(graph)
+        for n in self.nodes:
+            if n.domain not in ("", "ai.onnx") or n.op_type not in ONNX_OPS and n.op_type != "Constant":
+                raise ConversionError(self._unknown(n, graph))
+        statistics = {n.input[i] for n in self.nodes if n.op_type == "BatchNormalization" for i in (3, 4)
+                      if len(n.input) > i}
+        self.onnx_names: dict[str, str] = {}  # attribute name -> ONNX name
+        self.constants: dict[str, Tensor] = {}
+        init_names = {t.name for t in graph.initializer}
+        for t in graph.initializer:
+            self._add(t.name, _to_torch(numpy_helper.to_array(t)), statistics, trainable=True)
+        for n in self.nodes:
+            if n.op_type == "Constant":
+                attrs = _attributes(n)
+                value = attrs.get("value")
+                if value is None:
+                    value = next(torch.tensor(v) for k, v in attrs.items() if k.startswith("value"))
+                self._add(n.output[0], value, statistics, trainable=_is_parameter(value))
+        self.input_names = [i.name for i in graph.input if i.name not in init_names]
+        self.output_names = [o.name for o in graph.output]
+        self.attrs = [_attributes(n) for n in self.nodes]
+
+    def _unknown(self, n: onnx.NodeProto, graph: onnx.GraphProto) -> str:
+        weights = [i for i in n.input if i in {t.name for t in graph.initializer}]
+        what = f"using parameter {weights[0]!r}" if weights else "on activations"
+        return (f"no converter for ONNX op {n.domain + '.' if n.domain else ''}{n.op_type} (node "
+                f"{n.name or n.op_type!r}) {what}; add one to converters.onnx_ops.ONNX_OPS")
+
+    def _add(self, name: str, value: Tensor, statistics: set, trainable: bool) -> None:
+        """Place a tensor under its ONNX name: ``a.b.c`` becomes submodules ``a.b``, leaf ``c``,
+        so state_dict keys are the ONNX names (a name that cannot be placed gets its dots
+        replaced)."""
+        is_param = value.is_floating_point() and trainable and name not in statistics
+        if not is_param and name not in statistics:
+            self.constants[name] = value
+            return
+        owner, leaf = self._owner(name)
+        self.onnx_names[name] = name if owner is not self or "." not in name else leaf
+        if is_param:
+            owner.register_parameter(leaf, nn.Parameter(value, requires_grad=True))
+        else:
+            owner.register_buffer(leaf, value)
+
+    def _owner(self, name: str) -> tuple[nn.Module, str]:
+        parts = name.split(".")
+        module: nn.Module = self
+        if all(parts) and not hasattr(nn.Module, parts[0]):
+            for part in parts[:-1]:
+                child = module._modules.get(part)
+                if child is None:
+                    if part in module._parameters or part in module._buffers or hasattr(module, part):
+                        break
+                    child = nn.Module()
+                    module.add_module(part, child)
+                module = child
+            else:
+                if parts[-1] not in module._modules and not hasattr(nn.Module, parts[-1]):
+                    return module, parts[-1]
+        return self, name.replace(".", "\u00b7")
+
+    def forward(self, *inputs: Tensor):
+        env: dict[str, Tensor | None] = {"": None}
+        env.update(self.constants)
+        for name, key in self.onnx_names.items():
+            obj = self
+            for part in key.split("."):  # plain getattr: functional_call swaps tensors in
+                obj = getattr(obj, part)
+            env[name] = obj
+        env.update(zip(self.input_names, inputs))
+        for node, attrs in zip(self.nodes, self.attrs):
+            if node.op_type == "Constant":
+                continue
+            args = [env[i] for i in node.input]
+            try:
+                out = ONNX_OPS[node.op_type](args, {**attrs, "_outputs": len(node.output)})
+            except ConversionError:
+                raise
+            except Exception as err:
+                raise ConversionError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}) failed: "
+                                      f"{type(err).__name__}: {err}") from err
+            outs = out if isinstance(out, tuple) else (out,)
+            env.update(zip(node.output, outs))
+        results = tuple(env[o] for o in self.output_names)
+        return results[0] if len(results) == 1 else results
+
+
+def _example_inputs(proto: onnx.ModelProto, names: list[str]) -> tuple[Tensor, ...]:
+    inputs = {i.name: i for i in proto.graph.input}
+    out = []
+    for name in names:
+        t = inputs[name].type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        out.append(torch.from_numpy(np.zeros(shape, dtype=dtype)) if np.issubdtype(dtype, np.integer)
+                   else torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(_to_torch(
+                       np.zeros(0, dtype=dtype)).dtype))
+    return tuple(out)
+
+
+def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple | Tensor | None = None,
+              progress: bool = False) -> ParameterGraph:
+    """The parameter graph of an ONNX model (a path or a ``ModelProto``).
+
+    ``example_inputs`` default to tensors of the declared input shapes (symbolic
+    dimensions as 1).
+    """
+    proto = load_onnx(source)
+    module = OnnxModule(proto)
+    if example_inputs is None:
+        example_inputs = _example_inputs(proto, module.input_names)
+    g = from_torch(module, example_inputs, tracer="eager", progress=progress)
+    g.onnx = proto
+    return g
+
+
+def to_onnx(g: ParameterGraph, values: Tensor | None = None) -> onnx.ModelProto:
+    """The graph's ONNX model with parameter values ``values`` written in (same names, dtypes)."""
+    proto = getattr(g, "onnx", None)
+    if proto is None:
+        raise ConversionError("this graph was not read from ONNX (no model proto attached)")
+    onnx_name = {key: name for name, key in g.model.onnx_names.items()}
+    weights = {onnx_name.get(k, k): v.detach().cpu() for k, v in to_state_dict(g, values).items()}
+    out = copy.deepcopy(proto)
+    for i, t in enumerate(out.graph.initializer):
+        if t.name in weights:
+            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(weights[t.name].numpy().astype(dtype), t.name))
+    for node in out.graph.node:
+        if node.op_type == "Constant" and node.output[0] in weights:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    dtype = helper.tensor_dtype_to_np_dtype(attr.t.data_type)
+                    attr.t.CopyFrom(numpy_helper.from_array(weights[node.output[0]].numpy().astype(dtype)))
+    return out

@@ -1,0 +1,428 @@
+"""ONNX operators as torch code, one small function per op (an onnx2torch-style registry).
+
+Each function takes ``(inputs, attrs)``: the node's inputs as tensors (``None`` for omitted
+optional ones) and its attributes as Python values, and returns a tensor or a tuple.
+Running these inside the eager tracer turns an ONNX graph into the same traced ops a
+PyTorch model gives, so every converter rule applies unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ONNX_OPS: dict[str, Callable] = {}
+
+
+def onnx_op(*names: str):
+    def deco(fn):
+        for name in names:
+            ONNX_OPS[name] = fn
+        return fn
+
+    return deco
+
+
+def _ints(t: Tensor | None) -> list[int] | None:
+    return None if t is None else [int(v) for v in t.reshape(-1).tolist()]
+
+
+def _axes(inputs, attrs, index: int = 1) -> list[int] | None:
+    """Axes from the attribute (old opsets) or the optional input (new opsets)."""
+    if "axes" in attrs:
+        return list(attrs["axes"])
+    return _ints(inputs[index]) if len(inputs) > index else None
+
+
+# --- dense and convolution -------------------------------------------------------
+@onnx_op("Gemm")
+def gemm(i, a):
+    x, w = i[0], i[1]
+    c = i[2] if len(i) > 2 else None
+    x = x.t() if a.get("transA", 0) else x
+    alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
+    if a.get("transB", 0):
+        y = F.linear(x, w)
+    else:
+        y = torch.matmul(x, w)
+    y = y * alpha if alpha != 1.0 else y
+    if c is not None:
+        y = y + (c * beta if beta != 1.0 else c)
+    return y
+
+
+@onnx_op("MatMul")
+def matmul(i, a):
+    return torch.matmul(i[0], i[1])
+
+
+def _conv_padding(x: Tensor, a: dict, kernel: list[int], dims: int):
+    pads = list(a.get("pads", [0] * 2 * dims))
+    auto = a.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    strides = list(a.get("strides", [1] * dims))
+    dil = list(a.get("dilations", [1] * dims))
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * 2 * dims
+        for d in range(dims):
+            size = x.shape[2 + d]
+            out = math.ceil(size / strides[d])
+            total = max((out - 1) * strides[d] + (kernel[d] - 1) * dil[d] + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads[d], pads[d + dims] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    begin, end = pads[:dims], pads[dims:]
+    if begin != end:  # asymmetric: pad explicitly
+        widths = []
+        for d in reversed(range(dims)):
+            widths += [begin[d], end[d]]
+        return F.pad(x, widths), [0] * dims, strides, dil
+    return x, begin, strides, dil
+
+
+@onnx_op("Conv")
+def conv(i, a):
+    x, w = i[0], i[1]
+    b = i[2] if len(i) > 2 else None
+    dims = w.dim() - 2
+    x, padding, stride, dil = _conv_padding(x, a, list(w.shape[2:]), dims)
+    fn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    return fn(x, w, b, stride, padding, dil, a.get("group", 1))
+
+
+@onnx_op("ConvTranspose")
+def conv_transpose(i, a):
+    x, w = i[0], i[1]
+    b = i[2] if len(i) > 2 else None
+    dims = w.dim() - 2
+    pads = list(a.get("pads", [0] * 2 * dims))
+    if pads[:dims] != pads[dims:]:
+        raise ValueError("asymmetric ConvTranspose padding is not supported")
+    fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+    return fn(x, w, b, list(a.get("strides", [1] * dims)), pads[:dims],
+              list(a.get("output_padding", [0] * dims)), a.get("group", 1), list(a.get("dilations", [1] * dims)))
+
+
+# --- normalisation ---------------------------------------------------------------
+@onnx_op("BatchNormalization")
+def batch_norm(i, a):
+    return F.batch_norm(i[0], i[3], i[4], i[1], i[2], False, 0.0, a.get("epsilon", 1e-5))
+
+
+@onnx_op("InstanceNormalization")
+def instance_norm(i, a):
+    return F.instance_norm(i[0], weight=i[1], bias=i[2], eps=a.get("epsilon", 1e-5))
+
+
+@onnx_op("LayerNormalization")
+def layer_norm(i, a):
+    x = i[0]
+    axis = a.get("axis", -1) % x.dim()
+    b = i[2] if len(i) > 2 else None
+    return F.layer_norm(x, list(x.shape[axis:]), i[1], b, a.get("epsilon", 1e-5))
+
+
+@onnx_op("GroupNormalization")
+def group_norm(i, a):
+    x, groups = i[0], a["num_groups"]
+    return F.group_norm(x, groups, i[1], i[2], a.get("epsilon", 1e-5))
+
+
+@torch.library.custom_op("gmn::local_response_norm", mutates_args=())
+def local_response_norm(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    """LRN as one traced op (its decomposition would hide which channels it mixes)."""
+    return F.local_response_norm(x, size, alpha, beta, k)
+
+
+@local_response_norm.register_fake
+def _(x, size, alpha, beta, k):
+    return torch.empty_like(x)
+
+
+@onnx_op("LRN")
+def lrn(i, a):
+    return local_response_norm(i[0], a["size"], a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0))
+
+
+# --- elementwise ----------------------------------------------------------------
+for _name, _fn in {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow,
+    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
+}.items():
+    ONNX_OPS[_name] = (lambda fn: lambda i, a: fn(i[0], i[1]))(_fn)
+
+for _name, _fn in {
+    "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp, "Log": torch.log,
+    "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf,
+    "Softplus": F.softplus, "HardSwish": F.hardswish, "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
+    "Identity": lambda x: x, "Floor": torch.floor, "Ceil": torch.ceil, "Sign": torch.sign, "Mish": F.mish,
+}.items():
+    ONNX_OPS[_name] = (lambda fn: lambda i, a: fn(i[0]))(_fn)
+
+
+@onnx_op("Sum")
+def sum_(i, a):
+    out = i[0]
+    for t in i[1:]:
+        out = out + t
+    return out
+
+
+@onnx_op("LeakyRelu")
+def leaky_relu(i, a):
+    return F.leaky_relu(i[0], a.get("alpha", 0.01))
+
+
+@onnx_op("Elu")
+def elu(i, a):
+    return F.elu(i[0], a.get("alpha", 1.0))
+
+
+@onnx_op("Selu")
+def selu(i, a):
+    return F.selu(i[0])
+
+
+@onnx_op("HardSigmoid")
+def hard_sigmoid(i, a):
+    return torch.clamp(i[0] * a.get("alpha", 0.2) + a.get("beta", 0.5), 0, 1)
+
+
+@onnx_op("Gelu")
+def gelu(i, a):
+    approx = a.get("approximate", "none")
+    return F.gelu(i[0], approximate=approx.decode() if isinstance(approx, bytes) else approx)
+
+
+@onnx_op("Clip")
+def clip(i, a):
+    lo = i[1] if len(i) > 1 and i[1] is not None else a.get("min")
+    hi = i[2] if len(i) > 2 and i[2] is not None else a.get("max")
+    lo = float(lo) if isinstance(lo, Tensor) else lo
+    hi = float(hi) if isinstance(hi, Tensor) else hi
+    return torch.clamp(i[0], lo, hi)
+
+
+@onnx_op("Softmax", "LogSoftmax")
+def softmax(i, a):
+    return F.softmax(i[0], a.get("axis", -1))
+
+
+@onnx_op("Where")
+def where(i, a):
+    return torch.where(i[0].bool(), i[1], i[2])
+
+
+@onnx_op("Cast", "CastLike")
+def cast(i, a):
+    if "to" in a:
+        import numpy as np
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        dtype = torch.from_numpy(np.zeros(0, dtype=tensor_dtype_to_np_dtype(a["to"]))).dtype
+    else:
+        dtype = i[1].dtype
+    return i[0].to(dtype)
+
+
+@onnx_op("Dropout")
+def dropout(i, a):
+    return i[0]
+
+
+# --- shapes -----------------------------------------------------------------------
+@onnx_op("Shape")
+def shape(i, a):
+    dims = list(i[0].shape)[a.get("start", 0) : a.get("end", None)]
+    return torch.tensor(dims, dtype=torch.long)
+
+
+@onnx_op("Size")
+def size(i, a):
+    return torch.tensor(i[0].numel(), dtype=torch.long)
+
+
+@onnx_op("Reshape")
+def reshape(i, a):
+    x, target = i[0], _ints(i[1])
+    if not a.get("allowzero", 0):
+        target = [x.shape[d] if s == 0 else s for d, s in enumerate(target)]
+    return x.reshape(target)
+
+
+@onnx_op("Flatten")
+def flatten(i, a):
+    x, axis = i[0], a.get("axis", 1) % max(i[0].dim(), 1)
+    return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
+@onnx_op("Transpose")
+def transpose(i, a):
+    perm = a.get("perm", list(reversed(range(i[0].dim()))))
+    return i[0].permute(*perm)
+
+
+@onnx_op("Squeeze")
+def squeeze(i, a):
+    axes = _axes(i, a)
+    return i[0].squeeze() if axes is None else i[0].squeeze(tuple(axes))
+
+
+@onnx_op("Unsqueeze")
+def unsqueeze(i, a):
+    x = i[0]
+    axes = sorted(d % (x.dim() + len(_axes(i, a))) for d in _axes(i, a))
+    for d in axes:
+        x = x.unsqueeze(d)
+    return x
+
+
+@onnx_op("Concat")
+def concat(i, a):
+    return torch.cat([t for t in i if t is not None], a["axis"])
+
+
+@onnx_op("Split")
+def split(i, a):
+    x, axis = i[0], a.get("axis", 0)
+    sizes = list(a["split"]) if "split" in a else _ints(i[1]) if len(i) > 1 and i[1] is not None else None
+    if sizes is None:
+        n = a.get("num_outputs", a.get("_outputs", 1))
+        sizes = [math.ceil(x.shape[axis] / n)] * (n - 1)
+        sizes.append(x.shape[axis] - sum(sizes))
+    return tuple(torch.split(x, sizes, axis))
+
+
+@onnx_op("Slice")
+def slice_(i, a):
+    x = i[0]
+    if "starts" in a:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = _ints(i[1]), _ints(i[2])
+        axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else None
+        steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else None
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        n = x.shape[ax]
+        s, e = max(min(s if s >= 0 else s + n, n), 0), max(min(e if e >= 0 else e + n, n), 0)
+        if st < 0:
+            raise ValueError("negative Slice steps are not supported")
+        index[ax] = slice(s, e, st)
+    return x[tuple(index)]
+
+
+@onnx_op("Gather")
+def gather(i, a):
+    data, idx, axis = i[0], i[1], a.get("axis", 0)
+    if axis == 0 and data.dim() == 2 and not idx.is_floating_point() and isinstance(data, torch.nn.Parameter):
+        return F.embedding(idx.long(), data)
+    return torch.index_select(data, axis, idx.reshape(-1).long() % data.shape[axis]).reshape(
+        data.shape[:axis] + idx.shape + data.shape[axis + 1 :])
+
+
+@onnx_op("Expand")
+def expand(i, a):
+    x, target = i[0], _ints(i[1])
+    out = torch.broadcast_shapes(tuple(x.shape), tuple(target))
+    return x.expand(out)
+
+
+@onnx_op("Tile")
+def tile(i, a):
+    return i[0].repeat(*_ints(i[1]))
+
+
+@onnx_op("ConstantOfShape")
+def constant_of_shape(i, a):
+    value = a.get("value", torch.zeros(1))
+    return value.reshape(-1)[0].expand(_ints(i[0])).clone()
+
+
+@onnx_op("Range")
+def range_(i, a):
+    return torch.arange(i[0].item(), i[1].item(), i[2].item(), dtype=i[0].dtype)
+
+
+@onnx_op("TopK")
+def topk(i, a):
+    k = int(i[1].reshape(-1)[0]) if len(i) > 1 else a["k"]
+    values, indices = torch.topk(i[0], k, dim=a.get("axis", -1), largest=bool(a.get("largest", 1)),
+                                 sorted=bool(a.get("sorted", 1)))
+    return values, indices
+
+
+@onnx_op("ScatterElements", "Scatter")
+def scatter_elements(i, a):
+    if a.get("reduction", "none") not in ("none", b"none"):
+        raise ValueError("ScatterElements with a reduction is not supported")
+    return torch.scatter(i[0], a.get("axis", 0), i[1].long(), i[2])
+
+
+@onnx_op("GatherElements")
+def gather_elements(i, a):
+    return torch.gather(i[0], a.get("axis", 0), i[1].long())
+
+
+# --- reductions and pooling -------------------------------------------------------
+def _reduce(fn):
+    def op(i, a):
+        axes = _axes(i, a)
+        keep = bool(a.get("keepdims", 1))
+        if axes is None or axes == []:
+            if a.get("noop_with_empty_axes", 0):
+                return i[0]
+            axes = list(range(i[0].dim()))
+        return fn(i[0], axes, keep)
+
+    return op
+
+
+ONNX_OPS["ReduceMean"] = _reduce(lambda x, d, k: x.mean(d, keepdim=k))
+ONNX_OPS["ReduceSum"] = _reduce(lambda x, d, k: x.sum(d, keepdim=k))
+ONNX_OPS["ReduceMax"] = _reduce(lambda x, d, k: x.amax(d, keepdim=k))
+ONNX_OPS["ReduceMin"] = _reduce(lambda x, d, k: x.amin(d, keepdim=k))
+
+
+def _pool_args(x, a):
+    dims = x.dim() - 2
+    kernel = list(a["kernel_shape"])
+    pads = list(a.get("pads", [0] * 2 * dims))
+    if pads[:dims] != pads[dims:]:
+        widths = []
+        for d in reversed(range(dims)):
+            widths += [pads[d], pads[d + dims]]
+        x, pads = F.pad(x, widths, value=-math.inf), [0] * 2 * dims
+    return x, dims, kernel, list(a.get("strides", [1] * dims)), pads[:dims]
+
+
+@onnx_op("MaxPool")
+def max_pool(i, a):
+    x, dims, k, s, p = _pool_args(i[0], a)
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+    return fn(x, k, s, p, list(a.get("dilations", [1] * dims)), bool(a.get("ceil_mode", 0)))
+
+
+@onnx_op("AveragePool")
+def avg_pool(i, a):
+    x, dims, k, s, p = _pool_args(i[0], a)
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+    return fn(x, k, s, p, bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))
+
+
+@onnx_op("GlobalAveragePool")
+def global_avg_pool(i, a):
+    return i[0].mean(tuple(range(2, i[0].dim())), keepdim=True)
+
+
+@onnx_op("GlobalMaxPool")
+def global_max_pool(i, a):
+    return i[0].amax(tuple(range(2, i[0].dim())), keepdim=True)
+
