@@ -10,7 +10,7 @@ import torch
 
 from .graph import ConversionError, ParameterGraph, ParamIndex
 
-_SKIP = ("model", "param_index")
+_SKIP = ("model", "onnx", "param_index")  # live objects: not saved
 
 
 def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:

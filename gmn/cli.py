@@ -35,8 +35,11 @@ def _example(shape: str | None, dtype: str, default):
 
 
 def load_target(target: str, arch: str | None, input_shape: str | None, dtype: str) -> ParameterGraph:
-    """A parameter graph from a saved graph, a built-in name, a checkpoint + --arch, or module:attr."""
+    """A parameter graph from an ONNX file, a saved graph, a built-in name, a checkpoint +
+    --arch, or module:attr."""
     path = Path(target)
+    if path.suffix == ".onnx":
+        return converters.from_onnx(path, progress=True)
     if path.is_file() and arch is None:
         return converters.load_graph(path)
     default = None
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("inspect", "print a model's parameter-graph summary"),
                        ("convert", "convert a model and save its parameter graph")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="saved graph, checkpoint (with --arch), built-in name, or module:attr")
+        p.add_argument("model", help="ONNX file, saved graph, checkpoint (with --arch), built-in name, "
+                                     "or module:attr")
         p.add_argument("--arch", help="built-in architecture of a checkpoint file")
         p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
         p.add_argument("--input-dtype", default="float", choices=("float", "long"))

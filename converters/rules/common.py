@@ -11,8 +11,11 @@ from ..vocab import EdgeType, NodeType
 
 
 def channel_pos(info: TensorInfo, dim: int) -> Tensor:
-    """Position of each index along ``dim`` (set when spatial maps were flattened into it)."""
-    return channel_ids(info.pos, dim).clamp(min=0)
+    """Position of each index along ``dim`` relative to the first: the spatial position when
+    maps were flattened into this axis, 0 everywhere for an ordinary feature axis."""
+    n = info.pos.shape[dim]
+    row = info.pos.movedim(dim, -1).reshape(-1, n)[0]
+    return (row - row.min()).clamp(min=0) if n else row
 
 
 def whole(ctx: Context, info: TensorInfo) -> bool:
