@@ -210,7 +210,7 @@ class OnnxModule(nn.Module):
                 continue
             args = [env[i] for i in node.input]
             try:
-                out = ONNX_OPS[node.op_type](args, {**attrs, "_outputs": len(node.output)})
+                out = ONNX_OPS[node.op_type](args, {**attrs, "_outputs": len(node.output), "_op": node.op_type})
             except ConversionError:
                 raise
             except Exception as err:

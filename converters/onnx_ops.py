@@ -173,6 +173,51 @@ def sum_(i, a):
     return out
 
 
+@onnx_op("Max", "Min")
+def max_min(i, a):
+    fn = torch.maximum if a.get("_op") == "Max" else torch.minimum
+    out = i[0]
+    for t in i[1:]:
+        out = fn(out, t)
+    return out
+
+
+@onnx_op("IsNaN")
+def isnan(i, a):
+    return torch.isnan(i[0])
+
+
+@onnx_op("IsInf")
+def isinf(i, a):
+    return torch.isinf(i[0])
+
+
+@onnx_op("CumSum")
+def cumsum(i, a):
+    x, axis = i[0], int(i[1].reshape(-1)[0])
+    if a.get("exclusive", 0) or a.get("reverse", 0):
+        raise ValueError("exclusive or reverse CumSum is not supported")
+    return torch.cumsum(x, axis)
+
+
+@onnx_op("GatherND")
+def gather_nd(i, a):
+    data, idx = i[0], i[1].long()
+    batch = a.get("batch_dims", 0)
+    if batch:
+        raise ValueError("GatherND with batch_dims is not supported")
+    depth = idx.shape[-1]
+    flat = idx.reshape(-1, depth)
+    out = data[tuple(flat[:, d] for d in range(depth))]
+    return out.reshape(idx.shape[:-1] + data.shape[depth:])
+
+
+@onnx_op("Trilu")
+def trilu(i, a):
+    k = int(i[1].reshape(-1)[0]) if len(i) > 1 and i[1] is not None else 0
+    return torch.triu(i[0], k) if a.get("upper", 1) else torch.tril(i[0], k)
+
+
 @onnx_op("LeakyRelu")
 def leaky_relu(i, a):
     return F.leaky_relu(i[0], a.get("alpha", 0.01))
@@ -296,6 +341,22 @@ def split(i, a):
         sizes = [math.ceil(x.shape[axis] / n)] * (n - 1)
         sizes.append(x.shape[axis] - sum(sizes))
     return tuple(torch.split(x, sizes, axis))
+
+
+@onnx_op("SplitToSequence")
+def split_to_sequence(i, a):
+    x, axis = i[0], a.get("axis", 0)
+    split = i[1] if len(i) > 1 else None
+    if split is None:
+        parts = torch.split(x, 1, axis)
+        return parts if a.get("keepdims", 1) else [p.squeeze(axis) for p in parts]
+    sizes = _ints(split)
+    return list(torch.split(x, sizes[0] if split.dim() == 0 else sizes, axis))
+
+
+@onnx_op("SequenceAt")
+def sequence_at(i, a):
+    return i[0][int(i[1].reshape(-1)[0])]
 
 
 @onnx_op("Slice")

@@ -305,3 +305,23 @@ def test_fuzzed_models_raise_only_gmn_errors(data):
         converters.from_onnx(proto)
     except ConversionError:
         pass
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+def test_transformer_exports_convert_and_round_trip(name):
+    from models import output
+
+    pytest.importorskip("transformers")
+    model, x, proto = _export(name)
+    g = converters.from_onnx(proto, (x,))
+    gt = converters.from_torch(model, x)
+    if name in ("gpt2", "bert"):  # same ops on both sides: the same graph
+        assert (g.num_nodes, g.edge_index.size(1)) == (gt.num_nodes, gt.edge_index.size(1))
+        assert int(g.num_param_edges) == int(gt.num_param_edges)
+        assert int(g.num_tied_edges) == int(gt.num_tied_edges)
+    values = converters.parameter_values(g) * 1.05
+    edited = converters.to_onnx(g, values)
+    onnx.checker.check_model(edited)
+    sess = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(output(converters.functional_call(g, values, x)), y, rtol=1e-4, atol=1e-5)
