@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import time
 
 import torch
+from common import run_in_process
 
 REFERENCE_PARAMS_PER_S = 4e6
 
@@ -61,13 +61,7 @@ def _measure(name: str, queue) -> None:
 
 
 def run(name: str) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(name, queue))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
+    return run_in_process(_measure, name)
 
 
 def main() -> None:

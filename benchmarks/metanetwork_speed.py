@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import time
 
 import torch
 import torch.nn.functional as F
+from common import run_in_process
 from torch import nn
 
 REFERENCE_EDGES_PER_S = 0.07e6  # the reference code on a 2-core machine (97 k edges, 1.35 s / step)
@@ -113,13 +113,7 @@ def _saved_bytes(forward) -> int:
 
 
 def run(model_name: str, width: int, device: str, steps: int) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(model_name, width, device, steps, queue))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
+    return run_in_process(_measure, model_name, width, device, steps)
 
 
 def table(rows: list[dict]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import resource
 import tempfile
 import time
@@ -20,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import run_in_process
 
 
 def _model(name: str):
@@ -61,13 +61,7 @@ def _convert(kind: str, name: str, folder: str, queue) -> None:
 
 
 def run(kind: str, name: str, folder: Path) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_convert, args=(kind, name, str(folder), queue))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
+    return run_in_process(_convert, kind, name, folder)
 
 
 def main() -> None:

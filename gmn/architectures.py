@@ -55,27 +55,6 @@ class BasicBlock(nn.Module):
         return F.relu(out + (x if self.down is None else self.down(x)))
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); ``width=64`` is the standard size."""
-
-    def __init__(self, width: int = 64, classes: int = 1000, in_channels: int = 3):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        blocks, cin = [], width
-        for i, mult in enumerate((1, 2, 4, 8)):
-            for j in range(2):
-                cout = width * mult
-                blocks.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
 class Bottleneck(nn.Module):
     def __init__(self, cin: int, mid: int, stride: int):
         super().__init__()
@@ -94,24 +73,40 @@ class Bottleneck(nn.Module):
         return F.relu(out + (x if self.down is None else self.down(x)))
 
 
-class ResNet50(nn.Module):
-    """ResNet-50 (Bottleneck, [3, 4, 6, 3]); ``width=64`` is the standard 25.6 M-parameter size."""
+class ResNet(nn.Module):
+    """A ResNet: stem, stages of residual blocks (the first of each later stage strides),
+    global average pooling, a linear head."""
 
-    def __init__(self, width: int = 64, classes: int = 1000, in_channels: int = 3):
+    def __init__(self, block: type[nn.Module], counts: tuple[int, ...], expansion: int, width: int = 64,
+                 classes: int = 1000, in_channels: int = 3):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(), nn.MaxPool2d(3, 2, 1))
         blocks, cin = [], width
-        for i, (mult, count) in enumerate(((1, 3), (2, 4), (4, 6), (8, 3))):
+        for i, count in enumerate(counts):
             for j in range(count):
-                blocks.append(Bottleneck(cin, width * mult, 2 if (j == 0 and i > 0) else 1))
-                cin = width * mult * 4
+                blocks.append(block(cin, width * 2**i, 2 if (j == 0 and i > 0) else 1))
+                cin = width * 2**i * expansion
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(self.stem(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ResNet18(ResNet):
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); ``width=64`` is the standard 11.7 M-parameter size."""
+
+    def __init__(self, width: int = 64, classes: int = 1000, in_channels: int = 3):
+        super().__init__(BasicBlock, (2, 2, 2, 2), 1, width, classes, in_channels)
+
+
+class ResNet50(ResNet):
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3]); ``width=64`` is the standard 25.6 M-parameter size."""
+
+    def __init__(self, width: int = 64, classes: int = 1000, in_channels: int = 3):
+        super().__init__(Bottleneck, (3, 4, 6, 3), 4, width, classes, in_channels)
 
 
 class Attention(nn.Module):
