@@ -125,9 +125,76 @@ def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return order
 
 
+#: Ops through which a tensor stays "the same weights" (views, casts, joins).
+_VIEW_OPS = {"Identity", "Cast", "CastLike", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Slice",
+             "Concat", "Flatten", "Split", "Tile"}
+#: Inputs that hold weights whatever the other inputs are.
+_WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2), "PRelu": (1,),
+                 "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
+                 "Gather": (0,), "GatherND": (0,), "GatherElements": (0,)}  # tables looked up by index
+#: Inputs that hold weights when they meet activations (a constant times a constant is a table).
+_MIXING_OPS = {"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Concat"}
+
+
+def _parameter_sources(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], sources: set[str]) -> set[str]:
+    """The constant tensors that act as weights: reaching a weight input of a layer, or meeting
+    input-dependent activations in a product or sum, through views only. Constants that only
+    ever combine with other constants (rotary frequency tables, masks) are not parameters."""
+    dependent = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    for n in nodes:  # what depends on the input data (shapes of it do not)
+        if n.op_type not in ("Shape", "Size") and any(i in dependent for i in n.input):
+            dependent.update(n.output)
+    origin = {name: name for name in sources}
+    for n in nodes:
+        if n.op_type in _VIEW_OPS:
+            roots = {origin[i] for i in n.input[:1] if i in origin} if n.op_type != "Concat" else \
+                {origin[i] for i in n.input if i in origin}
+            if len(roots) == 1 and not any(i in dependent for i in n.input):
+                origin.update(dict.fromkeys(n.output, roots.pop()))
+    weights = set()
+    for n in nodes:
+        for slot, name in enumerate(n.input):
+            if name not in origin:
+                continue
+            others = [i for j, i in enumerate(n.input) if j != slot and i]
+            if slot in _WEIGHT_SLOTS.get(n.op_type, ()) or (
+                    n.op_type in _MIXING_OPS and any(i in dependent for i in others)):
+                weights.add(origin[name])
+    return weights
+
+
 def _is_parameter(value: Tensor) -> bool:
-    """A Constant tensor that holds weights: floating point and not one repeated number."""
+    """A Constant tensor that may hold weights: floating point and not one repeated number."""
     return value.is_floating_point() and value.numel() > 1 and bool((value != value.reshape(-1)[0]).any())
+
+
+class _Scope(nn.Module):
+    """A module path of the model the file was exported from. Running a node inside its
+    scopes lets the tracer see the module stack (as for PyTorch models), so module rules
+    such as fused experts apply to ONNX files too."""
+
+    def forward(self, fn):
+        return fn()
+
+
+def _in_scopes(scopes: list[nn.Module], fn):
+    if not scopes:
+        return fn()
+    return scopes[0](lambda: _in_scopes(scopes[1:], fn))
+
+
+def _name_scopes(node: onnx.NodeProto) -> list[str]:
+    """Module paths recorded by the exporter (``pkg.torch.onnx.name_scopes``), outer first."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                import ast
+
+                paths = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [p for p in paths[:-1] if isinstance(p, str) and p]
+    return []
 
 
 class OnnxModule(nn.Module):
@@ -142,21 +209,42 @@ class OnnxModule(nn.Module):
                 raise ConversionError(self._unknown(n, graph))
         statistics = {n.input[i] for n in self.nodes if n.op_type == "BatchNormalization" for i in (3, 4)
                       if len(n.input) > i}
-        self.onnx_names: dict[str, str] = {}  # attribute name -> ONNX name
+        self.onnx_names: dict[str, str] = {}  # ONNX name -> state_dict key
         self.constants: dict[str, Tensor] = {}
         init_names = {t.name for t in graph.initializer}
+        constants = {n.output[0]: self._constant(n) for n in self.nodes if n.op_type == "Constant"}
+        weights = _parameter_sources(graph, self.nodes, init_names | set(constants))
         for t in graph.initializer:
-            self._add(t.name, _to_torch(numpy_helper.to_array(t)), statistics, trainable=True)
-        for n in self.nodes:
-            if n.op_type == "Constant":
-                attrs = _attributes(n)
-                value = attrs.get("value")
-                if value is None:
-                    value = next(torch.tensor(v) for k, v in attrs.items() if k.startswith("value"))
-                self._add(n.output[0], value, statistics, trainable=_is_parameter(value))
+            self._add(t.name, _to_torch(numpy_helper.to_array(t)), statistics, trainable=t.name in weights)
+        for name, value in constants.items():
+            self._add(name, value, statistics, trainable=name in weights and _is_parameter(value))
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
         self.attrs = [_attributes(n) for n in self.nodes]
+        self.scopes = [self._scopes(n) for n in self.nodes]
+
+    @staticmethod
+    def _constant(node: onnx.NodeProto) -> Tensor:
+        attrs = _attributes(node)
+        value = attrs.get("value")
+        if value is None:
+            value = next(torch.tensor(v) for k, v in attrs.items() if k.startswith("value"))
+        return value
+
+    def _scopes(self, node: onnx.NodeProto) -> list[nn.Module]:
+        out = []
+        for path in _name_scopes(node):
+            module: nn.Module = self
+            for part in path.split("."):
+                child = module._modules.get(part)
+                if child is None:
+                    if part in module._parameters or part in module._buffers or hasattr(module, part):
+                        return out
+                    child = _Scope()
+                    module.add_module(part, child)
+                module = child
+            out.append(module)
+        return out
 
     def _unknown(self, n: onnx.NodeProto, graph: onnx.GraphProto) -> str:
         weights = [i for i in n.input if i in {t.name for t in graph.initializer}]
@@ -188,7 +276,7 @@ class OnnxModule(nn.Module):
                 if child is None:
                     if part in module._parameters or part in module._buffers or hasattr(module, part):
                         break
-                    child = nn.Module()
+                    child = _Scope()
                     module.add_module(part, child)
                 module = child
             else:
@@ -205,12 +293,14 @@ class OnnxModule(nn.Module):
                 obj = getattr(obj, part)
             env[name] = obj
         env.update(zip(self.input_names, inputs))
-        for node, attrs in zip(self.nodes, self.attrs):
+        for node, attrs, scopes in zip(self.nodes, self.attrs, self.scopes):
             if node.op_type == "Constant":
                 continue
             args = [env[i] for i in node.input]
+            op = ONNX_OPS[node.op_type]
+            extra = {**attrs, "_outputs": len(node.output), "_op": node.op_type}
             try:
-                out = ONNX_OPS[node.op_type](args, {**attrs, "_outputs": len(node.output), "_op": node.op_type})
+                out = _in_scopes(scopes, lambda op=op, args=args, extra=extra: op(args, extra))
             except ConversionError:
                 raise
             except Exception as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -109,20 +110,18 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
     graph = program.graph
     has_conv = any(n.op == "call_function" and op_name(n.target) in CONV_OPS for n in graph.nodes)
     to_param, to_buffer, user_inputs = program.to_param, program.to_buffer, set(program.user_inputs)
-    handled: set[Node] = set()
+    regions = _module_regions(ctx, model, graph)
     nodes = list(graph.nodes)
     for node in tqdm(nodes, desc=f"converting {type(model).__name__}", unit="op", disable=not progress):
         ctx.node = node
-        if node in handled:
-            continue
         if node.op == "placeholder":
             ctx.infos[node] = _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv)
         elif node.op == "call_function":
-            region = _module_region(ctx, model, node, graph)
-            if region is not None:
-                handled |= region
-                continue
-            ctx.infos[node] = _apply(ctx, node)
+            region = regions.get(node)
+            if region is None:
+                ctx.infos[node] = _apply(ctx, node)
+            elif node is region.output:  # every input exists by now, in any op order
+                ctx.infos[node] = region.convert(ctx)
         elif node.op == "output":
             _mark_outputs(ctx, node)
 
@@ -197,33 +196,50 @@ def _unknown(ctx: Context, node: Node, name: str):
     raise ctx.fail(f"no rule for op {name!r} on neurons; register one with @converters.register_op({name!r})")
 
 
-def _module_region(ctx: Context, model: nn.Module, node: Node, graph) -> set[Node] | None:
-    """Hand a whole module call to a module rule when one claims the module."""
-    stack = node.meta.get("nn_module_stack") or {}
-    for path, _ in stack.values():
+@dataclass
+class _Region:
+    """The ops of one call of a module that a module rule converts as a whole."""
+
+    module: nn.Module
+    path: str
+    rule: object
+    nodes: set[Node]
+    output: Node
+
+    def convert(self, ctx: Context) -> TensorInfo:
+        inputs = []
+        for n in sorted(self.nodes, key=lambda n: n.name):
+            for a in n.all_input_nodes:
+                info = ctx.info(a)
+                if a not in self.nodes and a not in inputs and info is not None and info.param is None:
+                    inputs.append(a)
+        ctx.node = self.output
+        return self.rule(ctx, self.module, self.path, inputs, self.output)
+
+
+def _module_regions(ctx: Context, model: nn.Module, graph) -> dict[Node, _Region]:
+    """Every op inside a call of a module that a module rule claims, mapped to its region."""
+    by_path: dict[str, set[Node]] = {}
+    for n in graph.nodes:
+        if n.op == "call_function":
+            for path, _ in (n.meta.get("nn_module_stack") or {}).values():
+                by_path.setdefault(path, set()).add(n)
+    regions: dict[Node, _Region] = {}
+    for path, nodes in by_path.items():
         try:
             module = model.get_submodule(path)
         except AttributeError:
             continue
         rule = next((r for pred, r in MODULE_RULES if pred(module)), None)
-        if rule is None:
+        if rule is None or any(n in regions for n in nodes):
             continue
-        region = {
-            n for n in graph.nodes
-            if n.op == "call_function"
-            and any(p == path for p, _ in (n.meta.get("nn_module_stack") or {}).values())
-        }
-        inputs = []
-        for n in region:
-            for a in n.all_input_nodes:
-                if a not in region and a not in inputs and ctx.info(a) is not None and ctx.info(a).param is None:
-                    inputs.append(a)
-        outputs = [n for n in region if any(u not in region for u in n.users)]
+        outputs = [n for n in nodes if any(u not in nodes for u in n.users)]
         if len(outputs) != 1:
+            ctx.node = next(iter(nodes))
             raise ctx.fail(f"module {path} has {len(outputs)} outputs; module rules need one")
-        ctx.infos[outputs[0]] = rule(ctx, module, path, inputs, outputs[0])
-        return region
-    return None
+        region = _Region(module, path, rule, nodes, outputs[0])
+        regions.update(dict.fromkeys(nodes, region))
+    return regions
 
 
 def _mark_outputs(ctx: Context, node: Node) -> None:

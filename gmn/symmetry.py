@@ -75,20 +75,7 @@ def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor
         members_a = (a == k).nonzero().squeeze(1)
         members_b = (colors[n:] == k).nonzero().squeeze(1)
         fresh = int(colors.max()) + 1
-        pick = members_b[torch.randint(members_b.numel(), (1,), generator=generator)]
-        trial = colors.clone()
-        trial[members_a[0]] = fresh
-        trial[n + pick] = fresh
-        trial = refine(trial, src2, dst2, label2)
-        rest = trial[members_a[1:]]
-        if rest.numel() > 1 and bool((rest == rest[0]).all()):
-            # the class is fully symmetric: match all of it at once
-            perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
-            trial = colors.clone()
-            trial[members_a] = fresh + torch.arange(members_a.numel())
-            trial[n + perm] = fresh + torch.arange(members_a.numel())
-            trial = refine(trial, src2, dst2, label2)
-        colors = trial
+        colors = _individualise(colors, members_a, members_b, fresh, n, (src2, dst2, label2), generator)
     a, b = colors[:n], colors[n:]
     if not torch.equal(torch.sort(a).values, torch.sort(b).values):
         raise RuntimeError("colour refinement diverged between the two copies")
@@ -97,6 +84,36 @@ def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor
     if not _is_automorphism(pi, src, dst, label, n):
         raise RuntimeError("could not find an automorphism of this graph's structure")
     return pi
+
+
+def _balanced(colors: Tensor, n: int) -> bool:
+    """Both copies have the same colour histogram (else the matching so far is no automorphism)."""
+    size = int(colors.max()) + 1
+    return torch.equal(torch.bincount(colors[:n], minlength=size), torch.bincount(colors[n:], minlength=size))
+
+
+def _individualise(colors, members_a, members_b, fresh, n, edges, generator) -> Tensor:
+    """Match one node of a colour class in copy A with one in copy B (trying B's members in
+    random order until refinement stays balanced), or the whole class at once when it is
+    fully symmetric."""
+    for pick in members_b[torch.randperm(members_b.numel(), generator=generator)]:
+        trial = colors.clone()
+        trial[members_a[0]] = fresh
+        trial[n + pick] = fresh
+        trial = refine(trial, *edges)
+        if not _balanced(trial, n):
+            continue  # colour refinement could not tell these apart, but they differ
+        rest = trial[members_a[1:]]
+        if rest.numel() > 1 and bool((rest == rest[0]).all()):
+            perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
+            whole = colors.clone()
+            whole[members_a] = fresh + torch.arange(members_a.numel())
+            whole[n + perm] = fresh + torch.arange(members_a.numel())
+            whole = refine(whole, *edges)
+            if _balanced(whole, n):
+                return whole
+        return trial
+    raise RuntimeError("could not find an automorphism of this graph's structure")
 
 
 def _edge_keys(src: Tensor, dst: Tensor, label: Tensor, n: int) -> Tensor:

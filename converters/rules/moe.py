@@ -74,8 +74,8 @@ def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list
     gu = ctx.new_neurons(n_exp * two_i, NodeType.HIDDEN, depth)
     ctx.builder.param_edges(gate_up, x.view(1, 1, d), gu.view(n_exp, two_i, 1), EdgeType.LINEAR)
     gu = gu.view(n_exp, 2, inter)
-    act = _ACTS.get(getattr(module.act_fn, "__class__", type(None)).__name__.lower().replace("activation", ""),
-                    Activation.OTHER)
+    act_fn = getattr(module, "act_fn", None)  # absent when the module came from an ONNX file
+    act = _ACTS.get(type(act_fn).__name__.lower().replace("activation", ""), Activation.OTHER)
     ctx.builder.set_activation(gu[:, 0].reshape(-1), act)
     mid = pair(ctx, gu[:, 0], gu[:, 1], NodeType.PRODUCT, EdgeType.PRODUCT, depth + 1)  # (E, I)
     y = ctx.new_neurons(n_exp * d, NodeType.HIDDEN, depth + 2)

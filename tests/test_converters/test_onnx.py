@@ -307,7 +307,7 @@ def test_fuzzed_models_raise_only_gmn_errors(data):
         pass
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "mixtral"])
 def test_transformer_exports_convert_and_round_trip(name):
     from models import output
 
@@ -325,3 +325,8 @@ def test_transformer_exports_convert_and_round_trip(name):
     sess = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
     y = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     torch.testing.assert_close(output(converters.functional_call(g, values, x)), y, rtol=1e-4, atol=1e-5)
+    # heads, experts and hidden neurons permuted through the graph: the file computes the same
+    permuted = converters.to_onnx(symmetry.random_symmetry(g, seed=0))
+    sess = ort.InferenceSession(permuted.SerializeToString(), providers=["CPUExecutionProvider"])
+    y2 = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(y2, _run(proto, x), rtol=1e-4, atol=1e-5)
