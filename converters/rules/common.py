@@ -20,7 +20,13 @@ def channel_pos(info: TensorInfo, dim: int) -> Tensor:
 
 def whole(ctx: Context, info: TensorInfo) -> bool:
     """Whether ``info`` is its parameter, unsliced and in its own layout."""
-    return info.flat is ctx.whole_flat.get(info.param)
+    return _same_view(info.flat, ctx.whole_flat.get(info.param))
+
+
+def _same_view(a: Tensor | None, b: Tensor | None) -> bool:
+    """The same elements of the same buffer in the same layout (a cheap identity test)."""
+    return (a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+            and a.stride() == b.stride())
 
 
 def varies(ids: Tensor, dim: int) -> bool:
@@ -90,12 +96,19 @@ def dense_edges(
     """
     w = weight.flat.t() if transposed else weight.flat
     n_out, n_in = w.shape
+    full = ctx.whole_flat.get(weight.param)
+    if _same_view(w, full):  # (out, in) is the parameter's own layout
+        transposed, is_whole = False, True
+    elif _same_view(w.t(), full):  # the parameter is stored (in, out)
+        transposed, is_whole = True, True
+    else:
+        is_whole = False
     in_ids = channel_ids(x.ids, in_dim) if x.has_neurons else ctx.materialise_inputs(x, in_dim)
     if in_ids.numel() != n_in:
         raise ctx.fail(f"weight {weight.param} expects {n_in} inputs, the tensor has {in_ids.numel()}")
     in_pos = channel_pos(x, in_dim)
     out = ctx.new_neurons(n_out, NodeType.HIDDEN, depth)
-    if not whole(ctx, weight):
+    if not is_whole:
         ctx.builder.param_edges(weight.param, in_ids.view(1, n_in), out.view(n_out, 1), etype,
                                 in_pos.view(1, n_in), flat=w.expand(n_out, n_in).reshape(-1), shape=(n_out, n_in))
     elif transposed:  # the parameter's own layout is (in, out)
