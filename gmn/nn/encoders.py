@@ -63,4 +63,4 @@ class EdgeEncoder(nn.Module):
         table = (self.type_embed(etype[first]) + self.kind(kind[first])
                  + self.pos(sinusoidal(pos[first], self.hidden)))
         value = torch.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4)
-        return table[inverse] + self.value(self.fourier(value))
+        return table.index_select(0, inverse) + self.value(self.fourier(value))

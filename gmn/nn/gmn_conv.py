@@ -38,7 +38,8 @@ class GMNConv(nn.Module):
         src, dst = edge_index
         n = h.size(0)
         a, b = self.node_proj(h).chunk(2, dim=-1)
-        z = F.relu(a[src] + b[dst] + e)
+        # index_select, not a[src]: its backward is an index_add, not a sorting index_put
+        z = F.relu(a.index_select(0, src) + b.index_select(0, dst) + e)
         e = e + self.edge_out(z)
         along, against = scatter(z, dst, n, self.aggr), scatter(z, src, n, self.aggr)
         h = self.node_norm(h + self.node_mlp(torch.cat([h, along, against], dim=-1)))

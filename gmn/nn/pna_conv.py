@@ -48,9 +48,9 @@ class PNAConv(nn.Module):
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         src, dst = edge_index
         n = h.size(0)
-        pair = torch.cat([h[src], h[dst], e], -1)
+        pair = torch.cat([h.index_select(0, src), h.index_select(0, dst), e], -1)
         fwd = self._aggregate(F.silu(self.msg[0](pair)), dst, n)
         bwd = self._aggregate(F.silu(self.msg[1](pair)), src, n)
         h = self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], -1)))
-        e = self.edge_norm(e + self.edge_mlp(torch.cat([h[src], h[dst], e], -1)))
+        e = self.edge_norm(e + self.edge_mlp(torch.cat([h.index_select(0, src), h.index_select(0, dst), e], -1)))
         return h, e

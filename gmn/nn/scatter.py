@@ -21,13 +21,13 @@ def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: str = "sum") -> T
     if USE_TORCH_SCATTER:
         return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce=reduce)
     shape = (dim_size,) + tuple(src.shape[1:])
-    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
-    if reduce == "sum":
-        return src.new_zeros(shape).scatter_add_(0, idx, src)
+    if reduce == "sum":  # index_add_: a 1-D index, and its backward is a cheap index_select
+        return src.new_zeros(shape).index_add_(0, index, src)
     if reduce == "mean":
-        total = src.new_zeros(shape).scatter_add_(0, idx, src)
+        total = src.new_zeros(shape).index_add_(0, index, src)
         count = torch.bincount(index, minlength=dim_size).clamp(min=1).to(src.dtype)
         return total / count.view(-1, *([1] * (src.dim() - 1)))
+    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
     if reduce in ("max", "min"):
         out = src.new_zeros(shape).scatter_reduce(0, idx, src, reduce="a" + reduce, include_self=False)
         return out
