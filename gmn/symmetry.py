@@ -126,8 +126,9 @@ def _is_automorphism(pi: Tensor, src: Tensor, dst: Tensor, label: Tensor, n: int
     return torch.equal(before, after)
 
 
-def permute_values(g: ParameterGraph, pi: Tensor, return_edge_map: bool = False):
-    """Parameter values and buffers of the graph relabelled by automorphism ``pi``."""
+def permute_values(g: ParameterGraph, pi: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Parameter values, buffers and edge map of the graph relabelled by automorphism ``pi``
+    (edge ``e`` of the result carries what edge ``edge_map[e]`` of ``g`` carried)."""
     n = g.num_nodes
     _, label = _structure(g)
     src, dst = g.edge_index
@@ -146,9 +147,7 @@ def permute_values(g: ParameterGraph, pi: Tensor, return_edge_map: bool = False)
         moved = torch.empty_like(buf)
         moved.index_copy_(dim, target, buf)
         buffers[name] = moved
-    if return_edge_map:
-        return value[: int(g.num_param_edges)], buffers, edge_map
-    return value[: int(g.num_param_edges)], buffers
+    return value[: int(g.num_param_edges)], buffers, edge_map
 
 
 def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:
@@ -202,7 +201,7 @@ def random_symmetry(
     """
     gen = torch.Generator().manual_seed(seed)
     pi = random_automorphism(g, gen)
-    values, buffers, edge_map = permute_values(g, pi, return_edge_map=True)
+    values, buffers, edge_map = permute_values(g, pi)
     if scale or sign:
         moved = with_values(g, values)
         factor = torch.ones(g.num_nodes)

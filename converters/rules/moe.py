@@ -8,6 +8,8 @@ together with their router rows is then a graph automorphism.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.fx import Node
 
@@ -27,7 +29,7 @@ def topk(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
     routes = None
     if x is not None and x.has_neurons and varies(x.ids, dim % x.ids.dim()):
         routes = channel_ids(x.ids, dim)
-    infos = [TensorInfo(nonneuron(s, x).ids, nonneuron(s, x).pos, routes=routes) for s in shapes]
+    infos = [replace(nonneuron(s, x), routes=routes) for s in shapes]
     return infos if isinstance(val, (tuple, list)) else infos[0]
 
 
