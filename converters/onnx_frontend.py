@@ -33,9 +33,21 @@ def memory_limit() -> int:
 
 
 def load_onnx(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Read an ONNX model safely: size checked first, external data confined to its folder."""
+    """Read an ONNX model safely (size checked first, external data confined to its folder),
+    with its external data loaded into the returned proto."""
+    proto, base = _open(source)
+    for tensor in _tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            external_data_helper.load_external_data_for_tensor(tensor, str(base))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    return proto
+
+
+def _open(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
+    """The proto (external data not loaded, but checked) and the folder it refers to."""
     if isinstance(source, onnx.ModelProto):
-        return source
+        return source, None
     path = Path(source)
     if not path.is_file():
         raise ConversionError(f"{path}: no such ONNX file")
@@ -47,8 +59,13 @@ def load_onnx(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError, RuntimeError, ...
         raise ConversionError(f"{path} is not a valid ONNX model (truncated or corrupt protobuf): {err}") from err
-    _load_external_data(proto, path.parent.resolve(), size, limit)
-    return proto
+    base = path.parent.resolve()
+    _check_external_data(proto, base, size, limit)
+    for node in proto.graph.node:  # Constant-node tensors are small: load them into the proto
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and external_data_helper.uses_external_data(attr.t):
+                attr.t.CopyFrom(numpy_helper.from_array(_array(attr.t, base).numpy(), attr.t.name))
+    return proto, base
 
 
 def _tensors(proto: onnx.ModelProto):
@@ -59,28 +76,43 @@ def _tensors(proto: onnx.ModelProto):
                 yield attr.t
 
 
-def _load_external_data(proto: onnx.ModelProto, base: Path, size: int, limit: int) -> None:
+def _external(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _check_external_data(proto: onnx.ModelProto, base: Path, size: int, limit: int) -> None:
     external = [t for t in _tensors(proto) if external_data_helper.uses_external_data(t)]
     for tensor in external:
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
+        location = _external(tensor).get("location", "")
         target = (base / location).resolve()
         if Path(location).is_absolute() or base not in target.parents:
             raise ConversionError(f"external data path {location!r} of tensor {tensor.name!r} escapes the "
                                   f"model's folder {base}; refused")
         if not target.is_file():
             raise ConversionError(f"external data file {location!r} of tensor {tensor.name!r} is missing")
-    total = size + sum(int({e.key: e.value for e in t.external_data}.get("length", 0)) for t in external)
+    total = size + sum(int(_external(t).get("length", 0)) for t in external)
     if total > limit:
         raise ConversionError(f"the model and its external data are {total / 2**30:.1f} GiB; only "
                               f"{limit / 2**30:.1f} GiB of memory is free")
-    for tensor in external:
-        try:
-            external_data_helper.load_external_data_for_tensor(tensor, str(base))
-        except Exception as err:
-            raise ConversionError(f"cannot read external data of tensor {tensor.name!r}: {err}") from err
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        del tensor.external_data[:]
+
+
+def _array(tensor: onnx.TensorProto, base: Path | None) -> Tensor:
+    """A tensor's values; external data is read straight into a writable array (one copy)."""
+    try:
+        if base is not None and external_data_helper.uses_external_data(tensor):
+            info = _external(tensor)
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+            array = np.fromfile(base / info["location"], dtype=dtype, count=count,
+                                offset=int(info.get("offset", 0)))
+            if array.size != count:
+                raise ValueError(f"external data holds {array.size} of {count} values")
+            return torch.from_numpy(array.reshape(tuple(tensor.dims)))
+        return _to_torch(numpy_helper.to_array(tensor))
+    except ConversionError:
+        raise
+    except Exception as err:
+        raise ConversionError(f"cannot read tensor {tensor.name!r}: {err}") from err
 
 
 def _to_torch(array: np.ndarray) -> Tensor:
@@ -200,7 +232,7 @@ def _name_scopes(node: onnx.NodeProto) -> list[str]:
 class OnnxModule(nn.Module):
     """An ONNX graph run with torch ops; parameters and buffers keep their ONNX names."""
 
-    def __init__(self, proto: onnx.ModelProto):
+    def __init__(self, proto: onnx.ModelProto, base: Path | None = None):
         super().__init__()
         graph = proto.graph
         self.nodes = _topological(graph)
@@ -215,7 +247,7 @@ class OnnxModule(nn.Module):
         constants = {n.output[0]: self._constant(n) for n in self.nodes if n.op_type == "Constant"}
         weights = _parameter_sources(graph, self.nodes, init_names | set(constants))
         for t in graph.initializer:
-            self._add(t.name, _to_torch(numpy_helper.to_array(t)), statistics, trainable=t.name in weights)
+            self._add(t.name, _array(t, base), statistics, trainable=t.name in weights)
         for name, value in constants.items():
             self._add(name, value, statistics, trainable=name in weights and _is_parameter(value))
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
@@ -284,14 +316,19 @@ class OnnxModule(nn.Module):
                     return module, parts[-1]
         return self, name.replace(".", "\u00b7")
 
+    def tensor(self, name: str) -> Tensor:
+        """The parameter, buffer or constant of ONNX name ``name``."""
+        if name in self.constants:
+            return self.constants[name]
+        obj = self
+        for part in self.onnx_names[name].split("."):  # plain getattr: functional_call swaps tensors in
+            obj = getattr(obj, part)
+        return obj
+
     def forward(self, *inputs: Tensor):
         env: dict[str, Tensor | None] = {"": None}
         env.update(self.constants)
-        for name, key in self.onnx_names.items():
-            obj = self
-            for part in key.split("."):  # plain getattr: functional_call swaps tensors in
-                obj = getattr(obj, part)
-            env[name] = obj
+        env.update((name, self.tensor(name)) for name in self.onnx_names)
         env.update(zip(self.input_names, inputs))
         for node, attrs, scopes in zip(self.nodes, self.attrs, self.scopes):
             if node.op_type == "Constant":
@@ -332,8 +369,8 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     ``example_inputs`` default to tensors of the declared input shapes (symbolic
     dimensions as 1).
     """
-    proto = load_onnx(source)
-    module = OnnxModule(proto)
+    proto, base = _open(source)
+    module = OnnxModule(proto, base)
     if example_inputs is None:
         example_inputs = _example_inputs(proto, module.input_names)
     g = from_torch(module, example_inputs, tracer="eager", progress=progress)
@@ -346,13 +383,15 @@ def to_onnx(g: ParameterGraph, values: Tensor | None = None) -> onnx.ModelProto:
     proto = getattr(g, "onnx", None)
     if proto is None:
         raise ConversionError("this graph was not read from ONNX (no model proto attached)")
-    onnx_name = {key: name for name, key in g.model.onnx_names.items()}
+    module = g.model
+    onnx_name = {key: name for name, key in module.onnx_names.items()}
     weights = {onnx_name.get(k, k): v.detach().cpu() for k, v in to_state_dict(g, values).items()}
     out = copy.deepcopy(proto)
     for i, t in enumerate(out.graph.initializer):
-        if t.name in weights:
-            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
-            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(weights[t.name].numpy().astype(dtype), t.name))
+        # every initializer is written in full, so the result needs no external data files
+        value = weights[t.name] if t.name in weights else module.tensor(t.name).detach().cpu()
+        dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
+        out.graph.initializer[i].CopyFrom(numpy_helper.from_array(value.numpy().astype(dtype), t.name))
     for node in out.graph.node:
         if node.op_type == "Constant" and node.output[0] in weights:
             for attr in node.attribute:
