@@ -97,16 +97,18 @@ def _check_external_data(proto: onnx.ModelProto, base: Path, size: int, limit: i
 
 
 def _array(tensor: onnx.TensorProto, base: Path | None) -> Tensor:
-    """A tensor's values; external data is read straight into a writable array (one copy)."""
+    """A tensor's values. External data is mapped copy-on-write: pages are read when first
+    used (the forward pass, then the one copy into the graph), never duplicated, and
+    writes stay private to this process."""
     try:
         if base is not None and external_data_helper.uses_external_data(tensor):
             info = _external(tensor)
             dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
             count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
-            array = np.fromfile(base / info["location"], dtype=dtype, count=count,
-                                offset=int(info.get("offset", 0)))
-            if array.size != count:
-                raise ValueError(f"external data holds {array.size} of {count} values")
+            location, offset = base / info["location"], int(info.get("offset", 0))
+            if location.stat().st_size < offset + count * np.dtype(dtype).itemsize:
+                raise ValueError("the external data file is shorter than the tensor")
+            array = np.memmap(location, dtype=dtype, mode="c", offset=offset, shape=(count,))
             return torch.from_numpy(array.reshape(tuple(tensor.dims)))
         return _to_torch(numpy_helper.to_array(tensor))
     except ConversionError:
@@ -367,7 +369,8 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     """The parameter graph of an ONNX model (a path or a ``ModelProto``).
 
     ``example_inputs`` default to tensors of the declared input shapes (symbolic
-    dimensions as 1).
+    dimensions as 1). External data is memory-mapped (as ``torch.load(mmap=True)`` and
+    safetensors do): overwrite those files only after the graph's model is gone.
     """
     proto, base = _open(source)
     module = OnnxModule(proto, base)
