@@ -373,10 +373,15 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     safetensors do): overwrite those files only after the graph's model is gone.
     """
     proto, base = _open(source)
-    module = OnnxModule(proto, base)
-    if example_inputs is None:
-        example_inputs = _example_inputs(proto, module.input_names)
-    g = from_torch(module, example_inputs, tracer="eager", progress=progress)
+    try:  # a malformed proto fails in many ways (unknown dtypes, bad shapes): all are ours to name
+        module = OnnxModule(proto, base)
+        if example_inputs is None:
+            example_inputs = _example_inputs(proto, module.input_names)
+        g = from_torch(module, example_inputs, tracer="eager", progress=progress)
+    except ConversionError:
+        raise
+    except Exception as err:
+        raise ConversionError(f"invalid ONNX model: {type(err).__name__}: {err}") from err
     g.onnx = proto
     return g
 
