@@ -191,6 +191,9 @@ def test_external_data_inside_the_folder(tmp_path):
     assert (tmp_path / "model.onnx.data").stat().st_size > 0
     g = converters.from_onnx(path)
     assert torch.equal(_run(converters.to_onnx(g), x), expected)
+    loaded = converters.load_onnx(path)  # a self-contained proto
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in loaded.graph.initializer)
+    assert torch.equal(_run(loaded, x), expected)
 
 
 def test_external_data_escaping_the_folder_is_refused(tmp_path):
