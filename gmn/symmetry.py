@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from converters import ParameterGraph, edge_kinds, with_values
-from converters.vocab import ODD, POSITIVE_HOMOGENEOUS, Activation, EdgeType, NodeType
+from converters.vocab import ODD, POSITIVE_HOMOGENEOUS, EdgeType, NodeType
 from converters.writer import PARAMETER
 
 _M1 = 0x7FB5D329728EA185
@@ -217,5 +217,5 @@ def random_symmetry(
     return (out, pi, edge_map) if return_maps else out
 
 
-__all__ = ["Activation", "flippable_neurons", "random_automorphism", "random_symmetry", "refine",
+__all__ = ["flippable_neurons", "random_automorphism", "random_symmetry", "refine",
            "scalable_neurons"]

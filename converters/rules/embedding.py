@@ -12,7 +12,8 @@ from ..vocab import EdgeType, NodeType
 from .common import whole
 
 
-def _table(ctx: Context, table: TensorInfo) -> TensorInfo:
+def lookup_rows(ctx: Context, table: TensorInfo) -> TensorInfo:
+    """Rows of a 2-D parameter picked by token ids (``embedding`` or ``weight[idx]``)."""
     if table.param is None or table.flat.dim() != 2:
         raise ctx.fail("embedding lookup in something other than a 2-D parameter")
     rows, cols = table.flat.shape
@@ -26,9 +27,5 @@ def _table(ctx: Context, table: TensorInfo) -> TensorInfo:
 
 @register_op("aten.embedding")
 def embedding(ctx: Context, node: Node) -> TensorInfo:
-    return _table(ctx, ctx.info(node.args[0]))
+    return lookup_rows(ctx, ctx.info(node.args[0]))
 
-
-def lookup_rows(ctx: Context, node: Node, table: TensorInfo) -> TensorInfo:
-    """``weight[idx]`` on a parameter: an embedding lookup written with indexing."""
-    return _table(ctx, table)

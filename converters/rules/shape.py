@@ -133,7 +133,7 @@ def index(ctx: Context, node: Node) -> TensorInfo:
     x = ctx.info(node.args[0])
     name = op_name(node.target)
     if x is not None and x.param is not None:
-        return lookup_rows(ctx, node, x)
+        return lookup_rows(ctx, x)
     if x is None or not x.has_neurons:
         return nonneuron(ctx.shape(), x)
     if name == "aten.index":

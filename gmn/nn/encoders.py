@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from converters import edge_kinds
 from converters.vocab import Activation, EdgeType, NodeType
 
-from .features import edge_kind, sinusoidal
+from .features import sinusoidal
 
 
 class NodeEncoder(nn.Module):
@@ -56,7 +57,7 @@ class EdgeEncoder(nn.Module):
 
     def forward(self, g, values: Tensor) -> Tensor:
         # (type, kind, position) takes few distinct values: embed those once, gather per edge
-        etype, kind, pos = g.edge_type.long(), edge_kind(g), g.edge_pos.long()
+        etype, kind, pos = g.edge_type.long(), edge_kinds(g), g.edge_pos.long()
         key = (etype * 3 + kind) * (int(pos.max()) + 1 if pos.numel() else 1) + pos
         uniq, inverse = torch.unique(key, return_inverse=True)
         first = torch.zeros_like(uniq).scatter_(0, inverse, torch.arange(key.numel(), device=key.device))

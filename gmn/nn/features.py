@@ -1,11 +1,9 @@
-"""Per-edge and per-node facts of (batched) parameter graphs that layers need."""
+"""Positional features for the encoders."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from converters import edge_kinds as edge_kind  # noqa: F401  (re-exported for layers)
 
 
 def sinusoidal(x: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
