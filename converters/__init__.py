@@ -1,7 +1,7 @@
 """converters: PyTorch / ONNX models <-> parameter graphs. Never imports ``gmn``."""
 
 from .graph import ConversionError, ParameterGraph, ParamIndex
-from .io import load_graph, save_graph
+from .io import graph_from_dict, graph_to_dict, load_graph, save_graph
 from .onnx_frontend import from_onnx, load_onnx, to_onnx
 from .registry import register_module, register_op
 from .torch_frontend import from_torch
@@ -13,5 +13,5 @@ __all__ = [
     "edge_kinds", "parameter_edge_mask",
     "from_onnx", "from_torch", "functional_call", "load_graph", "load_onnx", "parameter_values",
     "register_module", "to_onnx",
-    "register_op", "save_graph", "to_state_dict", "with_values",
+    "register_op", "save_graph", "graph_from_dict", "graph_to_dict", "to_state_dict", "with_values",
 ]

@@ -13,10 +13,23 @@ from .graph import ConversionError, ParameterGraph, ParamIndex
 _SKIP = ("model", "onnx", "param_index")  # live objects: not saved
 
 
-def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
-    """Write ``g`` to ``path`` atomically (a crash leaves the old file or none)."""
+def graph_to_dict(g: ParameterGraph) -> dict:
+    """Plain tensors, numbers and strings (loadable with ``weights_only``); live objects dropped."""
     payload = {k: v for k, v in g.to_dict().items() if k not in _SKIP}
     payload["param_index"] = g.param_index.to_dict()
+    return payload
+
+
+def graph_from_dict(payload: dict) -> ParameterGraph:
+    """Inverse of :func:`graph_to_dict`."""
+    payload = dict(payload)
+    index = ParamIndex.from_dict(payload.pop("param_index"))
+    return ParameterGraph(param_index=index, **payload)
+
+
+def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
+    """Write ``g`` to ``path`` atomically (a crash leaves the old file or none)."""
+    payload = graph_to_dict(g)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -36,5 +49,4 @@ def load_graph(path: str | os.PathLike) -> ParameterGraph:
         raise ConversionError(f"{path} is not a gmn parameter graph: {err}") from err
     if not isinstance(payload, dict) or "param_index" not in payload or "edge_index" not in payload:
         raise ConversionError(f"{path} is not a gmn parameter graph")
-    index = ParamIndex.from_dict(payload.pop("param_index"))
-    return ParameterGraph(param_index=index, **payload)
+    return graph_from_dict(payload)

@@ -15,14 +15,7 @@ from converters import ConversionError, ParameterGraph
 
 from .architectures import BUILTIN
 from .summary import summary
-
-
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+from .zoo.zoo import load_weights
 
 
 def _example(shape: str | None, dtype: str, default):
@@ -48,7 +41,7 @@ def load_target(target: str, arch: str | None, input_shape: str | None, dtype: s
             raise SystemExit(f"gmn: unknown --arch {arch!r}; built-in: {', '.join(BUILTIN)}")
         factory, default = BUILTIN[arch]
         model = factory()
-        model.load_state_dict(_load_weights(path))
+        model.load_state_dict(load_weights(path))
     elif target in BUILTIN:
         factory, default = BUILTIN[target]
         model = factory()

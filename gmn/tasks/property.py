@@ -1,0 +1,259 @@
+"""Property prediction: predict a model's test accuracy (or gap, ...) from its weights.
+
+Methods, all on the same split: a graph metanetwork (``gmn``, ``pna``, ``scale_gmn``),
+StatNN (per-tensor weight statistics with gradient boosting; Unterthiner et al. 2020) and
+an MLP on the flattened weights (single-architecture zoos only). Metrics: Kendall's tau,
+R^2 and MAE on the test part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import Split, ZooDataset
+from ..models import GraphMetanetwork
+
+METANETWORKS = ("gmn", "pna", "scale_gmn")
+METHODS = ("statnn", "mlp", *METANETWORKS)
+
+
+def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Kendall's tau, R^2 and mean absolute error of one target."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(pred, true).statistic
+    r2 = 1.0 - float(((pred - true) ** 2).sum()) / max(float(((true - true.mean()) ** 2).sum()), 1e-12)
+    return {"tau": float(np.nan_to_num(tau)), "r2": r2, "mae": float(np.abs(pred - true).mean())}
+
+
+@dataclass
+class MethodResult:
+    """One method's test predictions (``N x targets``) and metrics per target."""
+
+    method: str
+    pred: np.ndarray
+    true: np.ndarray
+    targets: tuple[str, ...]
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[str, dict[str, float]]:
+        return {t: metrics(self.pred[:, i], self.true[:, i]) for i, t in enumerate(self.targets)}
+
+
+def _parameter_tensors(dataset: ZooDataset, idx: int) -> list[np.ndarray]:
+    values = dataset.values[idx].numpy()
+    index = dataset.templates[dataset.arch_keys[idx]].param_index
+    return [values[offset : offset + int(np.prod(shape))] for _, shape, offset in index.params]
+
+
+def _stats(x: np.ndarray) -> list[float]:
+    x = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=1e6, neginf=-1e6)
+    return [x.mean(), x.var(), *np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])]
+
+
+def statnn_features(dataset: ZooDataset, indices: Tensor) -> np.ndarray:
+    """Mean, variance and 0/25/50/75/100 % quantiles of all weights and of every parameter
+    tensor; tensors a smaller architecture lacks are NaN (gradient boosting skips them)."""
+    rows = []
+    for i in indices.tolist():
+        tensors = _parameter_tensors(dataset, i)
+        rows.append(_stats(np.concatenate(tensors)) + [s for t in tensors for s in _stats(t)])
+    width = max(len(r) for r in rows)
+    return np.array([r + [np.nan] * (width - len(r)) for r in rows])
+
+
+def _standardiser(y: Tensor) -> tuple[Tensor, Tensor]:
+    return y.mean(0), y.std(0).clamp(min=1e-6)
+
+
+def fit_statnn(dataset: ZooDataset, split: Split, seed: int = 0) -> MethodResult:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    start = time.perf_counter()
+    x_train = statnn_features(dataset, torch.cat([split.train, split.val]))
+    x_test = statnn_features(dataset, split.test)
+    width = max(x_train.shape[1], x_test.shape[1])
+    x_train, x_test = (np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=np.nan) for x in (x_train, x_test))
+    y_train = dataset.y[torch.cat([split.train, split.val])].numpy()
+    pred = np.stack([HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=seed)
+                     .fit(x_train, y_train[:, j]).predict(x_test) for j in range(y_train.shape[1])], 1)
+    return MethodResult("statnn", pred, dataset.y[split.test].numpy(), dataset.target_names,
+                        time.perf_counter() - start)
+
+
+def _save_atomic(payload, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 32
+    patience: int = 15
+    hidden: int = 64
+    layers: int = 4
+    seed: int = 0
+    device: str = "cpu"
+
+
+class _Trainer:
+    """Epochs of minibatch training with early stopping on validation loss; after every
+    epoch its state is saved (atomically) so an interrupted fit resumes where it stopped."""
+
+    def __init__(self, name: str, model: nn.Module, config: TrainConfig, out_dir: Path | None, progress: bool):
+        self.name, self.model, self.config, self.progress = name, model.to(config.device), config, progress
+        self.opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, config.epochs)
+        self.path = None if out_dir is None else Path(out_dir) / f"{name}.pt"
+        self.state = {"epoch": 0, "best": float("inf"), "bad": 0, "history": [],
+                      "best_model": {k: v.clone() for k, v in model.state_dict().items()}}
+
+    def _resume(self) -> None:
+        if self.path is None or not self.path.is_file():
+            return
+        saved = torch.load(self.path, weights_only=True, map_location=self.config.device)
+        self.model.load_state_dict(saved.pop("model"))
+        self.opt.load_state_dict(saved.pop("opt"))
+        self.sched.load_state_dict(saved.pop("sched"))
+        self.state = saved
+
+    def _checkpoint(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic({**self.state, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                          "sched": self.sched.state_dict()}, self.path)
+            with open(self.path.with_suffix(".jsonl"), "w") as log:
+                log.writelines(json.dumps(h) + "\n" for h in self.state["history"])
+
+    def fit(self, train_epoch, val_loss) -> None:
+        self._resume()
+        torch.manual_seed(self.config.seed + self.state["epoch"])
+        bar = tqdm(total=self.config.epochs, initial=self.state["epoch"], desc=self.name, unit="epoch",
+                   disable=not self.progress)
+        while self.state["epoch"] < self.config.epochs and self.state["bad"] < self.config.patience:
+            self.model.train()
+            train = train_epoch()
+            self.sched.step()
+            self.model.eval()
+            val = val_loss()
+            self.state["epoch"] += 1
+            self.state["history"].append({"epoch": self.state["epoch"], "train_loss": train, "val_loss": val})
+            if val < self.state["best"]:
+                self.state.update(best=val, bad=0,
+                                  best_model={k: v.detach().clone() for k, v in self.model.state_dict().items()})
+            else:
+                self.state["bad"] += 1
+            self._checkpoint()
+            bar.update(1)
+            bar.set_postfix(train=f"{train:.3f}", val=f"{val:.3f}")
+        bar.close()
+        self.model.load_state_dict(self.state["best_model"])
+        self.model.eval()
+
+
+def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config: TrainConfig | None = None,
+                    out_dir: str | Path | None = None, progress: bool = True) -> MethodResult:
+    """Train a :class:`GraphMetanetwork` of ``kind`` on ``split.train``, stop early on
+    ``split.val``, predict ``split.test``. Targets are standardised with training statistics."""
+    config = config or TrainConfig()
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    mean, std = _standardiser(dataset.y[split.train])
+    device = torch.device(config.device)
+    mean, std = mean.to(device), std.to(device)
+    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=dataset.y.size(1))
+    loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(config.seed))
+
+    def predict(idx: Tensor) -> Tensor:
+        out = []
+        with torch.no_grad():
+            for batch in DataLoader(dataset.index_select(idx), batch_size=2 * config.batch_size):
+                out.append(net(batch.to(device)) * std + mean)
+        return torch.cat(out).cpu()
+
+    def train_epoch() -> float:
+        total = 0.0
+        for batch in loader:
+            batch = batch.to(device)
+            loss = F.mse_loss(net(batch), (batch.y - mean) / std)
+            trainer.opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            trainer.opt.step()
+            total += loss.item() * batch.num_graphs
+        return total / len(split.train)
+
+    def val_loss() -> float:
+        return float(F.mse_loss((predict(split.val) - mean.cpu()) / std.cpu(),
+                                (dataset.y[split.val] - mean.cpu()) / std.cpu()))
+
+    trainer = _Trainer(kind, net, config, None if out_dir is None else Path(out_dir), progress)
+    trainer.fit(train_epoch, val_loss)
+    return MethodResult(kind, predict(split.test).numpy(), dataset.y[split.test].numpy(), dataset.target_names,
+                        time.perf_counter() - start, trainer.state["history"])
+
+
+def fit_flat_mlp(dataset: ZooDataset, split: Split, config: TrainConfig | None = None,
+                 out_dir: str | Path | None = None, progress: bool = True) -> MethodResult:
+    """An MLP on the flattened weight vector: only for zoos whose members all have the same
+    parameter names and shapes (activations may differ)."""
+    layouts = {tuple((n, s) for n, s, _ in g.param_index.params) for g in dataset.templates.values()}
+    if len(layouts) != 1:
+        raise ValueError(f"the flat-weights MLP needs one parameter layout; this zoo has {len(layouts)}")
+    config = config or TrainConfig()
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    x = torch.nan_to_num(torch.stack(dataset.values), nan=0.0, posinf=0.0, neginf=0.0)
+    x_mean, x_std = _standardiser(x[split.train])
+    x = (x - x_mean) / x_std
+    y_mean, y_std = _standardiser(dataset.y[split.train])
+    y = (dataset.y - y_mean) / y_std
+    net = nn.Sequential(nn.Linear(x.size(1), 4 * config.hidden), nn.ReLU(), nn.Dropout(0.2),
+                        nn.Linear(4 * config.hidden, config.hidden), nn.ReLU(), nn.Linear(config.hidden, y.size(1)))
+
+    def train_epoch() -> float:
+        total = 0.0
+        order = split.train[torch.randperm(len(split.train))]
+        for batch in order.split(config.batch_size):
+            loss = F.mse_loss(net(x[batch]), y[batch])
+            trainer.opt.zero_grad()
+            loss.backward()
+            trainer.opt.step()
+            total += loss.item() * len(batch)
+        return total / len(split.train)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(F.mse_loss(net(x[split.val]), y[split.val]))
+
+    trainer = _Trainer("mlp", net, TrainConfig(**{**config.__dict__, "device": "cpu"}),
+                       None if out_dir is None else Path(out_dir), progress)
+    trainer.fit(train_epoch, val_loss)
+    with torch.no_grad():
+        pred = net(x[split.test]) * y_std + y_mean
+    return MethodResult("mlp", pred.numpy(), dataset.y[split.test].numpy(), dataset.target_names,
+                        time.perf_counter() - start, trainer.state["history"])

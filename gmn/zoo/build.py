@@ -1,0 +1,120 @@
+"""Building a zoo: many training runs, in parallel, resumable.
+
+Runs are numbered; run ``i`` of a zoo with seed ``s`` draws its architecture and
+hyperparameters from ``numpy.random.default_rng([s, i])`` and trains with seed
+``s * 1_000_003 + i``, so a run is the same whichever worker, process or Ray node trains
+it, and a resumed build continues exactly. Workers return weights; this process alone
+writes checkpoint files (atomically) and then catalogues the run in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .catalogue import Catalogue
+from .families import PRESETS
+from .train import train_run
+
+BACKENDS = ("process", "ray")
+
+
+def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors checkpoint atomically (a crash leaves the old file or none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plan(preset: str, runs: int, dataset: str, epochs: int, checkpoint_epochs: tuple[int, ...],
+         seed: int) -> list[dict]:
+    """The zoo's runs, without training anything."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    out = []
+    for i in range(runs):
+        arch, hparams = PRESETS[preset](np.random.default_rng([seed, i]))
+        out.append({"run_id": f"run-{i:06d}", "arch": arch, "hparams": hparams, "seed": seed * 1_000_003 + i,
+                    "dataset": dataset, "epochs": epochs, "checkpoint_epochs": list(checkpoint_epochs)})
+    return out
+
+
+def _store(root: Path, catalogue: Catalogue, result: dict) -> None:
+    for ckpt in result["checkpoints"]:
+        rel = Path("checkpoints") / result["run_id"] / f"epoch_{ckpt['epoch']:03d}.safetensors"
+        save_checkpoint({k: torch.from_numpy(v) for k, v in ckpt.pop("state").items()}, root / rel)
+        ckpt["path"] = str(rel)
+    catalogue.add_run(result)
+
+
+def _run_processes(todo: list[dict], workers: int) -> Iterator[dict]:
+    if workers <= 1:
+        yield from map(train_run, todo)
+        return
+    # spawn, not fork: forking a process that already runs torch threads can deadlock
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(train_run, run) for run in todo]):
+            yield future.result()
+
+
+def _run_ray(todo: list[dict], workers: int) -> Iterator[dict]:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("--backend ray needs Ray: pip install 'ray[default]'") from err
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")  # a running cluster; else a local one
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(train_run)
+    pending = [remote.remote(run) for run in todo]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(ready[0])
+
+
+def build_zoo(root: str | Path, preset: str = "small-cnn", runs: int = 100, dataset: str = "digits",
+              epochs: int = 8, checkpoint_epochs: tuple[int, ...] | None = None, seed: int = 0,
+              workers: int | None = None, backend: str = "process", progress: bool = True) -> Catalogue:
+    """Train the zoo's runs that are not catalogued yet and return its catalogue.
+
+    ``checkpoint_epochs`` defaults to 1, 2, 4, ... up to ``epochs``. A folder already
+    holding a zoo with other settings is refused rather than mixed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if checkpoint_epochs is None:
+        checkpoint_epochs = tuple(sorted({2**k for k in range(epochs.bit_length()) if 2**k <= epochs} | {epochs}))
+    root = Path(root)
+    catalogue = Catalogue(root)
+    settings = {"preset": preset, "dataset": dataset, "epochs": epochs, "checkpoint_epochs": list(checkpoint_epochs),
+                "seed": seed}
+    old = catalogue.meta()
+    clash = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
+    if clash:
+        raise ValueError(f"{root} holds a zoo built with other settings (old, new): {clash}")
+    catalogue.set_meta(**settings, runs=max(runs, int(old.get("runs", 0))))
+    done = catalogue.done()
+    todo = [r for r in plan(preset, runs, dataset, epochs, checkpoint_epochs, seed) if r["run_id"] not in done]
+    workers = workers or os.cpu_count() or 1
+    execute = _run_ray if backend == "ray" else _run_processes
+    with tqdm(total=runs, initial=runs - len(todo), desc=f"zoo {root.name}", unit="run", disable=not progress) as bar:
+        for result in execute(todo, workers):
+            _store(root, catalogue, result)
+            bar.update(1)
+    return catalogue
