@@ -1,4 +1,4 @@
-"""The ``gmn`` command line: ``gmn inspect`` and ``gmn convert``."""
+"""The ``gmn`` command line: ``inspect``, ``convert``, ``zoo build|import|info``, ``bench property``."""
 
 from __future__ import annotations
 
@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("-o", "--output", required=True, help="where to write the graph (.pt)")
         else:
             p.add_argument("--graphml", help="also write the graph as GraphML (small graphs)")
+    _zoo_parser(sub)
+    _bench_parser(sub)
     args = parser.parse_args(argv)
+    if args.command in ("zoo", "bench"):
+        return args.handler(args)
     start = time.perf_counter()
     try:
         g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)
@@ -92,6 +96,110 @@ def main(argv: list[str] | None = None) -> int:
 
         nx.write_graphml(to_networkx(g), args.graphml)
         print(f"wrote {args.graphml}")
+    return 0
+
+
+def _zoo_options(p: argparse.ArgumentParser) -> None:
+    from .zoo import PRESETS
+    from .zoo.build import BACKENDS
+    from .zoo.datasets import NAMES
+
+    p.add_argument("--preset", default="small-cnn", choices=sorted(PRESETS))
+    p.add_argument("--runs", type=int, default=100, help="training runs (each saves several checkpoints)")
+    p.add_argument("--dataset", default="digits", choices=NAMES)
+    p.add_argument("--epochs", type=int, default=8, help="training epochs per run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, help="parallel training processes (default: all cores)")
+    p.add_argument("--backend", default="process", choices=BACKENDS, help="local processes or a Ray cluster")
+
+
+def _zoo_parser(sub) -> None:
+    zoo = sub.add_parser("zoo", help="build, import or describe a model zoo").add_subparsers(dest="action",
+                                                                                            required=True)
+    p = zoo.add_parser("build", help="train a zoo (resumes where a killed build stopped)")
+    p.add_argument("root", help="zoo folder")
+    _zoo_options(p)
+    p.set_defaults(handler=_zoo_build)
+    p = zoo.add_parser("import", help="catalogue a folder of checkpoints with a CSV of targets")
+    p.add_argument("folder")
+    p.add_argument("--targets", required=True, help="CSV with a path column and target columns")
+    p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column)")
+    p.add_argument("--input-shape", help="input shape without batch for module:attr, e.g. 3,32,32")
+    p.set_defaults(handler=_zoo_import)
+    p = zoo.add_parser("info", help="members per family and status, accuracy spread")
+    p.add_argument("root")
+    p.set_defaults(handler=_zoo_info)
+
+
+def _zoo_build(args) -> int:
+    from .zoo import build_zoo
+
+    build_zoo(args.root, args.preset, args.runs, args.dataset, args.epochs, seed=args.seed, workers=args.workers,
+              backend=args.backend).close()
+    return _zoo_info(args)
+
+
+def _zoo_import(args) -> int:
+    from .zoo import import_folder
+
+    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    import_folder(args.folder, args.targets, args.arch, shape)
+    args.root = args.folder
+    return _zoo_info(args)
+
+
+def _zoo_info(args) -> int:
+    from collections import Counter
+
+    from .zoo import Zoo
+
+    zoo = Zoo(args.root)
+    runs, members = zoo.catalogue.runs(), zoo.members(include_diverged=True)
+    print(f"{zoo.root}: {len(runs)} runs, {len(members)} checkpoints")
+    for (family, status), n in sorted(Counter((r["family"], r["status"]) for r in runs).items()):
+        print(f"  {family:<12}{status:<10}{n:>6} runs")
+    accs = sorted(m["test_acc"] for m in members if m["test_acc"] is not None)
+    if accs:
+        q = [accs[int(f * (len(accs) - 1))] for f in (0, 0.25, 0.5, 0.75, 1)]
+        print("  test accuracy quantiles 0/25/50/75/100 %: " + " ".join(f"{v:.3f}" for v in q))
+    return 0
+
+
+def _bench_parser(sub) -> None:
+    from .tasks.property import METHODS
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
+    p = bench.add_parser("property", help="build a zoo, predict accuracy from weights, print the table")
+    _zoo_options(p)
+    p.add_argument("--zoo", help="use this existing zoo folder instead of building one")
+    p.add_argument("--out", default="gmn-bench", help="folder for the zoo, results and plot")
+    p.add_argument("--methods", default="statnn,mlp,pna,gmn", help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--targets", default="test_acc,gap")
+    p.add_argument("--test-families", default="", help="comma list: hold these families out for testing")
+    p.add_argument("--train-epochs", type=int, default=30)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.set_defaults(handler=_bench_property)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(t for t in text.split(",") if t)
+
+
+def _bench_property(args) -> int:
+    from .tasks.benchmark import property_benchmark
+    from .tasks.property import TrainConfig
+
+    config = TrainConfig(epochs=args.train_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden,
+                         layers=args.layers, seed=args.seed, device=args.device)
+    table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
+                               args.backend, args.zoo, _split(args.methods), _split(args.targets),
+                               _split(args.test_families), config)
+    print(table)
+    print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
     return 0
 
 

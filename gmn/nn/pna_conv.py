@@ -45,12 +45,19 @@ class PNAConv(nn.Module):
         scale = torch.log1p(degree(index, n, m.dtype)).unsqueeze(-1) / self.delta
         return torch.cat([agg, agg * scale], -1)
 
+    def _pair_linear(self, layer: nn.Linear, h: Tensor, e: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        """``layer([h_src, h_dst, e])`` computed as ``W_1 h`` and ``W_2 h`` per node, gathered,
+        plus ``W_3 e``: the same map with two n x d products instead of E x 3d."""
+        w_src, w_dst, w_edge = layer.weight.split(self.hidden, dim=1)
+        return (F.linear(h, w_src).index_select(0, src) + F.linear(h, w_dst).index_select(0, dst)
+                + F.linear(e, w_edge, layer.bias))
+
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         src, dst = edge_index
         n = h.size(0)
-        pair = torch.cat([h.index_select(0, src), h.index_select(0, dst), e], -1)
-        fwd = self._aggregate(F.silu(self.msg[0](pair)), dst, n)
-        bwd = self._aggregate(F.silu(self.msg[1](pair)), src, n)
+        fwd = self._aggregate(F.silu(self._pair_linear(self.msg[0], h, e, src, dst)), dst, n)
+        bwd = self._aggregate(F.silu(self._pair_linear(self.msg[1], h, e, src, dst)), src, n)
         h = self.node_norm(h + self.node_mlp(torch.cat([h, fwd, bwd], -1)))
-        e = self.edge_norm(e + self.edge_mlp(torch.cat([h.index_select(0, src), h.index_select(0, dst), e], -1)))
+        first, rest = self.edge_mlp[0], self.edge_mlp[1:]
+        e = self.edge_norm(e + rest(self._pair_linear(first, h, e, src, dst)))
         return h, e
