@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _zoo_options(p: argparse.ArgumentParser) -> None:
     from .zoo import PRESETS
-    from .zoo.build import BACKENDS
     from .zoo.datasets import NAMES
+    from .zoo.generate import BACKENDS
 
     p.add_argument("--preset", default="small-cnn", choices=sorted(PRESETS))
     p.add_argument("--runs", type=int, default=100, help="training runs (each saves several checkpoints)")

@@ -1,4 +1,16 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """Six Small-CNN-Zoo runs on digits, two epochs each (built once per test session)."""
+    from gmn.zoo import build_zoo
+
+    root = tmp_path_factory.mktemp("zoo") / "tiny"
+    build_zoo(root, runs=6, epochs=2, workers=1, progress=False).close()
+    return root

@@ -57,7 +57,7 @@ def plan(preset: str, runs: int, dataset: str, epochs: int, checkpoint_epochs: t
 def _store(root: Path, catalogue: Catalogue, result: dict) -> None:
     for ckpt in result["checkpoints"]:
         rel = Path("checkpoints") / result["run_id"] / f"epoch_{ckpt['epoch']:03d}.safetensors"
-        save_checkpoint({k: torch.from_numpy(v) for k, v in ckpt.pop("state").items()}, root / rel)
+        save_checkpoint({k: torch.tensor(v) for k, v in ckpt.pop("state").items()}, root / rel)
         ckpt["path"] = str(rel)
     catalogue.add_run(result)
 
