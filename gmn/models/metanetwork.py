@@ -17,8 +17,8 @@ class GraphMetanetwork(nn.Module):
     ``kind``: ``"gmn"`` (edge-updating GMN layers), ``"pna"`` (PNA-style baseline) or
     ``"scale_gmn"`` (GMN layers on scale/sign-canonical values: also invariant to ReLU
     rescaling and tanh sign flips). ``readout``: ``"graph"`` (one invariant vector per
-    graph, mean and max pooled), ``"node"`` or ``"edge"`` (equivariant: one output per
-    node / edge; edge outputs at parameter edges map back to weights with
+    graph: node states mean and max pooled, edge states mean pooled), ``"node"`` or
+    ``"edge"`` (equivariant: one output per node / edge; edge outputs at parameter edges map back to weights with
     ``converters.parameter_edge_mask``).
     """
 
@@ -31,7 +31,7 @@ class GraphMetanetwork(nn.Module):
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
         conv = PNAConv if kind == "pna" else GMNConv
         self.convs = nn.ModuleList(conv(hidden) for _ in range(layers))
-        width = 2 * hidden if readout == "graph" else hidden
+        width = 3 * hidden if readout == "graph" else hidden
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, g, values: Tensor | None = None) -> Tensor:
@@ -52,5 +52,6 @@ class GraphMetanetwork(nn.Module):
         if batch is None:
             batch = torch.zeros(h.size(0), dtype=torch.long, device=h.device)
         size = int(g.num_param_edges.numel())
-        pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max")], -1)
+        pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max"),
+                            scatter(e, batch[g.edge_index[0]], size, "mean")], -1)
         return self.head(pooled)
