@@ -30,12 +30,13 @@ def main() -> None:
     p.add_argument("--train-epochs", type=int, default=40)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="benchmarks/results/property")
     args = p.parse_args()
-    config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, seed=args.seed,
-                         device=args.device)
+    config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, aggr=args.aggr,
+                         seed=args.seed, device=args.device)
     methods = tuple(args.methods.split(","))
     splits = [()] + ([tuple(args.test_families.split(","))] if args.test_families else [])
     zoo = Path(args.out) / f"zoo-{args.zoo}-digits"
@@ -45,7 +46,8 @@ def main() -> None:
     print(f"zoo: {args.runs} runs in {time.perf_counter() - start:.0f} s with {args.workers} workers", flush=True)
     for held_out in splits:
         start = time.perf_counter()
-        out = Path(args.out) / (args.zoo + (f"-heldout-{'-'.join(held_out)}" if held_out else ""))
+        out = Path(args.out) / (args.zoo + (f"-heldout-{'-'.join(held_out)}" if held_out else "")
+                                + ("" if args.aggr == "mean" else f"-{args.aggr}"))
         table = property_benchmark(out, args.zoo, args.runs, "digits", args.epochs, args.workers,
                                    zoo=zoo, methods=methods, test_families=held_out,
                                    config=config, progress=False)

@@ -179,6 +179,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--train-epochs", type=int, default=30)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -194,7 +195,7 @@ def _bench_property(args) -> int:
     from .tasks.property import TrainConfig
 
     config = TrainConfig(epochs=args.train_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden,
-                         layers=args.layers, seed=args.seed, device=args.device)
+                         layers=args.layers, aggr=args.aggr, seed=args.seed, device=args.device)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets),
                                _split(args.test_families), config)

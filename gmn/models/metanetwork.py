@@ -19,18 +19,19 @@ class GraphMetanetwork(nn.Module):
     rescaling and tanh sign flips). ``readout``: ``"graph"`` (one invariant vector per
     graph: node states mean and max pooled, edge states mean pooled), ``"node"`` or
     ``"edge"`` (equivariant: one output per node / edge; edge outputs at parameter edges map back to weights with
-    ``converters.parameter_edge_mask``).
+    ``converters.parameter_edge_mask``). ``aggr``: the GMN layers' neighbourhood
+    reduction(s), e.g. ``"mean"`` or ``"mean+max"``.
     """
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
-                 out_dim: int = 1):
+                 out_dim: int = 1, aggr: str = "mean"):
         super().__init__()
         if kind not in KINDS or readout not in READOUTS:
             raise ValueError(f"kind must be one of {KINDS} and readout one of {READOUTS}")
         self.kind, self.readout = kind, readout
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
-        conv = PNAConv if kind == "pna" else GMNConv
-        self.convs = nn.ModuleList(conv(hidden) for _ in range(layers))
+        make = (lambda: PNAConv(hidden)) if kind == "pna" else (lambda: GMNConv(hidden, aggr))
+        self.convs = nn.ModuleList(make() for _ in range(layers))
         width = 3 * hidden if readout == "graph" else hidden
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 

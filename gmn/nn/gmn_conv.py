@@ -24,14 +24,17 @@ class GMNConv(nn.Module):
     is the message in both directions (into ``v`` along the edge, into ``u`` against it);
     the linear maps a message would get commute with the mean and live in the node MLP.
     Per edge and layer this is one ``d x d`` product and one stored ``E x d`` activation.
+    ``aggr`` is one reduction (``"mean"``, ``"sum"``, ``"max"``) or several joined by ``+``
+    (``"mean+max"``), concatenated.
     """
 
     def __init__(self, hidden: int, aggr: str = "mean"):
         super().__init__()
-        self.hidden, self.aggr = hidden, aggr
+        self.hidden, self.aggrs = hidden, tuple(aggr.split("+"))
         self.node_proj = nn.Linear(hidden, 2 * hidden)  # A, B (and the edge MLP's bias)
         self.edge_out = nn.Linear(hidden, hidden)  # W
-        self.node_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        width = (1 + 2 * len(self.aggrs)) * hidden
+        self.node_mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.node_norm = nn.LayerNorm(hidden)
 
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,6 +44,6 @@ class GMNConv(nn.Module):
         # index_select, not a[src]: its backward is an index_add, not a sorting index_put
         z = F.relu(a.index_select(0, src) + b.index_select(0, dst) + e)
         e = e + self.edge_out(z)
-        along, against = scatter(z, dst, n, self.aggr), scatter(z, src, n, self.aggr)
-        h = self.node_norm(h + self.node_mlp(torch.cat([h, along, against], dim=-1)))
+        messages = [scatter(z, index, n, aggr) for index in (dst, src) for aggr in self.aggrs]
+        h = self.node_norm(h + self.node_mlp(torch.cat([h, *messages], dim=-1)))
         return h, e

@@ -86,8 +86,9 @@ def fit_statnn(dataset: ZooDataset, split: Split, seed: int = 0) -> MethodResult
     start = time.perf_counter()
     x_train = statnn_features(dataset, torch.cat([split.train, split.val]))
     x_test = statnn_features(dataset, split.test)
-    width = max(x_train.shape[1], x_test.shape[1])
-    x_train, x_test = (np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=np.nan) for x in (x_train, x_test))
+    # tensors no training model has (a held-out family's extra layers) carry nothing the trees learned
+    width = x_train.shape[1]
+    x_test = np.pad(x_test[:, :width], ((0, 0), (0, max(0, width - x_test.shape[1]))), constant_values=np.nan)
     y_train = dataset.y[torch.cat([split.train, split.val])].numpy()
     pred = np.stack([HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=seed)
                      .fit(x_train, y_train[:, j]).predict(x_test) for j in range(y_train.shape[1])], 1)
@@ -115,6 +116,7 @@ class TrainConfig:
     patience: int = 15
     hidden: int = 64
     layers: int = 4
+    aggr: str = "mean"
     seed: int = 0
     device: str = "cpu"
 
@@ -184,7 +186,8 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
     mean, std = _standardiser(dataset.y[split.train])
     device = torch.device(config.device)
     mean, std = mean.to(device), std.to(device)
-    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=dataset.y.size(1))
+    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=dataset.y.size(1),
+                           aggr=config.aggr)
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(config.seed))
 
