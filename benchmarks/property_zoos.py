@@ -1,8 +1,9 @@
 """The property-prediction targets: a Small-CNN-Zoo preset zoo and a mixed-architecture
-zoo (at least 2,000 checkpoints each), every method, plus a held-out-family split.
+zoo (at least 2,000 checkpoints each), every method; or a held-out-family split.
 
     python benchmarks/property_zoos.py --zoo small-cnn --runs 520 --device cuda
-    python benchmarks/property_zoos.py --zoo mixed --runs 600 --test-families moe --device cuda
+    python benchmarks/property_zoos.py --zoo mixed --runs 600 --aggr mean+max --device cuda
+    python benchmarks/property_zoos.py --zoo mixed --runs 600 --aggr mean+max --test-families moe --device cuda
 
 Tables, JSON and plots land in ``--out`` (default ``benchmarks/results/property``).
 """
@@ -26,7 +27,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--methods", default="statnn,mlp,pna,gmn")
-    p.add_argument("--test-families", default="", help="also run a split holding these families out")
+    p.add_argument("--test-families", default="", help="instead, test on these families held out of training")
     p.add_argument("--train-epochs", type=int, default=40)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
@@ -38,7 +39,7 @@ def main() -> None:
     config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, aggr=args.aggr,
                          seed=args.seed, device=args.device)
     methods = tuple(args.methods.split(","))
-    splits = [()] + ([tuple(args.test_families.split(","))] if args.test_families else [])
+    splits = [tuple(args.test_families.split(","))] if args.test_families else [()]
     zoo = Path(args.out) / f"zoo-{args.zoo}-digits"
     start = time.perf_counter()
     build_zoo(zoo, args.zoo, args.runs, "digits", args.epochs, seed=args.seed, workers=args.workers,
@@ -47,7 +48,7 @@ def main() -> None:
     for held_out in splits:
         start = time.perf_counter()
         out = Path(args.out) / (args.zoo + (f"-heldout-{'-'.join(held_out)}" if held_out else "")
-                                + ("" if args.aggr == "mean" else f"-{args.aggr}"))
+                                + ("" if args.aggr == "mean" else f"-{args.aggr.replace('+', '-')}"))
         table = property_benchmark(out, args.zoo, args.runs, "digits", args.epochs, args.workers,
                                    zoo=zoo, methods=methods, test_families=held_out,
                                    config=config, progress=False)
