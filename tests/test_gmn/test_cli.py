@@ -35,3 +35,32 @@ def test_summary_counts_parameters_by_layer():
     g = converters.from_torch(model, torch.randn(1, 4))
     text = summary(g)
     assert "0" in text and "25" in text and "12" in text  # layer 0: 4*5+5, layer 2: 5*2+2
+
+
+def test_bench_property_end_to_end(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench"
+    args = ["bench", "property", "--runs", "8", "--epochs", "2", "--workers", "1", "--train-epochs", "2",
+            "--hidden", "8", "--layers", "1", "--methods", "statnn,mlp,gmn", "--out", str(out)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    for method in ("statnn", "mlp", "gmn"):
+        assert f"\n{method} " in table
+    assert "16 checkpoints of 8 runs" in table
+    result = json.loads((out / "property.json").read_text())
+    assert [r["method"] for r in result["results"]] == ["statnn", "mlp", "gmn"]
+    assert (out / "property.png").stat().st_size > 10_000 and (out / "property.txt").read_text().strip()
+
+
+def test_zoo_commands(tmp_path, capsys):
+    assert main(["zoo", "build", str(tmp_path / "z"), "--runs", "2", "--epochs", "1", "--workers", "1"]) == 0
+    assert main(["zoo", "info", str(tmp_path / "z")]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 2 checkpoints" in out and "cnn" in out
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    save_file(A.BUILTIN["mlp"][0]().state_dict(), str(folder / "a.safetensors"))
+    (folder / "t.csv").write_text("path,test_acc\na.safetensors,0.5\n")
+    assert main(["zoo", "import", str(folder), "--targets", str(folder / "t.csv"), "--arch", "mlp"]) == 0
+    assert "1 runs, 1 checkpoints" in capsys.readouterr().out
