@@ -105,7 +105,7 @@ def _zoo_options(p: argparse.ArgumentParser) -> None:
     from .zoo.generate import BACKENDS
 
     p.add_argument("--preset", default="small-cnn", choices=sorted(PRESETS))
-    p.add_argument("--runs", type=int, default=100, help="training runs (each saves several checkpoints)")
+    p.add_argument("--runs", type=int, default=80, help="training runs (each saves several checkpoints)")
     p.add_argument("--dataset", default="digits", choices=NAMES)
     p.add_argument("--epochs", type=int, default=8, help="training epochs per run")
     p.add_argument("--seed", type=int, default=0)
@@ -176,7 +176,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--methods", default="statnn,mlp,pna,gmn", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--targets", default="test_acc,gap")
     p.add_argument("--test-families", default="", help="comma list: hold these families out for testing")
-    p.add_argument("--train-epochs", type=int, default=30)
+    p.add_argument("--train-epochs", type=int, default=20)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")

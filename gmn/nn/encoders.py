@@ -56,8 +56,12 @@ class EdgeEncoder(nn.Module):
         self.value = nn.Linear(fourier // 2 * 2 + 1, hidden)
 
     def forward(self, g, values: Tensor) -> Tensor:
+        return self.encode(g.edge_type, edge_kinds(g), g.edge_pos, values)
+
+    def encode(self, etype: Tensor, kind: Tensor, pos: Tensor, values: Tensor) -> Tensor:
+        """States of edges given by type, kind, position and value (any subset of a graph's)."""
         # (type, kind, position) takes few distinct values: embed those once, gather per edge
-        etype, kind, pos = g.edge_type.long(), edge_kinds(g), g.edge_pos.long()
+        etype, pos = etype.long(), pos.long()
         key = (etype * 3 + kind) * (int(pos.max()) + 1 if pos.numel() else 1) + pos
         uniq, inverse = torch.unique(key, return_inverse=True)
         first = torch.zeros_like(uniq).scatter_(0, inverse, torch.arange(key.numel(), device=key.device))

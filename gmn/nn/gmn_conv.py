@@ -37,13 +37,21 @@ class GMNConv(nn.Module):
         self.node_mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.node_norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        src, dst = edge_index
-        n = h.size(0)
+    def message(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        """``z`` of the given edges (any subset: chunked passes call this per chunk)."""
         a, b = self.node_proj(h).chunk(2, dim=-1)
         # index_select, not a[src]: its backward is an index_add, not a sorting index_put
-        z = F.relu(a.index_select(0, src) + b.index_select(0, dst) + e)
-        e = e + self.edge_out(z)
-        messages = [scatter(z, index, n, aggr) for index in (dst, src) for aggr in self.aggrs]
-        h = self.node_norm(h + self.node_mlp(torch.cat([h, *messages], dim=-1)))
-        return h, e
+        return F.relu(a.index_select(0, src) + b.index_select(0, dst) + e)
+
+    def update_edges(self, e: Tensor, z: Tensor) -> Tensor:
+        return e + self.edge_out(z)
+
+    def update_nodes(self, h: Tensor, messages: list[Tensor]) -> Tensor:
+        """``messages``: each reduction of ``z`` along edges, then each against them."""
+        return self.node_norm(h + self.node_mlp(torch.cat([h, *messages], dim=-1)))
+
+    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        src, dst = edge_index
+        z = self.message(h, e, src, dst)
+        messages = [scatter(z, index, h.size(0), aggr) for index in (dst, src) for aggr in self.aggrs]
+        return self.update_nodes(h, messages), self.update_edges(e, z)
