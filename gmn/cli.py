@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--graphml", help="also write the graph as GraphML (small graphs)")
     _zoo_parser(sub)
     _bench_parser(sub)
+    _train_parser(sub)
     args = parser.parse_args(argv)
-    if args.command in ("zoo", "bench"):
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.command in ("zoo", "bench", "train"):
         return args.handler(args)
     start = time.perf_counter()
     try:
@@ -165,15 +167,7 @@ def _zoo_info(args) -> int:
     return 0
 
 
-def _bench_parser(sub) -> None:
-    from .tasks.property import METHODS
-
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
-    p = bench.add_parser("property", help="build a zoo, predict accuracy from weights, print the table")
-    _zoo_options(p)
-    p.add_argument("--zoo", help="use this existing zoo folder instead of building one")
-    p.add_argument("--out", default="gmn-bench", help="folder for the zoo, results and plot")
-    p.add_argument("--methods", default="statnn,mlp,pna,gmn", help=f"comma list of {', '.join(METHODS)}")
+def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", default="test_acc,gap")
     p.add_argument("--test-families", default="", help="comma list: hold these families out for testing")
     p.add_argument("--train-epochs", type=int, default=20)
@@ -183,6 +177,89 @@ def _bench_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+
+
+def _config(args):
+    from .tasks.property import TrainConfig
+
+    return TrainConfig(epochs=args.train_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden,
+                       layers=args.layers, aggr=args.aggr, seed=args.seed, device=args.device, amp=not args.no_amp)
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a metanetwork on a zoo (--nproc N: N processes, DDP)")
+    p.add_argument("zoo", help="zoo folder")
+    p.add_argument("--kind", default="gmn", choices=("gmn", "pna", "scale_gmn"))
+    p.add_argument("--out", default="gmn-train", help="folder for the model, log and test predictions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun; gloo or NCCL)")
+    _train_options(p)
+    p.set_defaults(handler=_train)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
+            out.append(arg)
+        skip = arg == "--nproc"
+    return out
+
+
+def _train(args) -> int:
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    from .data import ZooDataset, split_by_run
+    from .tasks.property import fit_metanetwork
+
+    if args.nproc > 1:  # relaunch this command under torchrun, one process per rank
+        from torch.distributed.run import main as torchrun
+
+        torchrun(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "gmn.cli", *_without_nproc(args.argv)])
+        return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(args.device)
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
+        data = ZooDataset(args.zoo, _split(args.targets))
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        data = ZooDataset(args.zoo, _split(args.targets), progress=False)
+    split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
+    out = Path(args.out)
+    result = fit_metanetwork(data, split, args.kind, _config(args), out / "state", progress=rank == 0)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        state = torch.load(out / "state" / f"{args.kind}.pt", weights_only=True)["best_model"]
+        save_file({k: v.contiguous().cpu() for k, v in state.items()}, out / "model.safetensors")
+        (out / "result.json").write_text(json.dumps({"scores": result.scores, "history": result.history,
+                                                     "world_size": world}, indent=1))
+        for target, score in result.scores.items():
+            print(f"{args.kind} {target}: " + "  ".join(f"{k} {v:.4f}" for k, v in score.items()))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _bench_parser(sub) -> None:
+    from .tasks.property import METHODS
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
+    p = bench.add_parser("property", help="build a zoo, predict accuracy from weights, print the table")
+    _zoo_options(p)
+    p.add_argument("--zoo", help="use this existing zoo folder instead of building one")
+    p.add_argument("--out", default="gmn-bench", help="folder for the zoo, results and plot")
+    p.add_argument("--methods", default="statnn,mlp,pna,gmn", help=f"comma list of {', '.join(METHODS)}")
+    _train_options(p)
     p.set_defaults(handler=_bench_property)
 
 
@@ -192,10 +269,8 @@ def _split(text: str) -> tuple[str, ...]:
 
 def _bench_property(args) -> int:
     from .tasks.benchmark import property_benchmark
-    from .tasks.property import TrainConfig
 
-    config = TrainConfig(epochs=args.train_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden,
-                         layers=args.layers, aggr=args.aggr, seed=args.seed, device=args.device)
+    config = _config(args)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets),
                                _split(args.test_families), config)

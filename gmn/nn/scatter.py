@@ -16,8 +16,11 @@ USE_TORCH_SCATTER = torch_scatter is not None
 def scatter(src: Tensor, index: Tensor, dim_size: int, reduce: str = "sum") -> Tensor:
     """Reduce rows of ``src`` (E, d) into ``dim_size`` rows by ``index``: sum, mean, max, min.
 
-    Empty rows are 0 for every reduction.
+    Empty rows are 0 for every reduction. Half-precision sums and means accumulate (and
+    return) in float32.
     """
+    if src.dtype in (torch.float16, torch.bfloat16) and reduce in ("sum", "mean"):
+        src = src.float()  # sums over many edges in 8 mantissa bits lose the small terms
     if USE_TORCH_SCATTER:
         return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce=reduce)
     shape = (dim_size,) + tuple(src.shape[1:])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
@@ -119,14 +120,17 @@ class TrainConfig:
     aggr: str = "mean"
     seed: int = 0
     device: str = "cpu"
+    amp: bool = True  #: bf16 autocast on CUDA
 
 
 class _Trainer:
     """Epochs of minibatch training with early stopping on validation loss; after every
     epoch its state is saved (atomically) so an interrupted fit resumes where it stopped."""
 
-    def __init__(self, name: str, model: nn.Module, config: TrainConfig, out_dir: Path | None, progress: bool):
+    def __init__(self, name: str, model: nn.Module, config: TrainConfig, out_dir: Path | None, progress: bool,
+                 writes: bool = True):
         self.name, self.model, self.config, self.progress = name, model.to(config.device), config, progress
+        self.writes = writes  # False on every rank but 0: they resume from rank 0's files
         self.opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, config.epochs)
         self.path = None if out_dir is None else Path(out_dir) / f"{name}.pt"
@@ -143,7 +147,7 @@ class _Trainer:
         self.state = saved
 
     def _checkpoint(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writes:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({**self.state, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                           "sched": self.sched.state_dict()}, self.path)
@@ -176,45 +180,76 @@ class _Trainer:
         self.model.eval()
 
 
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of the process group, or (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config: TrainConfig | None = None,
                     out_dir: str | Path | None = None, progress: bool = True) -> MethodResult:
     """Train a :class:`GraphMetanetwork` of ``kind`` on ``split.train``, stop early on
-    ``split.val``, predict ``split.test``. Targets are standardised with training statistics."""
+    ``split.val``, predict ``split.test``. Targets are standardised with training statistics.
+
+    Inside a ``torch.distributed`` process group (``torchrun``) the model is wrapped in
+    ``DistributedDataParallel`` and each global batch of ``batch_size`` graphs is shared
+    among the ranks (``batch_size / world`` each; gradients averaged), so N processes
+    train the same model as one process would. Only rank 0 writes files. On CUDA with
+    ``config.amp`` the forward pass runs under bf16 autocast (reductions stay float32).
+    """
     config = config or TrainConfig()
+    rank, world = _distributed()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     mean, std = _standardiser(dataset.y[split.train])
     device = torch.device(config.device)
     mean, std = mean.to(device), std.to(device)
     net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=dataset.y.size(1),
-                           aggr=config.aggr)
-    loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(config.seed))
+                           aggr=config.aggr).to(device)
+    train_net = net
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    # one sampler for every world size: the same global batches whether 1 or N processes draw them
+    sampler = DistributedSampler(dataset.index_select(split.train), num_replicas=world, rank=rank, shuffle=True,
+                                 seed=config.seed)
+    loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size // world, sampler=sampler)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
 
     def predict(idx: Tensor) -> Tensor:
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for batch in DataLoader(dataset.index_select(idx), batch_size=2 * config.batch_size):
-                out.append(net(batch.to(device)) * std + mean)
+                out.append(net(batch.to(device)).float() * std + mean)
         return torch.cat(out).cpu()
 
     def train_epoch() -> float:
-        total = 0.0
+        sampler.set_epoch(trainer.state["epoch"])
+        total = torch.zeros((), device=device)
         for batch in loader:
             batch = batch.to(device)
-            loss = F.mse_loss(net(batch), (batch.y - mean) / std)
+            with autocast:
+                pred = train_net(batch)
+            loss = F.mse_loss(pred.float(), (batch.y - mean) / std)
             trainer.opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             trainer.opt.step()
-            total += loss.item() * batch.num_graphs
-        return total / len(split.train)
+            total += loss.detach() * batch.num_graphs
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        return float(total) / (len(sampler) * world)
 
     def val_loss() -> float:
         return float(F.mse_loss((predict(split.val) - mean.cpu()) / std.cpu(),
                                 (dataset.y[split.val] - mean.cpu()) / std.cpu()))
 
-    trainer = _Trainer(kind, net, config, None if out_dir is None else Path(out_dir), progress)
+    writes = out_dir is not None and rank == 0
+    trainer = _Trainer(kind, net, config, Path(out_dir) if out_dir is not None else None, progress and rank == 0,
+                       writes=writes)
     trainer.fit(train_epoch, val_loss)
     return MethodResult(kind, predict(split.test).numpy(), dataset.y[split.test].numpy(), dataset.target_names,
                         time.perf_counter() - start, trainer.state["history"])
