@@ -39,8 +39,9 @@ def from_torch(
     program = _trace(model, args, tracer)
     params, aliases = _unique_parameters(model)
     state = model.state_dict()
-    buffers = {k: v.detach().clone() for k, v in state.items() if k not in params and k not in aliases}
-    builder = GraphBuilder({k: v.detach() for k, v in params.items()})
+    # the graph lives in host memory whatever device the model runs on
+    buffers = {k: v.detach().cpu().clone() for k, v in state.items() if k not in params and k not in aliases}
+    builder = GraphBuilder({k: v.detach().cpu() for k, v in params.items()})
     ctx = Context(builder)
     _walk(ctx, model, program, params, aliases, progress)
     data, layout, sources = builder.finish()
