@@ -132,6 +132,9 @@ def functional_call(g: ParameterGraph, values: Tensor | None, *inputs, training:
     was_training = model.training
     model.train(training)
     try:
-        return torch.func.functional_call(model, to_state_dict(g, values), inputs, kwargs)
+        device = (values if values is not None else g.edge_value).device
+        # buffers live with the graph in host memory; the call runs where the values are
+        state = {k: v.to(device) for k, v in to_state_dict(g, values).items()}
+        return torch.func.functional_call(model, state, inputs, kwargs)
     finally:
         model.train(was_training)

@@ -8,7 +8,7 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, positions
+from ..tensor_info import TensorInfo, no_neurons, positions
 from ..vocab import EdgeType, NodeType
 from .common import fibers_to_nodes, varies
 
@@ -86,7 +86,10 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
         raise ctx.fail("concatenation of an untracked tensor")
     if any(i.param is not None for i in infos) and any(i.has_neurons for i in infos):
         infos = [ctx.materialise(i) for i in infos]
-    infos = [i for i in infos if i.ids.shape[dim] > 0]
+    # torch.cat skips legacy empty 1-D tensors (e.g. an empty key/value cache) of any rank
+    infos = [i for i in infos if i.ids.numel() > 0 and i.ids.shape[dim] > 0]
+    if not infos:
+        return no_neurons(shape, const=True)
     if all(i.param is not None for i in infos) and len({i.param for i in infos}) == 1:
         return TensorInfo(
             torch.cat([i.ids for i in infos], dim), torch.cat([i.pos for i in infos], dim),

@@ -223,3 +223,17 @@ def test_functional_relu_after_shared_preactivation_gets_new_nodes():
 
     g = converters.from_torch(Both(), torch.randn(2, 3))
     assert int((g.node_type == NodeType.ACTIVATION).sum()) == 4
+
+
+def test_cat_skips_legacy_empty_tensors():
+    class EmptyCache(torch.nn.Module):  # as an empty key/value cache is concatenated in HF models
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.cat([x.new_empty(0), self.linear(x)], dim=1)
+
+    model = EmptyCache()
+    g = converters.from_torch(model, torch.randn(2, 3, 4))
+    assert g.num_parameters == 20
