@@ -29,7 +29,12 @@ def graph_from_dict(payload: dict) -> ParameterGraph:
 
 def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
     """Write ``g`` to ``path`` atomically (a crash leaves the old file or none)."""
-    payload = graph_to_dict(g)
+    save_atomic(graph_to_dict(g), path)
+
+
+def save_atomic(payload, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash leaves the
+    old file or none, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from tqdm.auto import tqdm
 
 import converters
 from converters import ConversionError, ParameterGraph, ParamIndex
+from converters.io import save_atomic
 
 from ..zoo import Zoo
 from ..zoo.catalogue import METRICS
@@ -42,17 +41,6 @@ def _values(index: ParamIndex, state: dict[str, Tensor], where: str) -> Tensor:
                                   f"expects {tuple(shape)}")
         parts.append(state[name].reshape(-1).float())
     return torch.cat(parts)
-
-
-def _save_atomic(payload, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ZooDataset(Dataset):
@@ -105,7 +93,7 @@ class ZooDataset(Dataset):
             self.buffers.append({k: state[k] for k in index.buffers if k in state})
         if cache:
             path.parent.mkdir(exist_ok=True)
-            _save_atomic({"templates": {k: converters.graph_to_dict(g) for k, g in self.templates.items()},
+            save_atomic({"templates": {k: converters.graph_to_dict(g) for k, g in self.templates.items()},
                           "values": self.values, "buffers": self.buffers}, path)
 
     def _convert(self, member: dict, key: str) -> Tensor:

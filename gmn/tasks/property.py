@@ -9,8 +9,6 @@ R^2 and MAE on the test part.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
+
+from converters.io import save_atomic
 
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
@@ -97,17 +97,6 @@ def fit_statnn(dataset: ZooDataset, split: Split, seed: int = 0) -> MethodResult
                         time.perf_counter() - start)
 
 
-def _save_atomic(payload, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class TrainConfig:
     epochs: int = 60
@@ -149,7 +138,7 @@ class _Trainer:
     def _checkpoint(self) -> None:
         if self.path is not None and self.writes:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _save_atomic({**self.state, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            save_atomic({**self.state, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                           "sched": self.sched.state_dict()}, self.path)
             with open(self.path.with_suffix(".jsonl"), "w") as log:
                 log.writelines(json.dumps(h) + "\n" for h in self.state["history"])
