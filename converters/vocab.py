@@ -71,13 +71,14 @@ class Activation(IntEnum):
     HARDTANH = 11
     MISH = 12
     OTHER = 13
+    SIN = 14
 
 
 #: Activations f with f(s x) = s f(x) for s > 0: hidden neurons may be rescaled.
 POSITIVE_HOMOGENEOUS = frozenset({Activation.RELU, Activation.LEAKY_RELU})
 
 #: Activations with f(-x) = -f(x): hidden neurons may be sign-flipped.
-ODD = frozenset({Activation.TANH})
+ODD = frozenset({Activation.TANH, Activation.SIN})
 
 #: Edge types that carry one parameter scalar each.
 PARAMETER_EDGE_TYPES = frozenset(

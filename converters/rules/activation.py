@@ -28,7 +28,7 @@ ACTIVATIONS = {
     "aten.hardsigmoid": Activation.OTHER, "aten.exp": Activation.OTHER,
     "aten.log": Activation.OTHER, "aten.pow": Activation.OTHER, "aten.sqrt": Activation.OTHER,
     "aten.rsqrt": Activation.OTHER, "aten.abs": Activation.OTHER, "aten.square": Activation.OTHER,
-    "aten.erf": Activation.OTHER, "aten.reciprocal": Activation.OTHER, "aten.sin": Activation.OTHER,
+    "aten.erf": Activation.OTHER, "aten.reciprocal": Activation.OTHER, "aten.sin": Activation.SIN,
     "aten.cos": Activation.OTHER, "aten.clamp": Activation.OTHER, "aten.clamp_min": Activation.OTHER,
     "aten.clamp_max": Activation.OTHER, "aten.sign": Activation.OTHER, "aten.log1p": Activation.OTHER,
     "aten.expm1": Activation.OTHER, "aten.logsigmoid": Activation.OTHER,
