@@ -47,8 +47,9 @@ class ZooDataset(Dataset):
     """The checkpoints of ``zoo`` as :class:`ParameterGraph` s; ``y`` holds ``targets``.
 
     Targets are catalogue metrics (``test_acc``, ``gap``, ``test_loss``, ...) or extra
-    columns of an imported zoo. Every graph also carries ``run`` (an integer per training
-    run, for grouped splits) and ``family``. Diverged runs are left out unless asked for.
+    columns of an imported zoo. Every graph also carries ``member`` (its index here),
+    ``run`` (an integer per training run, for grouped splits) and ``family``. Diverged runs
+    are left out unless asked for.
     """
 
     def __init__(self, zoo: Zoo | str | Path, targets: tuple[str, ...] = ("test_acc",), cache: bool = True,
@@ -115,6 +116,7 @@ class ZooDataset(Dataset):
         g = converters.with_values(template, self.values[idx], self.buffers[idx] or None)
         g.y = self.y[idx].view(1, -1)
         g.run = self.run[idx].view(1)
+        g.member = torch.tensor([idx])
         g.family = self.family[idx]
         return g
 

@@ -1,5 +1,7 @@
-"""Tasks on zoos: property prediction (editing and generation build on it)."""
+"""Tasks on zoos: property prediction and weight editing."""
 
+from .editing import EditResult, WeightEditor, fit_editor
 from .property import METHODS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn, metrics
 
-__all__ = ["METHODS", "MethodResult", "TrainConfig", "fit_flat_mlp", "fit_metanetwork", "fit_statnn", "metrics"]
+__all__ = ["METHODS", "EditResult", "MethodResult", "TrainConfig", "WeightEditor", "fit_editor", "fit_flat_mlp",
+           "fit_metanetwork", "fit_statnn", "metrics"]

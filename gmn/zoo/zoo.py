@@ -61,6 +61,10 @@ class Zoo:
             module, attr = arch["name"].split(":", 1)
             model = getattr(importlib.import_module(module), attr)()
             return model, torch.randn(2, *arch["input_shape"])
+        if arch["family"] == "siren":
+            from .inr import Siren, coordinates
+
+            return Siren(arch["hidden"], arch["depth"]), coordinates()
         if arch["family"] == "onnx":
             raise ValueError("ONNX members carry their own architecture: convert the file itself")
         data = datasets.load(member["dataset"])

