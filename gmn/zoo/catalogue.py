@@ -50,6 +50,16 @@ class Catalogue:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in values.items()])
 
+    def claim(self, **settings) -> dict[str, object]:
+        """Record the zoo's build settings; a folder built with other settings is refused
+        rather than mixed. Returns the settings recorded before."""
+        old = self.meta()
+        clash = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
+        if clash:
+            raise ValueError(f"{self.root} holds a zoo built with other settings (old, new): {clash}")
+        self.set_meta(**settings)
+        return old
+
     def done(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT run_id FROM runs")}
 

@@ -104,11 +104,8 @@ def build_zoo(root: str | Path, preset: str = "small-cnn", runs: int = 100, data
     catalogue = Catalogue(root)
     settings = {"preset": preset, "dataset": dataset, "epochs": epochs, "checkpoint_epochs": list(checkpoint_epochs),
                 "seed": seed}
-    old = catalogue.meta()
-    clash = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
-    if clash:
-        raise ValueError(f"{root} holds a zoo built with other settings (old, new): {clash}")
-    catalogue.set_meta(**settings, runs=max(runs, int(old.get("runs", 0))))
+    old = catalogue.claim(**settings)
+    catalogue.set_meta(runs=max(runs, int(old.get("runs", 0))))
     done = catalogue.done()
     todo = [r for r in plan(preset, runs, dataset, epochs, checkpoint_epochs, seed) if r["run_id"] not in done]
     workers = workers or os.cpu_count() or 1

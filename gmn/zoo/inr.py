@@ -111,11 +111,7 @@ def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: 
     root = Path(root)
     catalogue = Catalogue(root)
     settings = {"preset": "inr-mnist", "steps": steps, "seed": seed}
-    old = catalogue.meta()
-    clash = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
-    if clash:
-        raise ValueError(f"{root} holds a zoo built with other settings (old, new): {clash}")
-    catalogue.set_meta(**settings)
+    catalogue.claim(**settings)
     images, labels = mnist_images()
     done = catalogue.done()
     todo = [i for i in range(min(count, len(images))) if f"inr-{i:05d}" not in done]
