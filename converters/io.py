@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,18 +33,23 @@ def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
     save_atomic(graph_to_dict(g), path)
 
 
-def save_atomic(payload, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash leaves the
-    old file or none, never half of one."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``: a
+    crash leaves the old file or none, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(payload, path: str | os.PathLike) -> None:
+    """``torch.save(payload)`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_graph(path: str | os.PathLike) -> ParameterGraph:

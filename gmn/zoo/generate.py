@@ -10,7 +10,6 @@ writes checkpoint files (atomically) and then catalogues the run in one transact
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from converters.io import atomic_write
 
 from .catalogue import Catalogue
 from .families import PRESETS
@@ -31,14 +32,7 @@ BACKENDS = ("process", "ray")
 def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
     """Write a safetensors checkpoint atomically (a crash leaves the old file or none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp))
 
 
 def plan(preset: str, runs: int, dataset: str, epochs: int, checkpoint_epochs: tuple[int, ...],
