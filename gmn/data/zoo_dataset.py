@@ -88,25 +88,26 @@ class ZooDataset(Dataset):
         self.templates, self.values, self.buffers = {}, [], []
         for member, key in tqdm(list(zip(self.members, self.arch_keys)), desc="converting zoo", unit="ckpt",
                                 disable=not progress):
-            self.values.append(self._convert(member, key))
-            index = self.templates[key].param_index
-            state = self.zoo.weights(member) if index.buffers else {}
-            self.buffers.append({k: state[k] for k in index.buffers if k in state})
+            values, state = self._convert(member, key)
+            self.values.append(values)
+            self.buffers.append({k: state[k] for k in self.templates[key].param_index.buffers if k in state})
         if cache:
             path.parent.mkdir(exist_ok=True)
             save_atomic({"templates": {k: converters.graph_to_dict(g) for k, g in self.templates.items()},
                           "values": self.values, "buffers": self.buffers}, path)
 
-    def _convert(self, member: dict, key: str) -> Tensor:
+    def _convert(self, member: dict, key: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """The member's parameter values and its checkpoint (read once: buffers come from it too)."""
         where = str(self.zoo.root / member["path"])
         if member["arch"]["family"] == "onnx":
             g = converters.from_onnx(self.zoo.root / member["path"])
             self.templates[key] = _detached(g)
-            return converters.parameter_values(g)
+            return converters.parameter_values(g), g.param_index.buffers
         if key not in self.templates:
             model, example = self.zoo.model(member)
             self.templates[key] = _detached(converters.from_torch(model, example))
-        return _values(self.templates[key].param_index, self.zoo.weights(member), where)
+        state = self.zoo.weights(member)
+        return _values(self.templates[key].param_index, state, where), state
 
     def len(self) -> int:
         return len(self.members)
