@@ -196,7 +196,18 @@ def mixed_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
     return arch, hparams
 
 
-PRESETS = {"small-cnn": small_cnn_zoo, "mixed": mixed_zoo}
+def generation_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
+    """Well-trained small CNNs of six shapes (depth 2-3, width 8/12/16, ReLU) under one
+    sound recipe (Adam, full training set): the training data of weight generators, with
+    one shape to hold out as the architecture a generator has not seen."""
+    arch = {"family": "cnn", "depth": int(rng.integers(2, 4)), "width": _choice(rng, [8, 12, 16]), "kernel": 3,
+            "act": "relu", "dropout": 0.0}
+    hparams = {"optimizer": "adam", "lr": _log_uniform(rng, 3e-3, 1e-2), "l2": _log_uniform(rng, 1e-6, 1e-4),
+               "init": "default", "init_std": 0.0, "train_fraction": 1.0}
+    return arch, hparams
+
+
+PRESETS = {"small-cnn": small_cnn_zoo, "mixed": mixed_zoo, "generation": generation_zoo}
 
 
 def initialise(model: nn.Module, init: str, std: float) -> None:

@@ -1,0 +1,256 @@
+"""Weight generation: flow matching over parameter values, a metanetwork as the velocity field.
+
+Values are generated in units of each parameter's initialisation scale, ``z = x sqrt(fan_in)``
+(``fan_in`` counts the parameter edges into the edge's target neuron), so one noise law
+``N(0, I)`` serves every architecture, seen in training or not. Flow matching (Lipman et al.
+2023) on the straight path ``z_t = (1 - t) z_0 + t z_1`` trains
+
+.. math::
+    \\min_\\theta \\; \\mathbb{E}_{t, z_0, z_1} \\| v_\\theta(z_t, t, c \\mid G) - (z_1 - z_0) \\|^2,
+
+where ``v`` is a GMN over the architecture's parameter graph ``G`` (its structure is the
+condition; its edge readout at parameter edges is the velocity, equivariant to every neuron
+permutation) and ``c`` an optional standardised property (e.g. accuracy), dropped at random
+during training for classifier-free guidance. Sampling integrates ``dz/dt = v`` from noise
+with Heun's method.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+
+import converters
+from converters.writer import STRUCTURAL
+
+from ..alignment import align, aligned_distance
+from ..data import ZooDataset
+from ..nn import EdgeEncoder, GMNConv, NodeEncoder
+from ..nn.features import sinusoidal
+from .property import TrainConfig, _Trainer
+
+
+def parameter_scale(g) -> Tensor:
+    """``1 / sqrt(fan_in)`` per parameter scalar, in ``converters.parameter_values`` order."""
+    mask = converters.parameter_edge_mask(g)
+    dst = g.edge_index[1][mask]
+    fan_in = torch.bincount(dst, minlength=g.num_nodes).clamp_min(1)
+    return fan_in[dst].float().rsqrt()
+
+
+def _node_batch(g) -> Tensor:
+    batch = getattr(g, "batch", None)
+    return torch.zeros(g.num_nodes, dtype=torch.long, device=g.edge_index.device) if batch is None else batch
+
+
+class WeightGenerator(nn.Module):
+    """Velocity field ``v(z_t, t, c | G)`` and its sampler.
+
+    Time (and the property, when ``conditioned``) enter as a per-graph embedding added to
+    node and edge states before every GMN layer. Tied and parameter edges carry ``z_t``
+    only (tied copies get zero), so nothing of the training weights leaks into the input.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 4, aggr: str = "mean", conditioned: bool = False):
+        super().__init__()
+        self.hidden = hidden
+        self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
+        self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.condition = nn.Linear(1, hidden) if conditioned else None
+        self.shifts = nn.ModuleList(nn.Linear(hidden, 2 * hidden) for _ in range(layers))
+        self.convs = nn.ModuleList(GMNConv(hidden, aggr) for _ in range(layers))
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.register_buffer("target_stats", torch.tensor([0.0, 1.0]))  # mean, std of the property
+
+    def forward(self, g, z: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """Velocity at every parameter scalar; ``t`` and ``c`` (NaN: unconditional) per graph."""
+        mask = converters.parameter_edge_mask(g)
+        values = torch.where(converters.edge_kinds(g) == STRUCTURAL, g.edge_value, 0.0)
+        values = values.masked_scatter(mask, z.to(values.dtype))
+        emb = self.time(sinusoidal(t * 1000, self.hidden))
+        if self.condition is not None and c is not None:
+            known = ~torch.isnan(c)
+            emb = emb + known.unsqueeze(-1) * self.condition(torch.nan_to_num(c).unsqueeze(-1))
+        node_graph = _node_batch(g)
+        edge_graph = node_graph[g.edge_index[0]]
+        h, e = self.nodes(g), self.edges(g, values)
+        for shift, conv in zip(self.shifts, self.convs):
+            dh, de = shift(emb).chunk(2, -1)
+            h, e = conv(h + dh[node_graph], e + de[edge_graph], g.edge_index)
+        return self.head(e[mask]).squeeze(-1)
+
+    def flow_loss(self, g, drop_condition: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+        """Flow-matching loss of a batch of checkpoint graphs (property in ``g.y[:, 0]``)."""
+        z1 = converters.parameter_values(g) / parameter_scale(g)
+        graphs = int(g.num_param_edges.numel())
+        z0 = torch.randn(z1.shape, generator=generator, device="cpu").to(z1.device)
+        t = torch.rand(graphs, generator=generator, device="cpu").to(z1.device)
+        per_scalar = torch.repeat_interleave(t, g.num_param_edges.view(-1).to(z1.device))
+        zt = (1 - per_scalar) * z0 + per_scalar * z1
+        c = None
+        if self.condition is not None:
+            c = (g.y[:, 0].to(z1.device) - self.target_stats[0]) / self.target_stats[1]
+            drop = torch.rand(graphs, generator=generator, device="cpu").to(z1.device) < drop_condition
+            c = torch.where(drop, torch.nan, c)
+        return F.mse_loss(self(g, zt, t, c), z1 - z0)
+
+    @torch.no_grad()
+    def sample(self, template: converters.ParameterGraph, count: int, steps: int = 20, target: float | None = None,
+               guidance: float = 1.0, seed: int = 0) -> Tensor:
+        """``count`` parameter vectors for ``template``'s architecture (rows in
+        ``converters.parameter_values`` order); ``target``: the property to condition on."""
+        device = next(self.parameters()).device
+        g = Batch.from_data_list([template] * count).to(device)
+        scale = parameter_scale(g)
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(scale.shape, generator=gen).to(device)
+        c = None
+        if target is not None:
+            if self.condition is None:
+                raise ValueError("this generator was trained without a property condition")
+            c = torch.full((count,), (target - float(self.target_stats[0])) / float(self.target_stats[1]),
+                           device=device)
+
+        def velocity(z: Tensor, t: float) -> Tensor:
+            tt = torch.full((count,), t, device=device)
+            v = self(g, z, tt, None if c is None else torch.full_like(c, torch.nan))
+            if c is not None:
+                v = v + guidance * (self(g, z, tt, c) - v)
+            return v
+
+        dt = 1.0 / steps
+        for k in range(steps):  # Heun: Euler predictor, trapezoid corrector
+            t = k * dt
+            v = velocity(z, t)
+            guess = z + dt * v
+            z = z + dt * 0.5 * (v + velocity(guess, t + dt))
+        return (z * scale).view(count, -1).cpu()
+
+
+def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: TrainConfig | None = None,
+                  conditioned: bool = False, out_dir: str | Path | None = None,
+                  progress: bool = True) -> WeightGenerator:
+    """Train a :class:`WeightGenerator` on the checkpoints ``train`` of ``dataset`` (early
+    stopping on the flow loss of ``val`` at fixed noise); with ``conditioned``, on the
+    dataset's first target as well. Resumes from ``out_dir`` like every fit here."""
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    model = WeightGenerator(config.hidden, config.layers, config.aggr, conditioned)
+    y = dataset.y[train, 0]
+    model.target_stats.copy_(torch.stack([y.mean(), y.std().clamp_min(1e-6) if len(y) > 1 else torch.tensor(1.0)]))
+    loader = DataLoader(dataset.index_select(train), batch_size=config.batch_size, shuffle=True)
+    start = time.perf_counter()
+
+    def train_epoch() -> float:
+        total, count = 0.0, 0
+        for batch in loader:
+            loss = model.flow_loss(batch.to(device))
+            trainer.opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            trainer.opt.step()
+            total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
+        return total / count
+
+    @torch.no_grad()
+    def val_loss() -> float:
+        gen = torch.Generator().manual_seed(12345)  # the same noise every epoch: comparable losses
+        losses = [model.flow_loss(b.to(device), 0.0, gen).item() * b.num_graphs
+                  for _ in range(4) for b in DataLoader(dataset.index_select(val), batch_size=config.batch_size)]
+        return sum(losses) / (4 * len(val))
+
+    trainer = _Trainer("generator", model, config, Path(out_dir) if out_dir is not None else None, progress)
+    trainer.fit(train_epoch, val_loss)
+    model.fit_seconds, model.history = time.perf_counter() - start, trainer.state["history"]
+    return model
+
+
+def _states(template: converters.ParameterGraph, values: Tensor) -> list[dict[str, Tensor]]:
+    return [converters.to_state_dict(template, v) for v in values]
+
+
+@torch.no_grad()
+def predictions(module: nn.Module, template: converters.ParameterGraph, values: Tensor, x: Tensor) -> Tensor:
+    """Class predictions ``[models, inputs]`` of ``module`` run with each row of ``values``."""
+    module.eval()
+    return torch.stack([torch.func.functional_call(module, s, (x,)).argmax(-1) for s in _states(template, values)])
+
+
+def accuracies(module: nn.Module, template: converters.ParameterGraph, values: Tensor, x: Tensor,
+               y: Tensor) -> Tensor:
+    return (predictions(module, template, values, x) == y).float().mean(1)
+
+
+def nearest_aligned(template: converters.ParameterGraph, values: Tensor, reference: Tensor,
+                    candidates: int = 5) -> tuple[Tensor, Tensor]:
+    """Per row of ``values``: the relative distance ``|r - align(r, v)| / |r|`` to the nearest
+    row ``r`` of ``reference`` after permutation alignment, and that row's index. Every model
+    is first aligned to ``reference[0]`` (a common frame); the ``candidates`` nearest there are
+    then aligned pairwise."""
+    frame = converters.with_values(template, reference[0])
+    n = reference.size(1)
+    in_frame = [torch.stack([align(frame, converters.with_values(template, v)).edge_value[:n] for v in rows])
+                for rows in (values, reference)]
+    near = torch.cdist(*in_frame).topk(min(candidates, len(reference)), largest=False).indices
+    best, index = torch.empty(len(values)), torch.empty(len(values), dtype=torch.long)
+    for i, row in enumerate(values):
+        g = converters.with_values(template, row)
+        dist = torch.tensor([aligned_distance(converters.with_values(template, reference[j]), g) for j in near[i]])
+        best[i], index[i] = dist.min(), near[i][dist.argmin()]
+    return best, index
+
+
+def prediction_similarity(module: nn.Module, template: converters.ParameterGraph, values: Tensor,
+                          reference: Tensor, x: Tensor) -> Tensor:
+    """Per row of ``values``: the highest fraction of inputs on which it predicts the same class
+    as a model of ``reference`` (Zeng et al. 2025: near 1 means a copy)."""
+    mine, theirs = predictions(module, template, values, x), predictions(module, template, reference, x)
+    return (mine.unsqueeze(1) == theirs.unsqueeze(0)).float().mean(-1).max(1).values
+
+
+def with_noise(template: converters.ParameterGraph, values: Tensor, alpha: float, seed: int = 0) -> Tensor:
+    """The noise-added-checkpoint baseline: each parameter tensor plus Gaussian noise of
+    ``alpha`` times that tensor's standard deviation."""
+    gen = torch.Generator().manual_seed(seed)
+    out = values.clone()
+    for name, _, _ in template.param_index.params:
+        ids = template.param_index.edge_ids(name)
+        block = values[:, ids]
+        std = block.std(1, keepdim=True) if ids.numel() > 1 else block.abs()
+        out[:, ids] = block + alpha * std * torch.randn(block.shape, generator=gen)
+    return out
+
+
+def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, values: Tensor, data, target: float,
+                      lr: float = 3e-3, max_steps: int = 600, every: int = 5, batch: int = 32, seed: int = 0) -> int:
+    """Adam steps (batches of ``batch``) from weights ``values`` until test accuracy reaches
+    ``target``; ``max_steps + 1`` when it never does."""
+    model = copy.deepcopy(module)
+    model.load_state_dict(converters.to_state_dict(template, values), strict=False)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(max_steps + 1):
+        if step % every == 0:
+            model.eval()
+            with torch.no_grad():
+                if (model(data.x_test).argmax(-1) == data.y_test).float().mean() >= target:
+                    return step
+            model.train()
+        idx = torch.randint(len(data.y_train), (batch,), generator=gen)
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return max_steps + 1
+
+
+__all__ = ["WeightGenerator", "accuracies", "fit_generator", "nearest_aligned", "parameter_scale",
+           "prediction_similarity", "predictions", "steps_to_accuracy", "with_noise"]
