@@ -6,8 +6,16 @@ import converters
 from gmn.data import ZooDataset
 from gmn.symmetry import random_symmetry
 from gmn.tasks import TrainConfig
-from gmn.tasks.generation import (WeightGenerator, accuracies, fit_generator, nearest_aligned, parameter_scale,
-                                  prediction_similarity, steps_to_accuracy, with_noise)
+from gmn.tasks.generation import (
+    WeightGenerator,
+    accuracies,
+    fit_generator,
+    nearest_aligned,
+    parameter_scale,
+    prediction_similarity,
+    steps_to_accuracy,
+    with_noise,
+)
 from gmn.zoo import datasets
 from gmn.zoo.families import build
 
