@@ -121,6 +121,23 @@ class ZooDataset(Dataset):
         g.family = self.family[idx]
         return g
 
+    def parameter_std(self, indices: Tensor) -> dict[str, Tensor]:
+        """Per architecture: every parameter tensor's standard deviation over the members
+        ``indices``, repeated per scalar (``converters.parameter_values`` order). Dividing by
+        it puts weights of very different scales (SIRENs' ``w0 = 30``) in one range."""
+        out = {}
+        for key, template in self.templates.items():
+            rows = [self.values[i] for i in indices.tolist() if self.arch_keys[i] == key]
+            if not rows:
+                continue
+            stacked = torch.stack(rows)
+            std = torch.empty(stacked.size(1))
+            for name, _, _ in template.param_index.params:
+                ids = template.param_index.edge_ids(name)
+                std[ids] = stacked[:, ids].std().clamp_min(1e-8) if stacked[:, ids].numel() > 1 else 1.0
+            out[key] = std
+        return out
+
     def model(self, idx: int) -> tuple[torch.nn.Module, Tensor]:
         """The member as a runnable module with its weights, and an example input."""
         member = self.members[idx]

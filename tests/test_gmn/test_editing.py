@@ -7,6 +7,7 @@ import converters
 from gmn import symmetry
 from gmn.data import ZooDataset, split_by_run
 from gmn.tasks import TrainConfig
+from gmn.tasks.classification import fit_classifier
 from gmn.tasks.editing import WeightEditor, dilation_objective, fit_editor
 
 pytest.importorskip("mlxtend")
@@ -63,3 +64,14 @@ def test_dilation_editing_beats_the_unedited_inrs(inr_zoo):
                         scale=0.01)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.edited.mean() < 0.95 * result.unedited.mean()
+
+
+def test_inr_classifier_learns_labels_and_refuses_non_class_targets(inr_zoo):
+    ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
+    split = split_by_run(ds.run, ds.family, fractions=(0.15, 0.2), seed=0)
+    config = TrainConfig(epochs=30, hidden=32, layers=2, lr=3e-3, batch_size=8, patience=100)
+    result = fit_classifier(ds, split, config=config, progress=False)
+    assert result.history[-1]["train_loss"] < 0.85 * result.history[0]["train_loss"]
+    assert result.predicted.shape == result.true.shape == (len(split.test),)
+    with pytest.raises(ValueError, match="not a class index"):
+        fit_classifier(ZooDataset(inr_zoo, targets=("psnr",), progress=False), split, config=config, progress=False)
