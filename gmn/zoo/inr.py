@@ -118,7 +118,8 @@ def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: 
     order = np.random.default_rng(0).permutation(len(images))[: min(count, len(images))].tolist()
     todo = [i for i in order if f"inr-{i:05d}" not in done]
     arch = {"family": "siren", "hidden": 32, "depth": 3}
-    with tqdm(total=len(order), initial=len(order) - len(todo), desc="fitting SIRENs", unit="inr", disable=not progress) as bar:
+    with tqdm(total=len(order), initial=len(order) - len(todo), desc="fitting SIRENs", unit="inr",
+              disable=not progress) as bar:
         for start in range(0, len(todo), batch):
             ids = todo[start : start + batch]
             states = fit_sirens(images[ids], steps, seed=seed + ids[0])
