@@ -229,12 +229,20 @@ def with_noise(template: converters.ParameterGraph, values: Tensor, alpha: float
     return out
 
 
-def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, values: Tensor, data, target: float,
-                      lr: float = 3e-3, max_steps: int = 600, every: int = 5, batch: int = 32, seed: int = 0) -> int:
-    """Adam steps (batches of ``batch``) from weights ``values`` until test accuracy reaches
-    ``target``; ``max_steps + 1`` when it never does."""
+def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, values: Tensor | None, data,
+                      target: float, lr: float = 3e-3, max_steps: int = 600, every: int = 5, batch: int = 32,
+                      seed: int = 0) -> int:
+    """Adam steps (batches of ``batch``) from weights ``values`` (``None``: the module's own
+    random initialisation, seeded) until test accuracy reaches ``target``; ``max_steps + 1``
+    when it never does."""
     model = copy.deepcopy(module)
-    model.load_state_dict(converters.to_state_dict(template, values), strict=False)
+    torch.manual_seed(seed)
+    if values is None:
+        for m in model.modules():
+            if m is not model and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    else:
+        model.load_state_dict(converters.to_state_dict(template, values), strict=False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     for step in range(max_steps + 1):

@@ -83,3 +83,11 @@ def test_evaluation_tools_measure_copies_and_noise():
     assert acc.shape == (2,) and (acc < 0.5).all()  # untrained
     assert steps_to_accuracy(model, g, base, data, target=0.0) == 0
     assert 0 < steps_to_accuracy(model, g, base, data, target=0.6, max_steps=400) <= 400
+
+
+def test_random_initialisation_baseline_is_seeded_and_trains():
+    data = datasets.load("digits")
+    g, model = _cnn_graph()
+    a = steps_to_accuracy(model, g, None, data, target=0.6, max_steps=400, seed=3)
+    assert a == steps_to_accuracy(model, g, None, data, target=0.6, max_steps=400, seed=3)
+    assert 0 < a <= 400
