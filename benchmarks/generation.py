@@ -20,8 +20,14 @@ import numpy as np
 import torch
 
 from gmn.data import ZooDataset
-from gmn.tasks.generation import (accuracies, fit_generator, nearest_aligned, prediction_similarity,
-                                  steps_to_accuracy, with_noise)
+from gmn.tasks.generation import (
+    accuracies,
+    fit_generator,
+    nearest_aligned,
+    prediction_similarity,
+    steps_to_accuracy,
+    with_noise,
+)
 from gmn.tasks.property import TrainConfig
 from gmn.zoo import build_zoo, datasets
 

@@ -1,4 +1,5 @@
-"""The ``gmn`` command line: ``inspect``, ``convert``, ``zoo build|import|info``, ``bench property``."""
+"""The ``gmn`` command line: ``inspect``, ``convert``, ``zoo build|import|info``, ``bench property``,
+``train``, ``edit``, ``generate``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import converters
 from converters import ConversionError, ParameterGraph
 
 from .architectures import BUILTIN
+from .cli_weights import add_parsers as add_weight_parsers
 from .summary import summary
 from .zoo.zoo import load_weights
 
@@ -75,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     _zoo_parser(sub)
     _bench_parser(sub)
     _train_parser(sub)
+    add_weight_parsers(sub, _train_options)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.command in ("zoo", "bench", "train"):
+    if args.command in ("edit", "generate"):
+        args.config = _config(args)
+    if args.command in ("zoo", "bench", "train", "edit", "generate"):
         return args.handler(args)
     start = time.perf_counter()
     try:

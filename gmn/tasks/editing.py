@@ -62,6 +62,7 @@ class EditResult:
     unedited: np.ndarray
     seconds: float
     history: list[dict] = field(default_factory=list)
+    editor: WeightEditor | None = None
 
     @property
     def summary(self) -> dict[str, float]:
@@ -128,7 +129,8 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
     trainer.fit(train_epoch, val_loss)
     with torch.no_grad():
         edited, unedited = losses(split.test, True), losses(split.test, False)
-    return EditResult(edited.numpy(), unedited.numpy(), time.perf_counter() - start, trainer.state["history"])
+    return EditResult(edited.numpy(), unedited.numpy(), time.perf_counter() - start, trainer.state["history"],
+                      editor.cpu())
 
 
 def dilation_objective(dataset: ZooDataset, images: Tensor) -> Callable[[list[Tensor], Tensor], Tensor]:
@@ -144,3 +146,46 @@ def dilation_objective(dataset: ZooDataset, images: Tensor) -> Callable[[list[Te
         return F.mse_loss(pred, targets[image_of[idx]].to(pred.device), reduction="none").mean(1)
 
     return objective
+
+
+def edit_members(editor: WeightEditor, dataset: ZooDataset, idx: Tensor, batch_size: int = 64) -> list[Tensor]:
+    """Edited parameter values of members ``idx`` (one vector each, ``parameter_values`` order)."""
+    out = []
+    device = next(editor.parameters()).device
+    with torch.no_grad():
+        for batch in DataLoader(dataset.index_select(idx), batch_size=batch_size):
+            values = editor(batch.to(device)).cpu()
+            out += list(values.split(batch.num_param_edges.view(-1).tolist()))
+    return out
+
+
+def classifier_objective(inputs_labels: Tensor, forget: int | None = None,
+                         forget_weight: float = 5.0) -> Callable[[list[Tensor], Tensor], Tensor]:
+    """Classifier editing: cross-entropy of the edited model on fixed inputs whose labels are
+    ``inputs_labels`` (raise accuracy without training); with ``forget=k``, cross-entropy on
+    the other classes plus ``forget_weight`` times the mean probability given to class ``k``
+    (remove one class, keep the rest)."""
+
+    def objective(outputs: list[Tensor], idx: Tensor) -> Tensor:
+        logits = torch.stack(outputs)
+        labels = inputs_labels.to(logits.device).expand(logits.size(0), -1)
+        if forget is None:
+            return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1)
+        keep = labels[0] != forget
+        ce = F.cross_entropy(logits[:, keep].transpose(1, 2), labels[:, keep], reduction="none").mean(1)
+        return ce + forget_weight * logits.softmax(-1)[..., forget].mean(1)
+
+    return objective
+
+
+def sgd_edit(module: nn.Module, template, values: Tensor, objective: Callable[[list[Tensor], Tensor], Tensor],
+             inputs: Tensor, member: int, steps: int, lr: float = 0.05) -> Tensor:
+    """The baseline edit: ``steps`` of plain gradient descent on the same objective, from the
+    member's own weights (``values`` in ``converters.parameter_values`` order)."""
+    values = values.detach().clone().requires_grad_(True)
+    for _ in range(steps):
+        state = converters.to_state_dict(template, values)
+        loss = objective([torch.func.functional_call(module, state, (inputs,))], torch.tensor([member]))
+        (grad,) = torch.autograd.grad(loss.sum(), values)
+        values = (values - lr * grad).detach().requires_grad_(True)
+    return values.detach()

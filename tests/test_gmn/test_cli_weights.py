@@ -1,0 +1,51 @@
+"""``gmn generate`` and ``gmn edit`` write runnable checkpoints (safetensors and ONNX)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gmn.cli import main
+from gmn.zoo import datasets
+from gmn.zoo.families import build
+from gmn.zoo.zoo import Zoo
+
+SMALL = ["--train-epochs", "1", "--hidden", "8", "--layers", "1", "--batch-size", "4"]
+UNSEEN = {"family": "cnn", "depth": 2, "width": 12, "kernel": 3, "act": "relu", "dropout": 0.0}
+
+
+def test_generate_writes_runnable_checkpoints_for_an_unseen_architecture(tiny_zoo, tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "gen"
+    assert main(["generate", str(tiny_zoo), "--out", str(out), "--count", "2", "--steps", "2", "--onnx",
+                 "--arch", json.dumps(UNSEEN), "--target", "0.5", *SMALL]) == 0
+    report = json.loads((out / "generated.json").read_text())
+    assert len(report) == 2 and all(0.0 <= r["test_acc"] <= 1.0 for r in report)
+    data = datasets.load("digits")
+    model = build(UNSEEN, data.input_shape, data.classes).eval()
+    model.load_state_dict(load_file(out / "generated-001.safetensors"))
+    x = data.x_test[:5]
+    session = ort.InferenceSession(str(out / "generated-001.onnx"))
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert "mean test accuracy" in capsys.readouterr().out
+
+
+def test_edit_writes_edited_checkpoints_of_the_test_members(tiny_zoo, tmp_path):
+    out = tmp_path / "edit"
+    assert main(["edit", str(tiny_zoo), "--out", str(out), "--objective", "forget:3", *SMALL]) == 0
+    report = json.loads((out / "edited.json").read_text())
+    assert report and all("test_acc_after" in r for r in report)
+    zoo = Zoo(tiny_zoo)
+    member = next(m for m in zoo.members() if m["path"] == report[0]["source"])
+    edited, source = load_file(out / report[0]["file"]), zoo.weights(member)
+    assert edited.keys() == source.keys() and all(edited[k].shape == source[k].shape for k in source)
+    assert any(not torch.equal(edited[k], source[k]) for k in source)
+
+
+def test_edit_refuses_unknown_objectives(tiny_zoo, tmp_path):
+    with pytest.raises(SystemExit, match="unknown objective"):
+        main(["edit", str(tiny_zoo), "--out", str(tmp_path), "--objective", "sharpen", *SMALL])
