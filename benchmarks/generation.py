@@ -23,6 +23,8 @@ from gmn.data import ZooDataset
 from gmn.tasks.generation import (
     accuracies,
     fit_generator,
+    fresh_initialisations,
+    initial_values,
     nearest_aligned,
     prediction_similarity,
     steps_to_accuracy,
@@ -62,19 +64,26 @@ def evaluate_architecture(ds, gen, key, reference, data, args) -> list[dict]:
         return out
 
     row("training checkpoints", ref[: args.samples], exclude_self=True)
-    row("generated", gen.sample(template, args.samples, steps=args.steps, seed=args.seed))
+    source = _source(args, module, template, args.samples, args.seed)
+    row("generated", gen.sample(template, args.samples, steps=args.steps, seed=args.seed, source=source))
     high = float(ds.y[reference, 0].quantile(0.9))
     row(f"generated, acc={high:.2f}", gen.sample(template, args.samples, steps=args.steps, target=high,
-                                               guidance=2.0, seed=args.seed))
+                                               guidance=2.0, seed=args.seed, source=source))
     for alpha in NOISE:
         row(f"checkpoint + noise {alpha}", with_noise(template, ref[: args.samples], alpha, seed=args.seed))
     return rows
 
 
+def _source(args, module, template, count: int, seed: int):
+    """Starting values of sampling: Gaussian noise, or fresh initialisations for ``--source init``."""
+    return None if args.source == "gaussian" else fresh_initialisations(module, template, count, seed=1000 + seed)
+
+
 def finetune(ds, gen, key, reference, data, args) -> dict:
     template, module = ds.templates[key], ds.model(reference[0])[0]
     target = float(ds.y[reference, 0].median())
-    generated = gen.sample(template, args.finetune_models, steps=args.steps, seed=args.seed + 1)
+    generated = gen.sample(template, args.finetune_models, steps=args.steps, seed=args.seed + 1,
+                           source=_source(args, module, template, args.finetune_models, args.seed + 1))
     steps_gen = [steps_to_accuracy(module, template, v, data, target, max_steps=args.max_steps, seed=i)
                  for i, v in enumerate(generated)]
     steps_rand = [steps_to_accuracy(module, template, None, data, target, max_steps=args.max_steps, seed=i)
@@ -124,6 +133,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--held-out", default="3,12", help="depth,width of the shape left out of training")
+    p.add_argument("--source", default="gaussian", choices=("gaussian", "init"),
+                   help="flow from Gaussian noise, or from each run's initial weights (paired) to its trained ones")
     p.add_argument("--gen-epochs", type=int, default=150)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
@@ -149,7 +160,8 @@ def main() -> None:
     val, train = perm[: max(1, len(perm) // 10)], perm[max(1, len(perm) // 10):]
     config = TrainConfig(epochs=args.gen_epochs, lr=args.lr, batch_size=16, hidden=args.hidden, layers=args.layers,
                          patience=args.gen_epochs, seed=args.seed, device=args.device)
-    gen = fit_generator(ds, train, val, config, conditioned=True, out_dir=out / "state").cpu()
+    sources = initial_values(ds) if args.source == "init" else None
+    gen = fit_generator(ds, train, val, config, conditioned=True, sources=sources, out_dir=out / "state").cpu()
     data = datasets.load("digits")
     rows, tunes = [], []
     for key in keys:
@@ -161,8 +173,8 @@ def main() -> None:
         rows += arch_rows
         tunes.append({**finetune(ds, gen, key, reference, data, args), "seen": key not in held})
         print(table(arch_rows, tunes[-1:]), flush=True)
-    text = table(rows, tunes) + f"\n\nheld out of training: {[_shape(k) for k in held]}; generator trained " \
-                                f"{len(gen.history)} epochs on {len(train)} checkpoints in {gen.fit_seconds:.0f} s"
+    text = (table(rows, tunes) + f"\n\nheld out of training: {[_shape(k) for k in held]}; generator trained "
+            f"{len(gen.history)} epochs on {len(train)} checkpoints in {gen.fit_seconds:.0f} s, source {args.source}")
     print(text)
     (out / "generation.txt").write_text(text + "\n")
     (out / "generation.json").write_text(json.dumps({"rows": rows, "finetune": tunes, "args": vars(args),

@@ -31,7 +31,8 @@ def _arch_key(member: dict) -> str:
     return json.dumps([arch, member["dataset"]], sort_keys=True)
 
 
-def _values(index: ParamIndex, state: dict[str, Tensor], where: str) -> Tensor:
+def state_values(index: ParamIndex, state: dict[str, Tensor], where: str = "checkpoint") -> Tensor:
+    """A state dict's parameters as one vector in graph order (``converters.parameter_values``)."""
     parts = []
     for name, shape, _ in index.params:
         if name not in state:
@@ -107,7 +108,7 @@ class ZooDataset(Dataset):
             model, example = self.zoo.model(member)
             self.templates[key] = _detached(converters.from_torch(model, example))
         state = self.zoo.weights(member)
-        return _values(self.templates[key].param_index, state, where), state
+        return state_values(self.templates[key].param_index, state, where), state
 
     def len(self) -> int:
         return len(self.members)

@@ -31,7 +31,7 @@ import converters
 from converters.writer import STRUCTURAL
 
 from ..alignment import align, aligned_distance
-from ..data import ZooDataset
+from ..data import ZooDataset, state_values
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder
 from ..nn.features import sinusoidal
 from .property import TrainConfig, _Trainer
@@ -62,6 +62,7 @@ class WeightGenerator(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
+        self.value = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.condition = nn.Linear(1, hidden) if conditioned else None
         self.shifts = nn.ModuleList(nn.Linear(hidden, 2 * hidden) for _ in range(layers))
@@ -80,17 +81,23 @@ class WeightGenerator(nn.Module):
             emb = emb + known.unsqueeze(-1) * self.condition(torch.nan_to_num(c).unsqueeze(-1))
         node_graph = _node_batch(g)
         edge_graph = node_graph[g.edge_index[0]]
-        h, e = self.nodes(g), self.edges(g, values)
+        # the edge encoder's Fourier features suit raw weights (|x| < 1); z is ~10x that
+        h, e = self.nodes(g), self.edges(g, values * 0.1)
+        e = e + mask.unsqueeze(-1) * self.value(values.unsqueeze(-1))
         for shift, conv in zip(self.shifts, self.convs):
             dh, de = shift(emb).chunk(2, -1)
             h, e = conv(h + dh[node_graph], e + de[edge_graph], g.edge_index)
         return self.head(e[mask]).squeeze(-1)
 
-    def flow_loss(self, g, drop_condition: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
-        """Flow-matching loss of a batch of checkpoint graphs (property in ``g.y[:, 0]``)."""
-        z1 = converters.parameter_values(g) / parameter_scale(g)
+    def flow_loss(self, g, drop_condition: float = 0.2, generator: torch.Generator | None = None,
+                  source: Tensor | None = None) -> Tensor:
+        """Flow-matching loss of a batch of checkpoint graphs (property in ``g.y[:, 0]``);
+        ``source``: the paired starting values (their initialisations), else Gaussian noise."""
+        scale = parameter_scale(g)
+        z1 = converters.parameter_values(g) / scale
         graphs = int(g.num_param_edges.numel())
-        z0 = torch.randn(z1.shape, generator=generator, device="cpu").to(z1.device)
+        z0 = torch.randn(z1.shape, generator=generator, device="cpu").to(z1.device) if source is None \
+            else source.to(z1.device) / scale
         t = torch.rand(graphs, generator=generator, device="cpu").to(z1.device)
         per_scalar = torch.repeat_interleave(t, g.num_param_edges.view(-1).to(z1.device))
         zt = (1 - per_scalar) * z0 + per_scalar * z1
@@ -103,14 +110,17 @@ class WeightGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, template: converters.ParameterGraph, count: int, steps: int = 20, target: float | None = None,
-               guidance: float = 1.0, seed: int = 0) -> Tensor:
+               guidance: float = 1.0, seed: int = 0, source: Tensor | None = None) -> Tensor:
         """``count`` parameter vectors for ``template``'s architecture (rows in
-        ``converters.parameter_values`` order); ``target``: the property to condition on."""
+        ``converters.parameter_values`` order); ``target``: the property to condition on;
+        ``source`` (``[count, P]``): starting values for a generator trained from
+        initialisations (fresh random initialisations of the architecture)."""
         device = next(self.parameters()).device
         g = Batch.from_data_list([template] * count).to(device)
         scale = parameter_scale(g)
         gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(scale.shape, generator=gen).to(device)
+        z = torch.randn(scale.shape, generator=gen).to(device) if source is None \
+            else source.reshape(-1).to(device) / scale
         c = None
         if target is not None:
             if self.condition is None:
@@ -135,11 +145,14 @@ class WeightGenerator(nn.Module):
 
 
 def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: TrainConfig | None = None,
-                  conditioned: bool = False, out_dir: str | Path | None = None,
+                  conditioned: bool = False, sources: list[Tensor] | None = None, out_dir: str | Path | None = None,
                   progress: bool = True) -> WeightGenerator:
     """Train a :class:`WeightGenerator` on the checkpoints ``train`` of ``dataset`` (early
     stopping on the flow loss of ``val`` at fixed noise); with ``conditioned``, on the
-    dataset's first target as well. Resumes from ``out_dir`` like every fit here."""
+    dataset's first target as well. ``sources`` (one vector per member, e.g. each run's
+    initial weights from :func:`initial_values`) replaces the Gaussian source by a paired
+    coupling: the flow then carries initialisations to trained weights. Resumes from
+    ``out_dir`` like every fit here."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
@@ -149,10 +162,13 @@ def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: Train
     loader = DataLoader(dataset.index_select(train), batch_size=config.batch_size, shuffle=True)
     start = time.perf_counter()
 
+    def _source(batch) -> Tensor | None:
+        return None if sources is None else torch.cat([sources[i] for i in batch.member.tolist()])
+
     def train_epoch() -> float:
         total, count = 0.0, 0
         for batch in loader:
-            loss = model.flow_loss(batch.to(device))
+            loss = model.flow_loss(batch.to(device), source=_source(batch))
             trainer.opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -163,7 +179,7 @@ def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: Train
     @torch.no_grad()
     def val_loss() -> float:
         gen = torch.Generator().manual_seed(12345)  # the same noise every epoch: comparable losses
-        losses = [model.flow_loss(b.to(device), 0.0, gen).item() * b.num_graphs
+        losses = [model.flow_loss(b.to(device), 0.0, gen, _source(b)).item() * b.num_graphs
                   for _ in range(4) for b in DataLoader(dataset.index_select(val), batch_size=config.batch_size)]
         return sum(losses) / (4 * len(val))
 
@@ -171,6 +187,28 @@ def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: Train
     trainer.fit(train_epoch, val_loss)
     model.fit_seconds, model.history = time.perf_counter() - start, trainer.state["history"]
     return model
+
+
+def initial_values(dataset: ZooDataset) -> list[Tensor]:
+    """Every member's initial weights (zoo runs are seeded, so they are rebuilt exactly)."""
+    from ..zoo.train import initial_state
+
+    return [state_values(dataset.templates[k].param_index, initial_state(m))
+            for m, k in zip(dataset.members, dataset.arch_keys)]
+
+
+def fresh_initialisations(module: nn.Module, template: converters.ParameterGraph, count: int,
+                          seed: int = 0) -> Tensor:
+    """``count`` new default initialisations of ``module``'s architecture (``[count, P]``)."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(module)
+    rows = []
+    for _ in range(count):
+        for m in model.modules():
+            if m is not model and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        rows.append(state_values(template.param_index, model.state_dict()))
+    return torch.stack(rows)
 
 
 def _states(template: converters.ParameterGraph, values: Tensor) -> list[dict[str, Tensor]]:
@@ -260,5 +298,6 @@ def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, va
     return max_steps + 1
 
 
-__all__ = ["WeightGenerator", "accuracies", "fit_generator", "nearest_aligned", "parameter_scale",
+__all__ = ["WeightGenerator", "accuracies", "fit_generator", "fresh_initialisations", "initial_values",
+           "nearest_aligned", "parameter_scale",
            "prediction_similarity", "predictions", "steps_to_accuracy", "with_noise"]

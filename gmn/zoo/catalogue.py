@@ -88,7 +88,7 @@ class Catalogue:
 
     def checkpoints(self) -> list[dict]:
         """Every checkpoint with its run's family, architecture, status and hyperparameters."""
-        query = ("SELECT c.*, r.family, r.arch, r.hparams, r.status, r.dataset FROM checkpoints c "
+        query = ("SELECT c.*, r.family, r.arch, r.hparams, r.status, r.dataset, r.seed FROM checkpoints c "
                  "JOIN runs r USING (run_id) ORDER BY c.run_id, c.epoch")
         out = []
         for r in self.db.execute(query):

@@ -32,6 +32,16 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     return float((logits.argmax(-1) == y).float().mean()), float(F.cross_entropy(logits, y))
 
 
+def initial_state(run: dict) -> dict[str, torch.Tensor]:
+    """The weights run ``run`` (a zoo member or plan entry) started from: training is seeded,
+    so they are rebuilt exactly as :func:`train_run` drew them."""
+    torch.manual_seed(run["seed"])
+    data = datasets.load(run["dataset"])
+    model = build(run["arch"], data.input_shape, data.classes)
+    initialise(model, run["hparams"]["init"], run["hparams"]["init_std"])
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
 def train_run(run: dict) -> dict:
     """Train ``run`` (``run_id, arch, hparams, seed, dataset, epochs, checkpoint_epochs``) and
     return its record with the checkpoints' weights (numpy arrays: they travel between

@@ -169,3 +169,21 @@ def test_load_weights_refuses_pickled_objects(tmp_path):
     torch.save({"w": torch.ones(2), "obj": object()}, tmp_path / "bad.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_weights(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("preset", ["small-cnn", "generation"])
+def test_initial_state_is_the_weights_a_run_started_from(preset):
+    from gmn.zoo.train import initial_state, train_run
+
+    run = plan(preset, 1, "digits", 1, (1,), seed=3)[0]
+    run["hparams"] = {**run["hparams"], "optimizer": "sgd", "lr": 0.0, "l2": 0.0}  # training moves nothing
+    state = train_run(run)["checkpoints"][0]["state"]
+    start = initial_state(run)
+    assert state.keys() == start.keys()
+    for k in state:
+        np.testing.assert_array_equal(state[k], start[k].numpy())
+
+
+def test_zoo_members_carry_their_run_seed(tiny_zoo):
+    members = Zoo(tiny_zoo).members()
+    assert sorted({m["seed"] for m in members}) == list(range(6))
