@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.loader import DataLoader
 
 from ..data import Split, ZooDataset
@@ -70,10 +70,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
         total, count = 0.0, 0
         for batch in loader:
             loss = F.cross_entropy(forward(batch), batch.y[:, 0].long().to(device))
-            trainer.opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            trainer.opt.step()
+            trainer.step(loss)
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         return total / count
 

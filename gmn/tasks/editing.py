@@ -114,10 +114,7 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
         for batch in loader:
             batch = batch.to(device)
             loss = member_losses(batch, editor(batch)).mean()
-            trainer.opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(editor.parameters(), 1.0)
-            trainer.opt.step()
+            trainer.step(loss)
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         return total / count
 

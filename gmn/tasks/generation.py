@@ -169,10 +169,7 @@ def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: Train
         total, count = 0.0, 0
         for batch in loader:
             loss = model.flow_loss(batch.to(device), source=_source(batch))
-            trainer.opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            trainer.opt.step()
+            trainer.step(loss)
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         return total / count
 

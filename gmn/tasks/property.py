@@ -126,6 +126,13 @@ class _Trainer:
         self.state = {"epoch": 0, "best": float("inf"), "bad": 0, "history": [],
                       "best_model": {k: v.clone() for k, v in model.state_dict().items()}}
 
+    def step(self, loss: Tensor, clip: float = 1.0) -> None:
+        """One optimiser step on ``loss``, gradients clipped to norm ``clip``."""
+        self.opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.opt.step()
+
     def _resume(self) -> None:
         if self.path is None or not self.path.is_file():
             return
@@ -223,10 +230,7 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
             with autocast:
                 pred = train_net(batch)
             loss = F.mse_loss(pred.float(), (batch.y - mean) / std)
-            trainer.opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            trainer.opt.step()
+            trainer.step(loss)
             total += loss.detach() * batch.num_graphs
         if world > 1:
             torch.distributed.all_reduce(total)
