@@ -11,6 +11,12 @@ KINDS = ("gmn", "pna", "scale_gmn")
 READOUTS = ("graph", "node", "edge")
 
 
+def node_graphs(g) -> Tensor:
+    """The graph index of every node: ``g.batch`` for a batch, zeros for a single graph."""
+    batch = getattr(g, "batch", None)
+    return torch.zeros(g.num_nodes, dtype=torch.long, device=g.edge_index.device) if batch is None else batch
+
+
 class GraphMetanetwork(nn.Module):
     """A metanetwork over (batches of) parameter graphs of any architecture.
 
@@ -49,9 +55,7 @@ class GraphMetanetwork(nn.Module):
         if self.readout == "edge":
             out = self.head(e)
             return out if scales is None else decanonicalise(g, out, scales)
-        batch = getattr(g, "batch", None)
-        if batch is None:
-            batch = torch.zeros(h.size(0), dtype=torch.long, device=h.device)
+        batch = node_graphs(g)
         size = int(g.num_param_edges.numel())
         pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max"),
                             scatter(e, batch[g.edge_index[0]], size, "mean")], -1)

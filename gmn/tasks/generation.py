@@ -32,6 +32,7 @@ from converters.writer import STRUCTURAL
 
 from ..alignment import align, aligned_distance
 from ..data import ZooDataset, state_values
+from ..models import node_graphs
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder
 from ..nn.features import sinusoidal
 from .property import TrainConfig, _Trainer
@@ -43,11 +44,6 @@ def parameter_scale(g) -> Tensor:
     dst = g.edge_index[1][mask]
     fan_in = torch.bincount(dst, minlength=g.num_nodes).clamp_min(1)
     return fan_in[dst].float().rsqrt()
-
-
-def _node_batch(g) -> Tensor:
-    batch = getattr(g, "batch", None)
-    return torch.zeros(g.num_nodes, dtype=torch.long, device=g.edge_index.device) if batch is None else batch
 
 
 class WeightGenerator(nn.Module):
@@ -79,7 +75,7 @@ class WeightGenerator(nn.Module):
         if self.condition is not None and c is not None:
             known = ~torch.isnan(c)
             emb = emb + known.unsqueeze(-1) * self.condition(torch.nan_to_num(c).unsqueeze(-1))
-        node_graph = _node_batch(g)
+        node_graph = node_graphs(g)
         edge_graph = node_graph[g.edge_index[0]]
         # the edge encoder's Fourier features suit raw weights (|x| < 1); z is ~10x that
         h, e = self.nodes(g), self.edges(g, values * 0.1)
