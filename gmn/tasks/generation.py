@@ -197,11 +197,16 @@ def fresh_initialisations(module: nn.Module, template: converters.ParameterGraph
     model = copy.deepcopy(module)
     rows = []
     for _ in range(count):
-        for m in model.modules():
-            if m is not model and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        _reinitialise(model)
         rows.append(state_values(template.param_index, model.state_dict()))
     return torch.stack(rows)
+
+
+def _reinitialise(model: nn.Module) -> None:
+    """Draw the model's default initialisation again (every submodule's ``reset_parameters``)."""
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
 
 
 def _states(template: converters.ParameterGraph, values: Tensor) -> list[dict[str, Tensor]]:
@@ -269,9 +274,7 @@ def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, va
     model = copy.deepcopy(module)
     torch.manual_seed(seed)
     if values is None:
-        for m in model.modules():
-            if m is not model and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        _reinitialise(model)
     else:
         model.load_state_dict(converters.to_state_dict(template, values), strict=False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
