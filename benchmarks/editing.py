@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import converters
 from gmn.data import ZooDataset, split_by_run
 from gmn.tasks.classification import fit_classifier
-from gmn.tasks.editing import classifier_objective, dilation_objective, edit_members, fit_editor, sgd_edit
+from gmn.tasks.editing import arch_modules, classifier_objective, dilation_objective, edit_members, fit_editor, sgd_edit
+from gmn.tasks.generation import accuracies
 from gmn.tasks.property import TrainConfig
 from gmn.zoo import build_zoo, datasets
 
@@ -91,9 +91,7 @@ def dilation(args, out: Path) -> str:
 
 
 def _accuracy(module, template, values, x, y) -> float:
-    with torch.no_grad():
-        logits = torch.func.functional_call(module, converters.to_state_dict(template, values), (x,))
-    return float((logits.argmax(-1) == y).float().mean())
+    return float(accuracies(module, template, values.unsqueeze(0), x, y)[0])
 
 
 def _scores(module, template, values, data, forget) -> dict:
@@ -123,7 +121,7 @@ def classifier_editing(args, out: Path) -> str:
     data = datasets.load("digits")
     pick = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[: args.inputs]
     inputs, labels = data.x_train[pick], data.y_train[pick]
-    modules = {k: ds.model(ds.arch_keys.index(k))[0] for k in ds.templates}
+    modules = {k: m for k, (m, _) in arch_modules(ds).items()}
     rows, lines = [], []
     for forget in (None, FORGET):
         objective = classifier_objective(labels, forget)

@@ -64,10 +64,10 @@ def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example
     atomic_write(path.with_suffix(".onnx"), lambda tmp: onnx_lib.save(program.model_proto, tmp))
 
 
-def _accuracy(module: nn.Module, state: dict[str, Tensor], data) -> float:
-    with torch.no_grad():
-        logits = torch.func.functional_call(module.eval(), state, (data.x_test,))
-    return float((logits.argmax(-1) == data.y_test).float().mean())
+def _accuracy(module: nn.Module, template, values: Tensor, data) -> float:
+    from .tasks.generation import accuracies
+
+    return float(accuracies(module, template, values.unsqueeze(0), data.x_test, data.y_test)[0])
 
 
 def _task_data(member: dict):
@@ -80,6 +80,7 @@ def _task_data(member: dict):
 
 def _generate(args) -> int:
     from .data import ZooDataset
+    from .tasks.editing import arch_modules
     from .tasks.generation import fit_generator
     from .zoo.families import build
 
@@ -98,7 +99,7 @@ def _generate(args) -> int:
         example = data.x_test[:2]
         template = converters.from_torch(module, (example,))
     else:
-        module, example = ds.model(ds.arch_keys.index(common))
+        module, example = arch_modules(ds)[common]
         template = ds.templates[common]
     values = gen.sample(template, args.count, steps=args.steps, target=args.target, guidance=args.guidance,
                         seed=args.seed)
@@ -107,7 +108,7 @@ def _generate(args) -> int:
         state = converters.to_state_dict(template, v)
         write_model(module, state, out / f"generated-{i:03d}", example, args.onnx)
         report.append({"file": f"generated-{i:03d}.safetensors",
-                       "test_acc": None if data is None else _accuracy(module, state, data)})
+                       "test_acc": None if data is None else _accuracy(module, template, v, data)})
     _report(out / "generated.json", report, "generated", data is not None)
     return 0
 
@@ -132,7 +133,7 @@ def _objective(args, ds, member):
 
 def _edit(args) -> int:
     from .data import ZooDataset, split_by_run
-    from .tasks.editing import edit_members, fit_editor
+    from .tasks.editing import arch_modules, edit_members, fit_editor
 
     ds = ZooDataset(args.zoo)
     objective, inputs, data = _objective(args, ds, ds.members[0])
@@ -140,10 +141,10 @@ def _edit(args) -> int:
     out = Path(args.out)
     result = fit_editor(ds, split, objective, inputs, args.config, out / "state", scale=args.scale)
     idx = split.test if args.members == "test" else torch.arange(len(ds))
-    report = []
+    modules, report = arch_modules(ds), []
     for i, values in zip(idx.tolist(), edit_members(result.editor, ds, idx)):
         member, template = ds.members[i], ds.templates[ds.arch_keys[i]]
-        module, example = ds.model(i)
+        module, example = modules[ds.arch_keys[i]]
         state = converters.to_state_dict(template, values)
         name = f"{member['run_id']}-e{member['epoch']}"
         write_model(module, state, out / "edited" / name, example, args.onnx)
@@ -153,8 +154,8 @@ def _edit(args) -> int:
                                                            torch.tensor([i]))),
                        "objective_after": float(objective([torch.func.functional_call(module, state, (inputs,))],
                                                           torch.tensor([i]))),
-                       **({} if data is None else {"test_acc_before": _accuracy(module, before, data),
-                                                   "test_acc_after": _accuracy(module, state, data)})})
+                       **({} if data is None else {"test_acc_before": _accuracy(module, template, ds.values[i], data),
+                                                   "test_acc_after": _accuracy(module, template, values, data)})})
     _report(out / "edited.json", report, "edited", data is not None)
     return 0
 

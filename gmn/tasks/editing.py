@@ -70,11 +70,14 @@ class EditResult:
                 "edited_std": float(self.edited.std()), "members": len(self.edited)}
 
 
-def _modules(dataset: ZooDataset) -> dict[str, nn.Module]:
+def arch_modules(dataset: ZooDataset) -> dict[str, tuple[nn.Module, Tensor]]:
+    """One module (eval mode, weights not loaded: run it with ``functional_call``) and an
+    example input per architecture of the zoo."""
     out = {}
     for i, key in enumerate(dataset.arch_keys):
         if key not in out:
-            out[key] = dataset.zoo.model(dataset.members[i])[0].eval()
+            module, example = dataset.zoo.model(dataset.members[i])
+            out[key] = module.eval(), example
     return out
 
 
@@ -89,7 +92,7 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     editor = WeightEditor(config.hidden, config.layers, aggr=config.aggr, scale=scale).to(device)
-    modules = {k: m.to(device) for k, m in _modules(dataset).items()}
+    modules = {k: m.to(device) for k, (m, _) in arch_modules(dataset).items()}
     inputs = inputs.to(device)
     train = dataset.index_select(split.train)
     sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=config.seed)
