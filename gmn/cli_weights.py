@@ -143,19 +143,19 @@ def _edit(args) -> int:
     idx = split.test if args.members == "test" else torch.arange(len(ds))
     modules, report = arch_modules(ds), []
     for i, values in zip(idx.tolist(), edit_members(result.editor, ds, idx)):
-        member, template = ds.members[i], ds.templates[ds.arch_keys[i]]
+        member, graph = ds.members[i], ds[i]  # the member's graph: its own BatchNorm statistics
         module, example = modules[ds.arch_keys[i]]
-        state = converters.to_state_dict(template, values)
+        state = converters.to_state_dict(graph, values)
         name = f"{member['run_id']}-e{member['epoch']}"
         write_model(module, state, out / "edited" / name, example, args.onnx)
-        before = converters.to_state_dict(template, ds.values[i])
+        before = converters.to_state_dict(graph)
         report.append({"file": f"edited/{name}.safetensors", "source": member["path"],
                        "objective_before": float(objective([torch.func.functional_call(module, before, (inputs,))],
                                                            torch.tensor([i]))),
                        "objective_after": float(objective([torch.func.functional_call(module, state, (inputs,))],
                                                           torch.tensor([i]))),
-                       **({} if data is None else {"test_acc_before": _accuracy(module, template, ds.values[i], data),
-                                                   "test_acc_after": _accuracy(module, template, values, data)})})
+                       **({} if data is None else {"test_acc_before": _accuracy(module, graph, ds.values[i], data),
+                                                   "test_acc_after": _accuracy(module, graph, values, data)})})
     _report(out / "edited.json", report, "edited", data is not None)
     return 0
 

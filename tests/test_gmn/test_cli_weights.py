@@ -49,3 +49,22 @@ def test_edit_writes_edited_checkpoints_of_the_test_members(tiny_zoo, tmp_path):
 def test_edit_refuses_unknown_objectives(tiny_zoo, tmp_path):
     with pytest.raises(SystemExit, match="unknown objective"):
         main(["edit", str(tiny_zoo), "--out", str(tmp_path), "--objective", "sharpen", *SMALL])
+
+
+def test_edited_batchnorm_members_keep_their_own_statistics(tmp_path):
+    from gmn.zoo import build_zoo
+
+    zoo = tmp_path / "zoo"
+    build_zoo(zoo, "mixed", runs=4, epochs=1, workers=1, progress=False).close()  # runs 1 and 3: rescnn
+    out = tmp_path / "edit"
+    assert main(["edit", str(zoo), "--out", str(out), "--objective", "forget:3", "--members", "all", *SMALL]) == 0
+    report = json.loads((out / "edited.json").read_text())
+    members = {m["path"]: m for m in Zoo(zoo).members()}
+    checked = 0
+    for row in report:
+        source = Zoo(zoo).weights(members[row["source"]])
+        edited = load_file(out / row["file"])
+        for name in (k for k in source if "running_" in k):
+            torch.testing.assert_close(edited[name], source[name], rtol=0, atol=0)
+            checked += 1
+    assert checked > 0
