@@ -49,14 +49,9 @@ def evaluate_architecture(ds, gen, key, reference, data, args) -> list[dict]:
 
     def row(method: str, values: torch.Tensor, exclude_self: bool = False) -> dict:
         acc = accuracies(module, template, values, x, y)
-        if exclude_self:  # a training checkpoint against the others
-            dist = torch.stack([nearest_aligned(template, v[None], torch.cat([ref[:i], ref[i + 1:]]), 3)[0][0]
-                                for i, v in enumerate(values)])
-            sim = torch.stack([prediction_similarity(module, template, v[None], torch.cat([ref[:i], ref[i + 1:]]), x)[0]
-                               for i, v in enumerate(values)])
-        else:
-            dist = nearest_aligned(template, values, ref, 3)[0]
-            sim = prediction_similarity(module, template, values, ref, x)
+        exclude = torch.arange(len(values)) if exclude_self else None  # a training checkpoint against the others
+        dist = nearest_aligned(template, values, ref, 3, exclude)[0]
+        sim = prediction_similarity(module, template, values, ref, x, exclude)
         out = {"arch": _shape(key), "method": method, "models": len(values), "acc_median": float(acc.median()),
                "acc_mean": float(acc.mean()), "acc_std": float(acc.std()), "distance": float(dist.median()),
                "similarity": float(sim.median())}

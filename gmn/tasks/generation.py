@@ -226,16 +226,20 @@ def accuracies(module: nn.Module, template: converters.ParameterGraph, values: T
 
 
 def nearest_aligned(template: converters.ParameterGraph, values: Tensor, reference: Tensor,
-                    candidates: int = 5) -> tuple[Tensor, Tensor]:
+                    candidates: int = 5, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per row of ``values``: the relative distance ``|r - align(r, v)| / |r|`` to the nearest
     row ``r`` of ``reference`` after permutation alignment, and that row's index. Every model
     is first aligned to ``reference[0]`` (a common frame); the ``candidates`` nearest there are
-    then aligned pairwise."""
+    then aligned pairwise. ``exclude[i]``: a reference row that row ``i`` may not match (itself,
+    for a leave-one-out comparison of the reference with itself)."""
     frame = converters.with_values(template, reference[0])
     n = reference.size(1)
     in_frame = [torch.stack([align(frame, converters.with_values(template, v)).edge_value[:n] for v in rows])
                 for rows in (values, reference)]
-    near = torch.cdist(*in_frame).topk(min(candidates, len(reference)), largest=False).indices
+    dist = torch.cdist(*in_frame)
+    if exclude is not None:
+        dist[torch.arange(len(values)), exclude] = torch.inf
+    near = dist.topk(min(candidates, len(reference) - (exclude is not None)), largest=False).indices
     best, index = torch.empty(len(values)), torch.empty(len(values), dtype=torch.long)
     for i, row in enumerate(values):
         g = converters.with_values(template, row)
@@ -245,11 +249,15 @@ def nearest_aligned(template: converters.ParameterGraph, values: Tensor, referen
 
 
 def prediction_similarity(module: nn.Module, template: converters.ParameterGraph, values: Tensor,
-                          reference: Tensor, x: Tensor) -> Tensor:
+                          reference: Tensor, x: Tensor, exclude: Tensor | None = None) -> Tensor:
     """Per row of ``values``: the highest fraction of inputs on which it predicts the same class
-    as a model of ``reference`` (Zeng et al. 2025: near 1 means a copy)."""
+    as a model of ``reference`` (Zeng et al. 2025: near 1 means a copy); ``exclude`` as in
+    :func:`nearest_aligned`."""
     mine, theirs = predictions(module, template, values, x), predictions(module, template, reference, x)
-    return (mine.unsqueeze(1) == theirs.unsqueeze(0)).float().mean(-1).max(1).values
+    agreement = (mine.unsqueeze(1) == theirs.unsqueeze(0)).float().mean(-1)
+    if exclude is not None:
+        agreement[torch.arange(len(values)), exclude] = -1.0
+    return agreement.max(1).values
 
 
 def with_noise(template: converters.ParameterGraph, values: Tensor, alpha: float, seed: int = 0) -> Tensor:

@@ -77,6 +77,10 @@ def test_evaluation_tools_measure_copies_and_noise():
     distance, index = nearest_aligned(g, copy, reference)
     assert distance.item() < 1e-6 and index.item() == 0
     assert prediction_similarity(model, g, copy, reference, data.x_test).item() == 1.0
+    # leave-one-out: the copy may not match its own original
+    distance, index = nearest_aligned(g, copy, reference, exclude=torch.tensor([0]))
+    assert distance.item() > 0.1 and index.item() == 1
+    assert prediction_similarity(model, g, copy, reference, data.x_test, exclude=torch.tensor([0])).item() < 1.0
     noisy = with_noise(g, base.unsqueeze(0), 0.5)
     assert nearest_aligned(g, noisy, reference)[0].item() > 0.1
     acc = accuracies(model, g, reference, data.x_test, data.y_test)
