@@ -12,7 +12,12 @@ where ``v`` is a GMN over the architecture's parameter graph ``G`` (its structur
 condition; its edge readout at parameter edges is the velocity, equivariant to every neuron
 permutation) and ``c`` an optional standardised property (e.g. accuracy), dropped at random
 during training for classifier-free guidance. Sampling integrates ``dz/dt = v`` from noise
-with Heun's method.
+with Heun's method. With ``prediction="clean"`` the network predicts the end point ``z_1``
+instead (trained with ``|ẑ_1 - z_1|^2``) and the velocity is
+``(ẑ_1 - z_t) / (1 - t)``: Li & He 2025 ("Back to Basics") argue that data on a
+low-dimensional set in a high-dimensional space (a few checkpoints among all weight
+vectors) is easier to predict than the noise-laden velocity; ``benchmarks/
+generation_memorisation.py`` measures it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from ..nn import EdgeEncoder, GMNConv, NodeEncoder
 from ..nn.features import sinusoidal
 from .property import TrainConfig, _Trainer
 
+PREDICTIONS = ("velocity", "clean")
+MIN_REMAINING = 0.05
+
 
 def parameter_scale(g) -> Tensor:
     """``1 / sqrt(fan_in)`` per parameter scalar, in ``converters.parameter_values`` order."""
@@ -54,9 +62,12 @@ class WeightGenerator(nn.Module):
     only (tied copies get zero), so nothing of the training weights leaks into the input.
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 4, aggr: str = "mean", conditioned: bool = False):
+    def __init__(self, hidden: int = 64, layers: int = 4, aggr: str = "mean", conditioned: bool = False,
+                 prediction: str = "velocity"):
         super().__init__()
-        self.hidden = hidden
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
+        self.hidden, self.prediction = hidden, prediction
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
         self.value = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -67,7 +78,8 @@ class WeightGenerator(nn.Module):
         self.register_buffer("target_stats", torch.tensor([0.0, 1.0]))  # mean, std of the property
 
     def forward(self, g, z: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
-        """Velocity at every parameter scalar; ``t`` and ``c`` (NaN: unconditional) per graph."""
+        """The network's output at every parameter scalar (the velocity, or ``z_1`` for
+        ``prediction="clean"``); ``t`` and ``c`` (NaN: unconditional) per graph."""
         mask = converters.parameter_edge_mask(g)
         values = torch.where(converters.edge_kinds(g) == STRUCTURAL, g.edge_value, 0.0)
         values = values.masked_scatter(mask, z.to(values.dtype))
@@ -102,7 +114,16 @@ class WeightGenerator(nn.Module):
             c = (g.y[:, 0].to(z1.device) - self.target_stats[0]) / self.target_stats[1]
             drop = torch.rand(graphs, generator=generator, device="cpu").to(z1.device) < drop_condition
             c = torch.where(drop, torch.nan, c)
-        return F.mse_loss(self(g, zt, t, c), z1 - z0)
+        return F.mse_loss(self(g, zt, t, c), z1 - z0 if self.prediction == "velocity" else z1)
+
+    def velocity(self, g, z: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """``dz/dt`` at ``z`` (per-graph ``t``): the output itself, or ``(z_1 - z) / (1 - t)``
+        from a clean prediction (``1 - t`` kept above ``MIN_REMAINING``: the last step's end)."""
+        out = self(g, z, t, c)
+        if self.prediction == "velocity":
+            return out
+        remaining = torch.repeat_interleave(1 - t, g.num_param_edges.view(-1).to(z.device))
+        return (out - z) / remaining.clamp_min(MIN_REMAINING)
 
     @torch.no_grad()
     def sample(self, template: converters.ParameterGraph, count: int, steps: int = 20, target: float | None = None,
@@ -126,9 +147,9 @@ class WeightGenerator(nn.Module):
 
         def velocity(z: Tensor, t: float) -> Tensor:
             tt = torch.full((count,), t, device=device)
-            v = self(g, z, tt, None if c is None else torch.full_like(c, torch.nan))
+            v = self.velocity(g, z, tt, None if c is None else torch.full_like(c, torch.nan))
             if c is not None:
-                v = v + guidance * (self(g, z, tt, c) - v)
+                v = v + guidance * (self.velocity(g, z, tt, c) - v)
             return v
 
         dt = 1.0 / steps
@@ -136,23 +157,25 @@ class WeightGenerator(nn.Module):
             t = k * dt
             v = velocity(z, t)
             guess = z + dt * v
-            z = z + dt * 0.5 * (v + velocity(guess, t + dt))
+            # a clean prediction has no velocity at t = 1: its last step is the Euler step onto z_1
+            last = self.prediction == "clean" and k == steps - 1
+            z = guess if last else z + dt * 0.5 * (v + velocity(guess, t + dt))
         return (z * scale).view(count, -1).cpu()
 
 
 def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: TrainConfig | None = None,
                   conditioned: bool = False, sources: list[Tensor] | None = None, out_dir: str | Path | None = None,
-                  progress: bool = True) -> WeightGenerator:
+                  progress: bool = True, prediction: str = "velocity") -> WeightGenerator:
     """Train a :class:`WeightGenerator` on the checkpoints ``train`` of ``dataset`` (early
     stopping on the flow loss of ``val`` at fixed noise); with ``conditioned``, on the
     dataset's first target as well. ``sources`` (one vector per member, e.g. each run's
     initial weights from :func:`initial_values`) replaces the Gaussian source by a paired
-    coupling: the flow then carries initialisations to trained weights. Resumes from
-    ``out_dir`` like every fit here."""
+    coupling: the flow then carries initialisations to trained weights. ``prediction``: see
+    :class:`WeightGenerator`. Resumes from ``out_dir`` like every fit here."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    model = WeightGenerator(config.hidden, config.layers, config.aggr, conditioned)
+    model = WeightGenerator(config.hidden, config.layers, config.aggr, conditioned, prediction)
     y = dataset.y[train, 0]
     model.target_stats.copy_(torch.stack([y.mean(), y.std().clamp_min(1e-6) if len(y) > 1 else torch.tensor(1.0)]))
     loader = DataLoader(dataset.index_select(train), batch_size=config.batch_size, shuffle=True)

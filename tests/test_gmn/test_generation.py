@@ -1,5 +1,6 @@
 """Weight generation: scales, equivariant velocity, learning, sampling any architecture."""
 
+import pytest
 import torch
 
 import converters
@@ -49,6 +50,26 @@ def test_velocity_is_equivariant_to_neuron_permutations():
     n = z.numel()
     torch.testing.assert_close(v_moved, v[edge_map[:n]], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(v_moved, v, atol=1e-4)
+
+
+def test_clean_prediction_samples_land_on_the_predicted_weights_and_learn(tiny_zoo):
+    g, _ = _cnn_graph()
+    target = torch.randn(int(g.num_param_edges))
+
+    class Oracle(WeightGenerator):  # always predicts the same end point z_1
+        def forward(self, g, z, t, c=None):
+            return target.repeat(int(g.num_param_edges.numel()))
+
+    out = Oracle(hidden=8, layers=1, prediction="clean").sample(g, 2, steps=5)
+    torch.testing.assert_close(out, (target * parameter_scale(g)).expand(2, -1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        WeightGenerator(prediction="noise")
+    ds = ZooDataset(tiny_zoo, progress=False)
+    idx = torch.arange(len(ds))
+    config = TrainConfig(epochs=10, lr=3e-3, batch_size=2, hidden=16, layers=2, patience=20)
+    gen = fit_generator(ds, idx[4:], idx[4:], config, progress=False, prediction="clean")
+    assert gen.history[-1]["val_loss"] < 0.9 * gen.history[0]["val_loss"]
+    assert torch.isfinite(gen.sample(ds.templates[ds.arch_keys[0]], 2, steps=4)).all()
 
 
 def test_generator_learns_and_samples_seen_and_unseen_architectures(tiny_zoo):
