@@ -28,7 +28,7 @@ import torch
 from converters.vocab import NodeType
 from gmn.data import ZooDataset, split_by_run
 from gmn.tasks.classification import fit_classifier
-from gmn.tasks.editing import arch_modules, classifier_objective, dilation_objective, edit_members, fit_editor, sgd_edit
+from gmn.tasks.editing import classifier_objective, dilation_objective, edit_members, fit_editor, sgd_edit
 from gmn.tasks.generation import accuracies
 from gmn.tasks.property import TrainConfig
 from gmn.zoo import build_zoo, datasets
@@ -71,10 +71,10 @@ def _image_accuracy(ds, split, probes, seed: int) -> float:
     """The probes' reference point: what the INRs draw on the probe grid, classified directly."""
     from sklearn.linear_model import LogisticRegression
 
-    from gmn.tasks.classification import member_probe_features
+    from gmn.probes import member_probe_features
 
     output = [int((ds.templates[k].node_type == int(NodeType.OUTPUT)).nonzero()[0]) for k in ds.arch_keys]
-    images = np.stack([f[o].numpy() for f, o in zip(member_probe_features(ds, probes), output)])
+    images = np.stack([f[o].numpy() for f, o in zip(member_probe_features(ds, probes).values(), output)])
     clf = LogisticRegression(max_iter=2000, random_state=seed)
     clf.fit(images[split.train], ds.y[split.train, 0].numpy())
     return float((clf.predict(images[split.test]) == ds.y[split.test, 0].numpy()).mean())
@@ -142,7 +142,7 @@ def classifier_editing(args, out: Path) -> str:
     data = datasets.load("digits")
     pick = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[: args.inputs]
     inputs, labels = data.x_train[pick], data.y_train[pick]
-    modules = {k: m for k, (m, _) in arch_modules(ds).items()}
+    modules = {k: m for k, (m, _) in ds.arch_modules().items()}
     rows, lines = [], []
     for forget in (None, FORGET):
         objective = classifier_objective(labels, forget)
@@ -151,8 +151,9 @@ def classifier_editing(args, out: Path) -> str:
             split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
             config = TrainConfig(epochs=args.edit_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
                                  batch_size=16, patience=10, seed=seed, device=args.device)
+            probes = inputs[: args.edit_probes] if args.edit_probes else None
             result = fit_editor(ds, split, objective, inputs, config,
-                                out / "state" / f"classifier-{forget}-{seed}")
+                                out / "state" / f"classifier-{forget}-{seed}-probes{args.edit_probes}", probes=probes)
             editor = result.editor
             per_model = _seconds_per_model(editor, ds, split.test)
             first = int(split.test[0])
@@ -241,6 +242,8 @@ def main() -> None:
     p.add_argument("--zoo", default="zoos/small-cnn-edit")
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--probes", type=int, default=14, help="side of the coordinate grid of INR probe inputs")
+    p.add_argument("--edit-probes", type=int, default=128,
+                   help="classifier editing: how many of the objective's images serve as probe inputs (0: none)")
     p.add_argument("--inputs", type=int, default=256, help="training images the classifier objective sees")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--train-epochs", type=int, default=40)

@@ -80,7 +80,6 @@ def _task_data(member: dict):
 
 def _generate(args) -> int:
     from .data import ZooDataset
-    from .tasks.editing import arch_modules
     from .tasks.generation import fit_generator
     from .zoo.families import build
 
@@ -99,7 +98,7 @@ def _generate(args) -> int:
         example = data.x_test[:2]
         template = converters.from_torch(module, (example,))
     else:
-        module, example = arch_modules(ds)[common]
+        module, example = ds.arch_modules()[common]
         template = ds.templates[common]
     values = gen.sample(template, args.count, steps=args.steps, target=args.target, guidance=args.guidance,
                         seed=args.seed)
@@ -133,7 +132,7 @@ def _objective(args, ds, member):
 
 def _edit(args) -> int:
     from .data import ZooDataset, split_by_run
-    from .tasks.editing import arch_modules, edit_members, fit_editor
+    from .tasks.editing import edit_members, fit_editor
 
     ds = ZooDataset(args.zoo)
     objective, inputs, data = _objective(args, ds, ds.members[0])
@@ -141,7 +140,7 @@ def _edit(args) -> int:
     out = Path(args.out)
     result = fit_editor(ds, split, objective, inputs, args.config, out / "state", scale=args.scale)
     idx = split.test if args.members == "test" else torch.arange(len(ds))
-    modules, report = arch_modules(ds), []
+    modules, report = ds.arch_modules(), []
     for i, values in zip(idx.tolist(), edit_members(result.editor, ds, idx)):
         member, graph = ds.members[i], ds[i]  # the member's graph: its own BatchNorm statistics
         module, example = modules[ds.arch_keys[i]]

@@ -76,4 +76,19 @@ def probe_features(template: ParameterGraph, module: nn.Module, inputs: Tensor,
     return features
 
 
-__all__ = ["neuron_channels", "probe_features"]
+def member_probe_features(dataset, inputs: Tensor, members: Tensor | None = None) -> dict[int, Tensor]:
+    """:func:`probe_features` at ``inputs`` of the ``members`` (default: all) of a
+    :class:`~gmn.data.ZooDataset`, keyed by member index and squashed by ``asinh``
+    (pre-activations span orders of magnitude; no statistics, so no neuron is singled out)."""
+    modules = dataset.arch_modules()
+    members = range(len(dataset)) if members is None else members.tolist()
+    return {i: torch.asinh(probe_features(dataset.templates[dataset.arch_keys[i]], modules[dataset.arch_keys[i]][0],
+                                          inputs, dataset.values[i])) for i in members}
+
+
+def batch_features(features: dict[int, Tensor], batch) -> Tensor:
+    """The node features of a batch of zoo graphs (nodes in batch order)."""
+    return torch.cat([features[m] for m in batch.member.tolist()]).to(batch.edge_index.device)
+
+
+__all__ = ["batch_features", "member_probe_features", "neuron_channels", "probe_features"]

@@ -139,6 +139,16 @@ class ZooDataset(Dataset):
             out[key] = std
         return out
 
+    def arch_modules(self) -> dict[str, tuple[torch.nn.Module, Tensor]]:
+        """One module (eval mode, weights not loaded: run it with ``functional_call``) and an
+        example input per architecture of the zoo."""
+        out = {}
+        for member, key in zip(self.members, self.arch_keys):
+            if key not in out:
+                module, example = self.zoo.model(member)
+                out[key] = module.eval(), example
+        return out
+
     def model(self, idx: int) -> tuple[torch.nn.Module, Tensor]:
         """The member as a runnable module with its weights, and an example input."""
         member = self.members[idx]

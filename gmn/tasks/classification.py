@@ -15,8 +15,7 @@ from torch_geometric.loader import DataLoader
 
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
-from ..probes import probe_features
-from .editing import arch_modules
+from ..probes import batch_features, member_probe_features
 from .property import TrainConfig, _Trainer
 
 
@@ -42,14 +41,6 @@ def standardised_values(batch, stds: dict[str, Tensor], arch_keys: list[str]) ->
     return batch.edge_value / scale.to(batch.edge_value.device)
 
 
-def member_probe_features(dataset: ZooDataset, inputs: Tensor) -> list[Tensor]:
-    """Every member's :func:`~gmn.probes.probe_features` at ``inputs``, squashed by ``asinh``
-    (pre-activations span orders of magnitude; no statistics, so no neuron is singled out)."""
-    modules = arch_modules(dataset)
-    return [torch.asinh(probe_features(dataset.templates[k], modules[k][0], inputs, dataset.values[i]))
-            for i, k in enumerate(dataset.arch_keys)]
-
-
 def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config: TrainConfig | None = None,
                    out_dir: str | Path | None = None, progress: bool = True,
                    probes: Tensor | None = None) -> ClassifierResult:
@@ -57,7 +48,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
     first target as a class (``0 .. C-1``); early stopping on validation cross-entropy.
     Weights enter standardised per tensor with training-set statistics; with ``probes`` (a
     batch of inputs for the members' models) every neuron also gets its activations on them
-    (:func:`member_probe_features`)."""
+    (:func:`gmn.probes.member_probe_features`)."""
     config = config or TrainConfig()
     labels = dataset.y[:, 0].long()
     if not torch.equal(labels.float(), dataset.y[:, 0]) or labels.min() < 0:
@@ -73,7 +64,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
 
     def forward(batch) -> Tensor:
         batch = batch.to(device)
-        nodes = None if features is None else torch.cat([features[m] for m in batch.member.tolist()]).to(device)
+        nodes = None if features is None else batch_features(features, batch)
         return net(batch, standardised_values(batch, stds, dataset.arch_keys), nodes)
 
     def logits(idx: Tensor) -> Tensor:
@@ -99,4 +90,4 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
                             trainer.state["history"])
 
 
-__all__ = ["ClassifierResult", "fit_classifier", "member_probe_features"]
+__all__ = ["ClassifierResult", "fit_classifier"]

@@ -21,6 +21,7 @@ import converters
 
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
+from ..probes import batch_features, member_probe_features
 from .property import TrainConfig, _Trainer
 
 
@@ -30,19 +31,24 @@ class WeightEditor(nn.Module):
     The last layer starts at zero, so an untrained editor is the identity edit; the edit is
     equivariant to every symmetry of the graph (the residual is an edge readout). ``scale``
     multiplies the residual: networks like SIRENs (``sin(30 x)``) move far for small changes.
+    ``probes``: inputs at which every neuron's activations join its node features
+    (:mod:`gmn.probes`); they are kept, so the editor computes them for any model it edits.
     """
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", aggr: str = "mean",
-                 scale: float = 1.0):
+                 scale: float = 1.0, probes: Tensor | None = None):
         super().__init__()
         self.scale = scale
-        self.net = GraphMetanetwork(hidden, layers, kind=kind, readout="edge", out_dim=1, aggr=aggr)
+        self.register_buffer("probes", probes)
+        self.net = GraphMetanetwork(hidden, layers, kind=kind, readout="edge", out_dim=1, aggr=aggr,
+                                    node_features=0 if probes is None else len(probes))
         nn.init.zeros_(self.net.head[-1].weight)
         nn.init.zeros_(self.net.head[-1].bias)
 
-    def forward(self, g) -> Tensor:
-        """Edited parameter values of every graph of ``g``, in ``converters.parameter_values`` order."""
-        delta = self.net(g)[converters.parameter_edge_mask(g), 0]
+    def forward(self, g, node_features: Tensor | None = None) -> Tensor:
+        """Edited parameter values of every graph of ``g``, in ``converters.parameter_values`` order
+        (``node_features``: the probe features of ``g``'s nodes, for an editor with probes)."""
+        delta = self.net(g, node_features=node_features)[converters.parameter_edge_mask(g), 0]
         return converters.parameter_values(g) + self.scale * delta
 
 
@@ -70,29 +76,22 @@ class EditResult:
                 "edited_std": float(self.edited.std()), "members": len(self.edited)}
 
 
-def arch_modules(dataset: ZooDataset) -> dict[str, tuple[nn.Module, Tensor]]:
-    """One module (eval mode, weights not loaded: run it with ``functional_call``) and an
-    example input per architecture of the zoo."""
-    out = {}
-    for i, key in enumerate(dataset.arch_keys):
-        if key not in out:
-            module, example = dataset.zoo.model(dataset.members[i])
-            out[key] = module.eval(), example
-    return out
-
-
 def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tensor], Tensor], Tensor],
                inputs: Tensor, config: TrainConfig | None = None, out_dir: str | Path | None = None,
-               progress: bool = True, scale: float = 1.0) -> EditResult:
+               progress: bool = True, scale: float = 1.0, probes: Tensor | None = None) -> EditResult:
     """Train a :class:`WeightEditor` so that ``objective(outputs, member_indices)`` (one loss
     per member, lower is better) falls for the edited models; report it on ``split.test``
-    for edited and unedited models."""
+    for edited and unedited models. ``probes``: see :class:`WeightEditor`."""
     config = config or TrainConfig()
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    editor = WeightEditor(config.hidden, config.layers, aggr=config.aggr, scale=scale).to(device)
-    modules = {k: m.to(device) for k, (m, _) in arch_modules(dataset).items()}
+    editor = WeightEditor(config.hidden, config.layers, aggr=config.aggr, scale=scale, probes=probes).to(device)
+    features = None if probes is None else member_probe_features(dataset, probes)
+
+    def edited(batch) -> Tensor:
+        return editor(batch, None if features is None else batch_features(features, batch))
+    modules = {k: m.to(device) for k, (m, _) in dataset.arch_modules().items()}
     inputs = inputs.to(device)
     train = dataset.index_select(split.train)
     sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=config.seed)
@@ -107,7 +106,7 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
         out = []
         for batch in DataLoader(dataset.index_select(idx), batch_size=2 * config.batch_size):
             batch = batch.to(device)
-            values = editor(batch) if edit else converters.parameter_values(batch)
+            values = edited(batch) if edit else converters.parameter_values(batch)
             out.append(member_losses(batch, values).detach())
         return torch.cat(out).cpu()
 
@@ -116,7 +115,7 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
         total, count = 0.0, 0
         for batch in loader:
             batch = batch.to(device)
-            loss = member_losses(batch, editor(batch)).mean()
+            loss = member_losses(batch, edited(batch)).mean()
             trainer.step(loss)
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         return total / count
@@ -152,9 +151,11 @@ def edit_members(editor: WeightEditor, dataset: ZooDataset, idx: Tensor, batch_s
     """Edited parameter values of members ``idx`` (one vector each, ``parameter_values`` order)."""
     out = []
     device = next(editor.parameters()).device
+    features = None if editor.probes is None else member_probe_features(dataset, editor.probes.cpu(), idx)
     with torch.no_grad():
         for batch in DataLoader(dataset.index_select(idx), batch_size=batch_size):
-            values = editor(batch.to(device)).cpu()
+            batch = batch.to(device)
+            values = editor(batch, None if features is None else batch_features(features, batch)).cpu()
             out += list(values.split(batch.num_param_edges.view(-1).tolist()))
     return out
 
