@@ -38,6 +38,8 @@ def add_parsers(sub, train_options) -> None:
     p.add_argument("--members", default="test", choices=("test", "all"), help="which members to edit and write")
     p.add_argument("--inputs", type=int, default=256, help="training inputs the classifier objectives see")
     p.add_argument("--scale", type=float, default=1.0, help="residual scale (0.01 for SIRENs)")
+    p.add_argument("--probes", type=int, default=0,
+                   help="give every neuron its activations on the first N objective inputs (gmn.probes); 0: none")
     _common(p, train_options)
     p.set_defaults(handler=_edit)
 
@@ -138,7 +140,8 @@ def _edit(args) -> int:
     objective, inputs, data = _objective(args, ds, ds.members[0])
     split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=args.seed)
     out = Path(args.out)
-    result = fit_editor(ds, split, objective, inputs, args.config, out / "state", scale=args.scale)
+    probes = inputs[: args.probes] if args.probes else None
+    result = fit_editor(ds, split, objective, inputs, args.config, out / "state", scale=args.scale, probes=probes)
     idx = split.test if args.members == "test" else torch.arange(len(ds))
     modules, report = ds.arch_modules(), []
     for i, values in zip(idx.tolist(), edit_members(result.editor, ds, idx)):

@@ -36,7 +36,7 @@ def test_generate_writes_runnable_checkpoints_for_an_unseen_architecture(tiny_zo
 
 def test_edit_writes_edited_checkpoints_of_the_test_members(tiny_zoo, tmp_path):
     out = tmp_path / "edit"
-    assert main(["edit", str(tiny_zoo), "--out", str(out), "--objective", "forget:3", *SMALL]) == 0
+    assert main(["edit", str(tiny_zoo), "--out", str(out), "--objective", "forget:3", "--probes", "8", *SMALL]) == 0
     report = json.loads((out / "edited.json").read_text())
     assert report and all("test_acc_after" in r for r in report)
     zoo = Zoo(tiny_zoo)
