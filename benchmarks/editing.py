@@ -96,18 +96,20 @@ def dilation(args, out: Path) -> str:
     build_inr_zoo(args.inr_zoo, count=args.inr_count).close()
     ds = ZooDataset(args.inr_zoo, targets=("label",))
     images, _ = mnist_images()
-    edited, unedited = [], []
+    edited, probed, unedited = [], [], []
     for seed in range(args.seeds):
         split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
         config = TrainConfig(epochs=args.edit_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
                              batch_size=32, patience=10, seed=seed, device=args.device)
-        result = fit_editor(ds, split, dilation_objective(ds, images), coordinates(), config,
-                            out / "state" / f"dilation-{seed}", scale=0.01)
-        edited.append(float(result.edited.mean()))
+        for probes, scores, name in ((None, edited, "dilation"), (coordinates(args.probes), probed, "dilation-probes")):
+            result = fit_editor(ds, split, dilation_objective(ds, images), coordinates(), config,
+                                out / "state" / f"{name}-{seed}", scale=0.01, probes=probes)
+            scores.append(float(result.edited.mean()))
         unedited.append(float(result.unedited.mean()))
     text = (f"INR dilation editing, {len(ds)} SIRENs ({args.seeds} seeds): test MSE edited {_spread(edited)}, "
-            f"unedited {_spread(unedited)}")
-    (out / "dilation.json").write_text(json.dumps({"edited": edited, "unedited": unedited}, indent=1))
+            f"edited with {args.probes}x{args.probes} probes {_spread(probed)}, unedited {_spread(unedited)}")
+    (out / "dilation.json").write_text(json.dumps({"edited": edited, "edited_probes": probed, "unedited": unedited,
+                                                   "probe_grid": args.probes}, indent=1))
     return text
 
 
