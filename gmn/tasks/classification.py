@@ -56,7 +56,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    features = None if probes is None else member_probe_features(dataset, probes)
+    features = None if probes is None else member_probe_features(dataset, probes.cpu())
     net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=int(labels.max()) + 1,
                            aggr=config.aggr, node_features=0 if probes is None else len(probes)).to(device)
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)

@@ -87,10 +87,11 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     editor = WeightEditor(config.hidden, config.layers, aggr=config.aggr, scale=scale, probes=probes).to(device)
-    features = None if probes is None else member_probe_features(dataset, probes)
+    features = None if probes is None else member_probe_features(dataset, probes.cpu())
 
     def edited(batch) -> Tensor:
         return editor(batch, None if features is None else batch_features(features, batch))
+
     modules = {k: m.to(device) for k, (m, _) in dataset.arch_modules().items()}
     inputs = inputs.to(device)
     train = dataset.index_select(split.train)
