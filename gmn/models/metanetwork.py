@@ -26,7 +26,10 @@ class GraphMetanetwork(nn.Module):
     graph: node states mean and max pooled, edge states mean pooled), ``"node"`` or
     ``"edge"`` (equivariant: one output per node / edge; edge outputs at parameter edges map back to weights with
     ``converters.parameter_edge_mask``). ``aggr``: the GMN layers' neighbourhood
-    reduction(s), e.g. ``"mean"`` or ``"mean+max"``.
+    reduction(s), e.g. ``"mean"`` or ``"mean+max"``. ``node_features``: the width of extra
+    per-node inputs (e.g. :func:`gmn.probes.probe_features`), projected and added to the node
+    encoding; the model is invariant to a symmetry only if they are (probe features follow
+    neuron permutations, not the rescalings ``"scale_gmn"`` is built for).
     """
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
