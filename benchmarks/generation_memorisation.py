@@ -33,7 +33,14 @@ from tqdm import tqdm
 import converters
 from gmn.alignment import align
 from gmn.data import ZooDataset
-from gmn.tasks.generation import MIN_REMAINING, accuracies, fit_generator, nearest_aligned, parameter_scale
+from gmn.tasks.generation import (
+    accuracies,
+    clean_to_velocity,
+    fit_generator,
+    heun,
+    nearest_aligned,
+    parameter_scale,
+)
 from gmn.tasks.property import TrainConfig
 from gmn.zoo import build_zoo, datasets
 
@@ -71,20 +78,14 @@ def fit_flat(targets: torch.Tensor, prediction: str, steps: int, batch: int, see
 
 @torch.no_grad()
 def sample_flat(net: FlatVelocity, prediction: str, count: int, size: int, steps: int, seed: int) -> torch.Tensor:
-    """Heun, as :meth:`WeightGenerator.sample` (Euler onto ``z_1`` at the end of a clean prediction)."""
+    """The sampler of :meth:`WeightGenerator.sample`, on flat vectors."""
     z = torch.randn(count, size, generator=torch.Generator().manual_seed(seed))
 
     def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
         out = net(z, torch.full((count,), t))
-        return out if prediction == "velocity" else (out - z) / max(1 - t, MIN_REMAINING)
+        return out if prediction == "velocity" else clean_to_velocity(out, z, torch.tensor(1 - t))
 
-    dt = 1.0 / steps
-    for k in range(steps):
-        v = velocity(z, k * dt)
-        guess = z + dt * v
-        last = prediction == "clean" and k == steps - 1
-        z = guess if last else z + dt * 0.5 * (v + velocity(guess, (k + 1) * dt))
-    return z
+    return heun(velocity, z, steps, euler_last=prediction == "clean")
 
 
 def main() -> None:

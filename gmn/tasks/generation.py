@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,6 +45,25 @@ from .property import TrainConfig, _Trainer
 
 PREDICTIONS = ("velocity", "clean")
 MIN_REMAINING = 0.05
+
+
+def clean_to_velocity(clean: Tensor, z: Tensor, remaining: Tensor) -> Tensor:
+    """``(z_1 - z) / (1 - t)`` from a predicted end point ``z_1``; ``remaining = 1 - t`` is kept
+    above ``MIN_REMAINING`` (at ``t = 1`` the velocity is undefined)."""
+    return (clean - z) / remaining.clamp_min(MIN_REMAINING)
+
+
+def heun(velocity: Callable[[Tensor, float], Tensor], z: Tensor, steps: int, euler_last: bool = False) -> Tensor:
+    """Integrate ``dz/dt = velocity(z, t)`` from ``t = 0`` to 1: Euler predictor, trapezoid
+    corrector; ``euler_last`` makes the last step a plain Euler step (for a clean prediction,
+    whose velocity at ``t = 1`` is undefined: that step lands on the predicted ``z_1``)."""
+    dt = 1.0 / steps
+    for k in range(steps):
+        t = k * dt
+        v = velocity(z, t)
+        guess = z + dt * v
+        z = guess if euler_last and k == steps - 1 else z + dt * 0.5 * (v + velocity(guess, t + dt))
+    return z
 
 
 def parameter_scale(g) -> Tensor:
@@ -122,8 +142,7 @@ class WeightGenerator(nn.Module):
         out = self(g, z, t, c)
         if self.prediction == "velocity":
             return out
-        remaining = torch.repeat_interleave(1 - t, g.num_param_edges.view(-1).to(z.device))
-        return (out - z) / remaining.clamp_min(MIN_REMAINING)
+        return clean_to_velocity(out, z, torch.repeat_interleave(1 - t, g.num_param_edges.view(-1).to(z.device)))
 
     @torch.no_grad()
     def sample(self, template: converters.ParameterGraph, count: int, steps: int = 20, target: float | None = None,
@@ -152,14 +171,7 @@ class WeightGenerator(nn.Module):
                 v = v + guidance * (self.velocity(g, z, tt, c) - v)
             return v
 
-        dt = 1.0 / steps
-        for k in range(steps):  # Heun: Euler predictor, trapezoid corrector
-            t = k * dt
-            v = velocity(z, t)
-            guess = z + dt * v
-            # a clean prediction has no velocity at t = 1: its last step is the Euler step onto z_1
-            last = self.prediction == "clean" and k == steps - 1
-            z = guess if last else z + dt * 0.5 * (v + velocity(guess, t + dt))
+        z = heun(velocity, z, steps, euler_last=self.prediction == "clean")
         return (z * scale).view(count, -1).cpu()
 
 
@@ -325,6 +337,6 @@ def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, va
     return max_steps + 1
 
 
-__all__ = ["WeightGenerator", "accuracies", "fit_generator", "fresh_initialisations", "initial_values",
-           "nearest_aligned", "parameter_scale",
+__all__ = ["WeightGenerator", "accuracies", "clean_to_velocity", "fit_generator", "fresh_initialisations", "heun",
+           "initial_values", "nearest_aligned", "parameter_scale",
            "prediction_similarity", "predictions", "steps_to_accuracy", "with_noise"]
