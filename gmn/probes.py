@@ -86,8 +86,10 @@ def member_probe_features(dataset, inputs: Tensor, members: Tensor | None = None
                                           inputs, dataset.values[i])) for i in members}
 
 
-def batch_features(features: dict[int, Tensor], batch) -> Tensor:
-    """The node features of a batch of zoo graphs (nodes in batch order)."""
+def batch_features(features: dict[int, Tensor] | None, batch) -> Tensor | None:
+    """The node features of a batch of zoo graphs (nodes in batch order); None without features."""
+    if features is None:
+        return None
     return torch.cat([features[m] for m in batch.member.tolist()]).to(batch.edge_index.device)
 
 

@@ -64,8 +64,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
 
     def forward(batch) -> Tensor:
         batch = batch.to(device)
-        nodes = None if features is None else batch_features(features, batch)
-        return net(batch, standardised_values(batch, stds, dataset.arch_keys), nodes)
+        return net(batch, standardised_values(batch, stds, dataset.arch_keys), batch_features(features, batch))
 
     def logits(idx: Tensor) -> Tensor:
         with torch.no_grad():

@@ -88,10 +88,6 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
     device = torch.device(config.device)
     editor = WeightEditor(config.hidden, config.layers, aggr=config.aggr, scale=scale, probes=probes).to(device)
     features = None if probes is None else member_probe_features(dataset, probes.cpu())
-
-    def edited(batch) -> Tensor:
-        return editor(batch, None if features is None else batch_features(features, batch))
-
     modules = {k: m.to(device) for k, (m, _) in dataset.arch_modules().items()}
     inputs = inputs.to(device)
     train = dataset.index_select(split.train)
@@ -107,7 +103,7 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
         out = []
         for batch in DataLoader(dataset.index_select(idx), batch_size=2 * config.batch_size):
             batch = batch.to(device)
-            values = edited(batch) if edit else converters.parameter_values(batch)
+            values = editor(batch, batch_features(features, batch)) if edit else converters.parameter_values(batch)
             out.append(member_losses(batch, values).detach())
         return torch.cat(out).cpu()
 
@@ -116,7 +112,7 @@ def fit_editor(dataset: ZooDataset, split: Split, objective: Callable[[list[Tens
         total, count = 0.0, 0
         for batch in loader:
             batch = batch.to(device)
-            loss = member_losses(batch, edited(batch)).mean()
+            loss = member_losses(batch, editor(batch, batch_features(features, batch))).mean()
             trainer.step(loss)
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         return total / count
@@ -156,7 +152,7 @@ def edit_members(editor: WeightEditor, dataset: ZooDataset, idx: Tensor, batch_s
     with torch.no_grad():
         for batch in DataLoader(dataset.index_select(idx), batch_size=batch_size):
             batch = batch.to(device)
-            values = editor(batch, None if features is None else batch_features(features, batch)).cpu()
+            values = editor(batch, batch_features(features, batch)).cpu()
             out += list(values.split(batch.num_param_edges.view(-1).tolist()))
     return out
 
