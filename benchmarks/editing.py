@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import metanetwork_options, parse_with_out
 
 from converters.vocab import NodeType
 from gmn.data import ZooDataset, split_by_run
@@ -250,14 +251,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--train-epochs", type=int, default=40)
     p.add_argument("--edit-epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    metanetwork_options(p, lr=3e-3)
     p.add_argument("--out", default="benchmarks/results/editing")
-    args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = parse_with_out(p)
     for task in args.tasks.split(","):
         text = TASKS[task](args, out)
         print(text, flush=True)

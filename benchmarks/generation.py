@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import metanetwork_options, parse_with_out
 
 from gmn.data import ZooDataset
 from gmn.tasks.generation import (
@@ -131,19 +132,14 @@ def main() -> None:
     p.add_argument("--source", default="gaussian", choices=("gaussian", "init"),
                    help="flow from Gaussian noise, or from each run's initial weights (paired) to its trained ones")
     p.add_argument("--gen-epochs", type=int, default=150)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-3)
+    metanetwork_options(p, lr=3e-3)
     p.add_argument("--samples", type=int, default=24)
     p.add_argument("--steps", type=int, default=20, help="Heun steps per sample")
     p.add_argument("--finetune-models", type=int, default=8)
     p.add_argument("--max-steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="benchmarks/results/generation")
-    args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = parse_with_out(p)
     build_zoo(args.zoo, preset="generation", runs=args.runs, epochs=args.epochs, checkpoint_epochs=(args.epochs,),
               workers=os.cpu_count()).close()
     ds = ZooDataset(args.zoo)

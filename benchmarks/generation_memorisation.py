@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import metanetwork_options, parse_with_out
 from torch import nn
 from tqdm import tqdm
 
@@ -57,10 +58,11 @@ class FlatVelocity(nn.Module):
         return self.body(self.inp(z) + self.time(t[:, None]))
 
 
-def fit_flat(targets: torch.Tensor, prediction: str, steps: int, batch: int, seed: int) -> tuple[FlatVelocity, float]:
+def fit_flat(targets: torch.Tensor, prediction: str, steps: int, batch: int, lr: float,
+             seed: int) -> tuple[FlatVelocity, float]:
     torch.manual_seed(seed)
     net = FlatVelocity(targets.size(1))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
     for _ in tqdm(range(steps), desc=f"mlp {prediction}", leave=False):
@@ -96,14 +98,11 @@ def main() -> None:
     p.add_argument("--checkpoints", type=int, default=8)
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps per row")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=4)
+    metanetwork_options(p, lr=1e-3)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/generation")
-    args = p.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = parse_with_out(p)
     build_zoo(args.zoo, preset="generation", runs=args.runs, epochs=15, checkpoint_epochs=(15,),
               workers=os.cpu_count()).close()
     ds = ZooDataset(args.zoo)
@@ -130,12 +129,12 @@ def main() -> None:
     epochs = 20  # the members repeated so that 20 epochs make --steps steps
     train = torch.tensor(members).repeat(-(-args.steps * args.batch // (epochs * len(members))))
     for prediction in ("velocity", "clean"):
-        config = TrainConfig(epochs=epochs, lr=1e-3, batch_size=args.batch, hidden=args.hidden, layers=args.layers,
-                             patience=epochs, seed=args.seed)
-        gen = fit_generator(ds, train, torch.tensor(members), config, prediction=prediction)
+        config = TrainConfig(epochs=epochs, lr=args.lr, batch_size=args.batch, hidden=args.hidden, layers=args.layers,
+                             patience=epochs, seed=args.seed, device=args.device)
+        gen = fit_generator(ds, train, torch.tensor(members), config, prediction=prediction).cpu()
         loss = gen.history[-1]["val_loss"]
         row("gmn", prediction, loss, gen.sample(template, args.samples, steps=40, seed=args.seed + 1))
-        net, loss = fit_flat(aligned / scale, prediction, args.steps, args.batch, args.seed)
+        net, loss = fit_flat(aligned / scale, prediction, args.steps, args.batch, args.lr, args.seed)
         z = sample_flat(net, prediction, args.samples, aligned.size(1), 40, args.seed + 1)
         row("mlp (aligned, flattened)", prediction, loss, z * scale)
     checkpoints = accuracies(module, template, values, data.x_test, data.y_test)

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-import torch
+from common import metanetwork_options
 
 from gmn.tasks.benchmark import property_benchmark
 from gmn.tasks.property import TrainConfig
@@ -29,11 +29,9 @@ def main() -> None:
     p.add_argument("--methods", default="statnn,mlp,pna,gmn")
     p.add_argument("--test-families", default="", help="instead, test on these families held out of training")
     p.add_argument("--train-epochs", type=int, default=40)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=4)
+    metanetwork_options(p)
     p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="benchmarks/results/property")
     args = p.parse_args()
     config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, aggr=args.aggr,
