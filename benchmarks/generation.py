@@ -37,9 +37,21 @@ from gmn.zoo import build_zoo, datasets
 NOISE = (0.25, 0.5, 1.0, 1.5, 2.0)
 
 
-def _shape(key: str) -> str:
+def shape_of(key: str) -> tuple[int, int]:
+    """(depth, width) of a zoo architecture key."""
     arch = json.loads(key)[0]
-    return f"cnn d{arch['depth']} w{arch['width']}"
+    return arch["depth"], arch["width"]
+
+
+def _shape(key: str) -> str:
+    return "cnn d{} w{}".format(*shape_of(key))
+
+
+def generation_zoo(path: str, runs: int, epochs: int = 15) -> ZooDataset:
+    """The ``generation`` preset zoo at ``path`` (built, or resumed where it stopped), opened."""
+    build_zoo(path, preset="generation", runs=runs, epochs=epochs, checkpoint_epochs=(epochs,),
+              workers=os.cpu_count()).close()
+    return ZooDataset(path)
 
 
 def evaluate_architecture(ds, gen, key, reference, data, args) -> list[dict]:
@@ -140,12 +152,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/generation")
     args, out = parse_with_out(p)
-    build_zoo(args.zoo, preset="generation", runs=args.runs, epochs=args.epochs, checkpoint_epochs=(args.epochs,),
-              workers=os.cpu_count()).close()
-    ds = ZooDataset(args.zoo)
-    depth, width = (int(v) for v in args.held_out.split(","))
+    ds = generation_zoo(args.zoo, args.runs, args.epochs)
     keys = sorted(set(ds.arch_keys))
-    held = [k for k in keys if json.loads(k)[0]["depth"] == depth and json.loads(k)[0]["width"] == width]
+    held = [k for k in keys if shape_of(k) == tuple(int(v) for v in args.held_out.split(","))]
     seen = torch.tensor([i for i, k in enumerate(ds.arch_keys) if k not in held])
     perm = seen[torch.randperm(len(seen), generator=torch.Generator().manual_seed(args.seed))]
     val, train = perm[: max(1, len(perm) // 10)], perm[max(1, len(perm) // 10):]

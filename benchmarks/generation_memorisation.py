@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from common import metanetwork_options, parse_with_out
+from generation import generation_zoo, shape_of
 from torch import nn
 from tqdm import tqdm
 
 import converters
 from gmn.alignment import align
-from gmn.data import ZooDataset
 from gmn.tasks.generation import (
     accuracies,
     clean_to_velocity,
@@ -43,7 +42,7 @@ from gmn.tasks.generation import (
     parameter_scale,
 )
 from gmn.tasks.property import TrainConfig
-from gmn.zoo import build_zoo, datasets
+from gmn.zoo import datasets
 
 
 class FlatVelocity(nn.Module):
@@ -103,12 +102,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/generation")
     args, out = parse_with_out(p)
-    build_zoo(args.zoo, preset="generation", runs=args.runs, epochs=15, checkpoint_epochs=(15,),
-              workers=os.cpu_count()).close()
-    ds = ZooDataset(args.zoo)
+    ds = generation_zoo(args.zoo, args.runs)
     depth, width = (int(v) for v in args.shape.split(","))
-    members = [i for i, k in enumerate(ds.arch_keys)
-               if json.loads(k)[0]["depth"] == depth and json.loads(k)[0]["width"] == width][: args.checkpoints]
+    members = [i for i, k in enumerate(ds.arch_keys) if shape_of(k) == (depth, width)][: args.checkpoints]
     key = ds.arch_keys[members[0]]
     template, module = ds.templates[key], ds.model(members[0])[0]
     data = datasets.load("digits")
