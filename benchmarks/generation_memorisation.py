@@ -29,10 +29,15 @@ import torch.nn.functional as F
 from common import metanetwork_options, parse_with_out
 from generation import generation_zoo, shape_of
 from torch import nn
+from torch_geometric.data import Batch
 from tqdm import tqdm
 
 import converters
+from converters.vocab import NodeType
+from converters.writer import STRUCTURAL
 from gmn.alignment import align
+from gmn.nn import EdgeEncoder, GMNConv, NodeEncoder, scatter
+from gmn.nn.features import sinusoidal
 from gmn.tasks.generation import (
     accuracies,
     clean_to_velocity,
@@ -43,6 +48,8 @@ from gmn.tasks.generation import (
 )
 from gmn.tasks.property import TrainConfig
 from gmn.zoo import datasets
+
+TIMES = (0.1, 0.2, 0.4, 0.6)
 
 
 class FlatVelocity(nn.Module):
@@ -57,14 +64,80 @@ class FlatVelocity(nn.Module):
         return self.body(self.inp(z) + self.time(t[:, None]))
 
 
-def fit_flat(targets: torch.Tensor, prediction: str, steps: int, batch: int, lr: float,
-             seed: int) -> tuple[FlatVelocity, float]:
+def neuron_slots(g) -> torch.Tensor:
+    """Every hidden neuron's rank among the hidden neurons of its depth (-1 elsewhere)."""
+    slots = torch.full((g.num_nodes,), -1, dtype=torch.long)
+    hidden = g.node_type.long() == int(NodeType.HIDDEN)
+    for depth in g.node_depth[hidden].unique():
+        ids = (hidden & (g.node_depth == depth)).nonzero().squeeze(1)
+        slots[ids] = torch.arange(ids.numel())
+    return slots
+
+
+class SlottedGMN(nn.Module):
+    """The strongest message-passing denoiser tried: GMN layers on checkpoints aligned to one
+    frame, every hidden neuron told its slot (symmetry broken on purpose, as a flat model
+    is), a global state pooled from value-gated edge states fed back to every edge and node
+    each layer (what a flat MLP's first and last layers give it), and the clean prediction
+    preconditioned after Karras et al. 2022: ``c_skip(t) z_t + c_out(t) F(z_t / norm(t))``."""
+
+    def __init__(self, template, data_std: float, hidden: int = 64, layers: int = 4):
+        super().__init__()
+        self.template, self.data_std, self.hidden = template, data_std, hidden
+        self.slots = neuron_slots(template)
+        self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
+        self.slot = nn.Embedding(int(self.slots.max()) + 1, hidden)
+        self.value = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.time = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.shifts = nn.ModuleList(nn.Linear(hidden, 2 * hidden) for _ in range(layers))
+        self.gates = nn.ModuleList(nn.Linear(hidden, 2 * hidden) for _ in range(layers))
+        self.pools = nn.ModuleList(nn.Sequential(nn.Linear(2 * hidden, 4 * hidden), nn.SiLU(),
+                                                 nn.Linear(4 * hidden, 3 * hidden)) for _ in range(layers))
+        self.convs = nn.ModuleList(GMNConv(hidden) for _ in range(layers))
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        norm = ((t * self.data_std) ** 2 + (1 - t) ** 2).sqrt()[:, None]
+        skip, out = t[:, None] * self.data_std ** 2 / norm ** 2, (1 - t[:, None]) * self.data_std / norm
+        return skip * z + out * self.network(z / norm, t)
+
+    def network(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        count = z.size(0)
+        g = Batch.from_data_list([self.template] * count)
+        mask = converters.parameter_edge_mask(g)
+        values = torch.where(converters.edge_kinds(g) == STRUCTURAL, g.edge_value, 0.0).masked_scatter(mask, z)
+        node_graph = g.batch
+        edge_graph = node_graph[g.edge_index[0]]
+        slots = self.slots.repeat(count)
+        h = self.nodes(g) + (slots >= 0).unsqueeze(-1) * self.slot(slots.clamp_min(0))
+        e = self.edges(g, values * 0.3) + mask.unsqueeze(-1) * self.value(values.unsqueeze(-1))
+        emb = self.time(sinusoidal(t * 1000, self.hidden))
+        src, dst = g.edge_index
+        for shift, gate, pool, conv in zip(self.shifts, self.gates, self.pools, self.convs):
+            dh, de = shift(emb).chunk(2, -1)
+            u, v = gate(e).chunk(2, -1)
+            gated = u * (v + h[src] + h[dst])  # products of an edge's value and its identity
+            pooled = torch.cat([scatter(h, node_graph, count, "mean"), scatter(gated, edge_graph, count, "mean")], -1)
+            gh, ge, scale = pool(pooled).chunk(3, -1)
+            e = e * (1 + scale[edge_graph]) + (de + ge)[edge_graph]
+            h, e = conv(h + (dh + gh)[node_graph], e, g.edge_index)
+        return self.head(e[mask]).view(count, -1)
+
+
+def clean_estimate(out: torch.Tensor, z: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The end point ``z_1`` a denoiser's output implies (``z_t + (1 - t) v`` for a velocity)."""
+    return out if prediction == "clean" else z + (1 - t)[:, None] * out
+
+
+def fit_vectors(net: nn.Module, targets: torch.Tensor, prediction: str, steps: int, batch: int, lr: float,
+                seed: int, desc: str) -> float:
+    """Flow matching for a denoiser over weight vectors ``net(z [B, P], t [B])``; the mean
+    loss of the last tenth of the steps."""
     torch.manual_seed(seed)
-    net = FlatVelocity(targets.size(1))
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
-    for _ in tqdm(range(steps), desc=f"mlp {prediction}", leave=False):
+    for _ in tqdm(range(steps), desc=desc, leave=False):
         z1 = targets[torch.randint(len(targets), (batch,))]
         z0, t = torch.randn_like(z1), torch.rand(batch)
         zt = (1 - t[:, None]) * z0 + t[:, None] * z1
@@ -74,12 +147,12 @@ def fit_flat(targets: torch.Tensor, prediction: str, steps: int, batch: int, lr:
         opt.step()
         sched.step()
         losses.append(loss.item())
-    return net, float(np.mean(losses[-max(1, steps // 10):]))
+    return float(np.mean(losses[-max(1, steps // 10):]))
 
 
 @torch.no_grad()
-def sample_flat(net: FlatVelocity, prediction: str, count: int, size: int, steps: int, seed: int) -> torch.Tensor:
-    """The sampler of :meth:`WeightGenerator.sample`, on flat vectors."""
+def sample_vectors(net: nn.Module, prediction: str, count: int, size: int, steps: int, seed: int) -> torch.Tensor:
+    """The sampler of :meth:`WeightGenerator.sample`, on weight vectors."""
     z = torch.randn(count, size, generator=torch.Generator().manual_seed(seed))
 
     def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
@@ -87,6 +160,39 @@ def sample_flat(net: FlatVelocity, prediction: str, count: int, size: int, steps
         return out if prediction == "velocity" else clean_to_velocity(out, z, torch.tensor(1 - t))
 
     return heun(velocity, z, steps, euler_last=prediction == "clean")
+
+
+@torch.no_grad()
+def denoising_ratios(net: nn.Module, prediction: str, targets: torch.Tensor, times: tuple[float, ...],
+                     seed: int, draws: int = 8) -> list[float]:
+    """Per ``t``: the squared error of the denoiser's ``z_1`` estimate over that of the best
+    denoiser that treats every weight as an independent Gaussian (its mean and variance over
+    ``targets``). 1: it has learned nothing about how weights go together; near 0: it
+    recognises the checkpoint from ``z_t``."""
+    gen = torch.Generator().manual_seed(seed)
+    mean, var = targets.mean(0), targets.var(0, unbiased=False)
+    z1 = targets.repeat(draws, 1)
+    ratios = []
+    for t in times:
+        z0 = torch.randn(z1.shape, generator=gen)
+        zt = (1 - t) * z0 + t * z1
+        tt = torch.full((len(z1),), t)
+        independent = mean + t * var / (t * t * var + (1 - t) ** 2) * (zt - t * mean)
+        mine = clean_estimate(net(zt, tt), zt, tt, prediction)
+        ratios.append(float(F.mse_loss(mine, z1) / F.mse_loss(independent, z1)))
+    return ratios
+
+
+class _OnVectors(nn.Module):
+    """A :class:`WeightGenerator` called on weight vectors (``[B, P]``) of one architecture."""
+
+    def __init__(self, gen, template):
+        super().__init__()
+        self.gen, self.template = gen, template
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        g = Batch.from_data_list([self.template] * len(z))
+        return self.gen(g, z.reshape(-1), t).view(len(z), -1)
 
 
 def main() -> None:
@@ -115,11 +221,14 @@ def main() -> None:
                            for v in values])
     rows = []
 
-    def row(model: str, prediction: str, loss: float, generated: torch.Tensor) -> None:
+    def row(model: str, prediction: str, loss: float, net: nn.Module, targets: torch.Tensor) -> None:
+        net.eval()
+        generated = sample_vectors(net, prediction, args.samples, targets.size(1), 40, args.seed + 1) * scale
         acc = accuracies(module, template, generated, data.x_test, data.y_test)
         dist = nearest_aligned(template, generated, values, 3)[0]
         rows.append({"model": model, "prediction": prediction, "final_loss": loss, "acc_median": float(acc.median()),
-                     "acc_max": float(acc.max()), "distance": float(dist.median())})
+                     "acc_max": float(acc.max()), "distance": float(dist.median()),
+                     "ratios": denoising_ratios(net, prediction, targets, TIMES, args.seed + 2)})
         print(rows[-1], flush=True)
 
     epochs = 20  # the members repeated so that 20 epochs make --steps steps
@@ -128,22 +237,29 @@ def main() -> None:
         config = TrainConfig(epochs=epochs, lr=args.lr, batch_size=args.batch, hidden=args.hidden, layers=args.layers,
                              patience=epochs, seed=args.seed, device=args.device)
         gen = fit_generator(ds, train, torch.tensor(members), config, prediction=prediction).cpu()
-        loss = gen.history[-1]["val_loss"]
-        row("gmn", prediction, loss, gen.sample(template, args.samples, steps=40, seed=args.seed + 1))
-        net, loss = fit_flat(aligned / scale, prediction, args.steps, args.batch, args.lr, args.seed)
-        z = sample_flat(net, prediction, args.samples, aligned.size(1), 40, args.seed + 1)
-        row("mlp (aligned, flattened)", prediction, loss, z * scale)
+        row("gmn", prediction, gen.history[-1]["val_loss"], _OnVectors(gen, template), values / scale)
+        net = FlatVelocity(aligned.size(1))
+        loss = fit_vectors(net, aligned / scale, prediction, args.steps, args.batch, args.lr, args.seed, "mlp")
+        row("mlp (aligned, flattened)", prediction, loss, net, aligned / scale)
+    torch.manual_seed(args.seed)
+    net = SlottedGMN(template, float((aligned / scale).pow(2).mean().sqrt()), args.hidden, args.layers)
+    loss = fit_vectors(net, aligned / scale, "clean", args.steps, args.batch, args.lr, args.seed, "slotted gmn")
+    row("gmn (aligned, slotted)", "clean", loss, net, aligned / scale)
     checkpoints = accuracies(module, template, values, data.x_test, data.y_test)
     lines = [f"{len(members)} checkpoints of cnn d{depth} w{width} (median test accuracy "
              f"{float(checkpoints.median()):.3f}); {args.steps} optimiser steps of batch {args.batch} per row; "
              f"{args.samples} samples from Gaussian noise, 40 Heun steps",
-             f"{'model':<26}{'prediction':<12}{'loss':>8}{'acc median':>12}{'acc max':>9}{'distance':>10}"]
+             f"{'model':<26}{'prediction':<12}{'loss':>8}{'acc median':>12}{'acc max':>9}{'distance':>10}"
+             + "".join(f"{f'err t={t}':>11}" for t in TIMES)]
     lines += [f"{r['model']:<26}{r['prediction']:<12}{r['final_loss']:>8.3f}{r['acc_median']:>12.3f}"
-              f"{r['acc_max']:>9.3f}{r['distance']:>10.3f}" for r in rows]
+              f"{r['acc_max']:>9.3f}{r['distance']:>10.3f}" + "".join(f"{v:>11.3f}" for v in r["ratios"])
+              for r in rows]
+    lines.append("err t: squared error of the z_1 estimate at t over that of the best denoiser treating weights as "
+                 "independent Gaussians (1: learned nothing about how weights go together)")
     text = "\n".join(lines)
     print(text)
     (out / "generation_memorisation.txt").write_text(text + "\n")
-    (out / "generation_memorisation.json").write_text(json.dumps({"rows": rows, "args": vars(args),
+    (out / "generation_memorisation.json").write_text(json.dumps({"rows": rows, "args": vars(args), "times": TIMES,
                                                                   "checkpoint_acc": checkpoints.tolist()}, indent=1))
     plot(rows, float(checkpoints.median()), out / "generation_memorisation.png")
 
@@ -154,13 +270,22 @@ def plot(rows: list[dict], reference: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    labels = [f"{r['model'].split()[0]}\n{r['prediction']}" for r in rows]
-    ax.bar(labels, [r["acc_median"] for r in rows], color=["C0" if r["model"] == "gmn" else "C1" for r in rows])
-    ax.axhline(reference, c="k", ls="--", label="training checkpoints (median)")
-    ax.axhline(0.1, c="grey", ls=":", label="chance")
-    ax.set_ylabel("generated test accuracy (median)")
-    ax.legend(fontsize=7)
+    fig, (acc, err) = plt.subplots(1, 2, figsize=(10, 3.6))
+    labels = [f"{r['model'].replace(' (', chr(10) + '(')}\n{r['prediction']}" for r in rows]
+    colours = [f"C{i}" for i in range(len(rows))]
+    acc.bar(range(len(rows)), [r["acc_median"] for r in rows], color=colours)
+    acc.set_xticks(range(len(rows)), labels, fontsize=6)
+    acc.axhline(reference, c="k", ls="--", label="training checkpoints (median)")
+    acc.axhline(0.1, c="grey", ls=":", label="chance")
+    acc.set_ylabel("generated test accuracy (median)")
+    acc.legend(fontsize=7)
+    for r, colour, label in zip(rows, colours, labels):
+        err.plot(TIMES, r["ratios"], "o-", c=colour, label=label.replace("\n", " "))
+    err.axhline(1.0, c="grey", ls=":")
+    err.set_xlabel("t")
+    err.set_ylabel("z_1 error / independent-weights error")
+    err.set_yscale("log")
+    err.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
