@@ -263,24 +263,47 @@ def accuracies(module: nn.Module, template: converters.ParameterGraph, values: T
 def nearest_aligned(template: converters.ParameterGraph, values: Tensor, reference: Tensor,
                     candidates: int = 5, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per row of ``values``: the relative distance ``|r - align(r, v)| / |r|`` to the nearest
-    row ``r`` of ``reference`` after permutation alignment, and that row's index. Every model
-    is first aligned to ``reference[0]`` (a common frame); the ``candidates`` nearest there are
-    then aligned pairwise. ``exclude[i]``: a reference row that row ``i`` may not match (itself,
-    for a leave-one-out comparison of the reference with itself)."""
+    row ``r`` of ``reference`` after permutation alignment, and that row's index.
+
+    The ``candidates`` rows nearest in a common frame (every model aligned to ``reference[0]``)
+    are aligned pairwise first; then every other row, in the order of a lower bound no
+    permutation can beat, until that bound reaches the best distance found. The bound is the
+    distance between each tensor's sorted values: a neuron permutation only reorders a
+    tensor's entries, and sorted orders are the closest of all orders. So the nearest row is
+    not missed when weight matching puts a model and its near-copy into different frames.
+    ``exclude[i]``: a reference row that row ``i`` may not match (itself, for a
+    leave-one-out comparison of the reference with itself)."""
     frame = converters.with_values(template, reference[0])
     n = reference.size(1)
     in_frame = [torch.stack([align(frame, converters.with_values(template, v)).edge_value[:n] for v in rows])
                 for rows in (values, reference)]
     dist = torch.cdist(*in_frame)
+    bound = torch.cdist(_sorted_by_tensor(template, values), _sorted_by_tensor(template, reference))
+    bound = bound / reference.norm(dim=1).clamp_min(1e-12)
     if exclude is not None:
         dist[torch.arange(len(values)), exclude] = torch.inf
+        bound[torch.arange(len(values)), exclude] = torch.inf
     near = dist.topk(min(candidates, len(reference) - (exclude is not None)), largest=False).indices
-    best, index = torch.empty(len(values)), torch.empty(len(values), dtype=torch.long)
+    best = torch.full((len(values),), torch.inf)
+    index = torch.full((len(values),), -1, dtype=torch.long)
     for i, row in enumerate(values):
         g = converters.with_values(template, row)
-        dist = torch.tensor([aligned_distance(converters.with_values(template, reference[j]), g) for j in near[i]])
-        best[i], index[i] = dist.min(), near[i][dist.argmin()]
+        rest = [j for j in bound[i].argsort().tolist() if j not in near[i]]
+        for j in near[i].tolist() + rest:
+            if bound[i, j] >= best[i]:
+                if j in rest:  # the rest come in increasing bound: none of them can be nearer
+                    break
+                continue
+            d = aligned_distance(converters.with_values(template, reference[j]), g)
+            if d < best[i]:
+                best[i], index[i] = d, j
     return best, index
+
+
+def _sorted_by_tensor(template: converters.ParameterGraph, values: Tensor) -> Tensor:
+    """Each parameter tensor's values sorted, per row: invariant to every neuron permutation."""
+    return torch.cat([values[:, template.param_index.edge_ids(name)].sort(1).values
+                      for name, _, _ in template.param_index.params], 1)
 
 
 def prediction_similarity(module: nn.Module, template: converters.ParameterGraph, values: Tensor,

@@ -9,6 +9,7 @@ from gmn.symmetry import random_symmetry
 from gmn.tasks import TrainConfig
 from gmn.tasks.generation import (
     WeightGenerator,
+    _sorted_by_tensor,
     accuracies,
     fit_generator,
     nearest_aligned,
@@ -135,3 +136,28 @@ def test_paired_generator_flows_from_initialisations(tiny_zoo):
     assert not torch.equal(start[0], start[1])
     values = gen.sample(template, 2, steps=3, source=start)
     assert values.shape == start.shape and torch.isfinite(values).all() and not torch.allclose(values, start)
+
+
+def test_nearest_aligned_finds_near_copies_the_common_frame_misses():
+    # weight matching can put a model and its near-copy into different frames of reference[0]
+    # (seen with trained CNNs); a frame of zeros, to which every alignment is a tie, always does
+    g, _ = _cnn_graph()
+    models = torch.stack([converters.parameter_values(_cnn_graph(seed=s)[0]) for s in range(1, 6)])
+    reference = torch.cat([torch.zeros_like(models[:1]), models])
+    noisy = with_noise(g, models, 0.1, seed=0)
+    raw = (noisy - models).norm(dim=1) / models.norm(dim=1)
+    copies = torch.stack([converters.parameter_values(random_symmetry(converters.with_values(g, v), seed=i))
+                          for i, v in enumerate(noisy)])
+    distance, index = nearest_aligned(g, copies, reference, candidates=1)
+    assert index.tolist() == [1, 2, 3, 4, 5]
+    assert (distance <= raw + 1e-5).all()
+
+
+def test_sorted_tensor_values_bound_every_alignment():
+    g, _ = _cnn_graph()
+    other = converters.parameter_values(_cnn_graph(seed=1)[0]).unsqueeze(0)
+    moved = converters.parameter_values(random_symmetry(g, seed=3)).unsqueeze(0)
+    base = converters.parameter_values(g).unsqueeze(0)
+    torch.testing.assert_close(_sorted_by_tensor(g, moved), _sorted_by_tensor(g, base))
+    bound = (_sorted_by_tensor(g, other) - _sorted_by_tensor(g, base)).norm() / base.norm()
+    assert 0 < bound <= nearest_aligned(g, other, base)[0].item() + 1e-6
