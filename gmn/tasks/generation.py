@@ -288,15 +288,12 @@ def nearest_aligned(template: converters.ParameterGraph, values: Tensor, referen
     index = torch.full((len(values),), -1, dtype=torch.long)
     for i, row in enumerate(values):
         g = converters.with_values(template, row)
-        rest = [j for j in bound[i].argsort().tolist() if j not in near[i]]
-        for j in near[i].tolist() + rest:
-            if bound[i, j] >= best[i]:
-                if j in rest:  # the rest come in increasing bound: none of them can be nearer
-                    break
-                continue
-            d = aligned_distance(converters.with_values(template, reference[j]), g)
-            if d < best[i]:
-                best[i], index[i] = d, j
+        first = near[i].tolist()
+        for j in first + [j for j in bound[i].argsort().tolist() if j not in first]:
+            if bound[i, j] < best[i]:  # otherwise no alignment can bring row j nearer
+                d = aligned_distance(converters.with_values(template, reference[j]), g)
+                if d < best[i]:
+                    best[i], index[i] = d, j
     return best, index
 
 
