@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.fx import Node
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.fx import Node, map_arg
 
 from .graph import ConversionError, GraphBuilder
-from .tensor_info import TensorInfo, broadcast_ids, fresh_pos, no_neurons
+from .registry import op_name
+from .tensor_info import TensorInfo, broadcast_ids, distinct_ids, fresh_pos, no_neurons
 from .vocab import EdgeType, NodeType
 
 
@@ -20,9 +22,13 @@ class Context:
         self.buffer_names: dict[Node, str] = {}
         self.whole_flat: dict[str, Tensor] = {}  # parameter -> its placeholder's flat index
         self.next_input_index = 0
+        self.next_token_index = 0
         self._tags: dict[Node, int] = {}
         self.unbiased: dict[Node, tuple[Tensor, int]] = {}  # dense outputs without a bias yet
         self.node: Node | None = None
+        self.buffer_values: dict[str, Tensor] = {}
+        self.values: dict[Node, Tensor] = {}  #: real values of constant tensors (see ``evaluate``)
+        self._stale = False
 
     # reading ----------------------------------------------------------------
     def info(self, arg: object) -> TensorInfo | None:
@@ -47,6 +53,40 @@ class Context:
         if not isinstance(node, Node):
             return 0
         return self._tags.setdefault(node, len(self._tags) + 1)
+
+    def const_value(self, arg: object) -> Tensor | None:
+        """The real value of a tensor that depends on neither inputs nor parameters (an index
+        buffer, a relative-position index built in ``forward``), when it was computed."""
+        return self.values.get(arg) if isinstance(arg, Node) and not self._stale else None
+
+    def evaluate(self, node: Node, limit: int = 1 << 22) -> None:
+        """Run ``node`` on real values when it is constant, in program order, so in-place
+        writes into constant tensors happen as in the model. An in-place op that cannot run
+        here makes every value computed so far untrustworthy."""
+        info = self.infos.get(node)
+        val = node.meta.get("val")
+        if isinstance(val, Tensor) and not isinstance(val, FakeTensor) and info is not None:
+            self.values[node] = val  # the eager tracer records real values
+            return
+        value = None
+        parts = val if isinstance(val, (list, tuple)) else [val]
+        infos = info if isinstance(info, (list, tuple)) else [info]
+        const = all(isinstance(i, TensorInfo) and i.const for i in infos if i is not None) and any(
+            isinstance(i, TensorInfo) for i in infos)
+        size = sum(v.numel() for v in parts if isinstance(v, Tensor))
+        if const and size <= limit and all(isinstance(v, Tensor) for v in parts):
+            inputs = {a: self.values.get(a) for a in node.all_input_nodes}
+            if all(v is not None for v in inputs.values()):
+                args, kwargs = map_arg((node.args, node.kwargs), lambda a: inputs[a])
+                try:
+                    value = node.target(*args, **kwargs)
+                except Exception:  # an op that cannot run outside its program: no value
+                    value = None
+        if isinstance(value, Tensor) or (isinstance(value, (list, tuple)) and value
+                                         and all(isinstance(v, Tensor) for v in value)):
+            self.values[node] = value
+        elif op_name(node.target).endswith("_"):
+            self._stale = True
 
     def param_tensor(self, name: str) -> Tensor:
         return self.builder.params[name]
@@ -75,6 +115,12 @@ class Context:
         self.next_input_index += n
         return self.builder.add_nodes(n, NodeType.INPUT, 0, index=index)
 
+    def token_nodes(self, n: int) -> Tensor:
+        """Token nodes of one lookup, numbered after those made so far (each lookup reads its own input)."""
+        index = torch.arange(self.next_token_index, self.next_token_index + n)
+        self.next_token_index += n
+        return self.builder.add_nodes(n, NodeType.TOKEN, 0, index=index)
+
     def materialise_inputs(self, info: TensorInfo, dim: int) -> Tensor:
         """Input nodes for a non-neuron tensor fed to a layer (features computed from constants)."""
         return self.input_neurons(info.ids.shape[dim])
@@ -95,8 +141,24 @@ class Context:
 
 
 def nonneuron(shape: tuple[int, ...], *infos: TensorInfo | None) -> TensorInfo:
-    """Info of a tensor computed from non-neuron inputs only."""
-    const = all(i.const for i in infos if i is not None)
-    routes = next((i.routes for i in infos if i is not None and i.routes is not None), None)
+    """Info of a tensor without neurons computed from ``infos``: it remembers every neuron
+    it was computed from (``taint``), so that a rule that later drops it is noticed."""
+    infos = tuple(i for i in infos if i is not None)
+    const = all(i.const for i in infos)
+    routes = next((i.routes for i in infos if i.routes is not None), None)
     info = no_neurons(shape, const)
-    return info if routes is None else TensorInfo(info.ids, info.pos, info.const, routes=routes)
+    taint = dependencies(*infos)
+    return TensorInfo(info.ids, info.pos, info.const, routes=routes, taint=taint if taint.numel() else None)
+
+
+def dependencies(*infos: TensorInfo | None) -> Tensor:
+    """Every neuron the values of ``infos`` depend on: their own neurons, the router neurons
+    they were chosen from, the neurons masks and indices were computed from (sorted, unique)."""
+    parts = []
+    for i in infos:
+        if i is None or i.param is not None:
+            continue
+        parts += [t for t in (distinct_ids(i.ids), i.routes, i.taint) if t is not None]
+    if not parts:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.unique(torch.cat([p.reshape(-1) for p in parts]))

@@ -10,7 +10,7 @@ fx form the export frontend produces (placeholders for parameters, buffers and i
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ class RecordedProgram:
     to_param: dict[str, str]
     to_buffer: dict[str, str]
     user_inputs: list[str]
+    constants: dict[str, Tensor] = field(default_factory=dict)  #: placeholder -> lifted constant
 
 
 class _Recorder(TorchDispatchMode):

@@ -41,6 +41,7 @@ class ParamIndex:
     buffers: dict[str, Tensor] = field(default_factory=dict)
     buffer_nodes: dict[str, tuple[int, Tensor]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)  #: parameters not stored as float32
+    pins: tuple[str, ...] = ()  #: why neurons were pinned (see ``converters/soundness.py``)
 
     @property
     def num_parameters(self) -> int:
@@ -62,6 +63,7 @@ class ParamIndex:
             "buffers": dict(self.buffers),
             "buffer_nodes": {k: [d, n] for k, (d, n) in self.buffer_nodes.items()},
             "dtypes": dict(self.dtypes),
+            "pins": list(self.pins),
         }
 
     @classmethod
@@ -73,6 +75,7 @@ class ParamIndex:
             buffers=dict(d["buffers"]),
             buffer_nodes={k: (int(v[0]), v[1]) for k, v in d["buffer_nodes"].items()},
             dtypes=dict(d.get("dtypes", {})),
+            pins=tuple(d.get("pins", ())),
         )
 
 
@@ -167,12 +170,15 @@ class GraphBuilder:
         self._act = torch.zeros(1024, dtype=torch.int16)
         self._uses: dict[str, list[_Block]] = {name: [] for name in params}
         self._edges: list[_Block] = []
+        self.blocks: list[_Block] = []  #: every block in the order it was added (rules' new sources)
         self.buffer_nodes: dict[str, tuple[int, Tensor]] = {}
+        self._pinned = torch.zeros(1024, dtype=torch.bool)
+        self.pins: list[str] = []  #: why neurons were pinned, one line per pinning op
 
     # nodes ------------------------------------------------------------------
     def add_nodes(self, n: int, ntype: NodeType, depth: int, index: Tensor | None = None) -> Tensor:
         start, end = self.num_nodes, self.num_nodes + n
-        for attr in ("_type", "_depth", "_index", "_act"):
+        for attr in ("_type", "_depth", "_index", "_act", "_pinned"):
             setattr(self, attr, _grow(getattr(self, attr), end))
         self._type[start:end] = int(ntype)
         self._depth[start:end] = depth
@@ -190,6 +196,13 @@ class GraphBuilder:
 
     def set_activation(self, ids: Tensor, act: Activation) -> None:
         self._act[ids] = int(act)
+
+    def pin(self, ids: Tensor, reason: str) -> None:
+        """Make neurons distinguishable: no symmetry may move them (see ``soundness.py``)."""
+        ids = ids[ids >= 0]
+        if ids.numel():
+            self._pinned[ids] = True
+            self.pins.append(reason)
 
     def mark_outputs(self, ids: Tensor, first_index: int) -> None:
         self._type[ids] = int(NodeType.OUTPUT)
@@ -216,10 +229,16 @@ class GraphBuilder:
         if flat is None and n != self.params[name].numel():
             raise ConversionError(f"rule gave {n} edges for {name} of {self.params[name].numel()} scalars")
         self._uses[name].append(block)
+        self.blocks.append(block)
+
+    def uses(self, name: str) -> list[_Block]:
+        """The blocks of edges carrying parameter ``name`` so far."""
+        return self._uses[name]
 
     def edges(self, src: Tensor, dst: Tensor, etype: EdgeType, pos: Tensor | int = 0) -> None:
         """Structural (parameter-free) edges."""
         self._edges.append(_block(src, dst, etype, pos))
+        self.blocks.append(self._edges[-1])
 
     # result -----------------------------------------------------------------
     def finish(self) -> tuple[dict[str, Tensor], tuple, Tensor]:
@@ -240,7 +259,9 @@ class GraphBuilder:
         for b in blocks:
             start = b.write(edge_index, etype, pos, start)
         tied_slot = torch.cat([s for _, s in tied]) if tied else torch.zeros(0, dtype=torch.long)
-        value = torch.empty(total)
+        # float64 models keep their precision in the graph; everything else fits float32 exactly
+        wide = any(p.dtype == torch.float64 for p in self.params.values())
+        value = torch.empty(total, dtype=torch.float64 if wide else torch.float32)
         value[offset + tied_slot.numel() :] = 1.0  # structural edges; the rest is written below
         for (_, _, off), p in zip(layout, self.params.values()):
             value[off : off + p.numel()] = p.detach().reshape(-1)
@@ -250,6 +271,10 @@ class GraphBuilder:
         for b in carried + tied_blocks:
             sources[b.src.reshape(-1)] = True
         n = self.num_nodes
+        index = self._index[:n].clone()
+        # pinned neurons carry an index of their own, as input and output neurons do
+        pinned = self._pinned[:n] & (index < 0)
+        index[pinned] = torch.arange(int(pinned.sum()), dtype=index.dtype)
         data = {
             "edge_index": edge_index,
             "edge_type": etype,
@@ -257,7 +282,7 @@ class GraphBuilder:
             "edge_value": value,
             "node_type": self._type[:n].clone(),
             "node_depth": self._depth[:n].clone(),
-            "node_index": self._index[:n].clone(),
+            "node_index": index,
             "node_act": self._act[:n].clone(),
             "num_param_edges": torch.tensor([offset]),
             "num_tied_edges": torch.tensor([tied_slot.numel()]),
@@ -265,12 +290,19 @@ class GraphBuilder:
         }
         return data, tuple(layout), sources
 
+    def _unused_node(self) -> Tensor:
+        """The node holding one parameter's unread scalars. Pinned: unread parameters of equal
+        shape (experts this input never routed to) are not interchangeable."""
+        node = self.add_nodes(1, NodeType.UNUSED, 0)
+        self._pinned[node] = True
+        return node
+
     def _param_layout(self, name: str, tensor: Tensor, offset: int) -> tuple[_Block, list]:
         """The block carrying ``name`` in flat order, and (block, slots) of tied repeats."""
         numel = tensor.numel()
         uses = self._uses[name]
         if not uses:  # never read by the forward: still one slot per scalar (conservation)
-            unused = self.add_nodes(1, NodeType.UNUSED, 0)
+            unused = self._unused_node()
             return _block(unused, unused, EdgeType.UNUSED, torch.arange(numel), (numel,)), []
         if all(u.flat is None for u in uses):
             slots = torch.arange(offset, offset + numel)
@@ -285,7 +317,7 @@ class GraphBuilder:
         claim.scatter_reduce_(0, flats, torch.arange(n), reduce="amin")
         missing = (claim == n).nonzero().squeeze(1)
         if missing.numel():  # scalars the forward never reads still need their slot
-            unused = self.add_nodes(1, NodeType.UNUSED, 0)
+            unused = self._unused_node()
             claim[missing] = n + torch.arange(missing.numel())
             src = torch.cat([src, unused.expand(missing.numel())])
             dst = torch.cat([dst, unused.expand(missing.numel())])

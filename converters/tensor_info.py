@@ -23,6 +23,7 @@ class TensorInfo:
     param: str | None = None  #: when a view of a parameter: its name ...
     flat: Tensor | None = None  #: ... and the parameter's flat index per element
     routes: Tensor | None = None  #: router neurons this tensor selected from (top-k)
+    taint: Tensor | None = None  #: neurons a tensor without neurons was computed from (masks, indices)
 
     @property
     def has_neurons(self) -> bool:
@@ -36,6 +37,15 @@ class TensorInfo:
             pos=fn(self.pos),
             flat=None if self.flat is None else fn(self.flat),
         )
+
+
+def distinct_ids(ids: Tensor) -> Tensor:
+    """The node ids in ``ids`` (with repeats, -1 dropped), without expanding broadcast axes."""
+    for d in range(ids.dim()):
+        if ids.shape[d] > 1 and ids.stride(d) == 0:
+            ids = ids.narrow(d, 0, 1)
+    ids = ids.reshape(-1)
+    return ids[ids >= 0]
 
 
 def channel_ids(ids: Tensor, dim: int) -> Tensor:

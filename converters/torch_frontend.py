@@ -16,6 +16,7 @@ from .eager_trace import RecordedProgram, record
 from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .registry import MODULE_RULES, OP_RULES, op_name
 from .simplify import simplify
+from .soundness import check_op, pin_unknown, tensor_args
 from .tensor_info import TensorInfo, broadcast_ids, fresh_pos
 
 CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
@@ -43,6 +44,7 @@ def from_torch(
     buffers = {k: v.detach().cpu().clone() for k, v in state.items() if k not in params and k not in aliases}
     builder = GraphBuilder({k: v.detach().cpu() for k, v in params.items()})
     ctx = Context(builder)
+    ctx.buffer_values = buffers
     _walk(ctx, model, program, params, aliases, progress)
     data, layout, sources = builder.finish()
     simplify(data, builder.buffer_nodes, sources)
@@ -53,6 +55,7 @@ def from_torch(
         buffers=buffers,
         buffer_nodes=dict(builder.buffer_nodes),
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
+        pins=tuple(builder.pins),
     )
     graph = ParameterGraph(num_nodes=data["node_type"].numel(), param_index=index, **data)
     graph.nonfinite = torch.tensor([_count_nonfinite(data["edge_value"][: int(data["num_param_edges"])])])
@@ -78,8 +81,10 @@ def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
             try:
                 ep = torch.export.export(model, args, strict=False)
                 sig = ep.graph_signature
+                constants = {k: ep.constants[v] for k, v in sig.inputs_to_lifted_tensor_constants.items()
+                             if isinstance(ep.constants.get(v), Tensor)}
                 return RecordedProgram(ep.graph_module.graph, dict(sig.inputs_to_parameters),
-                                       dict(sig.inputs_to_buffers), list(sig.user_inputs))
+                                       dict(sig.inputs_to_buffers), list(sig.user_inputs), constants)
             except Exception as err:  # export raises many types; all mean "cannot trace"
                 if tracer == "export":
                     raise ConversionError(f"torch.export could not trace {type(model).__name__}: "
@@ -111,25 +116,30 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
           aliases: dict[str, str], progress: bool = False) -> None:
     graph = program.graph
     has_conv = any(n.op == "call_function" and op_name(n.target) in CONV_OPS for n in graph.nodes)
-    to_param, to_buffer, user_inputs = program.to_param, program.to_buffer, set(program.user_inputs)
+    user_inputs = set(program.user_inputs)
     regions = _module_regions(ctx, model, graph)
     nodes = list(graph.nodes)
     for node in tqdm(nodes, desc=f"converting {type(model).__name__}", unit="op", disable=not progress):
         ctx.node = node
         if node.op == "placeholder":
-            ctx.infos[node] = _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv)
+            ctx.infos[node] = _placeholder(ctx, node, program, user_inputs, aliases, has_conv)
         elif node.op == "call_function":
             region = regions.get(node)
+            first_block = len(ctx.builder.blocks)
             if region is None:
+                args = tensor_args(ctx, node)
                 ctx.infos[node] = _apply(ctx, node)
+                check_op(ctx, op_name(node.target), args, ctx.infos[node], first_block)
+                ctx.evaluate(node)
             elif node is region.output:  # every input exists by now, in any op order
                 ctx.infos[node] = region.convert(ctx)
         elif node.op == "output":
             _mark_outputs(ctx, node)
 
 
-def _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv) -> TensorInfo | None:
+def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorInfo | None:
     val = node.meta.get("val")
+    to_param, to_buffer, constants = program.to_param, program.to_buffer, program.constants
     if node.name in to_param:
         name = aliases.get(to_param[node.name], to_param[node.name])
         flat = _arange(val.numel()).view(val.shape)
@@ -141,6 +151,10 @@ def _placeholder(ctx, node, to_param, to_buffer, user_inputs, aliases, has_conv)
     shape = tuple(val.shape)
     if node.name in to_buffer:
         ctx.buffer_names[node] = to_buffer[node.name]
+        ctx.values[node] = ctx.buffer_values.get(to_buffer[node.name])
+        return nonneuron(shape, None)
+    if node.name in constants:
+        ctx.values[node] = constants[node.name].clone()
         return nonneuron(shape, None)
     if node.name not in user_inputs:  # lifted constants
         return nonneuron(shape, None)
@@ -194,6 +208,7 @@ def _unknown(ctx: Context, node: Node, name: str):
     if not neurons:
         return nonneuron(shape, *infos)
     if tuple(neurons[0].ids.shape) == shape:
+        pin_unknown(ctx, name, infos)
         return neurons[0]
     raise ctx.fail(f"no rule for op {name!r} on neurons; register one with @converters.register_op({name!r})")
 

@@ -7,6 +7,7 @@ writing back is slicing and reshaping: exact, vectorised and differentiable.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import Tensor
@@ -115,8 +116,7 @@ def with_values(g: ParameterGraph, values: Tensor, buffers: dict[str, Tensor] | 
     out.edge_value = edge_value
     if buffers is not None:
         index = g.param_index
-        out.param_index = type(index)(index.params, index.state_keys, index.aliases,
-                                      {**index.buffers, **buffers}, index.buffer_nodes, index.dtypes)
+        out.param_index = dataclasses.replace(index, buffers={**index.buffers, **buffers})
     return out
 
 

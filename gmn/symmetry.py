@@ -58,11 +58,36 @@ def _structure(g: ParameterGraph) -> tuple[Tensor, Tensor]:
     return node, edge
 
 
-def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor:
-    """A random permutation ``pi`` of nodes that maps the graph's structure onto itself."""
-    n = g.num_nodes
+def _with_ties(g: ParameterGraph) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Node colours, edges and labels of the structure, where every parameter scalar used by
+    several edges (tied weights, a layer applied twice) is a node joined to a node per use:
+    an automorphism must then move all uses of one scalar to the uses of one scalar."""
     node, label = _structure(g)
     src, dst = g.edge_index
+    p, t = int(g.num_param_edges), int(g.num_tied_edges)
+    if t == 0:
+        return node, src, dst, label
+    n, kinds = g.num_nodes, int(label.max()) + 1
+    slot = g.tied_slot.long()
+    scalars, scalar_of = torch.unique(slot, return_inverse=True)
+    uses = torch.cat([scalars, torch.arange(p, p + t)])  # the first use of each scalar, then repeats
+    owner = torch.cat([torch.arange(scalars.numel()), scalar_of])
+    use_node = n + torch.arange(uses.numel())
+    scalar_node = n + uses.numel() + owner
+    colours = int(node.max()) + 1
+    node = torch.cat([node, torch.full((uses.numel(),), colours), torch.full((scalars.numel(),), colours + 1)])
+    src = torch.cat([src, src[uses], use_node, scalar_node])
+    dst = torch.cat([dst, use_node, dst[uses], use_node])
+    label = torch.cat([label, kinds + label[uses], torch.full((uses.numel(),), 2 * kinds),
+                       torch.full((uses.numel(),), 2 * kinds + 1)])
+    return node, src, dst, label
+
+
+def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor:
+    """A random permutation ``pi`` of nodes that maps the graph's structure onto itself
+    (and the uses of every shared parameter scalar onto the uses of one scalar)."""
+    node, src, dst, label = _with_ties(g)
+    n = node.numel()
     src2, dst2, label2 = torch.cat([src, src + n]), torch.cat([dst, dst + n]), torch.cat([label, label])
     colors = refine(torch.cat([node, node]), src2, dst2, label2)
     while True:
@@ -83,7 +108,7 @@ def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor
     pi[torch.argsort(a)] = torch.argsort(b)
     if not _is_automorphism(pi, src, dst, label, n):
         raise RuntimeError("could not find an automorphism of this graph's structure")
-    return pi
+    return pi[: g.num_nodes]
 
 
 def _balanced(colors: Tensor, n: int) -> bool:

@@ -10,6 +10,28 @@ from ..tensor_info import TensorInfo, channel_ids
 from ..vocab import EdgeType, NodeType
 
 
+def channel_neurons(ctx: Context, x: TensorInfo, dim: int) -> Tensor:
+    """One node per index along ``dim`` for a layer that reads every position of it.
+
+    Usually each channel is one neuron at every position (``channel_ids``). Where a channel
+    holds different neurons at different positions (attention outputs after a per-position
+    bias, a table of constants), taking one of them would silently drop the rest: instead a
+    ``MERGE`` node per channel is fed by each of them, the position on the edge.
+    """
+    dim %= x.ids.dim()
+    if not any(varies(x.ids, d) for d in range(x.ids.dim()) if d != dim):
+        return channel_ids(x.ids, dim)
+    rows = x.ids.movedim(dim, 0).reshape(x.ids.shape[dim], -1)
+    key = torch.stack([torch.arange(rows.shape[0]).view(-1, 1).expand_as(rows), rows,
+                       torch.arange(rows.shape[1]).expand_as(rows)]).reshape(3, -1)
+    key = key[:, key[1] >= 0]
+    # one edge per distinct (channel, neuron, position)
+    key = torch.unique(key, dim=1)
+    out = ctx.new_neurons(rows.shape[0], NodeType.MERGE, ctx.depth(x))
+    ctx.builder.edges(key[1], out[key[0]], EdgeType.MERGE, key[2])
+    return out
+
+
 def channel_pos(info: TensorInfo, dim: int) -> Tensor:
     """Position of each index along ``dim`` relative to the first: the spatial position when
     maps were flattened into this axis, 0 everywhere for an ordinary feature axis."""
@@ -103,7 +125,7 @@ def dense_edges(
         transposed, is_whole = True, True
     else:
         is_whole = False
-    in_ids = channel_ids(x.ids, in_dim) if x.has_neurons else ctx.materialise_inputs(x, in_dim)
+    in_ids = channel_neurons(ctx, x, in_dim) if x.has_neurons else ctx.materialise_inputs(x, in_dim)
     if in_ids.numel() != n_in:
         raise ctx.fail(f"weight {weight.param} expects {n_in} inputs, the tensor has {in_ids.numel()}")
     in_pos = channel_pos(x, in_dim)

@@ -13,9 +13,9 @@ from torch.fx import Node
 
 from ..context import Context
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, channel_ids
+from ..tensor_info import TensorInfo
 from ..vocab import EdgeType, NodeType
-from .common import bias_edges, whole
+from .common import bias_edges, channel_neurons, whole
 
 
 def _args(node: Node) -> tuple[bool, int]:
@@ -37,7 +37,7 @@ def conv(ctx: Context, node: Node) -> TensorInfo:
     if w is None or w.param is None:
         raise ctx.fail("convolution whose weight is not a parameter")
     transposed, groups = _args(node)
-    in_ids = channel_ids(x.ids, 1) if x.has_neurons else ctx.materialise_inputs(x, 1)
+    in_ids = channel_neurons(ctx, x, 1) if x.has_neurons else ctx.materialise_inputs(x, 1)
     shape = tuple(w.flat.shape)
     a, bdim, k = shape[0], shape[1], math.prod(shape[2:])
     if in_ids.numel() != (a if transposed else bdim * groups):

@@ -1,8 +1,10 @@
-"""Embedding tables: every row is a token node (a one-hot input), every column a neuron."""
+"""Embedding tables: every row is a token node (a one-hot input), every column a neuron.
+
+Token nodes are numbered across all lookups (as input nodes are): two tables of one size
+(token and position embeddings) must not be interchangeable."""
 
 from __future__ import annotations
 
-import torch
 from torch.fx import Node
 
 from ..context import Context
@@ -17,7 +19,7 @@ def lookup_rows(ctx: Context, table: TensorInfo) -> TensorInfo:
     if table.param is None or table.flat.dim() != 2:
         raise ctx.fail("embedding lookup in something other than a 2-D parameter")
     rows, cols = table.flat.shape
-    tokens = ctx.builder.add_nodes(rows, NodeType.TOKEN, 0, index=torch.arange(rows))
+    tokens = ctx.token_nodes(rows)
     out = ctx.new_neurons(cols, NodeType.HIDDEN, 1)
     flat = None if whole(ctx, table) else table.flat.reshape(-1)
     ctx.builder.param_edges(table.param, tokens.view(rows, 1), out.view(1, cols), EdgeType.EMBEDDING,

@@ -6,14 +6,13 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, broadcast_ids, channel_ids, fresh_pos
+from ..tensor_info import TensorInfo, broadcast_ids, fresh_pos
 from ..vocab import EdgeType, NodeType
-from .common import fibers_to_nodes, varies
+from .common import channel_neurons, fibers_to_nodes, varies
 
 REDUCTIONS = (
     "aten.sum", "aten.mean", "aten.amax", "aten.amin", "aten.max", "aten.min", "aten.var",
-    "aten.std", "aten.logsumexp", "aten.norm", "aten.prod", "aten.argmax", "aten.argmin",
-    "aten.any", "aten.all", "aten.linalg_vector_norm", "aten.var_mean", "aten.std_mean",
+    "aten.std", "aten.logsumexp", "aten.norm", "aten.prod", "aten.linalg_vector_norm", "aten.var_mean", "aten.std_mean",
 )
 POOLING = (
     "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.avg_pool1d",
@@ -49,6 +48,13 @@ def reduction(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
     return [info, nonneuron(tuple(val[1].shape), x)] if multi else info
 
 
+@register_op("aten.argmax", "aten.argmin", "aten.any", "aten.all")
+def argmax(ctx: Context, node: Node) -> TensorInfo:
+    """Which channel wins is no statistic: permuting the channels changes it. The result has
+    no neurons but remembers those it came from, so whatever uses it is checked."""
+    return nonneuron(ctx.shape(), ctx.info(node.args[0]))
+
+
 def _reduce(ctx: Context, node: Node, x: TensorInfo | None, out_shape) -> TensorInfo:
     if x is None or not x.has_neurons:
         return nonneuron(out_shape, x)
@@ -76,8 +82,10 @@ def pooling(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
     val = node.meta["val"]
     multi = isinstance(val, (tuple, list))
     shape = tuple((val[0] if multi else val).shape)
+    if x is not None and x.param is not None:  # a resampled parameter (interpolated position tables)
+        x = ctx.materialise(x)
     if x is None or not x.has_neurons:
         info = nonneuron(shape, x)
-    else:
-        info = TensorInfo(broadcast_ids(channel_ids(x.ids, 1), shape, 1), fresh_pos(shape, 1))
+    else:  # positions with neurons of their own (an interpolated table of constants) are merged
+        info = TensorInfo(broadcast_ids(channel_neurons(ctx, x, 1), shape, 1), fresh_pos(shape, 1))
     return [info, nonneuron(tuple(val[1].shape), x)] if multi else info

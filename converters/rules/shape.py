@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch.fx import Node
 
-from ..context import Context, nonneuron
+from ..context import Context, dependencies, nonneuron
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo, no_neurons, positions
 from ..vocab import EdgeType, NodeType
-from .common import fibers_to_nodes, varies
+from .common import varies
 
 IDENTITY = (
     "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.to", "aten._to_copy",
@@ -63,7 +65,7 @@ def split(ctx: Context, node: Node) -> list[TensorInfo]:
     parts = [fn(t) for t in (x.ids, x.pos)] + ([fn(x.flat)] if x.flat is not None else [])
     n = len(parts[0])
     return [
-        TensorInfo(parts[0][i], parts[1][i], x.const, x.param, parts[2][i] if x.flat is not None else None, x.routes)
+        replace(x, ids=parts[0][i], pos=parts[1][i], flat=parts[2][i] if x.flat is not None else None)
         for i in range(n)
     ]
 
@@ -74,7 +76,7 @@ def pad(ctx: Context, node: Node) -> TensorInfo:
     if x is None or not x.has_neurons:
         return nonneuron(ctx.shape(), x)
     widths = node.args[1]
-    return TensorInfo(F.pad(x.ids.contiguous(), widths, value=-1), F.pad(x.pos.contiguous(), widths, value=-1), x.const)
+    return replace(x, ids=F.pad(x.ids.contiguous(), widths, value=-1), pos=F.pad(x.pos.contiguous(), widths, value=-1))
 
 
 @register_op("aten.cat", "aten.concat", "aten.concatenate")
@@ -84,7 +86,10 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
     infos = [ctx.info(a) for a in node.args[0]]
     if any(i is None for i in infos):
         raise ctx.fail("concatenation of an untracked tensor")
-    if any(i.param is not None for i in infos) and any(i.has_neurons for i in infos):
+    if any(i.param is not None for i in infos) and (
+        any(i.has_neurons for i in infos) or len({i.param for i in infos}) > 1
+        or any(i.param is None and i.ids.numel() for i in infos)
+    ):
         infos = [ctx.materialise(i) for i in infos]
     # torch.cat skips legacy empty 1-D tensors (e.g. an empty key/value cache) of any rank
     infos = [i for i in infos if i.ids.numel() > 0 and i.ids.shape[dim] > 0]
@@ -103,14 +108,21 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
         and not any(varies(i.ids, dim) for i in with_neurons)
     )
     if not merge:
+        taint = dependencies(*(i for i in infos if not i.has_neurons))
         return TensorInfo(
             torch.cat([i.ids for i in infos], dim), torch.cat([i.pos for i in infos], dim),
-            const=all(i.const for i in infos),
+            const=all(i.const for i in infos), taint=taint if taint.numel() else None,
         )
-    # tokens of different origin joined along a sequence axis share channels: merge them
+    # tokens of different origin joined along a sequence axis share channels: merge them;
+    # the edge's position is the part's place in the concatenation (a class token comes first)
     rows = torch.stack([i.ids.narrow(dim, 0, 1).broadcast_to(
         shape[:dim] + (1,) + shape[dim + 1:]).reshape(-1) for i in with_neurons], 1)
-    nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.MERGE, EdgeType.MERGE, ctx.depth(*with_neurons))
+    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    nodes = ctx.new_neurons(uniq.shape[0], NodeType.MERGE, ctx.depth(*with_neurons))
+    part = torch.arange(uniq.shape[1]).expand_as(uniq)
+    src, dst = uniq.reshape(-1), nodes.view(-1, 1).expand_as(uniq).reshape(-1)
+    keep = src >= 0
+    ctx.builder.edges(src[keep], dst[keep], EdgeType.MERGE, part.reshape(-1)[keep])
     ids = nodes[inverse].reshape(shape[:dim] + (1,) + shape[dim + 1:]).expand(shape)
     return TensorInfo(ids, positions(ids))
 
@@ -141,13 +153,18 @@ def index(ctx: Context, node: Node) -> TensorInfo:
         return nonneuron(ctx.shape(), x)
     if name == "aten.index":
         dims = [d for d, i in enumerate(node.args[1]) if i is not None]
+        real = [None if i is None else ctx.const_value(i) for i in node.args[1]]
+        known = all(r is not None for r, i in zip(real, node.args[1]) if i is not None)
         zeros = [None if i is None else torch.zeros(ctx.shape(i), dtype=torch.long) for i in node.args[1]]
-        fn = lambda t: torch.ops.aten.index.Tensor(t, zeros)  # noqa: E731
+        fn = lambda t, idx=(real if known else zeros): torch.ops.aten.index.Tensor(t, idx)  # noqa: E731
     else:
         dim = node.args[1] % x.ids.dim()
         dims = [dim]
-        zeros = torch.zeros(ctx.shape(node.args[2]), dtype=torch.long)
+        real = ctx.const_value(node.args[2])
+        known = real is not None
+        zeros = real if known else torch.zeros(ctx.shape(node.args[2]), dtype=torch.long)
         fn = lambda t: node.target(t, dim, zeros)  # noqa: E731
-    if any(varies(x.ids, d) for d in dims):
+    if not known and any(varies(x.ids, d) for d in dims):
         raise ctx.fail("data-dependent gather across neurons; register a module rule for this module")
+    # constant indices (relative-position tables) are applied to the shadows as they are
     return x.map(fn)
