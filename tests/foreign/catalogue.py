@@ -170,3 +170,20 @@ def build_hf(name: str):
     model = transformers.AutoModel.from_config(config, attn_implementation="eager")
     model.config.use_cache = False
     return model, hf_inputs(kind, config)
+
+
+#: PEFT LoRA adapters around transformers models: name -> (base model, target modules)
+PEFT = {
+    "peft_lora_gpt2": ("gpt2", ["c_attn", "c_fc"]),
+    "peft_lora_bert": ("bert", ["query", "value", "intermediate.dense"]),
+    "peft_lora_llama": ("llama", ["q_proj", "v_proj", "gate_proj"]),
+}
+
+
+def build_peft(name: str):
+    import peft
+
+    base, targets = PEFT[name]
+    model, inputs = build_hf(base)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets, lora_dropout=0.0)
+    return peft.get_peft_model(model, config), inputs
