@@ -72,6 +72,7 @@ class Activation(IntEnum):
     MISH = 12
     OTHER = 13
     SIN = 14
+    NEG = 15  #: negation: ``-x`` is no copy of ``x`` (rotary's rotate-half subtracts one half)
 
 
 #: Activations f with f(s x) = s f(x) for s > 0: hidden neurons may be rescaled.

@@ -31,20 +31,28 @@ def _mix(x: Tensor) -> Tensor:
     return x * _M2 + 0x2545F491
 
 
-def _dense(*cols: Tensor) -> Tensor:
-    return torch.unique(torch.stack(cols, 1), dim=0, return_inverse=True)[1]
+def _dense_hashed(*cols: Tensor) -> Tensor:
+    """Dense ids of the rows of ``cols`` through one 64-bit hash (a 1-D unique is much faster
+    than a row-wise one). A collision could only merge two classes; the automorphism found is
+    verified exactly at the end, so it cannot make a wrong answer."""
+    key = _mix(cols[0])
+    for c in cols[1:]:
+        key = _mix(key ^ c)
+    return torch.unique(key, return_inverse=True)[1]
 
 
 def refine(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> Tensor:
     """Colour refinement (1-WL) to the stable partition; colours come back dense."""
     n = colors.numel()
-    colors = _dense(colors)
+    colors = torch.unique(colors, return_inverse=True)[1]
     count = int(colors.max()) + 1 if n else 0
+    lab = _mix(label * 1_000_003 + 7)
+    lab_out = lab * 3
     while True:
-        lab = _mix(label * 1_000_003 + 7)
-        h_in = torch.zeros(n, dtype=torch.long).index_add_(0, dst, _mix(lab + _mix(colors[src])))
-        h_out = torch.zeros(n, dtype=torch.long).index_add_(0, src, _mix(lab * 3 + _mix(colors[dst] + 1)))
-        new = _dense(colors, h_in, h_out)
+        mixed = _mix(colors)  # per node, then one mix per edge
+        h_in = torch.zeros(n, dtype=torch.long).index_add_(0, dst, _mix(lab + mixed[src]))
+        h_out = torch.zeros(n, dtype=torch.long).index_add_(0, src, _mix(lab_out + mixed[dst] * 5))
+        new = _dense_hashed(colors, h_in, h_out)
         new_count = int(new.max()) + 1 if n else 0
         colors = new
         if new_count == count:
@@ -52,9 +60,18 @@ def refine(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> Tensor:
         count = new_count
 
 
+def _exact_dense(*cols: Tensor) -> Tensor:
+    """Dense ids of the rows of small non-negative-after-shift integer columns, exactly."""
+    key = torch.zeros_like(cols[0], dtype=torch.long)
+    for c in cols:
+        c = c.long() - int(c.min()) if c.numel() else c.long()
+        key = key * (int(c.max()) + 1 if c.numel() else 1) + c
+    return torch.unique(key, return_inverse=True)[1]
+
+
 def _structure(g: ParameterGraph) -> tuple[Tensor, Tensor]:
-    node = _dense(g.node_type.long(), g.node_depth.long(), g.node_index.long(), g.node_act.long())
-    edge = _dense(g.edge_type.long(), g.edge_pos.long())
+    node = _exact_dense(g.node_type, g.node_depth, g.node_index, g.node_act)
+    edge = _exact_dense(g.edge_type, g.edge_pos)
     return node, edge
 
 
@@ -85,30 +102,43 @@ def _with_ties(g: ParameterGraph) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor:
     """A random permutation ``pi`` of nodes that maps the graph's structure onto itself
-    (and the uses of every shared parameter scalar onto the uses of one scalar)."""
+    (and the uses of every shared parameter scalar onto the uses of one scalar).
+
+    Every result is verified exactly (node colours and labelled edges); the quick search that
+    matches whole colour classes at once is tried first, the careful one if it fails."""
     node, src, dst, label = _with_ties(g)
+    for bold in (True, False):
+        pi = _search(node, src, dst, label, generator, bold)
+        if pi is not None:
+            return pi[: g.num_nodes]
+    raise RuntimeError("could not find an automorphism of this graph's structure")
+
+
+def _search(node, src, dst, label, generator, bold) -> Tensor | None:
     n = node.numel()
-    src2, dst2, label2 = torch.cat([src, src + n]), torch.cat([dst, dst + n]), torch.cat([label, label])
-    colors = refine(torch.cat([node, node]), src2, dst2, label2)
+    edges = torch.cat([src, src + n]), torch.cat([dst, dst + n]), torch.cat([label, label])
+    colors = refine(torch.cat([node, node]), *edges)
     while True:
         a = colors[:n]
-        counts = torch.bincount(a)
-        multi = (counts > 1).nonzero().squeeze(1)
+        multi = (torch.bincount(a) > 1).nonzero().squeeze(1)
         if multi.numel() == 0:
             break
         k = int(multi[0])
         members_a = (a == k).nonzero().squeeze(1)
         members_b = (colors[n:] == k).nonzero().squeeze(1)
         fresh = int(colors.max()) + 1
-        colors = _individualise(colors, members_a, members_b, fresh, n, (src2, dst2, label2), generator)
+        try:
+            colors = _individualise(colors, members_a, members_b, fresh, n, edges, generator, bold)
+        except RuntimeError:
+            return None
     a, b = colors[:n], colors[n:]
     if not torch.equal(torch.sort(a).values, torch.sort(b).values):
-        raise RuntimeError("colour refinement diverged between the two copies")
+        return None
     pi = torch.empty(n, dtype=torch.long)
     pi[torch.argsort(a)] = torch.argsort(b)
-    if not _is_automorphism(pi, src, dst, label, n):
-        raise RuntimeError("could not find an automorphism of this graph's structure")
-    return pi[: g.num_nodes]
+    if not torch.equal(node[pi], node) or not _is_automorphism(pi, src, dst, label, n):
+        return None
+    return pi
 
 
 def _balanced(colors: Tensor, n: int) -> bool:
@@ -117,10 +147,15 @@ def _balanced(colors: Tensor, n: int) -> bool:
     return torch.equal(torch.bincount(colors[:n], minlength=size), torch.bincount(colors[n:], minlength=size))
 
 
-def _individualise(colors, members_a, members_b, fresh, n, edges, generator) -> Tensor:
+def _individualise(colors, members_a, members_b, fresh, n, edges, generator, bold) -> Tensor:
     """Match one node of a colour class in copy A with one in copy B (trying B's members in
     random order until refinement stays balanced), or the whole class at once when it is
-    fully symmetric."""
+    fully symmetric. ``bold`` first tries the whole class at once (one refinement instead of
+    two: most classes of a network's graph are fully symmetric)."""
+    if bold and members_a.numel() > 1:
+        whole = _match_all(colors, members_a, members_b, fresh, n, edges, generator)
+        if whole is not None:
+            return whole
     for pick in members_b[torch.randperm(members_b.numel(), generator=generator)]:
         trial = colors.clone()
         trial[members_a[0]] = fresh
@@ -130,15 +165,21 @@ def _individualise(colors, members_a, members_b, fresh, n, edges, generator) -> 
             continue  # colour refinement could not tell these apart, but they differ
         rest = trial[members_a[1:]]
         if rest.numel() > 1 and bool((rest == rest[0]).all()):
-            perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
-            whole = colors.clone()
-            whole[members_a] = fresh + torch.arange(members_a.numel())
-            whole[n + perm] = fresh + torch.arange(members_a.numel())
-            whole = refine(whole, *edges)
-            if _balanced(whole, n):
+            whole = _match_all(colors, members_a, members_b, fresh, n, edges, generator)
+            if whole is not None:
                 return whole
         return trial
     raise RuntimeError("could not find an automorphism of this graph's structure")
+
+
+def _match_all(colors, members_a, members_b, fresh, n, edges, generator) -> Tensor | None:
+    """The whole class matched by a random bijection, refined; ``None`` when unbalanced."""
+    perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
+    whole = colors.clone()
+    whole[members_a] = fresh + torch.arange(members_a.numel())
+    whole[n + perm] = fresh + torch.arange(members_a.numel())
+    whole = refine(whole, *edges)
+    return whole if _balanced(whole, n) else None
 
 
 def _edge_keys(src: Tensor, dst: Tensor, label: Tensor, n: int) -> Tensor:

@@ -31,7 +31,7 @@ ACTIVATIONS = {
     "aten.erf": Activation.OTHER, "aten.reciprocal": Activation.OTHER, "aten.sin": Activation.SIN,
     "aten.cos": Activation.OTHER, "aten.clamp": Activation.OTHER, "aten.clamp_min": Activation.OTHER,
     "aten.clamp_max": Activation.OTHER, "aten.sign": Activation.OTHER, "aten.log1p": Activation.OTHER,
-    "aten.expm1": Activation.OTHER, "aten.logsigmoid": Activation.OTHER,
+    "aten.expm1": Activation.OTHER, "aten.logsigmoid": Activation.OTHER, "aten.neg": Activation.NEG,
 }
 
 
@@ -48,7 +48,7 @@ def activation(ctx: Context, node: Node) -> TensorInfo:
     ids = x.ids
     nodes = torch.unique(ids[ids >= 0])
     fresh = bool((ctx.builder.activation_of(nodes) == int(Activation.NONE)).all())
-    if fresh and len(node.args[0].users) == 1:
+    if fresh and _sole_use(node.args[0]):
         ctx.builder.set_activation(nodes, act)
         return TensorInfo(ids, x.pos, routes=x.routes)
     # the pre-activation value is used elsewhere too: the activated neurons are new nodes
@@ -58,9 +58,34 @@ def activation(ctx: Context, node: Node) -> TensorInfo:
     return TensorInfo(lookup(ids, nodes, new, ctx.builder.num_nodes), x.pos, routes=x.routes)
 
 
+def _sole_use(arg: Node) -> bool:
+    """Whether this op is the only reader of its input's neurons, through views too: only then
+    may the activation be recorded on those neurons themselves (``x[:, :4].relu()`` beside a
+    plain use of ``x`` must not mark ``x``)."""
+    from .shape import IDENTITY, SHAPE
+
+    views = frozenset(IDENTITY + SHAPE)
+    for _ in range(16):
+        if len(arg.users) != 1:
+            return False
+        if arg.op != "call_function" or op_name(arg.target) not in views:
+            return True
+        inputs = arg.all_input_nodes
+        if len(inputs) != 1:
+            return False
+        arg = inputs[0]
+    return False
+
+
 @register_op(
     "aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.empty_like", "aten.rand_like",
     "aten.randn_like", "aten.new_zeros", "aten.new_ones", "aten.new_full", "aten.new_empty",
 )
 def creation(ctx: Context, node: Node) -> TensorInfo:
     return nonneuron(ctx.shape())
+
+
+@register_op("aten._assert_tensor_metadata", "aten._assert_scalar", "aten.sym_constrain_range_for_size")
+def assertion(ctx: Context, node: Node) -> None:
+    """Checks of dtype, shape or range: no value."""
+    return None

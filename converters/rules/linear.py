@@ -12,6 +12,8 @@ from .common import bias_edges, dense_edges
 
 
 def _dense(ctx: Context, x: TensorInfo, w: TensorInfo, transposed: bool, bias, in_dim: int, out_dim: int):
+    if x is not None and x.param is not None:  # a parameter fed to a layer (DeBERTa's relative embeddings)
+        x = ctx.materialise(x)
     depth = ctx.depth(x)
     out = dense_edges(ctx, x, in_dim, w, transposed, EdgeType.LINEAR, depth)
     bias_edges(ctx, bias, out, depth)

@@ -17,14 +17,15 @@ from .common import varies
 IDENTITY = (
     "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.to", "aten._to_copy",
     "aten.type_as", "aten.lift_fresh_copy", "aten.dropout", "aten.feature_dropout",
-    "aten.alpha_dropout", "aten.neg", "aten.positive", "aten.dropout_", "aten.clone_",
+    "aten.alpha_dropout", "aten.positive", "aten.dropout_", "aten.clone_",
 )
 SHAPE = (
     "aten.view", "aten._unsafe_view", "aten.reshape", "aten.permute", "aten.transpose",
     "aten.t", "aten.flatten", "aten.unflatten", "aten.unsqueeze", "aten.squeeze",
     "aten.expand", "aten.slice", "aten.select", "aten.narrow", "aten.repeat", "aten.flip",
     "aten.roll", "aten.movedim", "aten.swapaxes", "aten.view_as", "aten.expand_as",
-    "aten.repeat_interleave", "aten.unfold", "aten.diagonal", "aten.tile",
+    "aten.repeat_interleave", "aten.unfold", "aten.diagonal", "aten.tile", "aten.reshape_as",
+    "aten.numpy_T", "aten.mT", "aten.adjoint",
 )
 SPLIT = ("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.unsafe_split",
          "aten.tensor_split")
@@ -35,9 +36,9 @@ def _shape_fn(ctx: Context, node: Node):
     rest = list(node.args[1:])
     if name in ("aten.view", "aten._unsafe_view"):
         return lambda t: t.reshape(rest[0])
-    if name in ("aten.view_as", "aten.expand_as"):
+    if name in ("aten.view_as", "aten.expand_as", "aten.reshape_as"):
         other = ctx.shape(rest[0])
-        return (lambda t: t.reshape(other)) if name == "aten.view_as" else (lambda t: t.expand(other))
+        return (lambda t: t.expand(other)) if name == "aten.expand_as" else (lambda t: t.reshape(other))
     if any(isinstance(a, Node) for a in rest):
         raise ctx.fail("shape op with a tensor argument")
     return lambda t: node.target(t, *rest, **node.kwargs)

@@ -39,7 +39,7 @@ HF: dict[str, tuple[str, dict, str]] = {
     "gemma": ("gemma", dict(LLAMA_LIKE), "lm"),
     "gemma2": ("gemma2", dict(LLAMA_LIKE), "lm"),
     "phi": ("phi", dict(TEXT), "lm"),
-    "phi3": ("phi3", dict(LLAMA_LIKE), "lm"),
+    "phi3": ("phi3", dict(LLAMA_LIKE, pad_token_id=1), "lm"),
     "stablelm": ("stablelm", dict(LLAMA_LIKE), "lm"),
     "persimmon": ("persimmon", dict(TEXT), "lm"),
     "olmo": ("olmo", dict(LLAMA_LIKE), "lm"),
@@ -120,7 +120,7 @@ HF: dict[str, tuple[str, dict, str]] = {
     "levit": ("levit", dict(image_size=32, hidden_sizes=[16, 24, 32], num_attention_heads=[1, 2, 2],
                             depths=[1, 1, 1], key_dim=[8, 8, 8]), "image32"),
     "cvt": ("cvt", dict(embed_dim=[8, 16, 16], num_heads=[1, 2, 2], depth=[1, 1, 1]), "image32"),
-    "bit": ("bit", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]), "image"),
+    "bit": ("bit", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_groups=2), "image"),
     "focalnet": ("focalnet", dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1]), "image"),
     # audio
     "wav2vec2": ("wav2vec2", dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
@@ -132,7 +132,7 @@ HF: dict[str, tuple[str, dict, str]] = {
     "whisper": ("whisper", dict(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
                                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24,
                                 decoder_ffn_dim=24, num_mel_bins=8, max_source_positions=8,
-                                max_target_positions=16, decoder_start_token_id=1), "whisper"),
+                                max_target_positions=16, decoder_start_token_id=1, pad_token_id=1), "whisper"),
     # state space / recurrent
     "mamba": ("mamba", dict(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2,
                             conv_kernel=3, time_step_rank=4), "lm"),

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import converters
-from gmn import symmetry
 
 
 def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
