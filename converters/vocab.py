@@ -73,6 +73,17 @@ class Activation(IntEnum):
     OTHER = 13
     SIN = 14
     NEG = 15  #: negation: ``-x`` is no copy of ``x`` (rotary's rotate-half subtracts one half)
+    EXP = 16  #: elementwise functions with no symmetry of their own, each its own kind, so that
+    LOG = 17  #: two branches computing different functions are never taken for each other
+    SQRT = 18
+    RSQRT = 19
+    POW = 20
+    ABS = 21
+    ERF = 22
+    RECIPROCAL = 23
+    COS = 24
+    CLAMP = 25
+    SIGN = 26
 
 
 #: Activations f with f(s x) = s f(x) for s > 0: hidden neurons may be rescaled.

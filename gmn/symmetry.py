@@ -12,6 +12,8 @@ positively homogeneous activations (ReLU) are rescaled as well.
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -31,33 +33,109 @@ def _mix(x: Tensor) -> Tensor:
     return x * _M2 + 0x2545F491
 
 
-def _dense_hashed(*cols: Tensor) -> Tensor:
-    """Dense ids of the rows of ``cols`` through one 64-bit hash (a 1-D unique is much faster
-    than a row-wise one). A collision could only merge two classes; the automorphism found is
-    verified exactly at the end, so it cannot make a wrong answer."""
-    key = _mix(cols[0])
-    for c in cols[1:]:
-        key = _mix(key ^ c)
-    return torch.unique(key, return_inverse=True)[1]
+def _csr(index: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    order = torch.sort(index.int() if n < 2**31 else index, stable=True).indices
+    ptr = torch.zeros(n + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(torch.bincount(index, minlength=n), 0)
+    return order, ptr
+
+
+def _ranges(order: Tensor, ptr: Tensor, nodes: Tensor) -> Tensor:
+    """Edges (positions in ``order``'s edge list) incident to ``nodes``, through a CSR index."""
+    starts, counts = ptr[nodes], ptr[nodes + 1] - ptr[nodes]
+    total = int(counts.sum())
+    offsets = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return order[torch.repeat_interleave(starts, counts) + torch.arange(total) - offsets]
+
+
+class _Refiner:
+    """Colour refinement (1-WL) that only touches the edges of nodes whose colour changed.
+
+    Each node keeps the sum of hashed (edge label, neighbour colour) messages along and against
+    its edges; when a neighbour's colour changes the sums are corrected by the difference, so a
+    refinement step costs the edges of the changed nodes, not the whole graph. A class that
+    does not split keeps its colour id (so it changes nothing); the parts of a class that splits
+    get fresh ids ordered by (old colour, hash), which is canonical. ``copies`` copies of the
+    graph are refined together (the automorphism search matches two), sharing one edge index.
+    A 64-bit hash collision could only merge two classes, and every automorphism built on this
+    is verified exactly.
+    """
+
+    def __init__(self, src: Tensor, dst: Tensor, label: Tensor, n: int, copies: int = 1):
+        self.n, self.copies, self.src, self.dst = n, copies, src, dst
+        self.lab_in = _mix(label * 1_000_003 + 7)
+        self.lab_out = _mix(label * 998_244_353 + 11)
+        self.out_edges = _csr(src, n)
+        self.in_edges = _csr(dst, n)
+
+    def messages(self, colors: Tensor) -> tuple[Tensor, Tensor]:
+        h_in, h_out = torch.zeros_like(colors), torch.zeros_like(colors)
+        for c in range(self.copies):
+            mixed, at = _mix(colors[c * self.n:(c + 1) * self.n]), c * self.n
+            h_in[at:at + self.n].index_add_(0, self.dst, _mix(self.lab_in + mixed[self.src]))
+            h_out[at:at + self.n].index_add_(0, self.src, _mix(self.lab_out + mixed[self.dst]))
+        return h_in, h_out
+
+    def _update(self, h_in: Tensor, h_out: Tensor, changed: Tensor, old: Tensor, new: Tensor) -> None:
+        for c in range(self.copies):
+            at = c * self.n
+            mine = (changed >= at) & (changed < at + self.n)
+            if not bool(mine.any()):
+                continue
+            local = changed[mine] - at
+            where = torch.full((self.n,), -1, dtype=torch.long)
+            where[local] = torch.arange(local.numel())
+            m_old, m_new = _mix(old[mine]), _mix(new[mine])
+            e = _ranges(*self.out_edges, local)  # u -> v with u changed: v's incoming sum
+            k, lab = where[self.src[e]], self.lab_in[e]
+            h_in.index_add_(0, at + self.dst[e], _mix(lab + m_new[k]) - _mix(lab + m_old[k]))
+            e = _ranges(*self.in_edges, local)
+            k, lab = where[self.dst[e]], self.lab_out[e]
+            h_out.index_add_(0, at + self.src[e], _mix(lab + m_new[k]) - _mix(lab + m_old[k]))
+
+    @staticmethod
+    def _split(colors: Tensor, h_in: Tensor, h_out: Tensor) -> Tensor:
+        key = _mix(_mix(h_in) ^ (h_out * 0x9E3779B97F4A7C15))
+        order = torch.argsort(key, stable=True)
+        order = order[torch.argsort(colors[order], stable=True)]
+        c, k = colors[order], key[order]
+        new_class = torch.ones_like(c, dtype=torch.bool)
+        new_class[1:] = c[1:] != c[:-1]
+        new_group = new_class.clone()
+        new_group[1:] |= k[1:] != k[:-1]
+        if bool(new_group.sum() == new_class.sum()):
+            return colors  # no class splits
+        group = torch.cumsum(new_group.long(), 0) - 1
+        first = torch.cummax(torch.where(new_class, group, torch.full_like(group, -1)), 0).values
+        fresh = torch.cumsum((new_group & ~new_class).long(), 0)
+        ids = torch.where(group == first, c, int(colors.max()) + fresh)
+        out = torch.empty_like(colors)
+        out[order] = ids
+        return out
+
+    def stable(self, colors: Tensor, prev: Tensor, h_in: Tensor, h_out: Tensor):
+        """Refine ``colors`` to the stable partition; ``h_in``/``h_out`` are the sums for ``prev``
+        (they are not modified)."""
+        h_in, h_out = h_in.clone(), h_out.clone()
+        while True:
+            changed = (colors != prev).nonzero().squeeze(1)
+            if changed.numel():
+                self._update(h_in, h_out, changed, prev[changed], colors[changed])
+            new = self._split(colors, h_in, h_out)
+            if new is colors:
+                return colors, h_in, h_out
+            prev, colors = colors, new
 
 
 def refine(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> Tensor:
     """Colour refinement (1-WL) to the stable partition; colours come back dense."""
     n = colors.numel()
+    if n == 0:
+        return colors
     colors = torch.unique(colors, return_inverse=True)[1]
-    count = int(colors.max()) + 1 if n else 0
-    lab = _mix(label * 1_000_003 + 7)
-    lab_out = lab * 3
-    while True:
-        mixed = _mix(colors)  # per node, then one mix per edge
-        h_in = torch.zeros(n, dtype=torch.long).index_add_(0, dst, _mix(lab + mixed[src]))
-        h_out = torch.zeros(n, dtype=torch.long).index_add_(0, src, _mix(lab_out + mixed[dst] * 5))
-        new = _dense_hashed(colors, h_in, h_out)
-        new_count = int(new.max()) + 1 if n else 0
-        colors = new
-        if new_count == count:
-            return colors
-        count = new_count
+    refiner = _Refiner(src, dst, label, n)
+    colors, _, _ = refiner.stable(colors, colors, *refiner.messages(colors))
+    return torch.unique(colors, return_inverse=True)[1]
 
 
 def _exact_dense(*cols: Tensor) -> Tensor:
@@ -100,45 +178,97 @@ def _with_ties(g: ParameterGraph) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return node, src, dst, label
 
 
+@dataclass
+class _Plan:
+    """What an automorphism search needs that depends on the graph's structure only."""
+
+    node: Tensor  #: colours of the structure's nodes (graph nodes, then tie nodes)
+    src: Tensor
+    dst: Tensor
+    label: Tensor
+    refiner: _Refiner  #: over two copies of the structure
+    start: tuple  #: the stable refinement both searches start from
+    edge_order: Tensor  #: the structure's edges sorted by (src, dst, label) ...
+    sorted_keys: Tensor  #: ... and their keys
+
+    def edge_map(self, pi: Tensor) -> Tensor | None:
+        """Edge ``e`` of the relabelled structure is edge ``edge_map[e]`` moved there; ``None``
+        when ``pi`` (over the structure's nodes) is no automorphism. One sort: an exact check."""
+        keys, new = torch.sort(_edge_keys(pi[self.src], pi[self.dst], self.label, self.node.numel()), stable=True)
+        if not torch.equal(keys, self.sorted_keys) or not torch.equal(self.node[pi], self.node):
+            return None
+        edge_map = torch.empty_like(new)
+        edge_map[self.edge_order] = new
+        return edge_map
+
+
+_PLANS: dict[tuple, tuple[weakref.ref, _Plan]] = {}
+
+
+def _plan(g: ParameterGraph) -> _Plan:
+    """The structure's plan, cached while ``g.edge_index`` lives unmodified (graphs that share
+    it, as ``with_values`` copies do, share the plan)."""
+    ei = g.edge_index
+    key = (ei.data_ptr(), tuple(ei.shape), ei._version, g.node_type.data_ptr(), g.node_type._version,
+           g.edge_type.data_ptr(), g.edge_pos.data_ptr(), g.node_index.data_ptr(), int(g.num_tied_edges))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0]() is ei:
+        return hit[1]
+    node, src, dst, label = _with_ties(g)
+    n = node.numel()
+    refiner = _Refiner(src, dst, label, n, copies=2)
+    colors = torch.unique(torch.cat([node, node]), return_inverse=True)[1]
+    start = refiner.stable(colors, colors, *refiner.messages(colors))
+    sorted_keys, order = torch.sort(_edge_keys(src, dst, label, n), stable=True)
+    plan = _Plan(node, src, dst, label, refiner, start, order, sorted_keys)
+    if len(_PLANS) >= 8:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[key] = (weakref.ref(ei), plan)
+    return plan
+
+
 def random_automorphism(g: ParameterGraph, generator: torch.Generator) -> Tensor:
     """A random permutation ``pi`` of nodes that maps the graph's structure onto itself
     (and the uses of every shared parameter scalar onto the uses of one scalar).
 
     Every result is verified exactly (node colours and labelled edges); the quick search that
-    matches whole colour classes at once is tried first, the careful one if it fails."""
-    node, src, dst, label = _with_ties(g)
+    matches whole colour classes at once is tried first, the careful one if it fails. What
+    depends on the structure only is computed once per graph (see ``_plan``)."""
+    return _sample(g, generator)[0]
+
+
+def _sample(g: ParameterGraph, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random automorphism and the map of the graph's edges it induces (verified)."""
+    plan = _plan(g)
     for bold in (True, False):
-        pi = _search(node, src, dst, label, generator, bold)
-        if pi is not None:
-            return pi[: g.num_nodes]
+        found = _search(plan, generator, bold)
+        if found is not None:
+            pi, edge_map = found
+            return pi[: g.num_nodes], edge_map[: g.edge_index.size(1)]
     raise RuntimeError("could not find an automorphism of this graph's structure")
 
 
-def _search(node, src, dst, label, generator, bold) -> Tensor | None:
-    n = node.numel()
-    edges = torch.cat([src, src + n]), torch.cat([dst, dst + n]), torch.cat([label, label])
-    colors = refine(torch.cat([node, node]), *edges)
+def _search(plan: _Plan, generator, bold) -> tuple[Tensor, Tensor] | None:
+    n = plan.node.numel()
+    state = plan.start
     while True:
-        a = colors[:n]
+        a = state[0][:n]
         multi = (torch.bincount(a) > 1).nonzero().squeeze(1)
         if multi.numel() == 0:
             break
         k = int(multi[0])
         members_a = (a == k).nonzero().squeeze(1)
-        members_b = (colors[n:] == k).nonzero().squeeze(1)
-        fresh = int(colors.max()) + 1
-        try:
-            colors = _individualise(colors, members_a, members_b, fresh, n, edges, generator, bold)
-        except RuntimeError:
+        members_b = (state[0][n:] == k).nonzero().squeeze(1)
+        state = _individualise(plan.refiner, state, members_a, members_b, n, generator, bold)
+        if state is None:
             return None
-    a, b = colors[:n], colors[n:]
+    a, b = state[0][:n], state[0][n:]
     if not torch.equal(torch.sort(a).values, torch.sort(b).values):
         return None
     pi = torch.empty(n, dtype=torch.long)
     pi[torch.argsort(a)] = torch.argsort(b)
-    if not torch.equal(node[pi], node) or not _is_automorphism(pi, src, dst, label, n):
-        return None
-    return pi
+    edge_map = plan.edge_map(pi)
+    return None if edge_map is None else (pi, edge_map)
 
 
 def _balanced(colors: Tensor, n: int) -> bool:
@@ -147,39 +277,41 @@ def _balanced(colors: Tensor, n: int) -> bool:
     return torch.equal(torch.bincount(colors[:n], minlength=size), torch.bincount(colors[n:], minlength=size))
 
 
-def _individualise(colors, members_a, members_b, fresh, n, edges, generator, bold) -> Tensor:
+def _assign(refiner, state, members_a, members_b, n):
+    """Refined state after giving ``members_a[i]`` and ``n + members_b[i]`` fresh colour ``i``;
+    ``None`` when the two copies' histograms then differ."""
+    colors = state[0].clone()
+    fresh = int(colors.max()) + 1 + torch.arange(members_a.numel())
+    colors[members_a] = fresh
+    colors[n + members_b] = fresh
+    new = refiner.stable(colors, *state)
+    return new if _balanced(new[0], n) else None
+
+
+def _individualise(refiner, state, members_a, members_b, n, generator, bold):
     """Match one node of a colour class in copy A with one in copy B (trying B's members in
     random order until refinement stays balanced), or the whole class at once when it is
     fully symmetric. ``bold`` first tries the whole class at once (one refinement instead of
     two: most classes of a network's graph are fully symmetric)."""
+    def whole():
+        perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
+        return _assign(refiner, state, members_a, perm, n)
+
     if bold and members_a.numel() > 1:
-        whole = _match_all(colors, members_a, members_b, fresh, n, edges, generator)
-        if whole is not None:
-            return whole
+        done = whole()
+        if done is not None:
+            return done
     for pick in members_b[torch.randperm(members_b.numel(), generator=generator)]:
-        trial = colors.clone()
-        trial[members_a[0]] = fresh
-        trial[n + pick] = fresh
-        trial = refine(trial, *edges)
-        if not _balanced(trial, n):
+        trial = _assign(refiner, state, members_a[:1], pick.view(1), n)
+        if trial is None:
             continue  # colour refinement could not tell these apart, but they differ
-        rest = trial[members_a[1:]]
+        rest = trial[0][members_a[1:]]
         if rest.numel() > 1 and bool((rest == rest[0]).all()):
-            whole = _match_all(colors, members_a, members_b, fresh, n, edges, generator)
-            if whole is not None:
-                return whole
+            done = whole()
+            if done is not None:
+                return done
         return trial
-    raise RuntimeError("could not find an automorphism of this graph's structure")
-
-
-def _match_all(colors, members_a, members_b, fresh, n, edges, generator) -> Tensor | None:
-    """The whole class matched by a random bijection, refined; ``None`` when unbalanced."""
-    perm = members_b[torch.randperm(members_b.numel(), generator=generator)]
-    whole = colors.clone()
-    whole[members_a] = fresh + torch.arange(members_a.numel())
-    whole[n + perm] = fresh + torch.arange(members_a.numel())
-    whole = refine(whole, *edges)
-    return whole if _balanced(whole, n) else None
+    return None
 
 
 def _edge_keys(src: Tensor, dst: Tensor, label: Tensor, n: int) -> Tensor:
@@ -198,10 +330,36 @@ def permute_values(g: ParameterGraph, pi: Tensor) -> tuple[Tensor, dict[str, Ten
     n = g.num_nodes
     _, label = _structure(g)
     src, dst = g.edge_index
-    old = torch.argsort(_edge_keys(src, dst, label, n), stable=True)
-    new = torch.argsort(_edge_keys(pi[src], pi[dst], label, n), stable=True)
+    keys, old = torch.sort(_edge_keys(src, dst, label, n), stable=True)
+    moved, new = torch.sort(_edge_keys(pi[src], pi[dst], label, n), stable=True)
     edge_map = torch.empty_like(old)
     edge_map[old] = new
+    if not torch.equal(keys, moved) or not _keeps_ties(g, edge_map):
+        raise ValueError("pi is not an automorphism of this graph's structure (with its tied weights)")
+    return _moved(g, pi, edge_map)
+
+
+def _keeps_ties(g: ParameterGraph, edge_map: Tensor) -> bool:
+    """Whether the edge map sends all uses of each shared scalar onto all uses of one scalar."""
+    p, t = int(g.num_param_edges), int(g.num_tied_edges)
+    if t == 0:
+        return True
+    image = torch.empty_like(edge_map)
+    image[edge_map] = torch.arange(edge_map.numel())  # edge e of g lands on edge image[e]
+    scalar = torch.full((edge_map.numel(),), -1, dtype=torch.long)
+    scalar[:p] = torch.arange(p)
+    scalar[p:p + t] = g.tied_slot.long()
+    uses = torch.arange(p + t)
+    target = scalar[image[uses]]
+    if bool((target < 0).any()):
+        return False
+    lo = torch.full((p,), p, dtype=torch.long).scatter_reduce(0, scalar[uses], target, "amin")
+    hi = torch.full((p,), -1, dtype=torch.long).scatter_reduce(0, scalar[uses], target, "amax")
+    return torch.equal(lo, hi) and torch.equal(torch.sort(lo).values, torch.arange(p))
+
+
+def _moved(g: ParameterGraph, pi: Tensor, edge_map: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    n = g.num_nodes
     value = g.edge_value[edge_map]
     buffers = {}
     index = g.param_index
@@ -266,8 +424,8 @@ def random_symmetry(
     edge ``e`` of the result is edge ``edge_map[e]`` of ``g`` moved there.
     """
     gen = torch.Generator().manual_seed(seed)
-    pi = random_automorphism(g, gen)
-    values, buffers, edge_map = permute_values(g, pi)
+    pi, edge_map = _sample(g, gen)
+    values, buffers, edge_map = _moved(g, pi, edge_map)
     if scale or sign:
         moved = with_values(g, values)
         factor = torch.ones(g.num_nodes)

@@ -25,12 +25,12 @@ ACTIVATIONS = {
     "aten.hardswish": Activation.HARDSWISH, "aten.hardswish_": Activation.HARDSWISH,
     "aten.hardtanh": Activation.HARDTANH, "aten.hardtanh_": Activation.HARDTANH,
     "aten.relu6": Activation.HARDTANH, "aten.mish": Activation.MISH,
-    "aten.hardsigmoid": Activation.OTHER, "aten.exp": Activation.OTHER,
-    "aten.log": Activation.OTHER, "aten.pow": Activation.OTHER, "aten.sqrt": Activation.OTHER,
-    "aten.rsqrt": Activation.OTHER, "aten.abs": Activation.OTHER, "aten.square": Activation.OTHER,
-    "aten.erf": Activation.OTHER, "aten.reciprocal": Activation.OTHER, "aten.sin": Activation.SIN,
-    "aten.cos": Activation.OTHER, "aten.clamp": Activation.OTHER, "aten.clamp_min": Activation.OTHER,
-    "aten.clamp_max": Activation.OTHER, "aten.sign": Activation.OTHER, "aten.log1p": Activation.OTHER,
+    "aten.hardsigmoid": Activation.OTHER, "aten.exp": Activation.EXP,
+    "aten.log": Activation.LOG, "aten.pow": Activation.POW, "aten.sqrt": Activation.SQRT,
+    "aten.rsqrt": Activation.RSQRT, "aten.abs": Activation.ABS, "aten.square": Activation.POW,
+    "aten.erf": Activation.ERF, "aten.reciprocal": Activation.RECIPROCAL, "aten.sin": Activation.SIN,
+    "aten.cos": Activation.COS, "aten.clamp": Activation.CLAMP, "aten.clamp_min": Activation.CLAMP,
+    "aten.clamp_max": Activation.CLAMP, "aten.sign": Activation.SIGN, "aten.log1p": Activation.OTHER,
     "aten.expm1": Activation.OTHER, "aten.logsigmoid": Activation.OTHER, "aten.neg": Activation.NEG,
 }
 

@@ -11,10 +11,11 @@ from torch import nn
 import converters
 
 
-def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
-    """float64, eval, every parameter and float buffer moved by noise (1/0 inits hide nothing)."""
+def perturb(model: nn.Module, seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """float64 (unless the model cannot run in it), eval, every parameter and float buffer
+    moved by noise (1/0 initialisations hide wrong permutations)."""
     gen = torch.Generator().manual_seed(seed)
-    model = model.double().eval()
+    model = model.to(dtype).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)

@@ -22,11 +22,11 @@ FLOAT32_INSIDE = {"gpt_neo", "gptj", "codegen", "switch"}
 SKIP = {
     "xglm": "its config cannot build a float64 model (positional table overflow)",
     "funnel": "FunnelModel fails on its own default inputs",
-    "mixtral": "fused experts (batched_mm) run only in float32",
-    "qwen2_moe": "fused experts (batched_mm) run only in float32",
-    "qwen3_moe": "fused experts (batched_mm) run only in float32",
-    "olmoe": "fused experts (batched_mm) run only in float32",
+    "cvt": "CvtConfig needs per-stage lists this catalogue does not give",
+    "efficientnet": "EfficientNetConfig's tiny widths do not match its BatchNorm sizes",
 }
+#: fused experts (batched_mm) run only in float32: checked there, at float32's tolerance
+FLOAT32_ONLY = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
 
 
 def _build(name):
@@ -42,7 +42,7 @@ def _build(name):
         model, x = build_peft(name)
     else:
         model, x = build_hf(name)
-    return perturb(model), x
+    return perturb(model, dtype=torch.float32 if name in FLOAT32_ONLY else torch.float64), x
 
 
 @pytest.fixture(scope="module", params=sorted(HF) + sorted(PEFT) + sorted(CLASSIC))
@@ -56,20 +56,20 @@ def converted(request):
 
 
 def test_conserves_and_round_trips(converted):
-    _, model, x, g = converted
+    name, model, x, g = converted
     assert int(g.num_param_edges) == unique_numel(model)
     state = converters.to_state_dict(g)
     for key, value in model.state_dict().items():
         assert torch.equal(state[key], value), key
     with torch.no_grad():
         y = flat_output(converters.functional_call(g, converters.parameter_values(g), *x))
-    assert rel_err(y, run(model, x)) < 1e-12
+    assert rel_err(y, run(model, x)) < (1e-6 if name in FLOAT32_ONLY else 1e-12)
 
 
 def test_symmetries_are_sound_and_offered(converted):
     name, model, x, g = converted
     y = run(model, x)
-    tol = 1e-6 if name in FLOAT32_INSIDE else 1e-9
+    tol = 1e-5 if name in FLOAT32_ONLY else 1e-6 if name in FLOAT32_INSIDE else 1e-9
     hidden = g.node_type == int(NodeType.HIDDEN)
     moved = torch.zeros_like(hidden)
     for seed in range(3):
@@ -84,3 +84,47 @@ def test_unsupported_layers_are_refused_clearly(name):
     factory, x = REFUSED[name]
     with pytest.raises(converters.ConversionError, match="register"):
         converters.from_torch(perturb(factory()), x)
+
+
+def _units_moved(before: torch.Tensor, after: torch.Tensor, dim: int, size: int) -> bool:
+    """Whether some unit (``size`` slices along ``dim``: a head's rows, an expert) of ``after``
+    holds exactly the values of another unit of ``before``; the values are sorted, so
+    permutations inside units and of the other axes do not matter."""
+    def units(t):
+        t = t.movedim(dim, 0)
+        return t.reshape(t.shape[0] // size, -1).sort(dim=1).values
+    a, b = units(before), units(after)
+    return any(torch.equal(b[i], a[j]) for i in range(a.shape[0]) for j in range(a.shape[0]) if i != j)
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe", "olmoe"])
+def test_experts_move_with_their_router_rows(name):
+    """An expert permutation is offered: expert slices and router rows move together."""
+    model, x = _build(name)
+    g = converters.from_torch(model, x)
+    sd = model.state_dict()
+    experts = next(k for k in sd if k.endswith("experts.gate_up_proj"))
+    layer = experts.split("experts.")[0]
+    router = next(k for k in sd if k.startswith(layer) and k.endswith("gate.weight") and sd[k].dim() == 2)
+    for seed in range(6):
+        moved = converters.to_state_dict(symmetry.random_symmetry(g, seed=seed))
+        if _units_moved(sd[experts], moved[experts], 0, 1):
+            assert _units_moved(sd[router], moved[router], 0, 1), "experts moved without their router rows"
+            return
+    pytest.fail(f"{name}: no expert permutation in 6 random symmetries")
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_attention_heads_move(name):
+    """Whole heads are permuted: some head's block of query rows lands on another head's."""
+    model, x = _build(name)
+    g = converters.from_torch(model, x)
+    sd = model.state_dict()
+    key = {"llama": "layers.0.self_attn.q_proj.weight", "gpt2": "h.0.attn.c_attn.weight",
+           "bert": "encoder.layer.0.attention.self.query.weight"}[name]
+    dim = 1 if name == "gpt2" else 0  # GPT-2's Conv1D stores (in, 3 * out): queries are columns 0..15
+    for seed in range(6):
+        moved = converters.to_state_dict(symmetry.random_symmetry(g, seed=seed))
+        if _units_moved(sd[key].narrow(dim, 0, 16), moved[key].narrow(dim, 0, 16), dim, 8):
+            return
+    pytest.fail(f"{name}: no head permutation in 6 random symmetries")

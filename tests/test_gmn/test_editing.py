@@ -106,7 +106,8 @@ def test_editor_trained_with_probes_computes_them_for_the_models_it_edits(inr_zo
 def test_inr_classifier_learns_labels_and_refuses_non_class_targets(inr_zoo):
     ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
     split = split_by_run(ds.run, ds.family, fractions=(0.15, 0.2), seed=0)
-    config = TrainConfig(epochs=30, hidden=32, layers=2, lr=3e-3, batch_size=8, patience=100)
+    # 60 epochs: at 30 the drop was 0.82-0.87 of the start depending on the seed (too close to call)
+    config = TrainConfig(epochs=60, hidden=32, layers=2, lr=3e-3, batch_size=8, patience=100)
     result = fit_classifier(ds, split, config=config, progress=False)
     assert result.history[-1]["train_loss"] < 0.85 * result.history[0]["train_loss"]
     assert result.predicted.shape == result.true.shape == (len(split.test),)
