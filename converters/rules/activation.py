@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch.fx import Node
 
@@ -35,6 +37,9 @@ ACTIVATIONS = {
 }
 
 
+SOFTMAX_OPS = frozenset({"aten.softmax", "aten._softmax", "aten.log_softmax", "aten._log_softmax"})
+
+
 @register_op(*ACTIVATIONS)
 def activation(ctx: Context, node: Node) -> TensorInfo:
     act = ACTIVATIONS[op_name(node.target)]
@@ -48,14 +53,28 @@ def activation(ctx: Context, node: Node) -> TensorInfo:
     ids = x.ids
     nodes = torch.unique(ids[ids >= 0])
     fresh = bool((ctx.builder.activation_of(nodes) == int(Activation.NONE)).all())
-    if fresh and _sole_use(node.args[0]):
+    variant = _variant(node)
+    if fresh and not variant and _sole_use(node.args[0]):
         ctx.builder.set_activation(nodes, act)
         return TensorInfo(ids, x.pos, routes=x.routes)
     # the pre-activation value is used elsewhere too: the activated neurons are new nodes
     new = ctx.new_neurons(nodes.numel(), NodeType.ACTIVATION, ctx.depth(x))
-    ctx.builder.edges(nodes, new, EdgeType.ACTIVATION)
+    ctx.builder.edges(nodes, new, EdgeType.ACTIVATION, variant)
     ctx.builder.set_activation(new, act)
     return TensorInfo(lookup(ids, nodes, new, ctx.builder.num_nodes), x.pos, routes=x.routes)
+
+
+def _variant(node: Node) -> int:
+    """0 for an activation with its default arguments; else a code of its scalar arguments
+    (slope, exponent, bounds, approximation), carried on the activation edge, so that
+    ``x ** 2`` and ``y ** 3`` are not taken for each other. Softmax's axis is no variant."""
+    if op_name(node.target) in SOFTMAX_OPS:
+        return 0
+    extra = [a for a in node.args[1:] if not isinstance(a, Node)] + sorted(
+        (k, v) for k, v in node.kwargs.items() if not isinstance(v, Node))
+    if not extra:
+        return 0
+    return zlib.crc32(repr(extra).encode()) % (2**31 - 1) + 1
 
 
 def _sole_use(arg: Node) -> bool:

@@ -54,8 +54,8 @@ def test_parity_with_pytorch(exported):
     assert torch.equal(torch.bincount(g.edge_type.long()), torch.bincount(gt.edge_type.long()))
     # isomorphic, values included: equal colour-refinement histograms (and networkx when small)
     def histogram(h):
-        node = symmetry._dense(h.node_type.long(), h.node_depth.long(), h.node_index.long(), h.node_act.long())
-        label = symmetry._dense(h.edge_type.long(), h.edge_pos.long(), (h.edge_value * 1e6).round().long())
+        node = symmetry._exact_dense(h.node_type, h.node_depth, h.node_index, h.node_act)
+        label = symmetry._exact_dense(h.edge_type, h.edge_pos, (h.edge_value * 1e6).round().long())
         colors = symmetry.refine(node, h.edge_index[0], h.edge_index[1], label)
         return sorted(torch.bincount(colors).tolist())
     assert histogram(g) == histogram(gt)
