@@ -1,0 +1,175 @@
+"""The converter never offers a symmetry the model does not have: what a rule cannot record
+is pinned, ties are respected, look-alike structure is told apart. Each model here has a
+"symmetry" that a graph missing one fact would offer; each check fails without that fact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import converters
+from converters import NodeType
+from gmn import symmetry
+
+
+def _sound(model: nn.Module, x, seeds: int = 6) -> tuple[object, torch.Tensor]:
+    """Convert in float64 after noise; every random symmetry must keep the outputs."""
+    torch.manual_seed(0)
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    g = converters.from_torch(model, x)
+    with torch.no_grad():
+        y = model(x)
+    moved = torch.zeros(g.num_nodes, dtype=torch.bool)
+    for seed in range(seeds):
+        g2, pi, _ = symmetry.random_symmetry(g, seed=seed, return_maps=True)
+        clone = copy.deepcopy(model)
+        clone.load_state_dict(converters.to_state_dict(g2))
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), y, rtol=1e-10, atol=1e-10)
+        moved |= pi != torch.arange(g.num_nodes)
+    return g, moved
+
+
+def _x(*shape):
+    return torch.randn(*shape, dtype=torch.float64)
+
+
+class FFTMixer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.c(torch.fft.fft(self.b(h), dim=-1).real)
+
+
+def test_an_op_without_a_rule_that_mixes_channels_is_pinned():
+    g, moved = _sound(FFTMixer(), _x(3, 4))
+    assert any("fft" in p for p in g.param_index.pins)
+    hidden = g.node_type == int(NodeType.HIDDEN)
+    assert bool((moved & hidden).any())  # the first layer's units still move
+
+
+class MaskedAttention(nn.Module):
+    """A learned per-head bias handed to SDPA as its mask (T5/BEiT-style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(4, 24), nn.Linear(8, 3)
+        self.bias = nn.Embedding(5, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(1, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        mask = self.bias(torch.arange(5)).t().unsqueeze(-1)  # (heads, query, 1)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(h.transpose(1, 2).reshape(1, 5, 8))
+
+
+def test_an_ignored_attention_mask_pins_its_heads():
+    g, _ = _sound(MaskedAttention(), _x(1, 5, 4))
+    assert any("scaled_dot_product" in p for p in g.param_index.pins)
+
+
+class SharedTwice(nn.Module):
+    """One hidden layer applied twice (ALBERT's sharing in small)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.out(torch.tanh(self.shared(torch.tanh(self.shared(h)))))
+
+
+def test_a_layer_applied_twice_moves_as_one():
+    g, moved = _sound(SharedTwice(), _x(4, 3))
+    assert int(g.num_tied_edges) == 30
+    assert bool(moved.any())
+
+
+class TwoPowers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.a(x) ** 2 + self.b(x) ** 3)
+
+
+class TwoTables(nn.Module):
+    """Token and position tables of one size, summed (GPT-2 with vocabulary = context)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos, self.out = nn.Embedding(6, 4), nn.Embedding(6, 4), nn.Linear(4, 6)
+
+    def forward(self, ids):
+        return self.out(self.tok(ids) + self.pos(torch.arange(ids.shape[1])))
+
+
+class RotateHalf(nn.Module):
+    """``x * cos + rotate_half(x) * sin`` with the tables computed from a parameter (RoFormer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.table, self.out = nn.Linear(3, 4), nn.Embedding(5, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        q = self.q(x)
+        sin, cos = self.table(torch.arange(5)).chunk(2, -1)
+        sin, cos = (torch.stack([t, t], -1).reshape(5, 4) for t in (sin, cos))
+        rotated = torch.stack([-q[..., 1::2], q[..., ::2]], -1).reshape_as(q)
+        return self.out(q * cos + rotated * sin)
+
+
+@pytest.mark.parametrize("model,x", [
+    (TwoPowers(), _x(4, 3)),
+    (TwoTables(), torch.tensor([[1, 3, 5, 0, 2, 4]])),
+    (RotateHalf(), _x(5, 3)),
+])
+def test_look_alike_structure_is_told_apart(model, x):
+    _sound(model, x)
+
+
+def test_permute_values_refuses_a_relabelling_that_breaks_ties():
+    torch.manual_seed(0)
+    g = converters.from_torch(SharedTwice().double(), _x(4, 3))
+    pi = symmetry.random_automorphism(g, torch.Generator().manual_seed(0))
+    symmetry.permute_values(g, pi)  # a real automorphism is accepted
+    # swap two hidden units of the second application only: the plain graph allows it, the ties do not
+    hidden = (g.node_type == int(NodeType.HIDDEN)).nonzero().squeeze(1)
+    depth = g.node_depth[hidden]
+    second = hidden[depth == depth.unique()[2]]
+    bad = torch.arange(g.num_nodes)
+    bad[second[0]], bad[second[1]] = second[1], second[0]
+    with pytest.raises(ValueError, match="automorphism"):
+        symmetry.permute_values(g, bad)
+
+
+def test_a_rule_that_drops_a_parameter_stops_the_conversion():
+    from converters.registry import OP_RULES
+
+    class Resampled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table, self.out = nn.Parameter(torch.randn(1, 2, 3, 3)), nn.Linear(9, 2)
+
+        def forward(self, x):
+            return self.out(x + F.interpolate(self.table, size=(3, 3), mode="nearest").flatten(1)[:, :9])
+
+    saved = OP_RULES["aten.upsample_nearest2d"]
+    OP_RULES["aten.upsample_nearest2d"] = lambda ctx, node: converters.context.nonneuron(ctx.shape())
+    try:
+        with pytest.raises(converters.ConversionError, match="drops parameter 'table'"):
+            converters.from_torch(Resampled(), torch.randn(2, 9))
+    finally:
+        OP_RULES["aten.upsample_nearest2d"] = saved
