@@ -30,7 +30,7 @@ def simplify(data: dict[str, Tensor], buffer_nodes: dict[str, tuple[int, Tensor]
     is_sum = ntype == int(NodeType.SUM)
     residual = data["edge_type"][fixed:].long() == int(EdgeType.RESIDUAL)
     # a sum whose only out-edge is a residual edge into another sum joins that sum
-    joins = residual & is_sum[src] & is_sum[dst] & (out_deg[src] == 1)
+    joins = residual & is_sum[src] & is_sum[dst] & (out_deg[src] == 1) & (data["node_index"][src] < 0)
     parent = torch.arange(n)
     parent[src[joins]] = dst[joins]
     while True:
@@ -46,6 +46,7 @@ def simplify(data: dict[str, Tensor], buffer_nodes: dict[str, tuple[int, Tensor]
     structural = torch.zeros(n, dtype=torch.bool)
     for t in STRUCTURAL_NODES:
         structural |= ntype == int(t)
+    structural &= data["node_index"] < 0  # pinned nodes stay: they hold what a rule could not record
     dead = structural & keep_node & (out_deg == 0)
     while bool(dead.any()):  # structural nodes only have structural in-edges
         keep_node &= ~dead

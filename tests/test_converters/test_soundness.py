@@ -173,3 +173,44 @@ def test_a_rule_that_drops_a_parameter_stops_the_conversion():
             converters.from_torch(Resampled(), torch.randn(2, 9))
     finally:
         OP_RULES["aten.upsample_nearest2d"] = saved
+
+
+class EinsumLayers(nn.Module):
+    """A dense layer, a product with a 3-D parameter and two-head attention, all as einsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.w2 = nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(4, 2, 6))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(torch.einsum("bld,hd->blh", x, self.w))
+        qk = torch.einsum("blh,nkh->blnk", h, self.w2)  # (b, l, heads=4... as 2 heads of 2x2)
+        q, k = qk[..., 0].view(1, 3, 2, 2), qk[..., 1].view(1, 3, 2, 2)
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k).softmax(-1)
+        return self.out(torch.einsum("bhqk,bkhd->bqhd", s, q).reshape(1, 3, 4))
+
+
+def test_einsum_is_lowered_not_pinned():
+    g, moved = _sound(EinsumLayers(), _x(1, 3, 4))
+    assert g.param_index.pins == ()
+    assert int(g.num_param_edges) == 6 * 4 + 4 * 2 * 6 + 4 * 2 + 2
+    assert bool((moved & (g.node_type == int(NodeType.HIDDEN))).any())
+
+
+class ThreeOperandEinsum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.inp, self.o = (nn.Linear(4, 4) for _ in range(5))
+
+    def forward(self, x):
+        h = self.inp(x)
+        q, k = F.elu(self.q(h)) + 1, F.elu(self.k(h)) + 1
+        return self.o(torch.einsum("bnd,bne,bme->bmd", q, k, self.v(h)))
+
+
+def test_pinned_neurons_survive_clean_up():
+    """Three operands are not lowered: all are pinned, and the pins on the activations of the
+    operands the result does not name must survive the removal of dead structure."""
+    g, _ = _sound(ThreeOperandEinsum(), _x(1, 5, 4), seeds=8)
+    assert any("einsum" in p for p in g.param_index.pins)
