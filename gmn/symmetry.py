@@ -76,55 +76,75 @@ class _Refiner:
             h_out[at:at + self.n].index_add_(0, self.src, _mix(self.lab_out + mixed[self.dst]))
         return h_in, h_out
 
-    def _update(self, h_in: Tensor, h_out: Tensor, changed: Tensor, old: Tensor, new: Tensor) -> None:
+    def _update(self, h_in: Tensor, h_out: Tensor, changed: Tensor, old: Tensor, new: Tensor) -> Tensor:
+        """Correct the sums for ``changed`` nodes' new colours; returns the nodes whose sums moved
+        (with repeats)."""
+        touched = [changed]
         for c in range(self.copies):
             at = c * self.n
             mine = (changed >= at) & (changed < at + self.n)
             if not bool(mine.any()):
                 continue
             local = changed[mine] - at
-            where = torch.full((self.n,), -1, dtype=torch.long)
-            where[local] = torch.arange(local.numel())
+            self._where[local] = torch.arange(local.numel())
             m_old, m_new = _mix(old[mine]), _mix(new[mine])
             e = _ranges(*self.out_edges, local)  # u -> v with u changed: v's incoming sum
-            k, lab = where[self.src[e]], self.lab_in[e]
-            h_in.index_add_(0, at + self.dst[e], _mix(lab + m_new[k]) - _mix(lab + m_old[k]))
+            k, lab, dst = self._where[self.src[e]], self.lab_in[e], at + self.dst[e]
+            h_in.index_add_(0, dst, _mix(lab + m_new[k]) - _mix(lab + m_old[k]))
             e = _ranges(*self.in_edges, local)
-            k, lab = where[self.dst[e]], self.lab_out[e]
-            h_out.index_add_(0, at + self.src[e], _mix(lab + m_new[k]) - _mix(lab + m_old[k]))
+            k, lab, src = self._where[self.dst[e]], self.lab_out[e], at + self.src[e]
+            h_out.index_add_(0, src, _mix(lab + m_new[k]) - _mix(lab + m_old[k]))
+            touched += [dst, src]
+        return torch.cat(touched)
 
-    @staticmethod
-    def _split(colors: Tensor, h_in: Tensor, h_out: Tensor) -> Tensor:
-        key = _mix(_mix(h_in) ^ (h_out * 0x9E3779B97F4A7C15))
+    def _split(self, colors: Tensor, h_in: Tensor, h_out: Tensor, touched: Tensor | None, top: int):
+        """Split, in place, the classes whose sums differ inside; only classes with a ``touched``
+        member can (the others were stable and nothing reached them). Returns the nodes whose
+        colour changed, their old colours and the largest colour id now."""
+        if touched is None:
+            members = torch.arange(colors.numel())
+        else:
+            classes = colors[touched]
+            self._affected[classes] = True
+            members = self._affected[colors].nonzero().squeeze(1)
+            self._affected[classes] = False
+        key = _mix(_mix(h_in[members]) ^ (h_out[members] * 0x9E3779B97F4A7C15))
         order = torch.argsort(key, stable=True)
-        order = order[torch.argsort(colors[order], stable=True)]
-        c, k = colors[order], key[order]
+        order = order[torch.argsort(colors[members[order]], stable=True)]
+        nodes, c, k = members[order], colors[members[order]], key[order]
         new_class = torch.ones_like(c, dtype=torch.bool)
         new_class[1:] = c[1:] != c[:-1]
         new_group = new_class.clone()
         new_group[1:] |= k[1:] != k[:-1]
-        if bool(new_group.sum() == new_class.sum()):
-            return colors  # no class splits
+        moving = new_group & ~new_class
+        if not bool(moving.any()):
+            return None, None, top
         group = torch.cumsum(new_group.long(), 0) - 1
         first = torch.cummax(torch.where(new_class, group, torch.full_like(group, -1)), 0).values
-        fresh = torch.cumsum((new_group & ~new_class).long(), 0)
-        ids = torch.where(group == first, c, int(colors.max()) + fresh)
-        out = torch.empty_like(colors)
-        out[order] = ids
-        return out
+        fresh = torch.cumsum(moving.long(), 0)
+        going = group != first
+        changed, old = nodes[going], c[going]
+        colors[changed] = top + fresh[going]
+        return changed, old, top + int(fresh[-1])
 
     def stable(self, colors: Tensor, prev: Tensor, h_in: Tensor, h_out: Tensor):
         """Refine ``colors`` to the stable partition; ``h_in``/``h_out`` are the sums for ``prev``
-        (they are not modified)."""
-        h_in, h_out = h_in.clone(), h_out.clone()
+        (none of them is modified)."""
+        colors, h_in, h_out = colors.clone(), h_in.clone(), h_out.clone()
+        changed = (colors != prev).nonzero().squeeze(1)
+        old = prev[changed]
+        top = int(colors.max())
+        self._where = torch.full((self.n,), -1, dtype=torch.long)
+        self._affected = torch.zeros(2 * colors.numel() + 2, dtype=torch.bool)
+        touched = None  # the first split looks at every class
         while True:
-            changed = (colors != prev).nonzero().squeeze(1)
-            if changed.numel():
-                self._update(h_in, h_out, changed, prev[changed], colors[changed])
-            new = self._split(colors, h_in, h_out)
-            if new is colors:
+            if changed is not None and changed.numel():
+                touched = self._update(h_in, h_out, changed, old, colors[changed])
+            elif touched is not None:
                 return colors, h_in, h_out
-            prev, colors = colors, new
+            changed, old, top = self._split(colors, h_in, h_out, touched, top)
+            if changed is None:
+                return colors, h_in, h_out
 
 
 def refine(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> Tensor:
