@@ -18,6 +18,7 @@ import torch
 from torch.fx import Node
 
 from .context import Context, dependencies
+from .registry import op_name
 from .tensor_info import TensorInfo
 
 #: Ops whose result does not depend on their arguments' values.
@@ -29,9 +30,15 @@ VALUE_FREE = frozenset({
 })
 
 
+#: Ops whose argument at these positions is read for its shape or dtype only.
+SHAPE_ONLY_ARGS = {"aten.type_as": {1}, "aten.view_as": {1}, "aten.expand_as": {1}, "aten.reshape_as": {1}}
+
+
 def tensor_args(ctx: Context, node: Node) -> list[TensorInfo]:
-    """Infos of every tensor argument of ``node`` (positional, in lists, keyword)."""
-    args = list(node.args) + list(node.kwargs.values())
+    """Infos of every tensor argument of ``node`` whose values it reads (positional, in lists,
+    keyword)."""
+    skip = SHAPE_ONLY_ARGS.get(op_name(node.target), set())
+    args = [a for i, a in enumerate(node.args) if i not in skip] + list(node.kwargs.values())
     flat = [a for a in args if isinstance(a, Node)]
     flat += [x for a in args if isinstance(a, (list, tuple)) for x in a if isinstance(x, Node)]
     return [i for i in (ctx.info(a) for a in flat) if i is not None]
@@ -48,8 +55,9 @@ def check_op(ctx: Context, name: str, args: list[TensorInfo], out, first_block: 
         return
     _check_parameters(ctx, name, args, out, first_block)
     needs = [d for d in (dependencies(a) for a in args) if d.numel()]
-    if not needs:
-        return
+    outputs = _outputs(out)
+    if not needs or (outputs and all(o.ids.numel() == 0 for o in outputs)):
+        return  # nothing read, or an empty result (a slice past the end): nothing can differ
     seen = torch.zeros(ctx.builder.num_nodes + 1, dtype=torch.bool)
     results = dependencies(*_outputs(out))
     seen[results] = True
