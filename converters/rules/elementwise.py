@@ -160,3 +160,18 @@ def index_add(ctx: Context, node: Node) -> TensorInfo:
         return rows
     ids = pair(ctx, base.ids.broadcast_to(shape), rows.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(base, rows))
     return TensorInfo(ids, base.pos.broadcast_to(shape))
+
+
+@register_op("aten.masked_fill", "aten.masked_fill_")
+def masked_fill(ctx: Context, node: Node) -> TensorInfo:
+    """Elements replaced by a constant where a mask is set: channels stay. A mask computed from
+    neurons is not recorded here, so the soundness check pins its neurons."""
+    x = ctx.info(node.args[0])
+    shape = ctx.shape()
+    if x is None:
+        return nonneuron(shape)
+    if x.param is not None:
+        x = ctx.materialise(x)
+    if not x.has_neurons:
+        return nonneuron(shape, x, ctx.info(node.args[1]))
+    return TensorInfo(x.ids.broadcast_to(shape), x.pos.broadcast_to(shape), routes=x.routes)
