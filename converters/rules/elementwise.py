@@ -132,13 +132,24 @@ def predicate(ctx: Context, node: Node) -> TensorInfo:
 
 @register_op("aten.where")
 def where(ctx: Context, node: Node) -> TensorInfo:
-    """``where(cond, a, b)``: each element comes from one of two tensors, like a sum of them."""
+    """``where(cond, a, b)``: each element comes from one of two tensors. The two are not
+    interchangeable (the mask picks ``a``): ``b``'s edges carry position 1."""
+    return where_like(ctx, *(ctx.info(x) for x in node.args[1:3]), ordered=True)
+
+
+@register_op("aten.maximum", "aten.minimum", "aten.fmax", "aten.fmin")
+def extreme(ctx: Context, node: Node) -> TensorInfo:
+    """``maximum(a, b)``: symmetric in its two arguments."""
+    return where_like(ctx, ctx.info(node.args[0]), ctx.info(node.args[1]))
+
+
+def where_like(ctx: Context, a: TensorInfo | None, b: TensorInfo | None, ordered: bool = False) -> TensorInfo:
+    """Each element of the result is an element of ``a`` or of ``b`` (``where``, ``maximum``)."""
     shape = ctx.shape()
-    a, b = (ctx.info(x) for x in node.args[1:3])
     a = ctx.materialise(a) if a is not None and a.param is not None else a
     b = ctx.materialise(b) if b is not None and b.param is not None else b
     if a is not None and b is not None and a.has_neurons and b.has_neurons:
-        ids = pair(ctx, a.ids, b.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(a, b))
+        ids = pair(ctx, a.ids, b.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(a, b), b_pos=int(ordered))
         return TensorInfo(ids, a.pos.broadcast_to(shape))
     x = next((i for i in (a, b) if i is not None and i.has_neurons), None)
     if x is None:

@@ -131,7 +131,20 @@ class RotateHalf(nn.Module):
         return self.out(q * cos + rotated * sin)
 
 
+class Select(nn.Module):
+    """``where(x > 0, a(x), b(x))`` and ``maximum``: the two branches of ``where`` differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.out = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        mask = x[:, :1] > 0
+        return self.out(torch.where(mask, self.a(x), self.b(x)) + torch.maximum(self.c(x), self.b(x)))
+
+
 @pytest.mark.parametrize("model,x", [
+    (Select(), _x(6, 3)),
     (TwoPowers(), _x(4, 3)),
     (TwoTables(), torch.tensor([[1, 3, 5, 0, 2, 4]])),
     (RotateHalf(), _x(5, 3)),
