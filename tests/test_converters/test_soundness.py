@@ -136,11 +136,12 @@ class Select(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.c, self.out = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+        self.a, self.b, self.c, self.d = (nn.Linear(3, 4) for _ in range(4))
+        self.out = nn.Linear(4, 2)
 
     def forward(self, x):
         mask = x[:, :1] > 0
-        return self.out(torch.where(mask, self.a(x), self.b(x)) + torch.maximum(self.c(x), self.b(x)))
+        return self.out(torch.where(mask, self.a(x), self.b(x)) * torch.maximum(self.c(x), self.d(x)))
 
 
 @pytest.mark.parametrize("model,x", [
