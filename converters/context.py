@@ -125,16 +125,32 @@ class Context:
         """Input nodes for a non-neuron tensor fed to a layer (features computed from constants)."""
         return self.input_neurons(info.ids.shape[dim])
 
-    def materialise(self, info: TensorInfo) -> TensorInfo:
-        """Neurons for a parameter used as a tensor: one per scalar, fed by a constant edge."""
+    def materialise(self, info: TensorInfo, positional: tuple[int, ...] = ()) -> TensorInfo:
+        """Neurons for a parameter used as a tensor: one per scalar, fed by a constant edge.
+
+        ``positional`` names axes that are positions, not channels (the offsets of a relative
+        position table that a constant index spreads over query/key pairs): each scalar's edge
+        then carries its coordinate along them, so scalars of different positions are never
+        interchangeable, while the other axes (heads) still are."""
         if info.param is None:
             return info
         flat = info.flat.reshape(-1)
         uniq, inverse = torch.unique(flat, return_inverse=True)
         nodes = self.new_neurons(uniq.numel(), NodeType.CONSTANT, 1)
         source = self.new_neurons(1, NodeType.BIAS, 0)
+        pos = 0
+        if positional:
+            shape = info.flat.shape
+            coord = torch.zeros(shape, dtype=torch.long)
+            for d in positional:
+                view = [1] * len(shape)
+                view[d] = shape[d]
+                coord = coord * shape[d] + torch.arange(shape[d]).view(view)
+            first = torch.full((uniq.numel(),), flat.numel(), dtype=torch.long)
+            first.scatter_reduce_(0, inverse, torch.arange(flat.numel()), reduce="amin")
+            pos = coord.reshape(-1)[first] + 1
         self.builder.param_edges(
-            info.param, source.expand(uniq.numel()), nodes, EdgeType.CONSTANT, flat=uniq
+            info.param, source.expand(uniq.numel()), nodes, EdgeType.CONSTANT, pos, flat=uniq
         )
         ids = nodes[inverse].reshape(info.flat.shape)
         return TensorInfo(ids=ids, pos=info.pos)

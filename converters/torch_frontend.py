@@ -44,7 +44,8 @@ def from_torch(
     buffers = {k: v.detach().cpu().clone() for k, v in state.items() if k not in params and k not in aliases}
     builder = GraphBuilder({k: v.detach().cpu() for k, v in params.items()})
     ctx = Context(builder)
-    ctx.buffer_values = buffers
+    # every buffer's value, non-persistent ones too (index tables often are)
+    ctx.buffer_values = {**{k: v.detach().cpu() for k, v in model.named_buffers()}, **buffers}
     _walk(ctx, model, program, params, aliases, progress)
     data, layout, sources = builder.finish()
     simplify(data, builder.buffer_nodes, sources)
@@ -75,7 +76,8 @@ def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
     if tracer not in ("auto", "export", "eager"):
         raise ValueError(f"tracer must be 'auto', 'export' or 'eager', not {tracer!r}")
     was_training = model.training
-    model.eval()
+    model.train()  # through train mode: models that cache in eval mode (LeViT's attention biases)
+    model.eval()  # drop those caches, so the trace reads the parameters, not a stale copy
     try:
         if tracer != "eager":
             try:

@@ -90,8 +90,8 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
     if any(i.param is not None for i in infos) and (
         any(i.has_neurons for i in infos) or len({i.param for i in infos}) > 1
         or any(i.param is None and i.ids.numel() for i in infos)
-    ):
-        infos = [ctx.materialise(i) for i in infos]
+    ):  # the concatenation axis is a position: parts of one table stay apart (BEiT's class rows)
+        infos = [ctx.materialise(i, positional=(dim,)) for i in infos]
     # torch.cat skips legacy empty 1-D tensors (e.g. an empty key/value cache) of any rank
     infos = [i for i in infos if i.ids.numel() > 0 and i.ids.shape[dim] > 0]
     if not infos:
@@ -141,6 +141,22 @@ def stack(ctx: Context, node: Node) -> TensorInfo:
     )
 
 
+def _rows_by_tokens(ctx: Context, node: Node, name: str) -> bool:
+    """Whether a parameter is indexed along its first axis only, by indices computed from the
+    inputs (token ids), not by constants."""
+    if name == "aten.index":
+        indices = node.args[1]
+        if len(indices) != 1 or indices[0] is None:
+            return False
+        idx = indices[0]
+    elif name == "aten.index_select" and node.args[1] == 0:
+        idx = node.args[2]
+    else:
+        return False
+    info = ctx.info(idx)
+    return not (info is not None and info.const and ctx.const_value(idx) is not None)
+
+
 @register_op("aten.index", "aten.index_select", "aten.gather")
 def index(ctx: Context, node: Node) -> TensorInfo:
     """Indexing by tensors: exact where the indexed axes carry no channel structure."""
@@ -149,7 +165,13 @@ def index(ctx: Context, node: Node) -> TensorInfo:
     x = ctx.info(node.args[0])
     name = op_name(node.target)
     if x is not None and x.param is not None:
-        return lookup_rows(ctx, x)
+        if _rows_by_tokens(ctx, node, name):
+            return lookup_rows(ctx, x)  # ``table[ids]``: an embedding
+        # indexed along other axes, or by constants (attention-bias tables): the scalars become
+        # neurons, positional along the indexed axes, and the gather is applied to them below
+        dims = ([d for d, i in enumerate(node.args[1]) if i is not None] if name == "aten.index"
+                else [node.args[1] % x.flat.dim()])
+        x = ctx.materialise(x, positional=tuple(dims))
     if x is None or not x.has_neurons:
         return nonneuron(ctx.shape(), x)
     if name == "aten.index":

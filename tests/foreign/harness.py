@@ -51,6 +51,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def rebuilt(model: nn.Module, g) -> nn.Module:
     clone = copy.deepcopy(model)
     clone.load_state_dict(converters.to_state_dict(g), strict=True)
+    clone.train()  # drop eval-time caches computed from the old weights (LeViT's attention biases)
     return clone.eval()
 
 
