@@ -108,3 +108,25 @@ def creation(ctx: Context, node: Node) -> TensorInfo:
 def assertion(ctx: Context, node: Node) -> None:
     """Checks of dtype, shape or range: no value."""
     return None
+
+
+@register_op("aten.glu")
+def glu(ctx: Context, node: Node) -> TensorInfo:
+    """``glu(x, dim) = a * sigmoid(b)`` for the two halves of ``x`` along ``dim``: the gate half
+    gets sigmoid nodes of its own, and each output neuron is the product of its two halves."""
+    from .common import pair
+
+    x = ctx.info(node.args[0])
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
+    if x is not None and x.param is not None:
+        x = ctx.materialise(x)
+    if x is None or not x.has_neurons:
+        return nonneuron(ctx.shape(), x)
+    a, b = (x.map(lambda t, i=i: t.chunk(2, dim)[i]) for i in range(2))
+    gates = torch.unique(b.ids[b.ids >= 0])
+    sig = ctx.new_neurons(gates.numel(), NodeType.ACTIVATION, ctx.depth(b))
+    ctx.builder.edges(gates, sig, EdgeType.ACTIVATION)
+    ctx.builder.set_activation(sig, Activation.SIGMOID)
+    gated = lookup(b.ids, gates, sig, ctx.builder.num_nodes)
+    ids = pair(ctx, a.ids, gated, NodeType.PRODUCT, EdgeType.PRODUCT, ctx.depth(a) + 1, b_pos=1)
+    return TensorInfo(ids, a.pos)

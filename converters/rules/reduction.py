@@ -20,7 +20,8 @@ POOLING = (
     "aten.adaptive_avg_pool3d", "aten._adaptive_avg_pool2d", "aten.adaptive_max_pool1d",
     "aten.adaptive_max_pool2d", "aten.max_pool2d_with_indices", "aten.max_pool1d_with_indices",
     "aten.max_pool3d_with_indices", "aten.upsample_nearest1d", "aten.upsample_nearest2d",
-    "aten.upsample_bilinear2d", "aten.upsample_nearest3d", "aten.lp_pool2d",
+    "aten.upsample_bilinear2d", "aten.upsample_nearest3d", "aten.lp_pool2d", "aten.upsample_bicubic2d",
+    "aten.upsample_linear1d", "aten.upsample_trilinear3d", "aten._upsample_bilinear2d_aa",
 )
 
 

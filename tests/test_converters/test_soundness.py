@@ -144,7 +144,23 @@ class Select(nn.Module):
         return self.out(torch.where(mask, self.a(x), self.b(x)) * torch.maximum(self.c(x), self.d(x)))
 
 
+class GatedAndResampled(nn.Module):
+    """GLU (Speech2Text's convolution block) and a bicubically resized parameter (YOLOS's
+    position embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv1d(3, 8, 3, padding=1), nn.Linear(4, 2)
+        self.table = nn.Parameter(torch.randn(1, 4, 3, 3))
+
+    def forward(self, x):
+        h = F.glu(self.conv(x), dim=1)  # (b, 4, L)
+        pos = F.interpolate(self.table, size=(2, 3), mode="bicubic", align_corners=False).flatten(2)
+        return self.out((h + pos[..., : h.shape[-1]]).transpose(1, 2))
+
+
 @pytest.mark.parametrize("model,x", [
+    (GatedAndResampled(), _x(1, 3, 6)),
     (Select(), _x(6, 3)),
     (TwoPowers(), _x(4, 3)),
     (TwoTables(), torch.tensor([[1, 3, 5, 0, 2, 4]])),
