@@ -15,9 +15,10 @@ rule dropped cannot change: conservative, and correct.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 from torch.fx import Node
 
-from .context import Context, dependencies
+from .context import Context, dependencies, nonneuron
 from .registry import op_name
 from .tensor_info import TensorInfo
 
@@ -59,7 +60,7 @@ def check_op(ctx: Context, name: str, args: list[TensorInfo], out, first_block: 
     if not needs or (outputs and all(o.ids.numel() == 0 for o in outputs)):
         return  # nothing read, or an empty result (a slice past the end): nothing can differ
     seen = torch.zeros(ctx.builder.num_nodes + 1, dtype=torch.bool)
-    results = dependencies(*_outputs(out))
+    results = dependencies(*outputs)
     seen[results] = True
     for block in ctx.builder.blocks[first_block:]:
         seen[block.src.reshape(-1)] = True
@@ -84,11 +85,31 @@ def _check_parameters(ctx: Context, name: str, args: list[TensorInfo], out, firs
                            f"its edges with @converters.register_op({name!r})")
 
 
-def pin_unknown(ctx: Context, name: str, args: list[TensorInfo]) -> None:
-    """An op without a rule that keeps its input's shape may still mix channels (an FFT over
-    the hidden axis): its neurons are pinned."""
-    deps = dependencies(*args)
-    ctx.builder.pin(deps, f"{name} in {ctx.path() or '<top level>'}: no rule says how it mixes channels")
+def unknown_op(ctx: Context, node: Node, name: str):
+    """An op no rule describes. One that reads a parameter, or changes the shape of neurons, is
+    refused. One that keeps its input's shape passes its neurons on, pinned: it may still mix
+    channels (an FFT over the hidden axis)."""
+    infos = tensor_args(ctx, node)
+    for info in infos:
+        if info.param is not None:
+            raise ctx.fail(
+                f"no rule for op {name!r} using parameter {info.param!r}; register one with "
+                f"@converters.register_op({name!r}) (see converters/rules/ for examples)"
+            )
+    val = node.meta.get("val")
+    if not isinstance(val, (Tensor, tuple, list)):
+        return None
+    if isinstance(val, (tuple, list)):
+        return [nonneuron(tuple(v.shape), *infos) if isinstance(v, Tensor) else None for v in val]
+    shape = tuple(val.shape)
+    neurons = [i for i in infos if i.has_neurons]
+    if not neurons:
+        return nonneuron(shape, *infos)
+    if tuple(neurons[0].ids.shape) == shape:
+        reason = f"{name} in {ctx.path() or '<top level>'}: no rule says how it mixes channels"
+        ctx.builder.pin(dependencies(*infos), reason)
+        return neurons[0]
+    raise ctx.fail(f"no rule for op {name!r} on neurons; register one with @converters.register_op({name!r})")
 
 
-__all__ = ["VALUE_FREE", "check_op", "pin_unknown", "tensor_args"]
+__all__ = ["VALUE_FREE", "check_op", "tensor_args", "unknown_op"]

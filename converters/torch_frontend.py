@@ -16,7 +16,7 @@ from .eager_trace import RecordedProgram, record
 from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .registry import MODULE_RULES, OP_RULES, op_name
 from .simplify import simplify
-from .soundness import check_op, pin_unknown, tensor_args
+from .soundness import check_op, tensor_args, unknown_op
 from .tensor_info import TensorInfo, broadcast_ids, fresh_pos
 
 CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
@@ -175,7 +175,7 @@ def _apply(ctx: Context, node: Node):
     rule = OP_RULES.get(name)
     if rule is not None:
         return rule(ctx, node)
-    return _unknown(ctx, node, name)
+    return unknown_op(ctx, node, name)
 
 
 _ARANGE = torch.arange(0)
@@ -187,32 +187,6 @@ def _arange(n: int) -> Tensor:
     if _ARANGE.numel() < n:
         _ARANGE = torch.arange(max(n, 2 * _ARANGE.numel()))
     return _ARANGE[:n]
-
-
-def _unknown(ctx: Context, node: Node, name: str):
-    """Ops without a rule: parameter-free elementwise ops pass channels through."""
-    flat_args = [a for a in node.args if isinstance(a, Node)]
-    flat_args += [x for a in node.args if isinstance(a, (list, tuple)) for x in a if isinstance(x, Node)]
-    infos = [ctx.info(a) for a in flat_args]
-    for info in infos:
-        if info is not None and info.param is not None:
-            raise ctx.fail(
-                f"no rule for op {name!r} using parameter {info.param!r}; register one with "
-                f"@converters.register_op({name!r}) (see converters/rules/ for examples)"
-            )
-    val = node.meta.get("val")
-    if not isinstance(val, (Tensor, tuple, list)):
-        return None
-    if isinstance(val, (tuple, list)):
-        return [nonneuron(tuple(v.shape), *infos) if isinstance(v, Tensor) else None for v in val]
-    shape = tuple(val.shape)
-    neurons = [i for i in infos if i is not None and i.has_neurons]
-    if not neurons:
-        return nonneuron(shape, *infos)
-    if tuple(neurons[0].ids.shape) == shape:
-        pin_unknown(ctx, name, infos)
-        return neurons[0]
-    raise ctx.fail(f"no rule for op {name!r} on neurons; register one with @converters.register_op({name!r})")
 
 
 @dataclass

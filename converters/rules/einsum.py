@@ -5,7 +5,7 @@ The equation is lowered to what the other rules already know: each operand is pe
 parameter (``dense_edges``) or a contraction of two activations (``attention.contract``), and
 the result is unflattened and permuted into the output's letter order. Forms outside that (an
 ellipsis, a letter summed within one operand, three operands) are left to the generic path,
-which pins the neurons involved.
+which refuses parameters and pins the neurons involved.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.fx import Node
 
 from ..context import Context
 from ..registry import register_op
-from ..soundness import pin_unknown
+from ..soundness import unknown_op
 from ..tensor_info import TensorInfo
 from ..vocab import EdgeType
 from .attention import contract
@@ -62,18 +62,18 @@ def einsum(ctx: Context, node: Node) -> TensorInfo:
     infos = [ctx.info(o) for o in operands]
     parsed = _parse(equation) if len(infos) == 2 and all(i is not None for i in infos) else None
     if parsed is None:
-        return _generic(ctx, node, infos)
+        return unknown_op(ctx, node, "aten.einsum")
     a, b, out, batch, contracted, free_a, free_b = parsed
     x, y = infos
     sizes = {c: s for letters, op in ((a, operands[0]), (b, operands[1])) for c, s in zip(letters, ctx.shape(op))}
     shape = ctx.shape()
     if x.param is not None and y.param is not None:
-        return _generic(ctx, node, infos)
+        return unknown_op(ctx, node, "aten.einsum")
     if x.param is not None or y.param is not None:
         (p, pl, pfree), (v, vl, vfree) = ((x, a, free_a), (y, b, free_b)) if x.param is not None else \
             ((y, b, free_b), (x, a, free_a))
         if any(c in pl for c in batch):
-            return _generic(ctx, node, infos)  # a per-batch parameter is no dense layer
+            return unknown_op(ctx, node, "aten.einsum")  # a per-batch parameter is no dense layer
         v = _arrange(v, vl, batch + vfree + contracted, [1] * len(batch + vfree) + [len(contracted)])
         w = _arrange(p, pl, pfree + contracted, [len(pfree), len(contracted)])  # (out, in)
         outs = dense_edges(ctx, v, -1, w, False, EdgeType.LINEAR, ctx.depth(v))
@@ -89,18 +89,3 @@ def einsum(ctx: Context, node: Node) -> TensorInfo:
     unflat = tuple(sizes[c] for c in result_letters)
     perm = [result_letters.index(c) for c in out]
     return result.map(lambda t: t.reshape(unflat).permute(perm).reshape(shape))
-
-
-def _generic(ctx: Context, node: Node, infos) -> TensorInfo:
-    from ..context import nonneuron
-
-    neurons = [i for i in infos if i is not None and i.has_neurons]
-    if any(i is not None and i.param is not None for i in infos) or not neurons:
-        if any(i is not None and i.param is not None for i in infos):
-            raise ctx.fail(f"einsum {node.args[0]!r} with a parameter in a form this rule does not lower")
-        return nonneuron(ctx.shape(), *infos)
-    pin_unknown(ctx, "aten.einsum", infos)
-    ids = neurons[0].ids
-    if tuple(ids.shape) != ctx.shape():
-        raise ctx.fail(f"einsum {node.args[0]!r} on neurons in a form this rule does not lower")
-    return neurons[0]
