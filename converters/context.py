@@ -9,7 +9,7 @@ from torch.fx import Node, map_arg
 
 from .graph import ConversionError, GraphBuilder
 from .registry import op_name
-from .tensor_info import TensorInfo, broadcast_ids, distinct_ids, fresh_pos, no_neurons
+from .tensor_info import TensorInfo, broadcast_ids, distinct_ids, first_occurrence, fresh_pos, no_neurons
 from .vocab import EdgeType, NodeType
 
 
@@ -135,7 +135,7 @@ class Context:
         if info.param is None:
             return info
         flat = info.flat.reshape(-1)
-        uniq, inverse = torch.unique(flat, return_inverse=True)
+        uniq, inverse, first = first_occurrence(flat)
         nodes = self.new_neurons(uniq.numel(), NodeType.CONSTANT, 1)
         source = self.new_neurons(1, NodeType.BIAS, 0)
         pos = 0
@@ -146,8 +146,6 @@ class Context:
                 view = [1] * len(shape)
                 view[d] = shape[d]
                 coord = coord * shape[d] + torch.arange(shape[d]).view(view)
-            first = torch.full((uniq.numel(),), flat.numel(), dtype=torch.long)
-            first.scatter_reduce_(0, inverse, torch.arange(flat.numel()), reduce="amin")
             pos = coord.reshape(-1)[first] + 1
         self.builder.param_edges(
             info.param, source.expand(uniq.numel()), nodes, EdgeType.CONSTANT, pos, flat=uniq

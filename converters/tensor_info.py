@@ -39,6 +39,14 @@ class TensorInfo:
         )
 
 
+def first_occurrence(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unique keys, the inverse map and the first position of each key."""
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((uniq.numel(),), key.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(key.numel()), reduce="amin")
+    return uniq, inverse, first
+
+
 def distinct_ids(ids: Tensor) -> Tensor:
     """The node ids in ``ids`` (with repeats, -1 dropped), without expanding broadcast axes."""
     for d in range(ids.dim()):

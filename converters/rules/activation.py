@@ -11,7 +11,8 @@ from ..context import Context, nonneuron
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo
 from ..vocab import Activation, EdgeType, NodeType
-from .common import lookup
+from .common import lookup, pair
+from .shape import VIEW_OPS
 
 ACTIVATIONS = {
     "aten.relu": Activation.RELU, "aten.relu_": Activation.RELU,
@@ -81,13 +82,10 @@ def _sole_use(arg: Node) -> bool:
     """Whether this op is the only reader of its input's neurons, through views too: only then
     may the activation be recorded on those neurons themselves (``x[:, :4].relu()`` beside a
     plain use of ``x`` must not mark ``x``)."""
-    from .shape import IDENTITY, SHAPE
-
-    views = frozenset(IDENTITY + SHAPE)
     for _ in range(16):
         if len(arg.users) != 1:
             return False
-        if arg.op != "call_function" or op_name(arg.target) not in views:
+        if arg.op != "call_function" or op_name(arg.target) not in VIEW_OPS:
             return True
         inputs = arg.all_input_nodes
         if len(inputs) != 1:
@@ -114,8 +112,6 @@ def assertion(ctx: Context, node: Node) -> None:
 def glu(ctx: Context, node: Node) -> TensorInfo:
     """``glu(x, dim) = a * sigmoid(b)`` for the two halves of ``x`` along ``dim``: the gate half
     gets sigmoid nodes of its own, and each output neuron is the product of its two halves."""
-    from .common import pair
-
     x = ctx.info(node.args[0])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", -1)
     if x is not None and x.param is not None:

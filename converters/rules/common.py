@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..context import Context
-from ..tensor_info import TensorInfo, channel_ids
+from ..tensor_info import TensorInfo, channel_ids, first_occurrence
 from ..vocab import EdgeType, NodeType
 
 
@@ -62,14 +62,6 @@ def lookup(ids: Tensor, old: Tensor, new: Tensor, size: int) -> Tensor:
     return table[ids.clamp(min=-1)]  # -1 indexes the trailing -1
 
 
-def first_occurrence(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Unique keys, the inverse map and the first position of each key."""
-    uniq, inverse = torch.unique(key, return_inverse=True)
-    first = torch.full((uniq.numel(),), key.numel(), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(key.numel()), reduce="amin")
-    return uniq, inverse, first
-
-
 def pair(
     ctx: Context,
     a: Tensor,
@@ -92,14 +84,17 @@ def pair(
     return nodes[inverse].reshape(shape)
 
 
-def fibers_to_nodes(ctx: Context, rows: Tensor, ntype: NodeType, etype: EdgeType, depth: int):
-    """One node per distinct row of ids (a set of neurons combined into one)."""
+def fibers_to_nodes(ctx: Context, rows: Tensor, ntype: NodeType, etype: EdgeType, depth: int,
+                    ordered: bool = False):
+    """One node per distinct row of ids (a set of neurons combined into one). ``ordered``:
+    the columns are not interchangeable (parts of a concatenation), each edge carries its column."""
     uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
     nodes = ctx.new_neurons(uniq.shape[0], ntype, depth)
     src = uniq.reshape(-1)
     dst = nodes.repeat_interleave(uniq.shape[1])
-    edges = torch.unique(torch.stack([src, dst])[:, src >= 0], dim=1)
-    ctx.builder.edges(edges[0], edges[1], etype)
+    pos = torch.arange(uniq.shape[1]).repeat(uniq.shape[0]) if ordered else torch.zeros_like(src)
+    edges = torch.unique(torch.stack([src, dst, pos])[:, src >= 0], dim=1)
+    ctx.builder.edges(edges[0], edges[1], etype, edges[2] if ordered else 0)
     return nodes, inverse
 
 

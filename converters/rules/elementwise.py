@@ -10,9 +10,8 @@ from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo
 from ..vocab import EdgeType, NodeType
 from .common import affine, bias_edges, pair, varies
-from .shape import IDENTITY, SHAPE
+from .shape import VIEW_OPS
 
-SHAPE_OPS = frozenset(IDENTITY + SHAPE)
 ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
 MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.div", "aten.div_")
 ORDERED = ("aten.sub", "aten.sub_", "aten.rsub", "aten.div", "aten.div_")
@@ -69,7 +68,7 @@ def _layer_without_bias(ctx: Context, x_node, x: TensorInfo, p: TensorInfo, shap
         if layer in ctx.unbiased:
             break
         inputs = layer.all_input_nodes
-        if len(inputs) != 1 or op_name(layer.target) not in SHAPE_OPS:
+        if len(inputs) != 1 or op_name(layer.target) not in VIEW_OPS:
             return None
         layer = inputs[0]
     else:

@@ -9,6 +9,7 @@ from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo, broadcast_ids, fresh_pos
 from ..vocab import EdgeType, NodeType
 from .common import channel_neurons, fibers_to_nodes, varies
+from .elementwise import where_like
 
 REDUCTIONS = (
     "aten.sum", "aten.mean", "aten.amax", "aten.amin", "aten.max", "aten.min", "aten.var",
@@ -42,20 +43,13 @@ def _reduced_dims(node: Node, ndim: int) -> list[int]:
 @register_op(*REDUCTIONS)
 def reduction(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
     if len(node.args) > 1 and isinstance(node.args[1], Node):  # max(a, b), min(a, b): elementwise
-        return _elementwise_extreme(ctx, node)
+        return where_like(ctx, ctx.info(node.args[0]), ctx.info(node.args[1]))
     x = ctx.info(node.args[0])
     val = node.meta["val"]
     multi = isinstance(val, (tuple, list))
     out_shape = tuple(val[0].shape) if multi else tuple(val.shape)
     info = _reduce(ctx, node, x, out_shape)
     return [info, nonneuron(tuple(val[1].shape), x)] if multi else info
-
-
-def _elementwise_extreme(ctx: Context, node: Node) -> TensorInfo:
-    """``max(a, b)`` of two tensors: each element comes from one of them, like ``where``."""
-    from .elementwise import where_like
-
-    return where_like(ctx, ctx.info(node.args[0]), ctx.info(node.args[1]))
 
 
 @register_op("aten.argmax", "aten.argmin", "aten.any", "aten.all")

@@ -12,7 +12,7 @@ from ..context import Context, dependencies, nonneuron
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo, no_neurons, positions
 from ..vocab import EdgeType, NodeType
-from .common import varies
+from .common import fibers_to_nodes, varies
 
 IDENTITY = (
     "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.to", "aten._to_copy",
@@ -27,6 +27,8 @@ SHAPE = (
     "aten.repeat_interleave", "aten.unfold", "aten.diagonal", "aten.tile", "aten.reshape_as",
     "aten.numpy_T", "aten.mT", "aten.adjoint",
 )
+#: Ops whose result is a view of their input's elements (no value changes).
+VIEW_OPS = frozenset(IDENTITY + SHAPE)
 SPLIT = ("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.unsafe_split",
          "aten.tensor_split")
 
@@ -118,12 +120,8 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
     # the edge's position is the part's place in the concatenation (a class token comes first)
     rows = torch.stack([i.ids.narrow(dim, 0, 1).broadcast_to(
         shape[:dim] + (1,) + shape[dim + 1:]).reshape(-1) for i in with_neurons], 1)
-    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    nodes = ctx.new_neurons(uniq.shape[0], NodeType.MERGE, ctx.depth(*with_neurons))
-    part = torch.arange(uniq.shape[1]).expand_as(uniq)
-    src, dst = uniq.reshape(-1), nodes.view(-1, 1).expand_as(uniq).reshape(-1)
-    keep = src >= 0
-    ctx.builder.edges(src[keep], dst[keep], EdgeType.MERGE, part.reshape(-1)[keep])
+    nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.MERGE, EdgeType.MERGE, ctx.depth(*with_neurons),
+                                     ordered=True)
     ids = nodes[inverse].reshape(shape[:dim] + (1,) + shape[dim + 1:]).expand(shape)
     return TensorInfo(ids, positions(ids))
 
