@@ -229,8 +229,8 @@ def _plan(g: ParameterGraph) -> _Plan:
     """The structure's plan, cached while ``g.edge_index`` lives unmodified (graphs that share
     it, as ``with_values`` copies do, share the plan)."""
     ei = g.edge_index
-    key = (ei.data_ptr(), tuple(ei.shape), ei._version, g.node_type.data_ptr(), g.node_type._version,
-           g.edge_type.data_ptr(), g.edge_pos.data_ptr(), g.node_index.data_ptr(), int(g.num_tied_edges))
+    fields = (ei, g.node_type, g.node_depth, g.node_index, g.node_act, g.edge_type, g.edge_pos, g.tied_slot)
+    key = tuple((t.data_ptr(), tuple(t.shape), t._version) for t in fields)
     hit = _PLANS.get(key)
     if hit is not None and hit[0]() is ei:
         return hit[1]
