@@ -12,8 +12,8 @@ import converters
 
 
 def perturb(model: nn.Module, seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """float64 (unless the model cannot run in it), eval, every parameter and float buffer
-    moved by noise (1/0 initialisations hide wrong permutations)."""
+    """float64 (unless the model cannot run in it), eval, every parameter and every BatchNorm
+    running statistic moved by noise (1/0 initialisations hide wrong permutations)."""
     gen = torch.Generator().manual_seed(seed)
     model = model.to(dtype).eval()
     with torch.no_grad():
