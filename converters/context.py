@@ -29,6 +29,9 @@ class Context:
         self.buffer_values: dict[str, Tensor] = {}
         self.values: dict[Node, Tensor] = {}  #: real values of constant tensors (see ``evaluate``)
         self._stale = False
+        #: run once every op is converted, for rules that tie what they made to the edges
+        #: later ops make (weight norm's gains to the neurons its weight feeds)
+        self.finalisers: list = []
 
     # reading ----------------------------------------------------------------
     def info(self, arg: object) -> TensorInfo | None:

@@ -137,6 +137,8 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
                 ctx.infos[node] = region.convert(ctx)
         elif node.op == "output":
             _mark_outputs(ctx, node)
+    for finalise in ctx.finalisers:
+        finalise()
 
 
 def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorInfo | None:

@@ -52,6 +52,7 @@ class EdgeType(IntEnum):
     CONTRACT_PAIR = 17  #: the two neurons multiplied together in a contraction (q_i . k_i)
     NORM_GROUP = 18  #: GroupNorm group -> member channel
     POSITIONAL = 19  #: neuron -> its copy combined with a per-channel constant; pos = channel
+    RECURRENT = 20  #: weight from a recurrent layer's state (previous step) to its gates
 
 
 class Activation(IntEnum):
@@ -106,5 +107,6 @@ PARAMETER_EDGE_TYPES = frozenset(
         EdgeType.SHIFT,
         EdgeType.CONSTANT,
         EdgeType.UNUSED,
+        EdgeType.RECURRENT,
     }
 )

@@ -25,7 +25,8 @@ SHAPE = (
     "aten.expand", "aten.slice", "aten.select", "aten.narrow", "aten.repeat", "aten.flip",
     "aten.roll", "aten.movedim", "aten.swapaxes", "aten.view_as", "aten.expand_as",
     "aten.repeat_interleave", "aten.unfold", "aten.diagonal", "aten.tile", "aten.reshape_as",
-    "aten.numpy_T", "aten.mT", "aten.adjoint",
+    "aten.numpy_T", "aten.mT", "aten.adjoint", "aten.pixel_shuffle", "aten.pixel_unshuffle",
+    "aten.channel_shuffle", "aten.native_channel_shuffle",
 )
 #: Ops whose result is a view of their input's elements (no value changes).
 VIEW_OPS = frozenset(IDENTITY + SHAPE)

@@ -1,6 +1,7 @@
 """Classic PyTorch networks written the way their authors write them (not by gmn's rules):
 a U-Net with skip concatenation and transposed convolutions, a 3-D CNN, squeeze-excitation,
-a loop-over-experts MoE, ``nn.TransformerEncoder``, and the layers gmn still refuses."""
+a loop-over-experts MoE, ``nn.TransformerEncoder``, recurrent layers (``nn.LSTM``, ``nn.GRU``,
+``nn.RNN``: stacked, bidirectional, projected, seq2seq), weight normalisation and pixel shuffle."""
 
 from __future__ import annotations
 
@@ -98,6 +99,52 @@ class GRUNet(nn.Module):
         return self.out(self.rnn(x)[0])
 
 
+class ProjectedLSTM(nn.Module):
+    """Time-major, two layers, bidirectional, ``proj_size``; reads the last layer's final
+    hidden and cell states as well."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(5, 6, num_layers=2, bidirectional=True, proj_size=3)
+        self.out, self.state = nn.Linear(6, 2), nn.Linear(6 + 12, 2)
+
+    def forward(self, x):
+        y, (h, c) = self.rnn(x)
+        return self.out(y), self.state(torch.cat([h[-2:].transpose(0, 1).flatten(1), c[-2:].transpose(0, 1).flatten(1)], -1))
+
+
+class ReluRNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(5, 6, num_layers=2, nonlinearity="relu", bias=False, batch_first=True)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0])
+
+
+class Seq2Seq(nn.Module):
+    """The decoder starts from the encoder's last state: both layers' units are tied."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.GRU(5, 6, batch_first=True), nn.GRU(3, 6, batch_first=True)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        _, h = self.enc(x)
+        return self.out(self.dec(x[..., :3].flip(1), h)[0])
+
+
+class UnbatchedLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.rnn, self.out = nn.Linear(5, 4), nn.LSTM(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):  # x: (time, features), no batch axis
+        return self.out(self.rnn(torch.tanh(self.inp(x)))[0])
+
+
 class PixelShuffleNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -119,14 +166,43 @@ class LinearAttention(nn.Module):
         return self.o(torch.einsum("bnd,bne,bme->bmd", q, k, v))
 
 
-class WeightNormNet(nn.Module):
+class PixelUnshuffleNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.fc = nn.utils.parametrizations.weight_norm(nn.Linear(5, 6))
-        self.out = nn.Linear(6, 2)
+        self.conv, self.out = nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(8, 3, 1)
 
     def forward(self, x):
-        return self.out(F.relu(self.fc(x)))
+        return self.out(F.pixel_unshuffle(F.relu(self.conv(x)), 2))
+
+
+class WeightNormNet(nn.Module):
+    """Weight norm over each output row (the default), over input columns, and over the
+    whole tensor."""
+
+    def __init__(self):
+        super().__init__()
+        wn = nn.utils.parametrizations.weight_norm
+        self.fc = wn(nn.Linear(5, 6))
+        self.mid = wn(nn.Linear(6, 6), dim=1)
+        self.out = wn(nn.Linear(6, 2), dim=None)
+
+    def forward(self, x):
+        return self.out(F.relu(self.mid(F.relu(self.fc(x)))))
+
+
+class WeightNormConv(nn.Module):
+    """Wav2Vec2's positional convolution: grouped ``Conv1d`` normalised over its kernel axis
+    (``dim=2``), and the deprecated hook API on a second layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Conv1d(3, 4, 1)
+        self.pos = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1, groups=2), dim=2)
+        self.out = nn.utils.weight_norm(nn.Conv1d(4, 2, 1))
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + F.gelu(self.pos(h)))
 
 
 def _seq(*shape):
@@ -140,13 +216,40 @@ CLASSIC = {
     "squeeze_excite": (SqueezeExcite, _seq(1, 3, 8, 8)),
     "loop_moe": (LoopMoE, _seq(1, 6, 5)),
     "torch_transformer": (Encoder, _seq(1, 6, 5)),
-    "linear_attention_einsum": (LinearAttention, _seq(1, 4, 5)),  # einsum has no rule yet: pinned
-}
-
-#: still refused, each with a clear ConversionError (name -> (factory, inputs))
-REFUSED = {
+    "linear_attention_einsum": (LinearAttention, _seq(1, 4, 5)),
     "lstm": (LSTMNet, _seq(1, 4, 5)),
     "gru_bidirectional": (GRUNet, _seq(1, 4, 5)),
+    "lstm_projected_bidirectional": (ProjectedLSTM, _seq(4, 2, 5)),
+    "rnn_relu_no_bias": (ReluRNN, _seq(2, 4, 5)),
+    "seq2seq_gru": (Seq2Seq, _seq(1, 4, 5)),
+    "lstm_unbatched": (UnbatchedLSTM, _seq(4, 5)),
     "pixel_shuffle": (PixelShuffleNet, _seq(1, 3, 4, 4)),
+    "pixel_unshuffle": (PixelUnshuffleNet, _seq(1, 3, 4, 4)),
     "weight_norm": (WeightNormNet, _seq(1, 5)),
+    "weight_norm_conv": (WeightNormConv, _seq(1, 3, 6)),
+}
+
+class BilinearNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.mix = nn.Linear(5, 4), nn.Bilinear(4, 4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.mix(h, h.flip(-1))
+
+
+class BagOfEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag, self.out = nn.EmbeddingBag(10, 4, mode="mean"), nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        return self.out(self.bag(tokens))
+
+
+#: still refused, each with a clear ConversionError naming the op (name -> (factory, inputs))
+REFUSED = {
+    "bilinear": (BilinearNet, _seq(2, 5)),
+    "embedding_bag": (BagOfEmbeddings, (torch.tensor([[1, 4, 2], [7, 7, 0]]),)),
 }

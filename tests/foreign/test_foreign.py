@@ -82,8 +82,37 @@ def test_symmetries_are_sound_and_offered(converted):
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_unsupported_layers_are_refused_clearly(name):
     factory, x = REFUSED[name]
-    with pytest.raises(converters.ConversionError, match="register"):
+    with pytest.raises(converters.ConversionError, match="register one with"):
         converters.from_torch(perturb(factory()), x)
+
+
+def _gate_rows(t: torch.Tensor, gates: int) -> torch.Tensor:
+    """A recurrent weight's rows grouped by hidden unit: (units, gates * columns)."""
+    return t.reshape(gates, t.shape[0] // gates, -1).transpose(0, 1).reshape(t.shape[0] // gates, -1)
+
+
+@pytest.mark.parametrize("name, prefix, gates", [("lstm", "rnn", 4), ("gru_bidirectional", "rnn", 3),
+                                                 ("rnn_relu_no_bias", "rnn", 1)])
+def test_recurrent_hidden_units_move(name, prefix, gates):
+    """Hidden units are permuted across all gates and the recurrence at once: each unit's rows
+    of every gate of ``weight_hh_l0`` land, together, on another unit's, and ``weight_hh``'s
+    columns follow the same permutation."""
+    model, x = _build(name)
+    g = converters.from_torch(model, x)
+    w = model.state_dict()[f"{prefix}.weight_hh_l0"]
+    for seed in range(6):
+        moved = converters.to_state_dict(symmetry.random_symmetry(g, seed=seed))[f"{prefix}.weight_hh_l0"]
+        before = _gate_rows(w, gates)
+        after = _gate_rows(moved, gates)
+        # unit j's rows, up to the column permutation: compare sorted values
+        match = (after.sort(1).values.unsqueeze(1) == before.sort(1).values.unsqueeze(0)).all(-1).float()
+        perm = match.argmax(1)
+        assert bool(match.any(1).all()), "a unit's gate rows were split up"
+        if not torch.equal(perm, torch.arange(perm.numel())):
+            # the columns (the previous state) move with the same permutation as the rows
+            assert torch.equal(moved, w.reshape(gates, -1, w.shape[1])[:, perm][:, :, perm].reshape(w.shape))
+            return
+    pytest.fail(f"{name}: no hidden unit moved in 6 random symmetries")
 
 
 def _units_moved(before: torch.Tensor, after: torch.Tensor, dim: int, size: int) -> bool:
