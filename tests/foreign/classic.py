@@ -110,7 +110,8 @@ class ProjectedLSTM(nn.Module):
 
     def forward(self, x):
         y, (h, c) = self.rnn(x)
-        return self.out(y), self.state(torch.cat([h[-2:].transpose(0, 1).flatten(1), c[-2:].transpose(0, 1).flatten(1)], -1))
+        last = [s[-2:].transpose(0, 1).flatten(1) for s in (h, c)]  # both directions of the top layer
+        return self.out(y), self.state(torch.cat(last, -1))
 
 
 class ReluRNN(nn.Module):
