@@ -210,15 +210,26 @@ class _Plan:
     start: tuple  #: the stable refinement both searches start from
     edge_order: Tensor  #: the structure's edges sorted by (src, dst, label) ...
     sorted_keys: Tensor  #: ... and their keys
+    kinds: int  #: number of edge labels (the keys' last digit)
+    _work: tuple | None = None  #: reused buffers of ``edge_map``
 
     def edge_map(self, pi: Tensor) -> Tensor | None:
         """Edge ``e`` of the relabelled structure is edge ``edge_map[e]`` moved there; ``None``
-        when ``pi`` (over the structure's nodes) is no automorphism. One sort: an exact check."""
-        keys, new = torch.sort(_edge_keys(pi[self.src], pi[self.dst], self.label, self.node.numel()), stable=True)
-        if not torch.equal(keys, self.sorted_keys) or not torch.equal(self.node[pi], self.node):
+        when ``pi`` (over the structure's nodes) is no automorphism. One sort: an exact check.
+        The keys are built in place in buffers kept with the plan: on graphs of tens of millions
+        of edges, fresh allocations of that size cost more than the arithmetic."""
+        n, e = self.node.numel(), self.src.numel()
+        if self._work is None:
+            self._work = tuple(torch.empty(e, dtype=torch.long) for _ in range(3))
+        keys, other, order = self._work
+        torch.index_select(pi, 0, self.src, out=keys)
+        torch.index_select(pi, 0, self.dst, out=other)
+        keys.mul_(n).add_(other).mul_(self.kinds).add_(self.label)
+        torch.sort(keys, stable=True, out=(other, order))
+        if not torch.equal(other, self.sorted_keys) or not torch.equal(self.node[pi], self.node):
             return None
-        edge_map = torch.empty_like(new)
-        edge_map[self.edge_order] = new
+        edge_map = torch.empty_like(order)
+        edge_map[self.edge_order] = order
         return edge_map
 
 
@@ -240,7 +251,8 @@ def _plan(g: ParameterGraph) -> _Plan:
     colors = torch.unique(torch.cat([node, node]), return_inverse=True)[1]
     start = refiner.stable(colors, colors, *refiner.messages(colors))
     sorted_keys, order = torch.sort(_edge_keys(src, dst, label, n), stable=True)
-    plan = _Plan(node, src, dst, label, refiner, start, order, sorted_keys)
+    kinds = int(label.max()) + 1 if label.numel() else 1
+    plan = _Plan(node, src, dst, label, refiner, start, order, sorted_keys, kinds)
     if len(_PLANS) >= 8:
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[key] = (weakref.ref(ei), plan)
