@@ -22,10 +22,14 @@ def channel_neurons(ctx: Context, x: TensorInfo, dim: int) -> Tensor:
     if not any(varies(x.ids, d) for d in range(x.ids.dim()) if d != dim):
         return channel_ids(x.ids, dim)
     rows = x.ids.movedim(dim, 0).reshape(x.ids.shape[dim], -1)
-    key = torch.stack([torch.arange(rows.shape[0]).view(-1, 1).expand_as(rows), rows,
-                       torch.arange(rows.shape[1]).expand_as(rows)]).reshape(3, -1)
+    pos = x.pos.broadcast_to(x.ids.shape).movedim(dim, 0).reshape(rows.shape)
+    # the edge says where the element sits (its column) and what position it holds: a tensor
+    # whose neurons run along a non-channel axis (input time steps transposed into a conv's
+    # channel axis) has channels that differ only in ``pos``, and must not be interchangeable
+    place = torch.arange(rows.shape[1]).expand_as(rows) * (int(pos.max()) + 1) + pos
+    key = torch.stack([torch.arange(rows.shape[0]).view(-1, 1).expand_as(rows), rows, place]).reshape(3, -1)
     key = key[:, key[1] >= 0]
-    # one edge per distinct (channel, neuron, position)
+    # one edge per distinct (channel, neuron, place)
     key = torch.unique(key, dim=1)
     out = ctx.new_neurons(rows.shape[0], NodeType.MERGE, ctx.depth(x))
     ctx.builder.edges(key[1], out[key[0]], EdgeType.MERGE, key[2])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch import Tensor
 from torch.fx import Node
 
 from ..context import Context, nonneuron
@@ -58,7 +59,10 @@ _ACTS = {"silu": Activation.SILU, "swish": Activation.SILU, "gelu": Activation.G
 
 @register_module(_has_fused_experts)
 def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list[Node], output: Node):
-    """Experts stored as ``gate_up_proj (E, 2I, D)`` and ``down_proj (E, D, I)`` (Mixtral).
+    """Experts stored as fused 3-D tensors: ``gate_up_proj (E, 2I, D)`` and ``down_proj (E, D, I)``
+    (Mixtral), or, where transformers marks the module ``is_transposed`` / ``has_bias`` /
+    ``is_concatenated=False`` (gpt-oss), ``(E, D, 2I)`` and ``(E, I, D)`` with biases
+    ``(E, 2I)``, ``(E, D)`` and gate and up columns interleaved.
 
     Expert ``e``: ``down_e(act(gate_e x) * up_e x)``, weighted by router neuron ``e`` and
     summed over experts.
@@ -68,22 +72,49 @@ def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list
     routed = next((i for i in infos if i is not None and i.routes is not None), None)
     if hidden is None or routed is None:
         raise ctx.fail(f"fused experts {path}: cannot find hidden states and router weights")
+    if getattr(module, "has_post_expert_norm", False) or not getattr(module, "has_gate", True):
+        raise ctx.fail(f"fused experts {path}: only gated experts without a norm after each expert have a rule")
+    transposed = bool(getattr(module, "is_transposed", False))
     gate_up, down = f"{path}.gate_up_proj", f"{path}.down_proj"
-    n_exp, two_i, d = ctx.param_tensor(gate_up).shape
-    inter = two_i // 2
+    shape = tuple(ctx.param_tensor(gate_up).shape)
+    n_exp, two_i, d = (shape[0], shape[2], shape[1]) if transposed else shape
     x = channel_ids(hidden.ids, -1)
+    if x.numel() != d:
+        raise ctx.fail(f"fused experts {path}: gate_up_proj of shape {shape} does not fit {x.numel()} hidden channels")
+    inter = two_i // 2
     depth = ctx.depth(hidden)
     gu = ctx.new_neurons(n_exp * two_i, NodeType.HIDDEN, depth)
-    ctx.builder.param_edges(gate_up, x.view(1, 1, d), gu.view(n_exp, two_i, 1), EdgeType.LINEAR)
-    gu = gu.view(n_exp, 2, inter)
+    if transposed:
+        ctx.builder.param_edges(gate_up, x.view(1, d, 1), gu.view(n_exp, 1, two_i), EdgeType.LINEAR)
+    else:
+        ctx.builder.param_edges(gate_up, x.view(1, 1, d), gu.view(n_exp, two_i, 1), EdgeType.LINEAR)
+    _expert_bias(ctx, module, f"{gate_up}_bias", gu, depth)
+    if getattr(module, "is_concatenated", True):
+        gate, up = gu.view(n_exp, 2, inter).unbind(1)
+    else:  # columns gate_0, up_0, gate_1, up_1, ...
+        gate, up = gu.view(n_exp, inter, 2).unbind(2)
     act_fn = getattr(module, "act_fn", None)  # absent when the module came from an ONNX file
     act = _ACTS.get(type(act_fn).__name__.lower().replace("activation", ""), Activation.OTHER)
-    ctx.builder.set_activation(gu[:, 0].reshape(-1), act)
-    mid = pair(ctx, gu[:, 0], gu[:, 1], NodeType.PRODUCT, EdgeType.PRODUCT, depth + 1)  # (E, I)
+    ctx.builder.set_activation(gate.reshape(-1), act)
+    mid = pair(ctx, gate, up, NodeType.PRODUCT, EdgeType.PRODUCT, depth + 1)  # (E, I)
     y = ctx.new_neurons(n_exp * d, NodeType.HIDDEN, depth + 2)
-    ctx.builder.param_edges(down, mid.view(n_exp, 1, inter), y.view(n_exp, d, 1), EdgeType.LINEAR)
+    if transposed:
+        ctx.builder.param_edges(down, mid.view(n_exp, inter, 1), y.view(n_exp, 1, d), EdgeType.LINEAR)
+    else:
+        ctx.builder.param_edges(down, mid.view(n_exp, 1, inter), y.view(n_exp, d, 1), EdgeType.LINEAR)
+    _expert_bias(ctx, module, f"{down}_bias", y, depth + 2)
     weighted = pair(ctx, routed.routes.view(n_exp, 1), y.view(n_exp, d), NodeType.PRODUCT,
                     EdgeType.PRODUCT, depth + 3)
     out = ctx.new_neurons(d, NodeType.SUM, depth + 4)
     ctx.builder.edges(weighted.reshape(-1), out.repeat(n_exp), EdgeType.RESIDUAL)
     return ctx.neurons_along(out, ctx.shape(output), -1)
+
+
+def _expert_bias(ctx: Context, module: torch.nn.Module, name: str, nodes: Tensor, depth: int) -> None:
+    """Bias ``(E, n)`` of fused experts, one edge per scalar into ``nodes`` (in the same order)."""
+    if not getattr(module, "has_bias", False):
+        return
+    if name not in ctx.builder.params:
+        raise ctx.fail(f"fused experts marked has_bias without parameter {name}")
+    source = ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0))
+    ctx.builder.param_edges(name, source, nodes.reshape(-1), EdgeType.BIAS)

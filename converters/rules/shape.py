@@ -42,8 +42,9 @@ def _shape_fn(ctx: Context, node: Node):
     if name in ("aten.view_as", "aten.expand_as", "aten.reshape_as"):
         other = ctx.shape(rest[0])
         return (lambda t: t.expand(other)) if name == "aten.expand_as" else (lambda t: t.reshape(other))
-    if any(isinstance(a, Node) for a in rest):
-        raise ctx.fail("shape op with a tensor argument")
+    if any(isinstance(a, Node) or (isinstance(a, (list, tuple)) and any(isinstance(b, Node) for b in a))
+           for a in rest):
+        raise ctx.fail("shape op whose sizes are computed from tensor values (data-dependent sizes)")
     return lambda t: node.target(t, *rest, **node.kwargs)
 
 
@@ -63,9 +64,9 @@ def shape_op(ctx: Context, node: Node) -> TensorInfo:
 @register_op(*SPLIT)
 def split(ctx: Context, node: Node) -> list[TensorInfo]:
     x = ctx.info(node.args[0])
+    if x is None or (x.param is None and not x.has_neurons):
+        return [nonneuron(tuple(v.shape), x) for v in node.meta["val"]]
     fn = _shape_fn(ctx, node)
-    if x is None:
-        return [nonneuron(tuple(v.shape)) for v in node.meta["val"]]
     parts = [fn(t) for t in (x.ids, x.pos)] + ([fn(x.flat)] if x.flat is not None else [])
     n = len(parts[0])
     return [

@@ -51,6 +51,15 @@ HF: dict[str, tuple[str, dict, str]] = {
     "biogpt": ("biogpt", dict(TEXT), "lm"),
     "xglm": ("xglm", dict(vocab_size=64, d_model=16, num_layers=2, attention_heads=2, ffn_dim=24,
                           max_position_embeddings=64), "lm"),
+    "deepseek_v3": ("deepseek_v3", dict(TEXT, num_key_value_heads=2, n_routed_experts=4, num_experts_per_tok=2,
+                                        n_group=1, topk_group=1, moe_intermediate_size=8, first_k_dense_replace=1,
+                                        q_lora_rank=8, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4,
+                                        v_head_dim=8, n_shared_experts=1), "lm"),
+    "phimoe": ("phimoe", dict(LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2), "lm"),
+    "gpt_oss": ("gpt_oss", dict(LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+                                layer_types=["full_attention", "sliding_attention"]), "lm"),
+    "jetmoe": ("jetmoe", dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_key_value_heads=1, kv_channels=8,
+                              intermediate_size=24, num_local_experts=2, num_experts_per_tok=1), "lm"),
     "mixtral": ("mixtral", dict(LLAMA_LIKE, num_local_experts=3, num_experts_per_tok=2), "lm"),
     "qwen2_moe": ("qwen2_moe", dict(LLAMA_LIKE, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=12,
                                     shared_expert_intermediate_size=20), "lm"),
@@ -76,6 +85,9 @@ HF: dict[str, tuple[str, dict, str]] = {
     "mobilebert": ("mobilebert", dict(TEXT, embedding_size=16, intra_bottleneck_size=8, true_hidden_size=8,
                                       num_feedforward_networks=2), "enc"),
     "funnel": ("funnel", dict(vocab_size=64, block_sizes=[1, 1], d_model=16, n_head=2, d_head=8, d_inner=24), "enc"),
+    "xlnet": ("xlnet", dict(vocab_size=64, d_model=16, n_layer=2, n_head=2, d_inner=24), "enc"),
+    "convbert": ("convbert", dict(TEXT, embedding_size=16, head_ratio=1, conv_kernel_size=3), "enc"),
+    "layoutlm": ("layoutlm", dict(TEXT), "enc"),
     "fnet": ("fnet", dict(TEXT), "enc"),
     "nystromformer": ("nystromformer", dict(TEXT, num_landmarks=4, segment_means_seq_len=8), "enc"),
     "ernie": ("ernie", dict(TEXT), "enc"),
@@ -122,6 +134,13 @@ HF: dict[str, tuple[str, dict, str]] = {
     "cvt": ("cvt", dict(embed_dim=[8, 16, 16], num_heads=[1, 2, 2], depth=[1, 1, 1]), "image32"),
     "bit": ("bit", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_groups=2), "image"),
     "focalnet": ("focalnet", dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1]), "image"),
+    "yolos": ("yolos", dict(VISION, image_size=[16, 16], num_detection_tokens=2), "image"),
+    "siglip_vision": ("siglip_vision_model", dict(VISION), "image"),
+    "dpt": ("dpt", dict(VISION, neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8,
+                        backbone_out_indices=[0, 1, 1, 1], reassemble_factors=[4, 2, 1, 0.5]), "image"),
+    "pvt": ("pvt", dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
+                        hidden_sizes=[8, 16], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2],
+                        mlp_ratios=[2, 2]), "image32"),
     # audio
     "wav2vec2": ("wav2vec2", dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
                                   conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
@@ -129,6 +148,18 @@ HF: dict[str, tuple[str, dict, str]] = {
     "hubert": ("hubert", dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
                               conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
                               num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2), "audio"),
+    "wavlm": ("wavlm", dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+                            conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_buckets=8,
+                            num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2), "audio"),
+    "data2vec_audio": ("data2vec-audio", dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                              intermediate_size=24, conv_dim=(8, 8), conv_stride=(5, 4),
+                                              conv_kernel=(10, 8), num_conv_pos_embeddings=4,
+                                              num_conv_pos_embedding_groups=2), "audio"),
+    "sew": ("sew", dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+                        conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), squeeze_factor=1,
+                        num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2), "audio"),
+    "speech_to_text": ("speech_to_text", dict(SEQ2SEQ, input_feat_per_channel=8, input_channels=1, conv_channels=8,
+                                              max_source_positions=32, max_target_positions=16), "s2t"),
     "whisper": ("whisper", dict(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
                                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24,
                                 decoder_ffn_dim=24, num_mel_bins=8, max_source_positions=8,
@@ -136,6 +167,12 @@ HF: dict[str, tuple[str, dict, str]] = {
     # state space / recurrent
     "mamba": ("mamba", dict(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2,
                             conv_kernel=3, time_step_rank=4), "lm"),
+    "mamba2": ("mamba2", dict(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, num_heads=4,
+                              head_dim=8, n_groups=1, conv_kernel=3, chunk_size=4), "lm"),
+    "recurrent_gemma": ("recurrent_gemma", dict(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                                num_attention_heads=2, num_key_value_heads=1, intermediate_size=24,
+                                                lru_width=16, attention_window_size=8, conv1d_width=3, head_dim=8,
+                                                block_types=["recurrent", "attention"]), "lm"),
     "rwkv": ("rwkv", dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
                           intermediate_size=24, context_length=16), "lm"),
 }
@@ -153,6 +190,8 @@ def hf_inputs(kind: str, config) -> tuple:
         return (torch.randn(1, 3, side, side, generator=gen, dtype=torch.float64),)
     if kind == "audio":
         return (torch.randn(1, 400, generator=gen, dtype=torch.float64),)
+    if kind == "s2t":  # filterbank features (batch, time, features), then decoder tokens
+        return (torch.randn(1, 16, 8, generator=gen, dtype=torch.float64), None, ids[:, :4])
     if kind == "whisper":
         return (torch.randn(1, 8, 16, generator=gen, dtype=torch.float64), None, ids[:, :4])
     raise ValueError(kind)

@@ -146,6 +146,21 @@ class UnbatchedLSTM(nn.Module):
         return self.out(self.rnn(torch.tanh(self.inp(x)))[0])
 
 
+class FeaturesFirstConv(nn.Module):
+    """Speech2Text's subsampler: (batch, time, features) transposed into a strided ``Conv1d``
+    with GLU. The input's channel axis is guessed as axis 1 (time), so the conv's channels
+    differ only in position: they must not be interchangeable."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.c1 = nn.Conv1d(8, 8, 5, stride=2, padding=2), nn.Conv1d(4, 12, 5, stride=2, padding=2)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = F.glu(self.c0(x.transpose(1, 2)), dim=1)
+        return self.out(F.glu(self.c1(h), dim=1).transpose(1, 2))
+
+
 class PixelShuffleNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -224,6 +239,7 @@ CLASSIC = {
     "rnn_relu_no_bias": (ReluRNN, _seq(2, 4, 5)),
     "seq2seq_gru": (Seq2Seq, _seq(1, 4, 5)),
     "lstm_unbatched": (UnbatchedLSTM, _seq(4, 5)),
+    "features_first_conv": (FeaturesFirstConv, _seq(1, 16, 8)),
     "pixel_shuffle": (PixelShuffleNet, _seq(1, 3, 4, 4)),
     "pixel_unshuffle": (PixelUnshuffleNet, _seq(1, 3, 4, 4)),
     "weight_norm": (WeightNormNet, _seq(1, 5)),

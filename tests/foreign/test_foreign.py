@@ -17,7 +17,7 @@ from gmn import symmetry
 
 #: models that compute parts of their forward in float32 whatever their dtype (attention or
 #: routers upcast "for stability"): a permutation reorders float32 sums, so 1e-6, not 1e-9
-FLOAT32_INSIDE = {"gpt_neo", "gptj", "codegen", "switch"}
+FLOAT32_INSIDE = {"gpt_neo", "gptj", "codegen", "switch", "mamba2"}
 #: transformers configs this version cannot build or export offline (reason in the note)
 SKIP = {
     "xglm": "its config cannot build a float64 model (positional table overflow)",
@@ -26,7 +26,7 @@ SKIP = {
     "efficientnet": "EfficientNetConfig's tiny widths do not match its BatchNorm sizes",
 }
 #: fused experts (batched_mm) run only in float32: checked there, at float32's tolerance
-FLOAT32_ONLY = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
+FLOAT32_ONLY = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "phimoe", "gpt_oss"}
 
 
 def _build(name):
