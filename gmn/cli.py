@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import converters
-from converters import ConversionError, ParameterGraph
+from converters import ParameterGraph
 
 from .architectures import BUILTIN
 from .cli_weights import add_parsers as add_weight_parsers
@@ -23,7 +23,7 @@ from .zoo.zoo import load_weights
 def _example(shape: str | None, dtype: str, default):
     if shape is None:
         if default is None:
-            raise SystemExit("gmn: give --input-shape for this model (e.g. --input-shape 1,3,32,32)")
+            raise ValueError("give --input-shape for this model (e.g. --input-shape 1,3,32,32)")
         return default()
     dims = tuple(int(s) for s in shape.split(","))
     return torch.randint(0, 2, dims) if dtype == "long" else torch.randn(dims)
@@ -40,10 +40,13 @@ def load_target(target: str, arch: str | None, input_shape: str | None, dtype: s
     default = None
     if path.is_file():
         if arch not in BUILTIN:
-            raise SystemExit(f"gmn: unknown --arch {arch!r}; built-in: {', '.join(BUILTIN)}")
+            raise ValueError(f"unknown --arch {arch!r}; built-in: {', '.join(BUILTIN)}")
         factory, default = BUILTIN[arch]
         model = factory()
-        model.load_state_dict(load_weights(path))
+        try:
+            model.load_state_dict(load_weights(path))
+        except RuntimeError as err:  # names or shapes that are not this architecture's
+            raise ValueError(f"{path} does not fit --arch {arch}: {err}") from None
     elif target in BUILTIN:
         factory, default = BUILTIN[target]
         model = factory()
@@ -55,7 +58,7 @@ def load_target(target: str, arch: str | None, input_shape: str | None, dtype: s
             model, example = model
             default = lambda: example  # noqa: E731
     else:
-        raise SystemExit(f"gmn: {target!r} is no file, built-in model ({', '.join(BUILTIN)}) or module:attr")
+        raise ValueError(f"{target!r} is no file, built-in model ({', '.join(BUILTIN)}) or module:attr")
     return converters.from_torch(model, _example(input_shape, dtype, default), progress=True)
 
 
@@ -78,18 +81,31 @@ def main(argv: list[str] | None = None) -> int:
     _bench_parser(sub)
     _train_parser(sub)
     add_weight_parsers(sub, _train_options)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(args)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line (the traceback with --debug)
+        if args.debug:
+            raise
+        print(f"gmn: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = "; ".join(lines) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _run(args) -> int:
     if args.command in ("edit", "generate"):
         args.config = _config(args)
     if args.command in ("zoo", "bench", "train", "edit", "generate"):
         return args.handler(args)
     start = time.perf_counter()
-    try:
-        g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)
-    except ConversionError as err:
-        print(f"gmn: {err}", file=sys.stderr)
-        return 2
+    g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)
     seconds = time.perf_counter() - start
     print(summary(g))
     print(f"converted in {seconds:.2f} s")
@@ -132,6 +148,7 @@ def _zoo_parser(sub) -> None:
     p.add_argument("--targets", required=True, help="CSV with a path column and target columns")
     p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column)")
     p.add_argument("--input-shape", help="input shape without batch for module:attr, e.g. 3,32,32")
+    p.add_argument("--replace", action="store_true", help="replace runs the zoo already holds")
     p.set_defaults(handler=_zoo_import)
     p = zoo.add_parser("info", help="members per family and status, accuracy spread")
     p.add_argument("root")
@@ -150,7 +167,7 @@ def _zoo_import(args) -> int:
     from .zoo import import_folder
 
     shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
-    import_folder(args.folder, args.targets, args.arch, shape)
+    import_folder(args.folder, args.targets, args.arch, shape, replace=args.replace)
     args.root = args.folder
     return _zoo_info(args)
 
@@ -183,6 +200,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--allow-module", action="append", default=[], metavar="MODULE:ATTR",
+                   help="a Python architecture the zoo's catalogue may name (never imported otherwise)")
 
 
 def _config(args):
@@ -234,11 +253,11 @@ def _train(args) -> int:
             torch.cuda.set_device(args.device)
         torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
-        data = ZooDataset(args.zoo, _split(args.targets))
+        data = ZooDataset(args.zoo, _split(args.targets), allow_modules=tuple(args.allow_module))
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
-        data = ZooDataset(args.zoo, _split(args.targets), progress=False)
+        data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=tuple(args.allow_module))
     split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
     out = Path(args.out)
     result = fit_metanetwork(data, split, args.kind, _config(args), out / "state", progress=rank == 0)

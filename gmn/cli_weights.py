@@ -59,7 +59,7 @@ def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example
         import onnx as onnx_lib
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as err:
-        raise SystemExit("gmn: --onnx needs onnxscript (pip install onnxscript)") from err
+        raise ValueError("--onnx needs onnxscript (pip install onnxscript)") from err
     module.load_state_dict(state, strict=False)
     program = torch.onnx.export(module.eval(), (example,), dynamo=True, optimize=False, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))  # any batch size
@@ -85,7 +85,7 @@ def _generate(args) -> int:
     from .tasks.generation import fit_generator
     from .zoo.families import build
 
-    ds = ZooDataset(args.zoo, ("test_acc",))
+    ds = ZooDataset(args.zoo, ("test_acc",), allow_modules=tuple(args.allow_module))
     out = Path(args.out)
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))
     val, train = perm[: max(1, len(ds) // 10)], perm[max(1, len(ds) // 10):]
@@ -95,7 +95,7 @@ def _generate(args) -> int:
     data = _task_data(member)
     if args.arch:
         if data is None:
-            raise SystemExit("gmn: --arch needs a zoo of the built-in families (mlp, cnn, rescnn, vit, moe)")
+            raise ValueError("--arch needs a zoo of the built-in families (mlp, cnn, rescnn, vit, moe)")
         module = build(json.loads(args.arch), data.input_shape, data.classes).eval()
         example = data.x_test[:2]
         template = converters.from_torch(module, (example,))
@@ -123,20 +123,20 @@ def _objective(args, ds, member):
         return dilation_objective(ds, mnist_images()[0]), coordinates(), None
     data = _task_data(member)
     if data is None:
-        raise SystemExit(f"gmn: objective {args.objective!r} needs a classifier zoo of the built-in families")
+        raise ValueError(f"objective {args.objective!r} needs a classifier zoo of the built-in families")
     pick = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(args.seed))[: args.inputs]
     if args.objective == "accuracy":
         return classifier_objective(data.y_train[pick]), data.x_train[pick], data
     if args.objective.startswith("forget:"):
         return classifier_objective(data.y_train[pick], int(args.objective.split(":")[1])), data.x_train[pick], data
-    raise SystemExit(f"gmn: unknown objective {args.objective!r}; use accuracy, forget:K or dilation")
+    raise ValueError(f"unknown objective {args.objective!r}; use accuracy, forget:K or dilation")
 
 
 def _edit(args) -> int:
     from .data import ZooDataset, split_by_run
     from .tasks.editing import edit_members, fit_editor
 
-    ds = ZooDataset(args.zoo)
+    ds = ZooDataset(args.zoo, allow_modules=tuple(args.allow_module))
     objective, inputs, data = _objective(args, ds, ds.members[0])
     split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=args.seed)
     out = Path(args.out)

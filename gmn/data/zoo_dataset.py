@@ -50,13 +50,14 @@ class ZooDataset(Dataset):
     Targets are catalogue metrics (``test_acc``, ``gap``, ``test_loss``, ...) or extra
     columns of an imported zoo. Every graph also carries ``member`` (its index here),
     ``run`` (an integer per training run, for grouped splits) and ``family``. Diverged runs
-    are left out unless asked for.
+    are left out unless asked for. ``allow_modules``: Python ``module:attr`` architectures
+    the catalogue may name (see :class:`~gmn.zoo.Zoo`).
     """
 
     def __init__(self, zoo: Zoo | str | Path, targets: tuple[str, ...] = ("test_acc",), cache: bool = True,
-                 include_diverged: bool = False, progress: bool = True):
+                 include_diverged: bool = False, progress: bool = True, allow_modules: tuple[str, ...] = ()):
         super().__init__(None)
-        self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+        self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo, allow_modules)
         self.target_names = tuple(targets)
         self.members = self.zoo.members(include_diverged)
         if not self.members:

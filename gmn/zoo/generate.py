@@ -9,7 +9,10 @@ writes checkpoint files (atomically) and then catalogues the run in one transact
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -61,9 +64,21 @@ def _run_processes(todo: list[dict], workers: int) -> Iterator[dict]:
         yield from map(train_run, todo)
         return
     # spawn, not fork: forking a process that already runs torch threads can deadlock
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         for future in as_completed([pool.submit(train_run, run) for run in todo]):
             yield future.result()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker: exit as soon as the build that started it is gone (``kill -9`` of the build
+    leaves no idle workers behind). A daemon thread polls the parent pid."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _run_ray(todo: list[dict], workers: int) -> Iterator[dict]:
@@ -100,8 +115,16 @@ def build_zoo(root: str | Path, preset: str = "small-cnn", runs: int = 100, data
                 "seed": seed}
     old = catalogue.claim(**settings)
     catalogue.set_meta(runs=max(runs, int(old.get("runs", 0))))
-    done = catalogue.done()
-    todo = [r for r in plan(preset, runs, dataset, epochs, checkpoint_epochs, seed) if r["run_id"] not in done]
+    planned = plan(preset, runs, dataset, epochs, checkpoint_epochs, seed)
+    recorded = {r["run_id"]: r for r in catalogue.runs()}
+    wrong = [r["run_id"] for r in planned if r["run_id"] in recorded
+             and (recorded[r["run_id"]]["arch"] != json.loads(json.dumps(r["arch"]))
+                  or recorded[r["run_id"]]["seed"] != r["seed"])]
+    if wrong:
+        catalogue.close()
+        raise ValueError(f"{root}: catalogued runs {', '.join(wrong[:5])} do not match this zoo's settings "
+                         f"(replaced by an import?); remove them from the catalogue to retrain them")
+    todo = [r for r in planned if r["run_id"] not in recorded]
     workers = workers or os.cpu_count() or 1
     execute = _run_ray if backend == "ray" else _run_processes
     with tqdm(total=runs, initial=runs - len(todo), desc=f"zoo {root.name}", unit="run", disable=not progress) as bar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+import pickle
 from pathlib import Path
 
 import torch
@@ -17,13 +18,23 @@ from .families import build
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors: safetensors, or ``torch.load(weights_only=True)`` (never pickle)."""
+    """A checkpoint's tensors: safetensors, or ``torch.load(weights_only=True)`` (never pickle).
+    A file that is neither (a pickle with code, a corrupt file) gets a ``ValueError`` naming it."""
     path = Path(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        # torch's message suggests weights_only=False: never pass that on
+        raise ValueError(f"{path}: not a plain checkpoint of tensors (gmn never unpickles code): "
+                         f"{type(err).__name__}") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -31,14 +42,27 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class Zoo:
-    """The zoo in folder ``root``: ``members`` are its checkpoints with their runs' records."""
+def confined(root: Path, relative: str) -> Path:
+    """``root / relative``, refused when it leads outside ``root`` (``..``, absolute paths, links)."""
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{relative!r} leads outside the zoo folder {root}")
+    return path
 
-    def __init__(self, root: str | Path):
+
+class Zoo:
+    """The zoo in folder ``root``: ``members`` are its checkpoints with their runs' records.
+
+    A catalogue is data: an architecture it names as a Python ``module:attr`` is imported only
+    when that path is in ``allow_modules`` (the caller's explicit choice, never the file's)."""
+
+    def __init__(self, root: str | Path, allow_modules: tuple[str, ...] = ()):
         self.root = Path(root)
         if not (self.root / FILENAME).is_file():
             raise FileNotFoundError(f"{self.root} holds no zoo catalogue ({FILENAME}); build or import one first")
         self.catalogue = Catalogue(self.root)
+        self.allow_modules = frozenset(allow_modules)
 
     def members(self, include_diverged: bool = False) -> list[dict]:
         """Checkpoints (run_id, epoch, path, metrics, extra, family, arch, hparams, status, dataset)."""
@@ -48,25 +72,37 @@ class Zoo:
     def __len__(self) -> int:
         return len(self.members())
 
+    def path(self, member: dict) -> Path:
+        """The member's checkpoint file, confined to the zoo folder (a catalogue can be edited)."""
+        return confined(self.root, member["path"])
+
     def weights(self, member: dict) -> dict[str, torch.Tensor]:
-        return load_weights(self.root / member["path"])
+        return load_weights(self.path(member))
 
     def model(self, member: dict) -> tuple[nn.Module, torch.Tensor]:
         """A fresh module of the member's architecture (weights not loaded) and an example input."""
         arch = member["arch"]
-        if arch["family"] == "builtin":
+        family = arch.get("family") if isinstance(arch, dict) else None
+        if family == "builtin" and arch.get("name") in BUILTIN:
             factory, example = BUILTIN[arch["name"]]
             return factory(), example()
-        if arch["family"] == "module":
-            module, attr = arch["name"].split(":", 1)
+        if family == "module":
+            name = arch.get("name")
+            if name not in self.allow_modules:
+                raise ValueError(f"run {member['run_id']} of {self.root} names the Python architecture {name!r}; a zoo "
+                                 f"never imports code its catalogue names: allow it explicitly "
+                                 f"(allow_modules=({name!r},), or --allow-module {name})")
+            module, attr = name.split(":", 1)
             model = getattr(importlib.import_module(module), attr)()
             return model, torch.randn(2, *arch["input_shape"])
-        if arch["family"] == "siren":
+        if family == "siren":
             from .inr import Siren, coordinates
 
             return Siren(arch["hidden"], arch["depth"]), coordinates()
-        if arch["family"] == "onnx":
+        if family == "onnx":
             raise ValueError("ONNX members carry their own architecture: convert the file itself")
+        if family is None or family == "builtin":
+            raise ValueError(f"run {member['run_id']} of {self.root} has an unknown architecture {arch!r}")
         data = datasets.load(member["dataset"])
         return build(arch, data.input_shape, data.classes), data.x_test[:2]
 
@@ -80,49 +116,85 @@ def _number(text: str) -> float | None:
 
 
 def import_folder(folder: str | Path, targets: str | Path, arch: str | None = None,
-                  input_shape: tuple[int, ...] | None = None) -> Zoo:
+                  input_shape: tuple[int, ...] | None = None, replace: bool = False) -> Zoo:
     """Catalogue a folder of PyTorch or ONNX checkpoints with a CSV of targets as a zoo.
 
     The CSV has a ``path`` column (relative to ``folder``), optionally ``run`` (checkpoints
     of one training run share it; splits never separate them), ``epoch``, ``family`` and
-    ``arch`` (a built-in name or ``module:attr``; ``arch=`` gives one for all rows), and
-    numeric target columns (``test_acc``, ``gap``, ... or any other name).
+    ``arch`` (a built-in name), and numeric target columns (``test_acc``, ``gap``, ... or any
+    other name). ``arch=`` gives one architecture for all rows: a built-in name, or a Python
+    ``module:attr`` (with ``input_shape``) — only ever from the caller, never from the CSV,
+    and loading such a zoo later needs ``Zoo(..., allow_modules=...)``. Every checkpoint is
+    opened before anything is written. Runs already in the zoo are never replaced unless
+    ``replace``. Nothing is written when a row is refused.
     """
     folder = Path(folder).resolve()
-    with open(targets, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(targets, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{targets}: cannot read the CSV ({err})") from err
     if not rows or "path" not in rows[0]:
         raise ValueError(f"{targets} needs a header with a 'path' column")
     runs: dict[str, dict] = {}
-    for i, row in enumerate(rows):
-        path = (folder / row["path"]).resolve()
-        if not path.is_relative_to(folder):
-            raise ValueError(f"row {i + 2} of {targets}: {row['path']!r} leaves the folder {folder}")
+    seen: dict[tuple[str, int], int] = {}
+    for i, row in enumerate(rows, start=2):
+        where = f"row {i} of {targets}"
+        rel = row.get("path") or ""
+        try:
+            path = confined(folder, rel)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
         if not path.is_file():
-            raise FileNotFoundError(f"row {i + 2} of {targets}: no file {path}")
-        name = row.get("arch") or arch
-        if path.suffix == ".onnx":
-            spec = {"family": "onnx"}
-        elif name in BUILTIN:
-            spec = {"family": "builtin", "name": name}
-        elif name and ":" in name:
-            if input_shape is None:
-                raise ValueError("a module:attr architecture needs input_shape")
-            spec = {"family": "module", "name": name, "input_shape": list(input_shape)}
-        else:
-            raise ValueError(f"row {i + 2} of {targets}: {row['path']} needs an architecture "
-                             f"(an 'arch' column or arch=; built-in: {', '.join(BUILTIN)})")
-        family = row.get("family") or name or "onnx"
-        run = runs.setdefault(row.get("run") or row["path"], {
-            "run_id": row.get("run") or row["path"], "family": family, "arch": spec, "hparams": {},
-            "status": "imported", "checkpoints": []})
-        numbers = {k: _number(v) for k, v in row.items() if k not in ("path", "run", "epoch", "family", "arch")}
-        run["checkpoints"].append({"epoch": int(row.get("epoch") or len(run["checkpoints"])),
-                                   "path": str(path.relative_to(folder)),
+            raise FileNotFoundError(f"{where}: no file {path}")
+        spec = _arch_spec(row.get("arch") or None, arch, input_shape, path, where)
+        if spec["family"] != "onnx":
+            load_weights(path)  # refuse an unreadable checkpoint now, not at training time
+        run_id = row.get("run") or rel
+        try:
+            epoch = int(row.get("epoch") or len(runs.get(run_id, {}).get("checkpoints", [])))
+        except ValueError:
+            raise ValueError(f"{where}: epoch {row.get('epoch')!r} is not an integer") from None
+        if (run_id, epoch) in seen:
+            raise ValueError(f"{where}: run {run_id!r} epoch {epoch} already given in row {seen[run_id, epoch]}")
+        seen[run_id, epoch] = i
+        family = row.get("family") or spec.get("name") or "onnx"
+        run = runs.setdefault(run_id, {"run_id": run_id, "family": family, "arch": spec, "hparams": {},
+                                       "status": "imported", "checkpoints": []})
+        if run["arch"] != spec:
+            raise ValueError(f"{where}: run {run_id!r} mixes architectures {run['arch']} and {spec}")
+        numbers = {k: _number(v) for k, v in row.items()
+                   if k is not None and k not in ("path", "run", "epoch", "family", "arch")}
+        run["checkpoints"].append({"epoch": epoch, "path": str(path.relative_to(folder)),
                                    **{m: numbers.get(m) for m in METRICS},
                                    "extra": {k: v for k, v in numbers.items() if k not in METRICS}})
     catalogue = Catalogue(folder)
-    for run in runs.values():
-        catalogue.add_run(run)
-    catalogue.close()
-    return Zoo(folder)
+    try:
+        clash = sorted(set(runs) & catalogue.done())
+        if clash and not replace:
+            raise ValueError(f"{folder} already holds runs {', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}; "
+                             f"an import never replaces runs (pass replace=True / --replace to do so)")
+        for run in runs.values():
+            catalogue.add_run(run)
+    finally:
+        catalogue.close()
+    return Zoo(folder, allow_modules=(arch,) if arch and ":" in arch else ())
+
+
+def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, where: str) -> dict:
+    """The architecture of one CSV row, as data: ONNX, a built-in name, or the caller's module path."""
+    if path.suffix == ".onnx":
+        return {"family": "onnx"}
+    if row_arch is not None:
+        if row_arch in BUILTIN:
+            return {"family": "builtin", "name": row_arch}
+        raise ValueError(f"{where}: architecture {row_arch!r} is not built in ({', '.join(BUILTIN)}); a CSV may only "
+                         f"name built-in architectures (a Python module:attr is given by the caller, arch=/--arch)")
+    if arch in BUILTIN:
+        return {"family": "builtin", "name": arch}
+    if arch and ":" in arch:
+        if input_shape is None:
+            raise ValueError("a module:attr architecture needs input_shape")
+        return {"family": "module", "name": arch, "input_shape": list(input_shape)}
+    raise ValueError(f"{where}: {path.name} needs an architecture (an 'arch' column or arch=; built-in: "
+                     f"{', '.join(BUILTIN)})")
