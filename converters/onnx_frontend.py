@@ -399,11 +399,24 @@ def to_onnx(g: ParameterGraph, values: Tensor | None = None) -> onnx.ModelProto:
         # every initializer is written in full, so the result needs no external data files
         value = weights[t.name] if t.name in weights else module.tensor(t.name).detach().cpu()
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
-        out.graph.initializer[i].CopyFrom(numpy_helper.from_array(value.numpy().astype(dtype), t.name))
+        out.graph.initializer[i].CopyFrom(numpy_helper.from_array(_cast(t.name, value, dtype), t.name))
     for node in out.graph.node:
         if node.op_type == "Constant" and node.output[0] in weights:
             for attr in node.attribute:
                 if attr.name == "value":
                     dtype = helper.tensor_dtype_to_np_dtype(attr.t.data_type)
-                    attr.t.CopyFrom(numpy_helper.from_array(weights[node.output[0]].numpy().astype(dtype)))
+                    attr.t.CopyFrom(numpy_helper.from_array(_cast(node.output[0], weights[node.output[0]], dtype)))
     return out
+
+
+def _cast(name: str, value: Tensor, dtype) -> np.ndarray:
+    """``value`` in the file's dtype; NaN/inf, or values the dtype cannot hold, are refused
+    rather than written (float64 1e300 would silently become inf in float32)."""
+    array = value.numpy()
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise ConversionError(f"{name}: {bad} NaN/inf values; refusing to write them to ONNX")
+        if np.issubdtype(dtype, np.floating) and array.size and float(np.abs(array).max()) > np.finfo(dtype).max:
+            raise ConversionError(f"{name}: values up to {float(np.abs(array).max()):.3g} overflow {np.dtype(dtype)}")
+    return array.astype(dtype)

@@ -60,6 +60,10 @@ def parameter_values(g: ParameterGraph) -> Tensor:
 
 def _split(g: ParameterGraph, values: Tensor | None) -> list[Tensor]:
     counts = _param_counts(g)
+    if values is not None and not isinstance(values, Tensor):
+        raise ConversionError(f"values must be a torch.Tensor of parameter values, not {type(values).__name__}")
+    if values is not None and not values.is_floating_point():
+        raise ConversionError(f"values must be floating point, not {values.dtype} (weights are real numbers)")
     if values is None:
         return [g.edge_value[s : s + n] for s, n in zip(_edge_starts(g), counts)]
     if values.dim() != 1 or values.numel() != sum(counts):

@@ -333,3 +333,22 @@ def test_transformer_exports_convert_and_round_trip(name):
     sess = ort.InferenceSession(permuted.SerializeToString(), providers=["CPUExecutionProvider"])
     y2 = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     torch.testing.assert_close(y2, _run(proto, x), rtol=1e-4, atol=1e-5)
+
+
+def test_to_onnx_refuses_values_it_cannot_write():
+    proto, _, _ = _weights_in_constants()
+    g = converters.from_onnx(proto)
+    values = converters.parameter_values(g).double()
+    with pytest.raises(converters.ConversionError, match="NaN/inf"):
+        converters.to_onnx(g, values.index_fill(0, torch.tensor([0]), float("nan")))
+    with pytest.raises(converters.ConversionError, match="overflow float32"):
+        converters.to_onnx(g, values.index_fill(0, torch.tensor([0]), 1e300))
+
+
+@pytest.mark.parametrize("bad", [torch.ones(15, dtype=torch.long), torch.ones(15, dtype=torch.bool),
+                                 torch.ones(15, dtype=torch.complex64), [0.0] * 15, np.zeros(15)])
+def test_values_that_are_no_weights_are_refused(bad):
+    proto, _, _ = _weights_in_constants()
+    g = converters.from_onnx(proto)
+    with pytest.raises(converters.ConversionError, match="values must be"):
+        converters.to_state_dict(g, bad)
