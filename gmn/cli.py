@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import converters
-from converters import ParameterGraph
+from converters import ConversionError, ParameterGraph
 
 from .architectures import BUILTIN
 from .cli_weights import add_parsers as add_weight_parsers
@@ -36,7 +36,13 @@ def load_target(target: str, arch: str | None, input_shape: str | None, dtype: s
     if path.suffix == ".onnx":
         return converters.from_onnx(path, progress=True)
     if path.is_file() and arch is None:
-        return converters.load_graph(path)
+        try:
+            return converters.load_graph(path)
+        except ConversionError as err:
+            if path.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
+                raise ConversionError(f"{err}; if {path.name} is a checkpoint, name its architecture with --arch "
+                                      f"(built-in: {', '.join(BUILTIN)})") from None
+            raise
     default = None
     if path.is_file():
         if arch not in BUILTIN:

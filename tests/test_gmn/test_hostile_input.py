@@ -187,6 +187,9 @@ def test_the_command_line_prints_one_line_and_exits_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("gmn: error:") and "\n" not in err and "Traceback" not in err, err
         assert name in err and "weights_only=False" not in err
+    save_file({"w": torch.ones(2)}, tmp_path / "weights.safetensors")
+    assert main(["convert", str(tmp_path / "weights.safetensors"), "-o", str(tmp_path / "g.pt")]) == 2
+    assert "name its architecture with --arch" in capsys.readouterr().err
     folder = _folder(tmp_path)
     _csv(tmp_path / "t.csv", [{"path": "../x.safetensors"}])
     assert main(["zoo", "import", str(folder), "--targets", str(tmp_path / "t.csv"), "--arch", "mlp"]) == 2
