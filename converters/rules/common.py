@@ -139,14 +139,17 @@ def dense_edges(
     return out
 
 
-def bias_edges(ctx: Context, bias: TensorInfo | None, out: Tensor, depth: int, etype=EdgeType.BIAS) -> None:
+def bias_edges(ctx: Context, bias: TensorInfo | None, out: Tensor, depth: int, etype=EdgeType.BIAS,
+               pos: int = 0) -> None:
+    """Edges from a new bias node into ``out``, one per scalar of ``bias``; ``pos`` tells two
+    biases of one layer apart (a recurrent layer's ``bias_ih`` and ``bias_hh``)."""
     if bias is None or (bias.param is None and not bias.has_neurons):
         return  # no bias, or a constant one (ONNX files spell "no bias" as zeros): no parameters
     if bias.param is None:
         raise ctx.fail("bias computed from activations")
     node = ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0))
     flat = None if whole(ctx, bias) else bias.flat.reshape(-1)
-    ctx.builder.param_edges(bias.param, node, out, etype, flat=flat)
+    ctx.builder.param_edges(bias.param, node, out, etype, pos, flat=flat)
 
 
 def affine(

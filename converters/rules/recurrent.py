@@ -32,7 +32,7 @@ from ..context import Context
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo, broadcast_ids, fresh_pos
 from ..vocab import Activation, EdgeType, NodeType
-from .common import channel_neurons, channel_pos, whole
+from .common import bias_edges, channel_neurons, channel_pos, whole
 
 S, T = Activation.SIGMOID, Activation.TANH
 #: activation of each gate, in the order of ``weight_ih``'s row blocks
@@ -46,16 +46,10 @@ def _weight(ctx: Context, w: TensorInfo, src: Tensor, dst: Tensor, etype: EdgeTy
     ctx.builder.param_edges(w.param, src.view(1, cols), dst.view(rows, 1), etype, pos, flat=flat, shape=(rows, cols))
 
 
-def _bias(ctx: Context, b: TensorInfo, dst: Tensor, pos: int, depth: int) -> None:
-    source = ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0))
-    flat = None if whole(ctx, b) else b.flat.reshape(-1)
-    ctx.builder.param_edges(b.param, source, dst, EdgeType.BIAS, pos, flat=flat, shape=(dst.numel(),))
-
-
-def _unit_edges(ctx: Context, parts: list[Tensor], dst: Tensor, first: int = 0) -> None:
-    """``parts[k][j] -> dst[j]`` for every unit ``j``, ``edge_pos`` ``first + k``."""
+def _unit_edges(ctx: Context, parts: list[Tensor], dst: Tensor) -> None:
+    """``parts[k][j] -> dst[j]`` for every unit ``j``, ``edge_pos`` ``k``."""
     for k, part in enumerate(parts):
-        ctx.builder.edges(part, dst, EdgeType.PRODUCT, first + k)
+        ctx.builder.edges(part, dst, EdgeType.PRODUCT, k)
 
 
 def _cell(ctx: Context, kind: str, weights: list[TensorInfo], has_biases: bool, in_ids: Tensor,
@@ -75,7 +69,7 @@ def _cell(ctx: Context, kind: str, weights: list[TensorInfo], has_biases: bool, 
         raise ctx.fail(f"weight {w_ih.param} expects {w_ih.flat.shape[1]} inputs, the tensor has {in_ids.numel()}")
     _weight(ctx, w_ih, in_ids, gates, EdgeType.LINEAR, in_pos.view(1, -1))
     for k, b in enumerate(biases):
-        _bias(ctx, b, gates, k, depth)
+        bias_edges(ctx, b, gates, depth, pos=k)
     gate = list(gates.view(len(acts), hidden))
     cells = None
     if kind == "aten.lstm":

@@ -59,9 +59,9 @@ def _tie_gains(ctx: Context, param: str, v_flat: Tensor, gains: Tensor, stride: 
         scalar = torch.arange(block.size) if block.flat is None else block.flat
         k = slice_of[scalar]
         keep = k >= 0
-        src, dst, pos, k = src[keep], dst[keep], pos[keep], k[keep]
         if not bool(keep.any()):
             continue
+        src, dst, pos, k = src[keep], dst[keep], pos[keep], k[keep]
         if n == 1 or _determines(dst, k):  # gains of output neurons (or one gain for all)
             _edges(ctx, gains, k, dst, 0)
         elif _determines(src, k):  # gains of input neurons, and of this layer: gains of two

@@ -100,9 +100,10 @@ class ZooDataset(Dataset):
 
     def _convert(self, member: dict, key: str) -> tuple[Tensor, dict[str, Tensor]]:
         """The member's parameter values and its checkpoint (read once: buffers come from it too)."""
-        where = str(self.zoo.root / member["path"])
+        path = self.zoo.path(member)  # confined to the zoo folder, like every read
+        where = str(path)
         if member["arch"]["family"] == "onnx":
-            g = converters.from_onnx(self.zoo.root / member["path"])
+            g = converters.from_onnx(path)
             self.templates[key] = _detached(g)
             return converters.parameter_values(g), g.param_index.buffers
         if key not in self.templates:

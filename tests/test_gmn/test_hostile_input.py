@@ -113,6 +113,21 @@ def test_every_read_is_confined_to_the_zoo(tmp_path):
         zoo.weights(zoo.members()[0])
 
 
+def test_zoo_dataset_confines_onnx_members_too(tmp_path):
+    from gmn.data import ZooDataset
+
+    folder = _folder(tmp_path)
+    (folder / "m.onnx").write_bytes(b"never opened at import")
+    import_folder(folder, _csv(tmp_path / "t.csv", [{"path": "m.onnx", "test_acc": 0.5}])).catalogue.close()
+    (tmp_path / "outside.onnx").write_bytes(b"")
+    db = sqlite3.connect(folder / "catalogue.sqlite")
+    with db:
+        db.execute("UPDATE checkpoints SET path = '../outside.onnx'")
+    db.close()
+    with pytest.raises(ValueError, match="leads outside the zoo folder"):
+        ZooDataset(folder, cache=False, progress=False)
+
+
 def test_a_rebuild_notices_runs_an_import_replaced(tmp_path):
     from gmn.zoo import build_zoo
 
