@@ -162,18 +162,21 @@ def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 #: Ops through which a tensor stays "the same weights" (views, casts, joins).
 _VIEW_OPS = {"Identity", "Cast", "CastLike", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Slice",
              "Concat", "Flatten", "Split", "Tile"}
-#: Inputs that hold weights whatever the other inputs are.
+#: Inputs that hold weights whatever the other inputs are (and whatever their values).
 _WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2), "PRelu": (1,),
+                 "Gemm": (1, 2),
                  "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
                  "Gather": (0,), "GatherND": (0,), "GatherElements": (0,)}  # tables looked up by index
 #: Inputs that hold weights when they meet activations (a constant times a constant is a table).
 _MIXING_OPS = {"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Concat"}
 
 
-def _parameter_sources(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], sources: set[str]) -> set[str]:
+def _parameter_sources(graph: onnx.GraphProto, nodes: list[onnx.NodeProto],
+                       sources: set[str]) -> tuple[set[str], set[str]]:
     """The constant tensors that act as weights: reaching a weight input of a layer, or meeting
     input-dependent activations in a product or sum, through views only. Constants that only
-    ever combine with other constants (rotary frequency tables, masks) are not parameters."""
+    ever combine with other constants (rotary frequency tables, masks) are not parameters.
+    Returns all of them and those that reach a layer's weight input."""
     dependent = {i.name for i in graph.input} - {t.name for t in graph.initializer}
     for n in nodes:  # what depends on the input data (shapes of it do not)
         if n.op_type not in ("Shape", "Size") and any(i in dependent for i in n.input):
@@ -185,16 +188,42 @@ def _parameter_sources(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], sour
                 {origin[i] for i in n.input if i in origin}
             if len(roots) == 1 and not any(i in dependent for i in n.input):
                 origin.update(dict.fromkeys(n.output, roots.pop()))
-    weights = set()
+    weights, slots = set(), set()
     for n in nodes:
         for slot, name in enumerate(n.input):
             if name not in origin:
                 continue
             others = [i for j, i in enumerate(n.input) if j != slot and i]
-            if slot in _WEIGHT_SLOTS.get(n.op_type, ()) or (
-                    n.op_type in _MIXING_OPS and any(i in dependent for i in others)):
+            if slot in _WEIGHT_SLOTS.get(n.op_type, ()):
+                slots.add(origin[name])
+            elif n.op_type in _MIXING_OPS and any(i in dependent for i in others):
                 weights.add(origin[name])
-    return weights
+    return weights | slots, slots
+
+
+def _constant_input(node: onnx.NodeProto, *tables: dict) -> bool:
+    return len(node.input) == 1 and any(node.input[0] in t for t in tables)
+
+
+def _fill(node: onnx.NodeProto, tensors: dict[str, Tensor]) -> Tensor:
+    """The value of a ``ConstantOfShape`` node whose shape is known."""
+    shape = tensors[node.input[0]]
+    if shape.dim() != 1 or shape.dtype != torch.int64 or bool((shape < 0).any()):
+        raise ConversionError(f"ConstantOfShape {node.output[0]!r}: its shape input must be a 1-D int64 tensor "
+                              f"of sizes >= 0, got {shape.dtype} {tuple(shape.shape)}")
+    sizes = [int(s) for s in shape]
+    count = 1
+    for s in sizes:
+        count *= s
+    if count > _MAX_FILL:
+        raise ConversionError(f"ConstantOfShape {node.output[0]!r} would make {count:,} elements "
+                              f"(shape {sizes}); refused")
+    value = _attributes(node).get("value", torch.zeros(1))
+    return value.reshape(-1)[:1].expand(sizes).clone()
+
+
+#: The most elements a constant fill may have (4 GiB of float32): a file that asks for more is refused
+_MAX_FILL = 1 << 30
 
 
 def _is_parameter(value: Tensor) -> bool:
@@ -238,6 +267,7 @@ class OnnxModule(nn.Module):
         super().__init__()
         graph = proto.graph
         self.nodes = _topological(graph)
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 21)
         for n in self.nodes:
             if n.domain not in ("", "ai.onnx") or n.op_type not in ONNX_OPS and n.op_type != "Constant":
                 raise ConversionError(self._unknown(n, graph))
@@ -246,12 +276,21 @@ class OnnxModule(nn.Module):
         self.onnx_names: dict[str, str] = {}  # ONNX name -> state_dict key
         self.constants: dict[str, Tensor] = {}
         init_names = {t.name for t in graph.initializer}
+        initializers = {t.name: _array(t, base) for t in graph.initializer}
         constants = {n.output[0]: self._constant(n) for n in self.nodes if n.op_type == "Constant"}
-        weights = _parameter_sources(graph, self.nodes, init_names | set(constants))
-        for t in graph.initializer:
-            self._add(t.name, _array(t, base), statistics, trainable=t.name in weights)
+        #: ConstantOfShape nodes of a constant shape are tensors like Constants (the model zoo's
+        #: files keep their weights there); they are computed once and never run again
+        self.folded = {n.output[0]: _fill(n, {**initializers, **constants}) for n in self.nodes
+                       if n.op_type == "ConstantOfShape" and _constant_input(n, initializers, constants)}
+        constants.update(self.folded)
+        weights, slots = _parameter_sources(graph, self.nodes, init_names | set(constants))
+        for name, value in initializers.items():
+            self._add(name, value, statistics, trainable=name in weights)
         for name, value in constants.items():
-            self._add(name, value, statistics, trainable=name in weights and _is_parameter(value))
+            # a tensor in a layer's weight input is a weight whatever its values; elsewhere
+            # (a product or sum) one repeated number is a constant, not a parameter
+            trainable = name in slots or (name in weights and _is_parameter(value))
+            self._add(name, value, statistics, trainable=trainable)
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
         self.attrs = [_attributes(n) for n in self.nodes]
@@ -333,11 +372,11 @@ class OnnxModule(nn.Module):
         env.update((name, self.tensor(name)) for name in self.onnx_names)
         env.update(zip(self.input_names, inputs))
         for node, attrs, scopes in zip(self.nodes, self.attrs, self.scopes):
-            if node.op_type == "Constant":
+            if node.op_type == "Constant" or node.output[0] in self.folded:
                 continue
             args = [env[i] for i in node.input]
             op = ONNX_OPS[node.op_type]
-            extra = {**attrs, "_outputs": len(node.output), "_op": node.op_type}
+            extra = {**attrs, "_outputs": len(node.output), "_op": node.op_type, "_opset": self.opset}
             try:
                 out = _in_scopes(scopes, lambda op=op, args=args, extra=extra: op(args, extra))
             except ConversionError:
@@ -401,12 +440,43 @@ def to_onnx(g: ParameterGraph, values: Tensor | None = None) -> onnx.ModelProto:
         dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
         out.graph.initializer[i].CopyFrom(numpy_helper.from_array(_cast(t.name, value, dtype), t.name))
     for node in out.graph.node:
-        if node.op_type == "Constant" and node.output[0] in weights:
+        name = node.output[0] if node.output else ""
+        if name not in weights:
+            continue
+        if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
                     dtype = helper.tensor_dtype_to_np_dtype(attr.t.data_type)
-                    attr.t.CopyFrom(numpy_helper.from_array(_cast(node.output[0], weights[node.output[0]], dtype)))
+                    attr.t.CopyFrom(numpy_helper.from_array(_cast(name, weights[name], dtype)))
+        elif name in module.folded:  # a filled weight with new values is a Constant now
+            dtype = helper.tensor_dtype_to_np_dtype(_fill_dtype(node))
+            value = numpy_helper.from_array(_cast(name, weights[name], dtype))
+            node.CopyFrom(helper.make_node("Constant", [], [name], name=node.name, value=value))
+    _drop_unused_initializers(out.graph, {t.name for t in proto.graph.initializer if _used(proto.graph, t.name)})
     return out
+
+
+def _used(graph: onnx.GraphProto, name: str) -> bool:
+    return any(name in n.input for n in graph.node) or any(o.name == name for o in graph.output)
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """Remove the shapes of fills that became Constants (and their IR-3 graph inputs); every
+    initializer the original file used stays."""
+    unused = {t.name for t in graph.initializer if t.name not in keep and not _used(graph, t.name)}
+    if not unused:
+        return
+    kept = [t for t in graph.initializer if t.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in unused]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def _fill_dtype(node: onnx.NodeProto) -> int:
+    value = next((a.t for a in node.attribute if a.name == "value"), None)
+    return value.data_type if value is not None else onnx.TensorProto.FLOAT
 
 
 def _cast(name: str, value: Tensor, dtype) -> np.ndarray:

@@ -223,6 +223,47 @@ def leaky_relu(i, a):
     return F.leaky_relu(i[0], a.get("alpha", 0.01))
 
 
+@onnx_op("PRelu")
+def prelu(i, a):
+    x, slope = i[0], i[1]
+    channels = x.shape[1] if x.dim() >= 2 else 1
+    # opsets 1-6 apply a 1-D slope along the channel axis; later ones broadcast numpy-style,
+    # where a per-channel slope is spelled (C, 1, ..., 1)
+    per_channel = x.dim() >= 2 and slope.numel() == channels and (
+        (a["_opset"] < 7 and slope.dim() == 1) or tuple(slope.shape) == (channels,) + (1,) * (x.dim() - 2))
+    if slope.numel() == 1 or per_channel:
+        return F.prelu(x, slope.reshape(-1))
+    return torch.where(x >= 0, x, x * slope)  # any other broadcast: written out (the converter pins it)
+
+
+#: ONNX pad modes as torch's
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+@onnx_op("Pad")
+def pad(i, a):
+    x = i[0]
+    if "pads" in a:  # opsets 1-10: attributes
+        pads, value = list(a["pads"]), float(a.get("value", 0.0))
+    else:
+        pads = _ints(i[1])
+        value = float(i[2].reshape(-1)[0]) if len(i) > 2 and i[2] is not None and i[2].numel() else 0.0
+    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(x.dim()))
+    axes = [d % x.dim() for d in axes]
+    n = len(axes)
+    if len(pads) != 2 * n:
+        raise ValueError(f"Pad: {len(pads)} pads for {n} axes")
+    widths = [0] * (2 * x.dim())
+    for k, d in enumerate(axes):  # torch wants (last begin, last end, second last begin, ...)
+        widths[2 * (x.dim() - 1 - d)], widths[2 * (x.dim() - 1 - d) + 1] = pads[k], pads[k + n]
+    while len(widths) > 2 and widths[-2:] == [0, 0]:
+        widths = widths[:-2]  # torch pads leading axes only in constant mode
+    mode = _PAD_MODES.get(a.get("mode", "constant"))
+    if mode is None:
+        raise ValueError(f"Pad: unknown mode {a.get('mode')!r}")
+    return F.pad(x, widths, mode=mode, value=value) if mode == "constant" else F.pad(x, widths, mode=mode)
+
+
 @onnx_op("Elu")
 def elu(i, a):
     return F.elu(i[0], a.get("alpha", 1.0))
@@ -255,7 +296,12 @@ def clip(i, a):
 
 @onnx_op("Softmax", "LogSoftmax")
 def softmax(i, a):
-    return F.softmax(i[0], a.get("axis", -1))
+    fn = F.log_softmax if a["_op"] == "LogSoftmax" else F.softmax
+    x = i[0]
+    if a["_opset"] < 13:  # opsets 1-12: over the input flattened to 2-D at ``axis`` (default 1)
+        axis = a.get("axis", 1) % max(x.dim(), 1)
+        return fn(x.reshape(*x.shape[:axis], -1), -1).reshape(x.shape)
+    return fn(x, a.get("axis", -1))
 
 
 @onnx_op("Where")
@@ -452,7 +498,9 @@ ONNX_OPS["ReduceMax"] = _reduce(lambda x, d, k: x.amax(d, keepdim=k))
 ONNX_OPS["ReduceMin"] = _reduce(lambda x, d, k: x.amin(d, keepdim=k))
 
 
-def _pool_args(x, a):
+def _pool_args(x, a, fill: float):
+    """Pooling arguments; unequal begin/end pads (which torch cannot express) are applied
+    beforehand with ``fill``."""
     dims = x.dim() - 2
     kernel = list(a["kernel_shape"])
     pads = list(a.get("pads", [0] * 2 * dims))
@@ -460,22 +508,28 @@ def _pool_args(x, a):
         widths = []
         for d in reversed(range(dims)):
             widths += [pads[d], pads[d + dims]]
-        x, pads = F.pad(x, widths, value=-math.inf), [0] * 2 * dims
+        x, pads = F.pad(x, widths, value=fill), [0] * 2 * dims
     return x, dims, kernel, list(a.get("strides", [1] * dims)), pads[:dims]
 
 
 @onnx_op("MaxPool")
 def max_pool(i, a):
-    x, dims, k, s, p = _pool_args(i[0], a)
+    x, dims, k, s, p = _pool_args(i[0], a, -math.inf)
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
     return fn(x, k, s, p, list(a.get("dilations", [1] * dims)), bool(a.get("ceil_mode", 0)))
 
 
 @onnx_op("AveragePool")
 def avg_pool(i, a):
-    x, dims, k, s, p = _pool_args(i[0], a)
+    include_pad = bool(a.get("count_include_pad", 0))
+    x, dims, k, s, p = _pool_args(i[0], a, 0.0)
     fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
-    return fn(x, k, s, p, bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))
+    ceil = bool(a.get("ceil_mode", 0))
+    if x.shape == i[0].shape or include_pad:
+        return fn(x, k, s, p, ceil, include_pad)
+    # pads applied beforehand: divide by the number of real elements in each window
+    valid, _, _, _, _ = _pool_args(torch.ones((1, 1) + tuple(i[0].shape[2:]), dtype=x.dtype), a, 0.0)
+    return fn(x, k, s, p, ceil, True) / fn(valid, k, s, p, ceil, True)
 
 
 @onnx_op("GlobalAveragePool")

@@ -53,6 +53,7 @@ class EdgeType(IntEnum):
     NORM_GROUP = 18  #: GroupNorm group -> member channel
     POSITIONAL = 19  #: neuron -> its copy combined with a per-channel constant; pos = channel
     RECURRENT = 20  #: weight from a recurrent layer's state (previous step) to its gates
+    PRELU_SLOPE = 21  #: a PReLU's negative slope, from the neuron to its activated copy
 
 
 class Activation(IntEnum):
@@ -85,6 +86,7 @@ class Activation(IntEnum):
     COS = 24
     CLAMP = 25
     SIGN = 26
+    PRELU = 27  #: ``max(0, x) + a * min(0, x)``, the slope ``a`` on the edge into the neuron
 
 
 #: Activations f with f(s x) = s f(x) for s > 0: hidden neurons may be rescaled.
@@ -108,5 +110,6 @@ PARAMETER_EDGE_TYPES = frozenset(
         EdgeType.CONSTANT,
         EdgeType.UNUSED,
         EdgeType.RECURRENT,
+        EdgeType.PRELU_SLOPE,
     }
 )

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 
 import torch
 from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo
+from ..tensor_info import TensorInfo, distinct_ids
 from ..vocab import Activation, EdgeType, NodeType
-from .common import lookup, pair
+from .common import affine, lookup, pair
 from .shape import VIEW_OPS
 
 ACTIVATIONS = {
@@ -126,3 +127,22 @@ def glu(ctx: Context, node: Node) -> TensorInfo:
     gated = lookup(b.ids, gates, sig, ctx.builder.num_nodes)
     ids = pair(ctx, a.ids, gated, NodeType.PRODUCT, EdgeType.PRODUCT, ctx.depth(a) + 1, b_pos=1)
     return TensorInfo(ids, a.pos)
+
+
+@register_op("aten.prelu", "aten._prelu_kernel")
+def prelu(ctx: Context, node: Node) -> TensorInfo:
+    """``prelu(x, a)``: a new neuron per neuron of ``x``, fed by an edge carrying its channel's
+    slope (one slope shared by every channel: tied edges). PReLU is positively homogeneous,
+    but a rescaled neuron would have to keep its slope edge unscaled, so no scale symmetry is
+    claimed."""
+    x, slope = ctx.info(node.args[0]), ctx.info(node.args[1])
+    if slope is None or slope.param is None:
+        raise ctx.fail("PReLU whose slope is not a parameter")
+    shape = ctx.shape()
+    view = [1] * len(shape)
+    if slope.flat.numel() > 1:
+        view[1 if len(shape) >= 2 else 0] = slope.flat.numel()
+    slope = replace(slope, flat=slope.flat.reshape(view))
+    out = affine(ctx, x, shape, slope, None, EdgeType.PRELU_SLOPE, EdgeType.BIAS)
+    ctx.builder.set_activation(torch.unique(distinct_ids(out.ids)), Activation.PRELU)
+    return out

@@ -12,9 +12,9 @@ from torch.fx import Node
 
 from ..context import Context
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, channel_ids
+from ..tensor_info import TensorInfo, channel_ids, distinct_ids
 from ..vocab import EdgeType, NodeType
-from .common import affine
+from .common import affine, varies
 
 
 def _channel_view(p: TensorInfo | None, ndim: int, dim: int) -> TensorInfo | None:
@@ -38,6 +38,17 @@ def _norm(ctx: Context, x: TensorInfo, w, b, dim: int | None) -> TensorInfo:
 
 
 def _keep_buffers(ctx: Context, out: TensorInfo, buffers: list[Node | None]) -> None:
+    """Tie running statistics to their channels' nodes, so that permutations carry them. When
+    the channel axis does not hold one neuron per channel (neurons run along another axis: a
+    ``(batch, channels, length)`` input with features along ``length``), a statistic cannot
+    follow a node: the output's neurons are pinned and the statistics stay as they are."""
+    buffers = [b for b in buffers if isinstance(b, Node) and b in ctx.buffer_names]
+    if not buffers:
+        return
+    if any(varies(out.ids, d) for d in range(2, out.ids.dim())):
+        ctx.builder.pin(distinct_ids(out.ids), f"running statistics in {ctx.path() or '<top level>'} are "
+                                               "per channel, its neurons are not")
+        return
     nodes = channel_ids(out.ids, 1)
     for buf in buffers:
         if isinstance(buf, Node) and buf in ctx.buffer_names:

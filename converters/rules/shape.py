@@ -75,13 +75,29 @@ def split(ctx: Context, node: Node) -> list[TensorInfo]:
     ]
 
 
-@register_op("aten.constant_pad_nd", "aten.pad")
+#: Padding ops that copy the input's own elements into the border, and their mode
+COPY_PADS = {f"aten.{kind}_pad{d}d": mode for kind, mode in (("reflection", "reflect"), ("replication", "replicate"))
+             for d in (1, 2, 3)} | {"aten._pad_circular": "circular"}
+
+
+@register_op("aten.constant_pad_nd", "aten.pad", *COPY_PADS)
 def pad(ctx: Context, node: Node) -> TensorInfo:
+    """A constant border holds no neuron (-1); a reflected, replicated or circular one holds
+    copies of the elements it repeats, so the shadows are padded the same way."""
     x = ctx.info(node.args[0])
     if x is None or not x.has_neurons:
         return nonneuron(ctx.shape(), x)
-    widths = node.args[1]
-    return replace(x, ids=F.pad(x.ids.contiguous(), widths, value=-1), pos=F.pad(x.pos.contiguous(), widths, value=-1))
+    name = op_name(node.target)
+    widths = list(node.args[1])
+    mode = COPY_PADS.get(name) or (node.args[2] if name == "aten.pad" and len(node.args) > 2
+                                   else node.kwargs.get("mode", "constant"))
+    if mode == "constant":
+        return replace(x, ids=F.pad(x.ids.contiguous(), widths, value=-1),
+                       pos=F.pad(x.pos.contiguous(), widths, value=-1))
+
+    def copy_pad(t):  # torch pads float tensors only in these modes; ids are exact in float64
+        return F.pad(t.double().contiguous(), widths, mode=mode).long()
+    return replace(x, ids=copy_pad(x.ids), pos=copy_pad(x.pos))
 
 
 @register_op("aten.cat", "aten.concat", "aten.concatenate")
