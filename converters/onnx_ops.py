@@ -450,7 +450,14 @@ def tile(i, a):
 @onnx_op("ConstantOfShape")
 def constant_of_shape(i, a):
     value = a.get("value", torch.zeros(1))
-    return value.reshape(-1)[0].expand(_ints(i[0])).clone()
+    shape = _ints(i[0])
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise ValueError(f"ConstantOfShape of shape {shape} exceeds {MAX_ELEMENTS:,} elements")
+    return value.reshape(-1)[0].expand(shape).clone()
+
+
+#: The most elements one tensor computed from a file's shapes may have (4 GiB of float32)
+MAX_ELEMENTS = 1 << 30
 
 
 @onnx_op("Range")
