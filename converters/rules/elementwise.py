@@ -54,7 +54,7 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
     if a.has_neurons or b.has_neurons:
         x, c = (a, b) if a.has_neurons else (b, a)
         const_node = node.args[1] if a.has_neurons else node.args[0]
-        return _with_nonneuron(ctx, x, c, shape, ctx.tag(const_node))
+        return _with_nonneuron(ctx, x, c, shape, ctx.tag(const_node), ctx.const_value(const_node))
     return nonneuron(shape, a, b)
 
 
@@ -87,17 +87,23 @@ def _layer_without_bias(ctx: Context, x_node, x: TensorInfo, p: TensorInfo, shap
     return layer
 
 
-def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...], tag: int) -> TensorInfo:
+def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...], tag: int,
+                    value: torch.Tensor | None = None) -> TensorInfo:
     """Neurons combined with a tensor that is no neuron's.
 
     A statistic of the input (a norm's variance, routing weights) leaves the neurons as
     they are. A constant that differs between channels (rotary tables) fixes each
     channel's role: new neurons whose edges carry the channel position and which
     constant it was (``tag``: rotary cos and sin tables must not be interchangeable).
+    A constant whose known ``value`` repeats along an axis (a fill of one number) commutes
+    with any permutation along it: that axis's channels stay interchangeable.
     """
     xb = x.ids.broadcast_to(shape)
     cshape = (1,) * (len(shape) - c.ids.dim()) + tuple(c.ids.shape)
-    fixed = [d for d in range(len(shape)) if cshape[d] > 1 and varies(xb, d)]
+    if value is not None and value.dim() == c.ids.dim():
+        value = value.reshape(cshape)
+    fixed = [d for d in range(len(shape)) if cshape[d] > 1 and varies(xb, d)
+             and (value is None or value.shape != cshape or _differs(value, d))]
     if not c.const or not fixed:
         return TensorInfo(xb, x.pos.broadcast_to(shape), routes=x.routes)
     sizes = [shape[d] if d in fixed else 1 for d in range(len(shape))]
@@ -113,6 +119,12 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
     keep = src >= 0
     ctx.builder.edges(src[keep], nodes[keep], EdgeType.POSITIONAL, where[keep] + tag * m)
     return TensorInfo(nodes[inverse].reshape(shape), x.pos.broadcast_to(shape))
+
+
+def _differs(value: torch.Tensor, dim: int) -> bool:
+    """Whether ``value`` holds different numbers along ``dim`` (NaN differs from everything)."""
+    first = value.narrow(dim, 0, 1)
+    return not bool((value == first).all())
 
 
 PREDICATES = (

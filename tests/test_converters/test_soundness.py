@@ -237,3 +237,27 @@ def test_pinned_neurons_survive_clean_up():
     operands the result does not name must survive the removal of dead structure."""
     g, _ = _sound(ThreeOperandEinsum(), _x(1, 5, 4), seeds=8)
     assert any("einsum" in p for p in g.param_index.pins)
+
+
+class ConstantScale(nn.Module):
+    """Hidden units times a constant made in ``forward``: one repeated number, or one per unit."""
+
+    def __init__(self, repeated: bool):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.repeated = repeated
+
+    def forward(self, x):
+        scale = torch.full((6,), 1.5, dtype=x.dtype) if self.repeated else torch.arange(1.0, 7.0, dtype=x.dtype)
+        return self.b(torch.relu(self.a(x)) * scale)
+
+
+def test_a_constant_of_one_repeated_number_keeps_units_interchangeable():
+    _, moved = _sound(ConstantScale(repeated=True), _x(3, 4))
+    assert bool(moved.any())  # the fill multiplies every unit alike
+
+
+def test_a_constant_that_differs_per_unit_fixes_them():
+    g, moved = _sound(ConstantScale(repeated=False), _x(3, 4))
+    hidden = g.node_type == int(NodeType.HIDDEN)
+    assert not bool((moved & hidden).any())
