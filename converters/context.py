@@ -102,7 +102,7 @@ class Context:
     # building ---------------------------------------------------------------
     def depth(self, *infos: TensorInfo | None) -> int:
         """Depth for nodes computed from ``infos``: one past the deepest input neuron."""
-        d = [self.builder.depth_of(i.ids.reshape(-1)) for i in infos if i is not None and i.has_neurons]
+        d = [self.builder.depth_of(distinct_ids(i.ids)) for i in infos if i is not None and i.has_neurons]
         return max(d, default=0) + 1
 
     def new_neurons(self, n: int, ntype: NodeType, depth: int) -> Tensor:

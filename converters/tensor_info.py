@@ -27,7 +27,7 @@ class TensorInfo:
 
     @property
     def has_neurons(self) -> bool:
-        return self.param is None and bool((self.ids >= 0).any())
+        return self.param is None and bool((compact(self.ids) >= 0).any())
 
     def map(self, fn) -> TensorInfo:
         """Apply the same shape op to every shadow tensor."""
@@ -47,19 +47,74 @@ def first_occurrence(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return uniq, inverse, first
 
 
+def compact(t: Tensor, keep: int | None = None) -> Tensor:
+    """``t`` without its broadcast axes (stride 0: one value repeated by layout), each narrowed
+    to size 1, except axis ``keep``. ``compact(t).expand(t.shape)`` is ``t``.
+
+    Shadows of activations repeat one neuron id over every spatial position and token
+    (``broadcast_ids``): rules that work on compact shadows cost what the model's neurons
+    cost, not what the example input's size does."""
+    for d in range(t.dim()):
+        if d != keep and t.shape[d] > 1 and t.stride(d) == 0:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+def broadcast_axes(shape: tuple[int, ...], *tensors: Tensor) -> list[int]:
+    """Axes of ``shape`` along which every one of ``tensors``, broadcast to ``shape``, is a
+    broadcast (stride 0): a rule may compute there on one index and expand its result."""
+    views = [t.broadcast_to(shape) for t in tensors]
+    return [d for d in range(len(shape)) if shape[d] > 1 and all(v.stride(d) == 0 for v in views)]
+
+
+def narrow_axes(t: Tensor, shape: tuple[int, ...], axes: list[int]) -> Tensor:
+    """``t`` broadcast to ``shape``, then narrowed to index 0 along ``axes``."""
+    t = t.broadcast_to(shape)
+    for d in axes:
+        t = t.narrow(d, 0, 1)
+    return t
+
+
+def reshape_shadow(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``t.reshape(shape)`` that keeps an axis carried over whole (same size, not merged or
+    split) a broadcast when it is one in ``t``: a reshape that splits heads off the channel axis
+    of a ``(batch, tokens, channels)`` shadow does not write out every token."""
+    try:
+        return t.view(shape)
+    except RuntimeError:
+        pass
+    groups, i, j = [], 0, 0
+    while i < t.dim() and j < len(shape):
+        gi, gj, pa, pb = [i], [j], t.shape[i], shape[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < t.dim():
+                pa, i = pa * t.shape[i], i + 1
+                gi.append(i - 1)
+            elif j < len(shape):
+                pb, j = pb * shape[j], j + 1
+                gj.append(j - 1)
+            else:
+                return t.reshape(shape)
+        groups.append((gi, gj))
+    small = list(shape)
+    for gi, gj in groups:
+        if len(gi) == 1 and len(gj) == 1 and t.shape[gi[0]] > 1 and t.stride(gi[0]) == 0:
+            t = t.narrow(gi[0], 0, 1)
+            small[gj[0]] = 1
+    return t.reshape(small).expand(shape)
+
+
 def distinct_ids(ids: Tensor) -> Tensor:
     """The node ids in ``ids`` (with repeats, -1 dropped), without expanding broadcast axes."""
-    for d in range(ids.dim()):
-        if ids.shape[d] > 1 and ids.stride(d) == 0:
-            ids = ids.narrow(d, 0, 1)
-    ids = ids.reshape(-1)
+    ids = compact(ids).reshape(-1)
     return ids[ids >= 0]
 
 
 def channel_ids(ids: Tensor, dim: int) -> Tensor:
     """The node of each index along ``dim`` (padding, i.e. -1, is ignored)."""
     n = ids.shape[dim]
-    return ids.movedim(dim, -1).reshape(-1, n).amax(0)
+    return compact(ids, keep=dim % ids.dim()).movedim(dim, -1).reshape(-1, n).amax(0)
 
 
 def fresh_pos(shape: tuple[int, ...], channel_dim: int) -> Tensor:

@@ -17,7 +17,7 @@ from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .registry import MODULE_RULES, OP_RULES, op_name
 from .simplify import simplify
 from .soundness import check_op, tensor_args, unknown_op
-from .tensor_info import TensorInfo, broadcast_ids, fresh_pos
+from .tensor_info import TensorInfo, broadcast_ids, compact, fresh_pos
 
 CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution",
             "aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d")
@@ -245,7 +245,7 @@ def _mark_outputs(ctx: Context, node: Node) -> None:
         if info is None or not info.has_neurons:
             continue
         ids = info.ids[0] if info.ids.dim() > 1 else info.ids
-        ids = ids.reshape(-1)
+        ids = compact(ids).reshape(-1)  # first occurrences keep their order (index 0 of broadcast axes)
         ids = ids[ids >= 0]
         uniq, inverse = torch.unique(ids, return_inverse=True)
         order = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long)

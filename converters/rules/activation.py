@@ -10,7 +10,7 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, distinct_ids
+from ..tensor_info import TensorInfo, compact, distinct_ids
 from ..vocab import Activation, EdgeType, NodeType
 from .common import affine, lookup, pair
 from .shape import VIEW_OPS
@@ -53,7 +53,7 @@ def activation(ctx: Context, node: Node) -> TensorInfo:
     if not x.has_neurons:
         return nonneuron(ctx.shape(), x)
     ids = x.ids
-    nodes = torch.unique(ids[ids >= 0])
+    nodes = torch.unique(distinct_ids(ids))
     fresh = bool((ctx.builder.activation_of(nodes) == int(Activation.NONE)).all())
     variant = _variant(node)
     if fresh and not variant and _sole_use(node.args[0]):
@@ -63,7 +63,8 @@ def activation(ctx: Context, node: Node) -> TensorInfo:
     new = ctx.new_neurons(nodes.numel(), NodeType.ACTIVATION, ctx.depth(x))
     ctx.builder.edges(nodes, new, EdgeType.ACTIVATION, variant)
     ctx.builder.set_activation(new, act)
-    return TensorInfo(lookup(ids, nodes, new, ctx.builder.num_nodes), x.pos, routes=x.routes)
+    new_ids = lookup(compact(ids), nodes, new, ctx.builder.num_nodes).expand(ids.shape)
+    return TensorInfo(new_ids, x.pos, routes=x.routes)
 
 
 def _variant(node: Node) -> int:

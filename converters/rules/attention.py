@@ -15,35 +15,45 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import register_op
-from ..tensor_info import TensorInfo
+from ..tensor_info import TensorInfo, broadcast_axes, compact, distinct_ids, narrow_axes
 from ..vocab import Activation, EdgeType, NodeType
 from .common import fibers_to_nodes
 from .linear import matmul_with_parameter
 
 
 def contract(ctx: Context, a: TensorInfo, b: TensorInfo, shape: tuple[int, ...]) -> TensorInfo:
-    """``a @ b`` over the last axis of ``a`` and the second-to-last of ``b``."""
+    """``a @ b`` over the last axis of ``a`` and the second-to-last of ``b``.
+
+    Rows of ``a`` that repeat by layout (every token of a sequence holds the same neurons)
+    are looked at once, as are such columns of ``b`` and leading axes where both repeat: the
+    cost follows the neurons, not the sequence length."""
     if not a.has_neurons and not b.has_neurons:
         return nonneuron(shape, a, b)
     lead = shape[:-2]
     m, k = a.ids.shape[-2:]
     n = b.ids.shape[-1]
-    rows = a.ids.broadcast_to(lead + (m, k)).reshape(-1, k)
-    cols = b.ids.broadcast_to(lead + (k, n)).transpose(-1, -2).reshape(-1, k)
+    a_ids, b_ids = a.ids.broadcast_to(lead + (m, k)), b.ids.broadcast_to(lead + (k, n))
+    both = broadcast_axes(lead, a_ids[..., 0, 0], b_ids[..., 0, 0])
+    a_ids = narrow_axes(a_ids, a_ids.shape, both + [d for d in (len(lead),) if a_ids.stride(d) == 0 and m > 1])
+    b_ids = narrow_axes(b_ids, b_ids.shape, both + [d for d in (len(lead) + 1,) if b_ids.stride(d) == 0 and n > 1])
+    lead, m, n = tuple(a_ids.shape[:-2]), a_ids.shape[-2], b_ids.shape[-1]
+    small = lead + (m, n)
+    rows = a_ids.reshape(-1, k)
+    cols = b_ids.transpose(-1, -2).reshape(-1, k)
+    zero = torch.zeros((), dtype=torch.long).expand(shape)
     if not a.has_neurons or not b.has_neurons:  # a constant mixing matrix: channels pass
         side, fibers = (b, cols) if b.has_neurons else (a, rows)
         if bool((fibers == fibers[:, :1]).all()):
             ids = fibers[:, 0].reshape(lead + ((n,) if side is b else (m,)))
-            ids = ids.unsqueeze(-2) if side is b else ids.unsqueeze(-1)
-            return TensorInfo(ids.expand(shape), torch.zeros((), dtype=torch.long).expand(shape))
-        nodes, inverse = fibers_to_nodes(ctx, fibers, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(side))
-        ids = nodes[inverse].reshape(lead + ((n,) if side is b else (m,)))
+        else:
+            nodes, inverse = fibers_to_nodes(ctx, fibers, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(side))
+            ids = nodes[inverse].reshape(lead + ((n,) if side is b else (m,)))
         ids = ids.unsqueeze(-2) if side is b else ids.unsqueeze(-1)
-        return TensorInfo(ids.expand(shape), torch.zeros((), dtype=torch.long).expand(shape))
+        return TensorInfo(ids.expand(small).expand(shape), zero)
     row_u, row_inv = torch.unique(rows, dim=0, return_inverse=True)
     col_u, col_inv = torch.unique(cols, dim=0, return_inverse=True)
     grid = row_inv.reshape(lead + (m, 1)) * col_u.shape[0] + col_inv.reshape(lead + (1, n))
-    grid = grid.broadcast_to(shape)
+    grid = grid.broadcast_to(small)
     pairs, inverse = torch.unique(grid.reshape(-1), return_inverse=True)
     r, c = row_u[pairs // col_u.shape[0]], col_u[pairs % col_u.shape[0]]
     mixing = bool((r != r[:, :1]).any()) and bool((c != c[:, :1]).any())
@@ -55,8 +65,8 @@ def contract(ctx: Context, a: TensorInfo, b: TensorInfo, shape: tuple[int, ...])
         both = torch.stack([r.reshape(-1), c.reshape(-1)])
         both = torch.unique(both[:, (both >= 0).all(0)], dim=1)
         ctx.builder.edges(both[0], both[1], EdgeType.CONTRACT_PAIR)
-    ids = nodes[inverse].reshape(shape)
-    return TensorInfo(ids, torch.zeros((), dtype=torch.long).expand(shape))
+    ids = nodes[inverse].reshape(small).expand(shape)
+    return TensorInfo(ids, zero)
 
 
 def _fan_in(ctx: Context, sets: Tensor, nodes: Tensor, etype: EdgeType) -> None:
@@ -94,10 +104,19 @@ def _attention(ctx: Context, node: Node) -> TensorInfo:
     q, k, v = (ctx.info(a) for a in node.args[:3])
     if k.ids.dim() >= 3 and k.ids.shape[-3] != q.ids.shape[-3]:  # grouped-query: kv heads are shared
         g = q.ids.shape[-3] // k.ids.shape[-3]
-        k, v = (i.map(lambda t: t.repeat_interleave(g, dim=-3)) for i in (k, v))
+        k, v = (i.map(lambda t: _repeat_heads(t, g)) for i in (k, v))
     qs, ks = q.ids.shape, k.ids.shape
     score_shape = torch.broadcast_shapes(qs[:-2], ks[:-2]) + (qs[-2], ks[-2])
     scores = contract(ctx, q, k.map(lambda t: t.transpose(-1, -2)), score_shape)
-    heads = torch.unique(scores.ids[scores.ids >= 0])
+    heads = torch.unique(distinct_ids(scores.ids))
     ctx.builder.set_activation(heads, Activation.SOFTMAX)
     return contract(ctx, scores, v, tuple(q.ids.shape[:-1]) + (v.ids.shape[-1],))
+
+
+def _repeat_heads(t: Tensor, g: int) -> Tensor:
+    """Each key/value head repeated for the ``g`` query heads that share it, leaving broadcast
+    axes (tokens) broadcast."""
+    d = t.dim() - 3
+    shape = list(t.shape)
+    shape[d] *= g
+    return compact(t, keep=d).repeat_interleave(g, dim=d).expand(shape)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..context import Context
-from ..tensor_info import TensorInfo, channel_ids, first_occurrence
+from ..tensor_info import TensorInfo, broadcast_axes, channel_ids, compact, first_occurrence, narrow_axes
 from ..vocab import EdgeType, NodeType
 
 
@@ -56,7 +56,11 @@ def _same_view(a: Tensor | None, b: Tensor | None) -> bool:
 
 
 def varies(ids: Tensor, dim: int) -> bool:
-    return ids.shape[dim] > 1 and bool((ids != ids.narrow(dim, 0, 1)).any())
+    """Whether ``ids`` holds different neurons along ``dim``."""
+    if ids.shape[dim] <= 1 or ids.stride(dim) == 0:
+        return False
+    ids = compact(ids)
+    return bool((ids != ids.narrow(dim, 0, 1)).any())
 
 
 def lookup(ids: Tensor, old: Tensor, new: Tensor, size: int) -> Tensor:
@@ -77,15 +81,17 @@ def pair(
 ) -> Tensor:
     """One new node per distinct (a, b) pair of node ids; edges a -> node and b -> node."""
     shape = torch.broadcast_shapes(a.shape, b.shape)
-    a = a.broadcast_to(shape).reshape(-1)
-    b = b.broadcast_to(shape).reshape(-1)
+    axes = broadcast_axes(shape, a, b)  # computed once where both repeat, then expanded
+    a, b = narrow_axes(a, shape, axes), narrow_axes(b, shape, axes)
+    small = a.shape
+    a, b = a.reshape(-1), b.reshape(-1)
     m = ctx.builder.num_nodes + 1
     uniq, inverse = torch.unique((a + 1) * m + (b + 1), return_inverse=True)
     ua, ub = uniq // m - 1, uniq % m - 1
     nodes = ctx.new_neurons(uniq.numel(), ntype, depth)
     ctx.builder.edges(ua[ua >= 0], nodes[ua >= 0], etype)
     ctx.builder.edges(ub[ub >= 0], nodes[ub >= 0], etype, b_pos)
-    return nodes[inverse].reshape(shape)
+    return nodes[inverse].reshape(small).expand(shape)
 
 
 def fibers_to_nodes(ctx: Context, rows: Tensor, ntype: NodeType, etype: EdgeType, depth: int,
@@ -164,12 +170,17 @@ def affine(
     """``x * weight + bias`` with broadcast parameters: a new neuron per neuron of ``x``.
 
     Each parameter scalar becomes the edge into the neuron where it first acts; further
-    neurons it also acts on get tied edges (a scalar gain shared by all channels).
+    neurons it also acts on get tied edges (a scalar gain shared by all channels). Along
+    axes where neither the neurons nor the parameters change by layout (spatial positions,
+    tokens), the first occurrence is at index 0: only that index is looked at.
     """
     if not x.has_neurons:
         x = ctx.materialise(x)
-    ids = x.ids.broadcast_to(shape).reshape(-1)
-    pos = x.pos.broadcast_to(shape).reshape(-1)
+    params = [p for p in (weight, bias) if p is not None]
+    axes = broadcast_axes(shape, x.ids, *(p.flat for p in params))
+    small = narrow_axes(x.ids, shape, axes).shape
+    ids = narrow_axes(x.ids, shape, axes).reshape(-1)
+    pos = narrow_axes(x.pos, shape, axes).reshape(-1)
     valid = ids >= 0
     uniq, inverse = torch.unique(ids[valid], return_inverse=True)
     depth = ctx.depth(x)
@@ -181,11 +192,11 @@ def affine(
     for p, etype in ((weight, weight_type), (bias, bias_type)):
         if p is None:
             continue
-        flat = p.flat.broadcast_to(shape).reshape(-1)[valid]
+        flat = narrow_axes(p.flat, shape, axes).reshape(-1)[valid]
         m = ctx.builder.num_nodes + 1
         key = flat * m + ids[valid]
         _, _, first = first_occurrence(key)
         idx = valid.nonzero().squeeze(1)[first]
         src = ids[idx] if p is weight else ctx.new_neurons(1, NodeType.BIAS, max(depth - 1, 0)).expand(idx.numel())
         ctx.builder.param_edges(p.param, src, out_ids[idx], etype, pos[idx], flat=flat[first])
-    return TensorInfo(ids=out_ids.reshape(shape), pos=x.pos.broadcast_to(shape))
+    return TensorInfo(ids=out_ids.reshape(small).expand(shape), pos=x.pos.broadcast_to(shape))

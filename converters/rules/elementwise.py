@@ -7,7 +7,7 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo
+from ..tensor_info import TensorInfo, broadcast_axes, narrow_axes
 from ..vocab import EdgeType, NodeType
 from .common import affine, bias_edges, pair, varies
 from .shape import VIEW_OPS
@@ -39,8 +39,8 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
                 out, _ = ctx.unbiased.pop(layer)
                 index = torch.full((ctx.builder.num_nodes,), -1, dtype=torch.long)
                 index[out] = torch.arange(out.numel())
-                flat = p.flat.broadcast_to(shape).reshape(-1)
-                order = torch.zeros(out.numel(), dtype=torch.long).scatter_(0, index[x.ids.reshape(-1)], flat)
+                ids, flat = _compact_pair(x.ids, p.flat, shape)
+                order = torch.zeros(out.numel(), dtype=torch.long).scatter_(0, index[ids], flat)
                 bias_edges(ctx, TensorInfo(p.ids, p.pos, param=p.param, flat=order), out,
                            ctx.builder.depth_of(out))
                 return x
@@ -76,8 +76,7 @@ def _layer_without_bias(ctx: Context, x_node, x: TensorInfo, p: TensorInfo, shap
     if layer not in ctx.unbiased or p.flat.numel() != ctx.unbiased[layer][0].numel():
         return None
     out = ctx.unbiased[layer][0]
-    ids = x.ids.broadcast_to(shape).reshape(-1)
-    flat = p.flat.broadcast_to(shape).reshape(-1)
+    ids, flat = _compact_pair(x.ids, p.flat, shape)
     if tuple(x.ids.shape) != shape or bool((ids < 0).any()) or not bool(torch.isin(ids, out).all()):
         return None
     # one parameter scalar per neuron, the same wherever the neuron appears
@@ -85,6 +84,13 @@ def _layer_without_bias(ctx: Context, x_node, x: TensorInfo, p: TensorInfo, shap
     if not bool((first[ids] == flat).all()) or torch.unique(flat).numel() != out.numel():
         return None
     return layer
+
+
+def _compact_pair(ids: torch.Tensor, flat: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neuron ids and parameter indices broadcast to ``shape``, flattened, without the axes
+    along which both repeat by layout (tokens, positions)."""
+    axes = broadcast_axes(shape, ids, flat)
+    return narrow_axes(ids, shape, axes).reshape(-1), narrow_axes(flat, shape, axes).reshape(-1)
 
 
 def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...], tag: int,
@@ -110,15 +116,17 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
     n = 1
     for s in sizes:
         n *= s
-    channel = torch.arange(n).reshape(sizes).broadcast_to(shape).reshape(-1)
-    flat = xb.reshape(-1)
+    axes = broadcast_axes(shape, xb)  # the fixed axes are not among them: neurons vary there
+    small = narrow_axes(xb, shape, axes).shape
+    channel = narrow_axes(torch.arange(n).reshape(sizes), shape, axes).reshape(-1)
+    flat = narrow_axes(xb, shape, axes).reshape(-1)
     m = n + 1
     uniq, inverse = torch.unique((flat + 1) * m + channel, return_inverse=True)
     src, where = uniq // m - 1, uniq % m
     nodes = ctx.new_neurons(uniq.numel(), NodeType.POSITIONAL, ctx.depth(x))
     keep = src >= 0
     ctx.builder.edges(src[keep], nodes[keep], EdgeType.POSITIONAL, where[keep] + tag * m)
-    return TensorInfo(nodes[inverse].reshape(shape), x.pos.broadcast_to(shape))
+    return TensorInfo(nodes[inverse].reshape(small).expand(shape), x.pos.broadcast_to(shape))
 
 
 def _differs(value: torch.Tensor, dim: int) -> bool:

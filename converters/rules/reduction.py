@@ -71,12 +71,22 @@ def _reduce(ctx: Context, node: Node, x: TensorInfo | None, out_shape) -> Tensor
     if not mixed:
         return TensorInfo(ids.reshape(out_shape), pos.reshape(out_shape))
     rest = [d for d in range(ids.dim()) if d not in mixed]
-    rows = ids.permute(rest + mixed)
-    kept = rows.shape[: len(rest)]
+    kept = tuple(ids.shape[d] for d in rest)
+    # one fibre per index of the kept axes; along broadcast ones (tokens) all fibres are one
+    rows = _compact_kept(ids, rest).permute(rest + mixed)
+    small = rows.shape[: len(rest)]
     rows = rows.reshape(-1, rows[(0,) * len(rest)].numel())
     nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(x))
     pos = pos.permute(rest + mixed).reshape(*kept, -1)[..., 0]
-    return TensorInfo(nodes[inverse].reshape(kept).reshape(out_shape), pos.reshape(out_shape))
+    return TensorInfo(nodes[inverse].reshape(small).expand(kept).reshape(out_shape), pos.reshape(out_shape))
+
+
+def _compact_kept(ids, rest: list[int]):
+    """``ids`` narrowed to index 0 along the kept axes where it is a broadcast."""
+    for d in rest:
+        if ids.shape[d] > 1 and ids.stride(d) == 0:
+            ids = ids.narrow(d, 0, 1)
+    return ids
 
 
 @register_op(*POOLING)

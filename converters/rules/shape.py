@@ -10,7 +10,7 @@ from torch.fx import Node
 
 from ..context import Context, dependencies, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, no_neurons, positions
+from ..tensor_info import TensorInfo, no_neurons, positions, reshape_shadow
 from ..vocab import EdgeType, NodeType
 from .common import fibers_to_nodes, varies
 
@@ -28,6 +28,9 @@ SHAPE = (
     "aten.numpy_T", "aten.mT", "aten.adjoint", "aten.pixel_shuffle", "aten.pixel_unshuffle",
     "aten.channel_shuffle", "aten.native_channel_shuffle",
 )
+#: Shape ops that only change how the elements are grouped into axes.
+RESHAPES = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten.view_as", "aten.reshape_as",
+                      "aten.flatten", "aten.unflatten"})
 #: Ops whose result is a view of their input's elements (no value changes).
 VIEW_OPS = frozenset(IDENTITY + SHAPE)
 SPLIT = ("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.unsafe_split",
@@ -37,11 +40,12 @@ SPLIT = ("aten.split", "aten.split_with_sizes", "aten.chunk", "aten.unbind", "at
 def _shape_fn(ctx: Context, node: Node):
     name = op_name(node.target)
     rest = list(node.args[1:])
-    if name in ("aten.view", "aten._unsafe_view"):
-        return lambda t: t.reshape(rest[0])
-    if name in ("aten.view_as", "aten.expand_as", "aten.reshape_as"):
+    if name in RESHAPES:
+        out = ctx.shape()
+        return lambda t: reshape_shadow(t, out)
+    if name == "aten.expand_as":
         other = ctx.shape(rest[0])
-        return (lambda t: t.expand(other)) if name == "aten.expand_as" else (lambda t: t.reshape(other))
+        return lambda t: t.expand(other)
     if any(isinstance(a, Node) or (isinstance(a, (list, tuple)) and any(isinstance(b, Node) for b in a))
            for a in rest):
         raise ctx.fail("shape op whose sizes are computed from tensor values (data-dependent sizes)")
@@ -131,7 +135,7 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
     if not merge:
         taint = dependencies(*(i for i in infos if not i.has_neurons))
         return TensorInfo(
-            torch.cat([i.ids for i in infos], dim), torch.cat([i.pos for i in infos], dim),
+            _cat([i.ids for i in infos], dim), _cat([i.pos for i in infos], dim),
             const=all(i.const for i in infos), taint=taint if taint.numel() else None,
         )
     # tokens of different origin joined along a sequence axis share channels: merge them;
@@ -142,6 +146,17 @@ def cat(ctx: Context, node: Node) -> TensorInfo:
                                      ordered=True)
     ids = nodes[inverse].reshape(shape[:dim] + (1,) + shape[dim + 1:]).expand(shape)
     return TensorInfo(ids, positions(ids))
+
+
+def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """``torch.cat`` that keeps the axes along which every part is a broadcast (tokens, positions)
+    a broadcast, instead of writing them out."""
+    shape = list(parts[0].shape)
+    shape[dim] = sum(p.shape[dim] for p in parts)
+    axes = [d for d in range(len(shape)) if d != dim and shape[d] > 1 and all(p.stride(d) == 0 for p in parts)]
+    for d in axes:
+        parts = [p.narrow(d, 0, 1) for p in parts]
+    return torch.cat(parts, dim).expand(shape)
 
 
 @register_op("aten.stack")
