@@ -105,6 +105,14 @@ def reshape_shadow(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape(small).expand(shape)
 
 
+def repeat_shadow(t: Tensor, repeats: int, dim: int) -> Tensor:
+    """``t.repeat_interleave(repeats, dim)`` that leaves the other broadcast axes broadcasts."""
+    dim %= t.dim()
+    shape = list(t.shape)
+    shape[dim] *= repeats
+    return compact(t, keep=dim).repeat_interleave(repeats, dim).expand(shape)
+
+
 def distinct_ids(ids: Tensor) -> Tensor:
     """The node ids in ``ids`` (with repeats, -1 dropped), without expanding broadcast axes."""
     ids = compact(ids).reshape(-1)

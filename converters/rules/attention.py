@@ -15,7 +15,7 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import register_op
-from ..tensor_info import TensorInfo, broadcast_axes, compact, distinct_ids, narrow_axes
+from ..tensor_info import TensorInfo, broadcast_axes, distinct_ids, narrow_axes, repeat_shadow
 from ..vocab import Activation, EdgeType, NodeType
 from .common import fibers_to_nodes
 from .linear import matmul_with_parameter
@@ -104,7 +104,7 @@ def _attention(ctx: Context, node: Node) -> TensorInfo:
     q, k, v = (ctx.info(a) for a in node.args[:3])
     if k.ids.dim() >= 3 and k.ids.shape[-3] != q.ids.shape[-3]:  # grouped-query: kv heads are shared
         g = q.ids.shape[-3] // k.ids.shape[-3]
-        k, v = (i.map(lambda t: _repeat_heads(t, g)) for i in (k, v))
+        k, v = (i.map(lambda t: repeat_shadow(t, g, -3)) for i in (k, v))
     qs, ks = q.ids.shape, k.ids.shape
     score_shape = torch.broadcast_shapes(qs[:-2], ks[:-2]) + (qs[-2], ks[-2])
     scores = contract(ctx, q, k.map(lambda t: t.transpose(-1, -2)), score_shape)
@@ -112,11 +112,3 @@ def _attention(ctx: Context, node: Node) -> TensorInfo:
     ctx.builder.set_activation(heads, Activation.SOFTMAX)
     return contract(ctx, scores, v, tuple(q.ids.shape[:-1]) + (v.ids.shape[-1],))
 
-
-def _repeat_heads(t: Tensor, g: int) -> Tensor:
-    """Each key/value head repeated for the ``g`` query heads that share it, leaving broadcast
-    axes (tokens) broadcast."""
-    d = t.dim() - 3
-    shape = list(t.shape)
-    shape[d] *= g
-    return compact(t, keep=d).repeat_interleave(g, dim=d).expand(shape)

@@ -10,7 +10,7 @@ from torch.fx import Node
 
 from ..context import Context, dependencies, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, no_neurons, positions, reshape_shadow
+from ..tensor_info import TensorInfo, no_neurons, positions, repeat_shadow, reshape_shadow
 from ..vocab import EdgeType, NodeType
 from .common import fibers_to_nodes, varies
 
@@ -43,6 +43,9 @@ def _shape_fn(ctx: Context, node: Node):
     if name in RESHAPES:
         out = ctx.shape()
         return lambda t: reshape_shadow(t, out)
+    dim = rest[1] if len(rest) > 1 else node.kwargs.get("dim")
+    if name == "aten.repeat_interleave" and isinstance(rest[0], int) and isinstance(dim, int):
+        return lambda t: repeat_shadow(t, rest[0], dim)
     if name == "aten.expand_as":
         other = ctx.shape(rest[0])
         return lambda t: t.expand(other)
