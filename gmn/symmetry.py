@@ -391,19 +391,41 @@ def _keeps_ties(g: ParameterGraph, edge_map: Tensor) -> bool:
 
 
 def _moved(g: ParameterGraph, pi: Tensor, edge_map: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    n = g.num_nodes
     value = g.edge_value[edge_map]
-    buffers = {}
+    return value[: int(g.num_param_edges)], _moved_buffers(g, pi), edge_map
+
+
+def _moved_buffers(g: ParameterGraph, pi: Tensor) -> dict[str, Tensor]:
+    """Buffers whose slices belong to nodes (running statistics), carried along by ``pi``.
+
+    A symmetry may move a whole layer onto another of the same structure (two like branches of
+    an Inception block): its statistics then move into the other layer's buffers. Buffers of
+    one layer share their nodes; the ``i``-th buffer of a layer (mean, variance) goes to the
+    ``i``-th of the layer it lands on."""
     index = g.param_index
+    layers: dict[tuple, list[str]] = {}
     for name, (dim, nodes) in index.buffer_nodes.items():
-        where = torch.full((n,), -1, dtype=torch.long)
-        where[nodes] = torch.arange(nodes.numel())
-        target = where[pi[nodes]]
-        buf = index.buffers[name]
-        moved = torch.empty_like(buf)
-        moved.index_copy_(dim, target, buf)
-        buffers[name] = moved
-    return value[: int(g.num_param_edges)], buffers, edge_map
+        layers.setdefault((dim, tuple(nodes.tolist())), []).append(name)
+    owner = torch.full((g.num_nodes,), -1, dtype=torch.long)
+    slot = torch.full((g.num_nodes,), -1, dtype=torch.long)
+    keys = list(layers)
+    for i, (_, nodes) in enumerate(keys):
+        owner[list(nodes)] = i
+        slot[list(nodes)] = torch.arange(len(nodes))
+    moved = {name: index.buffers[name].clone() for names in layers.values() for name in names}
+    for (dim, nodes), names in layers.items():
+        image = pi[list(nodes)]
+        if bool((owner[image] < 0).any()):
+            raise ValueError(f"the permutation moves neurons of {names[0]!r}'s channels onto neurons without "
+                             "running statistics")
+        for target in torch.unique(owner[image]).tolist():
+            there = layers[keys[target]]
+            if len(there) != len(names):
+                raise ValueError(f"the permutation moves {names} onto {there}: not one statistic per statistic")
+            rows = (owner[image] == target).nonzero().squeeze(1)
+            for src, dst in zip(names, there):
+                moved[dst].index_copy_(dim, slot[image[rows]], index.buffers[src].index_select(dim, rows))
+    return moved
 
 
 def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:

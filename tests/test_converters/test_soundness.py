@@ -261,3 +261,27 @@ def test_a_constant_that_differs_per_unit_fixes_them():
     g, moved = _sound(ConstantScale(repeated=False), _x(3, 4))
     hidden = g.node_type == int(NodeType.HIDDEN)
     assert not bool((moved & hidden).any())
+
+
+class TwinBranches(nn.Module):
+    """Two branches of one structure, each with BatchNorm, concatenated (an Inception block):
+    swapping the branches is a symmetry, and each one's running statistics must go along."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 3, 1)
+        self.left = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU())
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(torch.cat([self.left(h), self.right(h)], 1))
+
+
+def test_whole_branches_swap_with_their_running_statistics():
+    g, _ = _sound(TwinBranches().eval(), _x(1, 2, 5, 5), seeds=12)
+    left, right = (g.param_index.buffer_nodes[f"{b}.1.running_mean"][1] for b in ("left", "right"))
+    swaps = [seed for seed in range(12)
+             if bool(torch.isin(symmetry.random_symmetry(g, seed=seed, return_maps=True)[1][left], right).all())]
+    assert swaps  # the swap is offered (and _sound checked the outputs under every seed)
