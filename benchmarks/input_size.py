@@ -114,16 +114,17 @@ def _reference(path: str, queue) -> None:
     torch.manual_seed(0)
     net = makers.make_resnet(conv_layers=21, hidden_dim=128).eval()
     x = torch.randn(1, 3, 32, 32)
-    ref_s, gmn_s = [], []
+    ref_s, gmn_s, eager_s = [], [], []
     for _ in range(3):
         start = time.perf_counter()
         _, edge_index, _ = graph.arch_to_graph(graph.sequential_to_arch(net))
         ref_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        g = converters.from_torch(net, x)
-        gmn_s.append(time.perf_counter() - start)
+        for tracer, times in (("auto", gmn_s), ("eager", eager_s)):
+            start = time.perf_counter()
+            g = converters.from_torch(net, x, tracer=tracer)
+            times.append(time.perf_counter() - start)
     queue.put(dict(params=sum(p.numel() for p in net.parameters()), ref_s=min(ref_s), gmn_s=min(gmn_s),
-                   ref_edges=int(edge_index.size(1)), gmn_edges=int(g.edge_index.size(1))))
+                   eager_s=min(eager_s), ref_edges=int(edge_index.size(1)), gmn_edges=int(g.edge_index.size(1))))
 
 
 def measure(reference: str | None) -> tuple[list[dict], dict | None]:
@@ -163,7 +164,8 @@ def _print_row(r: dict, first: dict) -> None:
 def _print_reference(ref: dict) -> str:
     line = (f"reference ResNet (width 128, 21 blocks, {ref['params']:,} params, 32x32): reference "
             f"{ref['ref_s']:.3f} s ({ref['ref_edges']:,} edges), gmn {ref['gmn_s']:.3f} s "
-            f"({ref['gmn_edges']:,} edges): gmn at {ref['ref_s'] / ref['gmn_s']:.2f}x the reference's speed")
+            f"({ref['gmn_edges']:,} edges): gmn at {ref['ref_s'] / ref['gmn_s']:.2f}x the reference's speed; "
+            f"with tracer='eager' {ref['eager_s']:.3f} s, {ref['ref_s'] / ref['eager_s']:.2f}x")
     print(line)
     return line
 

@@ -25,8 +25,9 @@ def contract(ctx: Context, a: TensorInfo, b: TensorInfo, shape: tuple[int, ...])
     """``a @ b`` over the last axis of ``a`` and the second-to-last of ``b``.
 
     Rows of ``a`` that repeat by layout (every token of a sequence holds the same neurons)
-    are looked at once, as are such columns of ``b`` and leading axes where both repeat: the
-    cost follows the neurons, not the sequence length."""
+    are looked at once, as are such columns of ``b``, leading axes where both repeat and the
+    summed axis where both do (scores times values, summed over tokens): the cost follows the
+    neurons, not the sequence length."""
     if not a.has_neurons and not b.has_neurons:
         return nonneuron(shape, a, b)
     lead = shape[:-2]
@@ -36,6 +37,8 @@ def contract(ctx: Context, a: TensorInfo, b: TensorInfo, shape: tuple[int, ...])
     both = broadcast_axes(lead, a_ids[..., 0, 0], b_ids[..., 0, 0])
     a_ids = narrow_axes(a_ids, a_ids.shape, both + [d for d in (len(lead),) if a_ids.stride(d) == 0 and m > 1])
     b_ids = narrow_axes(b_ids, b_ids.shape, both + [d for d in (len(lead) + 1,) if b_ids.stride(d) == 0 and n > 1])
+    if k > 1 and a_ids.stride(-1) == 0 and b_ids.stride(-2) == 0:  # one neuron pair over the whole sum
+        a_ids, b_ids, k = a_ids.narrow(-1, 0, 1), b_ids.narrow(-2, 0, 1), 1
     lead, m, n = tuple(a_ids.shape[:-2]), a_ids.shape[-2], b_ids.shape[-1]
     small = lead + (m, n)
     rows = a_ids.reshape(-1, k)
