@@ -35,8 +35,9 @@ def contract(ctx: Context, a: TensorInfo, b: TensorInfo, shape: tuple[int, ...])
     n = b.ids.shape[-1]
     a_ids, b_ids = a.ids.broadcast_to(lead + (m, k)), b.ids.broadcast_to(lead + (k, n))
     both = broadcast_axes(lead, a_ids[..., 0, 0], b_ids[..., 0, 0])
-    a_ids = narrow_axes(a_ids, a_ids.shape, both + [d for d in (len(lead),) if a_ids.stride(d) == 0 and m > 1])
-    b_ids = narrow_axes(b_ids, b_ids.shape, both + [d for d in (len(lead) + 1,) if b_ids.stride(d) == 0 and n > 1])
+    row_axis, col_axis = len(lead), len(lead) + 1
+    a_ids = narrow_axes(a_ids, a_ids.shape, both + ([row_axis] if m > 1 and a_ids.stride(row_axis) == 0 else []))
+    b_ids = narrow_axes(b_ids, b_ids.shape, both + ([col_axis] if n > 1 and b_ids.stride(col_axis) == 0 else []))
     if k > 1 and a_ids.stride(-1) == 0 and b_ids.stride(-2) == 0:  # one neuron pair over the whole sum
         a_ids, b_ids, k = a_ids.narrow(-1, 0, 1), b_ids.narrow(-2, 0, 1), 1
     lead, m, n = tuple(a_ids.shape[:-2]), a_ids.shape[-2], b_ids.shape[-1]
@@ -114,4 +115,3 @@ def _attention(ctx: Context, node: Node) -> TensorInfo:
     heads = torch.unique(distinct_ids(scores.ids))
     ctx.builder.set_activation(heads, Activation.SOFTMAX)
     return contract(ctx, scores, v, tuple(q.ids.shape[:-1]) + (v.ids.shape[-1],))
-

@@ -178,8 +178,9 @@ def affine(
         x = ctx.materialise(x)
     params = [p for p in (weight, bias) if p is not None]
     axes = broadcast_axes(shape, x.ids, *(p.flat for p in params))
-    small = narrow_axes(x.ids, shape, axes).shape
-    ids = narrow_axes(x.ids, shape, axes).reshape(-1)
+    ids = narrow_axes(x.ids, shape, axes)
+    small = ids.shape
+    ids = ids.reshape(-1)
     pos = narrow_axes(x.pos, shape, axes).reshape(-1)
     valid = ids >= 0
     uniq, inverse = torch.unique(ids[valid], return_inverse=True)

@@ -6,7 +6,7 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, broadcast_ids, fresh_pos
+from ..tensor_info import TensorInfo, broadcast_ids, compact, fresh_pos
 from ..vocab import EdgeType, NodeType
 from .common import channel_neurons, fibers_to_nodes, varies
 from .elementwise import where_like
@@ -73,20 +73,13 @@ def _reduce(ctx: Context, node: Node, x: TensorInfo | None, out_shape) -> Tensor
     rest = [d for d in range(ids.dim()) if d not in mixed]
     kept = tuple(ids.shape[d] for d in rest)
     # one fibre per index of the kept axes; along broadcast ones (tokens) all fibres are one
-    rows = _compact_kept(ids, rest).permute(rest + mixed)
+    rows = compact(ids).permute(rest + mixed)  # the mixed axes vary, so they are never broadcasts
     small = rows.shape[: len(rest)]
     rows = rows.reshape(-1, rows[(0,) * len(rest)].numel())
     nodes, inverse = fibers_to_nodes(ctx, rows, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(x))
     pos = pos.permute(rest + mixed).reshape(*kept, -1)[..., 0]
     return TensorInfo(nodes[inverse].reshape(small).expand(kept).reshape(out_shape), pos.reshape(out_shape))
 
-
-def _compact_kept(ids, rest: list[int]):
-    """``ids`` narrowed to index 0 along the kept axes where it is a broadcast."""
-    for d in rest:
-        if ids.shape[d] > 1 and ids.stride(d) == 0:
-            ids = ids.narrow(d, 0, 1)
-    return ids
 
 
 @register_op(*POOLING)
