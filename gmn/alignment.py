@@ -1,97 +1,510 @@
-"""Permutation alignment of two models of one architecture (weight matching).
+"""Permutation alignment of two models of one architecture, for any architecture.
 
-Ainsworth et al. 2023 ("Git Re-Basin") align model B to model A by choosing, one layer at a
-time, the permutation of B's hidden neurons that maximises the inner product of the weights
-each neuron shares with already-placed neighbours. On a parameter graph the same works for
-any architecture: the candidate groups are the colour classes of the graph's structure
-(neurons colour refinement cannot tell apart), a neuron's weights are its incident parameter
-edges keyed by (other endpoint, edge type, position, direction), and the result is checked
-to be an automorphism of the structure, so the aligned values describe the same function.
+Ainsworth et al. 2023 ("Git Re-Basin") align model B to model A by choosing, for each group of
+interchangeable neurons, the permutation that maximises the inner product of the weights the
+neurons share with their neighbours (a linear assignment per group, coordinate descent over the
+groups). Their groups are written by hand per architecture. On a parameter graph they come from
+the graph: the permutations allowed are the automorphisms of its structure, and the search that
+finds a random one (individualisation and colour refinement on two copies of the structure,
+:mod:`gmn.symmetry`) finds a *good* one when each individualisation step, instead of a random
+matching of a colour class of copy A with the same class of copy B, takes the linear assignment
+that maximises the weight similarity:
+
+.. math::
+    \\sigma = \\arg\\max_\\sigma \\sum_i \\langle F_A(u_i), F_B(v_{\\sigma(i)}) \\rangle ,
+
+where ``F(u)`` holds the values of the parameter edges of ``u`` and of the neurons *tied* to it,
+keyed by edge type, position, direction and the other endpoint (in the reference's frame: B's
+endpoint is named by the A node it is matched to, or by the previous sweep's match). Neurons are
+tied when two colour classes are joined one to one by edges of one kind (a residual stream:
+every block's output, its sum and the next norm's neurons; BatchNorm after a convolution), so
+a residual stream is matched as one permutation, as Git Re-Basin's hand-written ``P_bg``
+groups. A class whose members have no weights of their own (attention heads, experts) is
+matched by its members' children: the similarity of two heads is the value of the best
+assignment of their query, key and output neurons (TransFusion's two-level matching), and the
+neurons inside matched heads are then matched within them, because refinement has split their
+class by head. Each sweep is one pass of this search; sweeps repeat with the previous result as
+the frame of the neurons not yet placed (coordinate descent) until the permutation is stable.
+Every result is checked exactly to be an automorphism of the structure with its tied weights,
+so the aligned model computes the same function.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from converters import ParameterGraph, with_values
-from converters.vocab import NodeType
+from converters.vocab import EdgeType, NodeType
 
-from .symmetry import _is_automorphism, _structure, permute_values, refine
+from .symmetry import _assign, _csr, _Plan, _plan, _ranges, _structure, permute_values
 
-
-def _groups(g: ParameterGraph) -> list[Tensor]:
-    node, label = _structure(g)
-    colors = refine(node, g.edge_index[0], g.edge_index[1], label)
-    hidden = g.node_type.long() == int(NodeType.HIDDEN)
-    counts = torch.bincount(colors)
-    return [(colors == c).nonzero().squeeze(1) for c in (counts > 1).nonzero().squeeze(1).tolist()
-            if bool(hidden[colors == c].all())]
+#: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
+#: the best assignment of their children; larger ones by their children's summed features.
+PAIRWISE_CHILDREN = 64
 
 
-def _incidence(g: ParameterGraph, values: Tensor, group: Tensor, relabel: Tensor, label: Tensor):
-    """(row in ``group``, slot key, value) of every parameter edge with exactly one endpoint in
-    ``group``; the other endpoint is named through ``relabel``."""
+@dataclass
+class _Template:
+    """What alignment needs that depends on the structure only."""
+
+    plan: _Plan
+    n: int  #: graph nodes
+    weighted: int  #: parameter and tied edges (the edges that carry values)
+    src: Tensor
+    dst: Tensor
+    label: Tensor  #: structure label of every graph edge
+    kinds: int
+    out_weighted: tuple[Tensor, Tensor]  #: CSR of weighted edges by source
+    in_weighted: tuple[Tensor, Tensor]
+    out_all: tuple[Tensor, Tensor]  #: CSR of all graph edges by source
+    in_all: tuple[Tensor, Tensor]
+    group: Tensor  #: tied group of each node (-1: none)
+    unit: Tensor  #: the node's unit within its group
+    members: list[Tensor]  #: per group, ``(units, slots)`` nodes: one row per unit
+    unit_key: Tensor  #: dense id of each node's unit (untied nodes are their own unit)
+    unit_count: int
+    unit_degree: Tensor  #: weighted edges of each node's whole unit
+
+    def tied(self, nodes: Tensor) -> Tensor:
+        """``(len(nodes), slots)``: every node with the nodes tied to it (all nodes must be of
+        one group, or all untied)."""
+        group = int(self.group[nodes[0]])
+        if group < 0:
+            return nodes.view(-1, 1)
+        return self.members[group][self.unit[nodes]]
+
+
+def _template(g: ParameterGraph) -> _Template:
+    plan = _plan(g)
     n = g.num_nodes
-    src, dst = g.edge_index[:, : values.numel()]
-    label = label[: values.numel()]
-    row_of = torch.full((n,), -1, dtype=torch.long)
-    row_of[group] = torch.arange(group.numel())
+    src, dst = g.edge_index
+    _, label = _structure(g)
+    weighted = int(g.num_param_edges) + int(g.num_tied_edges)
+    ws, wd = src[:weighted], dst[:weighted]
+    group, unit, members = _tied_groups(plan.start[0][:n], src, dst, label)
+    own = torch.where(group >= 0, group * n + unit, len(members) * n + torch.arange(n))
+    _, unit_key = torch.unique(own, return_inverse=True)
+    unit_count = int(unit_key.max()) + 1 if n else 0
+    degree = (torch.bincount(ws, minlength=n) + torch.bincount(wd, minlength=n)).double()
+    unit_degree = torch.zeros(unit_count, dtype=torch.float64).index_add_(0, unit_key, degree)[unit_key]
+    return _Template(plan, n, weighted, src, dst, label, int(label.max()) + 1 if label.numel() else 1,
+                     _csr(ws, n), _csr(wd, n), _csr(src, n), _csr(dst, n), group, unit, members,
+                     unit_key, unit_count, unit_degree)
+
+
+def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor):
+    """Colour classes joined one to one by edges of one label, merged into groups whose units
+    (one node per class) must move together; a link that contradicts the units found so far
+    (the matchings around a cycle do not compose to the identity) is left out."""
+    n = colors.numel()
+    size = torch.bincount(colors)
+    pos = torch.empty(n, dtype=torch.long)
+    order = torch.argsort(colors, stable=True)
+    starts = torch.cumsum(size, 0) - size
+    pos[order] = torch.arange(n) - starts[colors[order]]
+    cs, cd = colors[src], colors[dst]
+    keep = (size[cs] > 1) & (size[cs] == size[cd]) & (cs != cd)
+    s, d, cs, cd, lab = src[keep], dst[keep], cs[keep], cd[keep], label[keep]
+    key = torch.stack([cs, cd, lab], 1)
+    links, which, count = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    adjacency: dict[int, list[tuple[int, Tensor]]] = {}
+    for i in (count == size[links[:, 0]]).nonzero().squeeze(1).tolist():
+        e = (which == i).nonzero().squeeze(1)
+        a, b = pos[s[e]], pos[d[e]]
+        m = int(size[links[i, 0]])
+        if torch.unique(a).numel() != m or torch.unique(b).numel() != m:
+            continue
+        forward = torch.empty(m, dtype=torch.long)
+        forward[a] = b  # position in class cs -> position in class cd
+        backward = torch.empty(m, dtype=torch.long)
+        backward[b] = a
+        x, y = int(links[i, 0]), int(links[i, 1])
+        adjacency.setdefault(x, []).append((y, forward))
+        adjacency.setdefault(y, []).append((x, backward))
+    group = torch.full((n,), -1, dtype=torch.long)
+    unit = torch.full((n,), -1, dtype=torch.long)
+    members: list[Tensor] = []
+    members_of = [order[starts[c]:starts[c] + size[c]] for c in range(size.numel())]
+    seen: dict[int, Tensor] = {}
+    for root in sorted(adjacency):
+        if root in seen:
+            continue
+        seen[root] = torch.arange(int(size[root]))  # unit of each position
+        classes, queue = [root], [root]
+        while queue:
+            x = queue.pop()
+            for y, forward in adjacency[x]:
+                units = torch.empty_like(seen[x])
+                units[forward] = seen[x]
+                if y not in seen:
+                    seen[y] = units
+                    classes.append(y)
+                    queue.append(y)
+        table = torch.empty(int(size[root]), len(classes), dtype=torch.long)
+        for slot, c in enumerate(classes):
+            table[seen[c], slot] = members_of[c]
+            group[members_of[c]] = len(members)
+            unit[members_of[c]] = seen[c]
+        members.append(table)
+    return group, unit, members
+
+
+def _incident(csr: tuple[Tensor, Tensor], nodes: Tensor) -> tuple[Tensor, Tensor]:
+    """Edges incident to ``nodes`` through a CSR index, and the position in ``nodes`` of each."""
+    order, ptr = csr
+    counts = ptr[nodes + 1] - ptr[nodes]
+    return _ranges(order, ptr, nodes), torch.repeat_interleave(torch.arange(nodes.numel()), counts)
+
+
+def _features(t: _Template, values: Tensor, members: Tensor, frame: Tensor):
+    """``(row, key, value)`` of the weighted edges of ``members`` and their tied nodes. The key
+    names the other endpoint through ``frame`` (or by its slot when it is tied to the same unit),
+    the edge's label, its direction and the slot of the member's tied node it touches."""
+    nodes = t.tied(members)
+    slots = nodes.size(1)
+    flat = nodes.reshape(-1)
     rows, keys, vals = [], [], []
-    for mine, other, direction in ((src, dst, 0), (dst, src, 1)):
-        hit = (row_of[mine] >= 0) & (row_of[other] < 0)
-        rows.append(row_of[mine[hit]])
-        keys.append((relabel[other[hit]] * (int(label.max()) + 1) + label[hit]) * 2 + direction)
-        vals.append(values[hit])
+    for csr, far, direction in ((t.out_weighted, t.dst, 0), (t.in_weighted, t.src, 1)):
+        e, owner = _incident(csr, flat)
+        other = far[e]
+        name = frame[other]
+        same = (t.group[other] == t.group[flat[owner]]) & (t.unit[other] == t.unit[flat[owner]]) & (t.group[other] >= 0)
+        if bool(same.any()):
+            slot_of = (t.members[int(t.group[flat[0]])][t.unit[other[same]]] == other[same, None]).float().argmax(1)
+            name = name.clone()
+            name[same] = t.n + slot_of
+        rows.append(owner // slots)
+        keys.append(((name * t.kinds + t.label[e]) * 2 + direction) * slots + owner % slots)
+        vals.append(values[e])
     return torch.cat(rows), torch.cat(keys), torch.cat(vals)
 
 
-def weight_matching(reference: ParameterGraph, g: ParameterGraph, iterations: int = 30, seed: int = 0) -> Tensor:
-    """Node map ``p`` (a structure automorphism) such that ``g``'s value on edge ``(p[u], p[v])``
-    is close to ``reference``'s value on ``(u, v)``; both graphs must share one template."""
-    if not (torch.equal(reference.edge_index, g.edge_index) and torch.equal(reference.edge_type, g.edge_type)):
-        raise ValueError("weight matching needs two graphs of the same architecture (one template)")
-    _, label = _structure(g)
-    n = int(reference.num_param_edges)
-    a, b = reference.edge_value[:n].double(), g.edge_value[:n].double()
-    groups = _groups(g)
-    p = torch.arange(g.num_nodes)
-    rng = np.random.default_rng(seed)
-    identity = torch.arange(g.num_nodes)
-    for _ in range(iterations):
-        changed = False
-        for k in rng.permutation(len(groups)):
-            group = groups[k]
-            rows_a, keys_a, vals_a = _incidence(reference, a, group, p, label)
-            rows_b, keys_b, vals_b = _incidence(g, b, group, identity, label)
-            slots, inverse = torch.unique(torch.cat([keys_a, keys_b]), return_inverse=True)
-            feat_a = torch.zeros(group.numel(), slots.numel(), dtype=torch.float64)
-            feat_b = torch.zeros_like(feat_a)
-            feat_a.index_put_((rows_a, inverse[: keys_a.numel()]), vals_a, accumulate=True)
-            feat_b.index_put_((rows_b, inverse[keys_a.numel():]), vals_b, accumulate=True)
-            _, cols = linear_sum_assignment((feat_a @ feat_b.T).numpy(), maximize=True)
-            new = group[torch.as_tensor(cols)]
-            if not torch.equal(p[group], new):
-                p[group], changed = new, True
-        if not changed:
+def _dense(pairs: list[tuple[Tensor, Tensor, Tensor]], sizes: list[int]) -> list[Tensor]:
+    """Dense feature matrices over one shared key space."""
+    slots, inverse = torch.unique(torch.cat([k for _, k, _ in pairs]), return_inverse=True)
+    out, at = [], 0
+    for (rows, keys, vals), m in zip(pairs, sizes):
+        f = torch.zeros(m, slots.numel(), dtype=torch.float64)
+        f.index_put_((rows, inverse[at:at + keys.numel()]), vals.double(), accumulate=True)
+        out.append(f)
+        at += keys.numel()
+    return out
+
+
+def _similarity(t, a, b, members_a, members_b, frame_b) -> Tensor:
+    fa, fb = _dense([_features(t, a, members_a, torch.arange(t.n)), _features(t, b, members_b, frame_b)],
+                    [members_a.numel(), members_b.numel()])
+    return fa @ fb.T
+
+
+def _children(t: _Template, colors: Tensor, members: Tensor, offset: int):
+    """Neighbours (along any graph edge) of ``members`` whose colour class is not yet a single
+    node, grouped by (colour, label, direction): ``(member position, group key, child)``."""
+    rows, keys, kids = [], [], []
+    for csr, far, direction in ((t.out_all, t.dst, 0), (t.in_all, t.src, 1)):
+        e, owner = _incident(csr, members)
+        child = far[e]
+        rows.append(owner)
+        keys.append((colors[offset + child] * t.kinds + t.label[e]) * 2 + direction)
+        kids.append(child)
+    rows, keys, kids = torch.cat(rows), torch.cat(keys), torch.cat(kids)
+    counts = torch.bincount(colors)
+    free = counts[colors[offset + kids]] > 1
+    return rows[free], keys[free], kids[free]
+
+
+def _mixed_features(t: _Template, values: Tensor, nodes: Tensor, frame: Tensor):
+    """``_features`` of nodes from several groups, group by group, rows indexing ``nodes``."""
+    grp = t.group[nodes]
+    rows, keys, vals = [], [], []
+    for key in torch.unique(grp).tolist():
+        at = (grp == key).nonzero().squeeze(1)
+        r, k, v = _features(t, values, nodes[at], frame)
+        rows.append(at[r])
+        keys.append(k)
+        vals.append(v)
+    return torch.cat(rows), torch.cat(keys), torch.cat(vals)
+
+
+def _child_similarity(t, colors, a, b, members_a, members_b, frame_b, total) -> Tensor:
+    """Similarity of members without weights of their own, from their children: per pair, the
+    value of the best assignment of their children (group key by group key); for large
+    classes, the inner product of summed child features."""
+    m = members_a.numel()
+    score = torch.zeros(m, m, dtype=torch.float64)
+    ra, ka, ca = _children(t, colors, members_a, 0)
+    rb, kb, cb = _children(t, colors, members_b, total)
+    if ca.numel() == 0 or cb.numel() == 0:
+        return score
+    kids_a, at_a = torch.unique(ca, return_inverse=True)
+    kids_b, at_b = torch.unique(cb, return_inverse=True)
+    fa, fb = _dense([_mixed_features(t, a, kids_a, torch.arange(t.n)), _mixed_features(t, b, kids_b, frame_b)],
+                    [kids_a.numel(), kids_b.numel()])
+    fa, fb = fa[at_a], fb[at_b]
+    for key in torch.unique(ka).tolist():
+        sa, sb = ka == key, kb == key
+        if m > PAIRWISE_CHILDREN:
+            pa = torch.zeros(m, fa.size(1), dtype=torch.float64).index_add_(0, ra[sa], fa[sa])
+            pb = torch.zeros(m, fb.size(1), dtype=torch.float64).index_add_(0, rb[sb], fb[sb])
+            score += pa @ pb.T
+            continue
+        for i in range(m):
+            xa = fa[sa & (ra == i)]
+            for j in range(m):
+                xb = fb[sb & (rb == j)]
+                if xa.size(0) and xb.size(0):
+                    sim = (xa @ xb.T).numpy()
+                    r, c = linear_sum_assignment(sim, maximize=True)
+                    score[i, j] += float(sim[r, c].sum())
+    return score
+
+
+def _frame(state: tuple, total: int, n: int, previous: Tensor) -> Tensor:
+    """The reference node each node of B stands for: its match where its colour is already a
+    single node in both copies, else the previous sweep's match."""
+    a, b = state[0][:total], state[0][total:]
+    single = torch.bincount(a, minlength=int(state[0].max()) + 1) == 1
+    where = torch.full((single.numel(),), -1, dtype=torch.long)
+    where[a[single[a]]] = single[a].nonzero().squeeze(1)
+    frame = previous.clone()
+    placed = single[b[:n]]
+    frame[placed] = where[b[:n][placed]]
+    return frame
+
+
+class _Resolved:
+    """How many weighted edges join each tied unit to nodes already placed (a single node of
+    their colour), kept up to date as nodes get placed: the search resolves the class whose
+    weights say most about it first (the first layer after the inputs, the residual stream
+    after the embedding), so no class is matched on a frame that is still a guess."""
+
+    def __init__(self, t: _Template):
+        self.t = t
+        self.placed = torch.zeros(t.n, dtype=torch.bool)
+        self.count = torch.zeros(t.n, dtype=torch.float64)
+
+    def update(self, colors: Tensor) -> None:
+        t = self.t
+        single = torch.bincount(colors)[colors[: t.n]] == 1
+        new = (single & ~self.placed).nonzero().squeeze(1)
+        if new.numel():
+            e, _ = _incident(t.out_weighted, new)
+            self.count.index_add_(0, t.dst[e], torch.ones(e.numel(), dtype=torch.float64))
+            e, _ = _incident(t.in_weighted, new)
+            self.count.index_add_(0, t.src[e], torch.ones(e.numel(), dtype=torch.float64))
+        self.placed |= single
+
+    def unit_score(self) -> Tensor:
+        """Per node: the placed-neighbour edges of its whole unit."""
+        t = self.t
+        return torch.zeros(t.unit_count, dtype=torch.float64).index_add_(0, t.unit_key, self.count)[t.unit_key]
+
+
+def _next_class(t: _Template, colors: Tensor, counts: Tensor, open_nodes: Tensor, resolved: _Resolved) -> int:
+    """The open colour class to match next: graph nodes before tie nodes; the most placed
+    weights per member first (classes without weights score as their best neighbouring class);
+    then the smaller class."""
+    graph_open = open_nodes[: t.n]
+    if not bool(graph_open.any()):
+        return int(colors[open_nodes].min())
+    members = graph_open.nonzero().squeeze(1)
+    score = resolved.unit_score()[members]
+    weightless = t.unit_degree[members] == 0
+    if bool(weightless.any()):
+        lone = members[weightless]
+        node_score = torch.zeros(t.n, dtype=torch.float64)
+        node_score[members] = score
+        for csr, far in ((t.out_all, t.dst), (t.in_all, t.src)):
+            e, owner = _incident(csr, lone)
+            best = torch.zeros(lone.numel(), dtype=torch.float64).scatter_reduce(
+                0, owner, node_score[far[e]], "amax", include_self=True)
+            score[weightless] = torch.maximum(score[weightless], best)
+    cls = colors[members]
+    top = int(cls.max()) + 1
+    mean = torch.zeros(top, dtype=torch.float64).index_add_(0, cls, score) / counts[:top].clamp_min(1)
+    best = mean[cls].max()
+    tied = cls[mean[cls] >= best - 1e-9]
+    sizes = counts[tied]
+    return int(tied[sizes == sizes.min()].min())
+
+
+def _sweep(t: _Template, similarity, previous: Tensor, keep: Tensor | None, bold: bool) -> Tensor | None:
+    """One pass of the guided search: node map reference -> g, or ``None`` when it ends in no
+    automorphism (``bold`` assigns whole classes at once; without it, one pair at a time).
+    ``similarity(colors, members_a, members_b, frame)`` scores matching member ``i`` of A's
+    class with member ``j`` of B's."""
+    plan = t.plan
+    total = plan.node.numel()
+    state = plan.start
+    if keep is not None:
+        state = _assign(plan.refiner, state, keep, keep, total)
+        if state is None:
+            return None
+    resolved = _Resolved(t)
+    resolved.update(state[0][:total])
+    while True:
+        colors = state[0]
+        counts = torch.bincount(colors[:total])
+        open_a = counts[colors[:total]] > 1
+        if not bool(open_a.any()):
             break
-    src, dst = g.edge_index
-    if not _is_automorphism(p, src, dst, label, g.num_nodes):
-        raise ValueError("weight matching found no symmetry of this architecture (its interchangeable neurons "
-                         "are tied across layers, e.g. by residual connections); alignment is not supported here")
-    return p
+        k = _next_class(t, colors[:total], counts, open_a, resolved)
+        members_a = (colors[:total] == k).nonzero().squeeze(1)
+        members_b = (colors[total:] == k).nonzero().squeeze(1)
+        if members_a.numel() != members_b.numel():
+            return None
+        sim = torch.zeros(members_a.numel(), members_b.numel(), dtype=torch.float64)
+        if int(members_a.max()) < t.n:
+            sim = similarity(colors, members_a, members_b, _frame(state, total, t.n, previous))
+        new = None
+        if bold:
+            _, cols = linear_sum_assignment(sim.numpy(), maximize=True)
+            new = _assign(plan.refiner, state, members_a, members_b[torch.as_tensor(cols)], total)
+        if new is None:
+            for j in torch.argsort(sim[0], descending=True, stable=True).tolist():
+                new = _assign(plan.refiner, state, members_a[:1], members_b[j:j + 1], total)
+                if new is not None:
+                    break
+        if new is None:
+            return None
+        state = new
+        resolved.update(state[0][:total])
+    a_col, b_col = state[0][:total], state[0][total:]
+    if not torch.equal(torch.sort(a_col).values, torch.sort(b_col).values):
+        return None
+    pi = torch.empty(total, dtype=torch.long)
+    pi[torch.argsort(a_col)] = torch.argsort(b_col)
+    if plan.edge_map(pi) is None:
+        return None
+    return pi[: t.n]
 
 
-def align(reference: ParameterGraph, g: ParameterGraph, iterations: int = 30) -> ParameterGraph:
-    """``g`` relabelled by the hidden-neuron permutation that brings its weights closest to
-    ``reference``'s: the same function, comparable coordinates."""
-    p = weight_matching(reference, g, iterations)
+def _weight_similarity(t: _Template, a: Tensor, b: Tensor):
+    total = t.plan.node.numel()
+
+    def similarity(colors, members_a, members_b, frame):
+        sim = _similarity(t, a, b, members_a, members_b, frame)
+        if not bool(sim.any()):
+            sim = _child_similarity(t, colors, a, b, members_a, members_b, frame, total)
+        return sim
+    return similarity
+
+
+def _activation_similarity(t: _Template, acts_a: dict, acts_b: dict, fallback):
+    """Correlation of the activations of tied units (summed over their slots that have
+    activations in both models); classes without activations fall back to weights."""
+    def standardised(acts: dict, nodes: Tensor) -> Tensor:
+        x = torch.stack([acts[int(u)] for u in nodes], 1)
+        x = x - x.mean(0)
+        return x / x.norm(dim=0).clamp_min(1e-12)
+
+    def similarity(colors, members_a, members_b, frame):
+        ta, tb = t.tied(members_a), t.tied(members_b)
+        sim = torch.zeros(members_a.numel(), members_b.numel(), dtype=torch.float64)
+        for s in range(ta.size(1)):
+            if all(int(u) in acts_a for u in ta[:, s]) and all(int(u) in acts_b for u in tb[:, s]):
+                sim += standardised(acts_a, ta[:, s]).T @ standardised(acts_b, tb[:, s])
+        return sim if bool(sim.any()) else fallback(colors, members_a, members_b, frame)
+    return similarity
+
+
+def _residual_stream(t: _Template, g: ParameterGraph) -> Tensor:
+    """Nodes of the tied groups that hold residual sums (the stream every block reads and writes)."""
+    residual = g.edge_type.long() == int(EdgeType.RESIDUAL)
+    sums = torch.unique(g.edge_index[1][residual])
+    sums = sums[g.node_type[sums].long() == int(NodeType.SUM)]
+    groups = torch.unique(t.group[sums])
+    groups = groups[groups >= 0].tolist()
+    if not groups:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([t.members[i].reshape(-1) for i in groups])
+
+
+def _aligned_values(g: ParameterGraph, p: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     inverse = torch.empty_like(p)
     inverse[p] = torch.arange(p.numel())
     values, buffers, _ = permute_values(g, inverse)
-    return with_values(g, values, buffers)
+    return values, buffers
+
+
+def _check_template(reference: ParameterGraph, g: ParameterGraph) -> None:
+    if not (torch.equal(reference.edge_index, g.edge_index) and torch.equal(reference.edge_type, g.edge_type)
+            and torch.equal(reference.edge_pos, g.edge_pos) and torch.equal(reference.node_type, g.node_type)):
+        raise ValueError("alignment needs two graphs of the same architecture (one template)")
+
+
+def _descend(t: _Template, g: ParameterGraph, a: Tensor, similarity, iterations: int,
+             keep_residual_stream: bool) -> Tensor:
+    """Sweeps of the guided search until the match is stable; the best one by ``<a, p(b)>``."""
+    keep = _residual_stream(t, g) if keep_residual_stream else None
+    if keep is not None and keep.numel() == 0:
+        keep = None
+    n = int(g.num_param_edges)
+    previous = torch.arange(t.n)
+    best, best_score = None, 0.0
+    for _ in range(max(1, iterations)):
+        p = _sweep(t, similarity, previous, keep, bold=True)
+        if p is None:
+            p = _sweep(t, similarity, previous, keep, bold=False)
+        if p is None:
+            raise ValueError("alignment found no symmetry of this architecture's structure")
+        score = float(_aligned_values(g, p)[0][:n].double() @ a[:n])
+        if best is None or score > best_score:
+            best, best_score = p, score
+        inverse = torch.empty_like(p)
+        inverse[p] = torch.arange(p.numel())
+        if torch.equal(inverse, previous):
+            break
+        previous = inverse
+    return best
+
+
+def weight_matching(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10,
+                    keep_residual_stream: bool = False) -> Tensor:
+    """Node map ``p`` (an automorphism of the structure with its tied weights) such that ``g``'s
+    value on edge ``(p[u], p[v])`` is close to ``reference``'s value on ``(u, v)``; both graphs
+    must share one template. ``iterations`` bounds the sweeps of coordinate descent;
+    ``keep_residual_stream`` leaves the residual stream's neurons where they are."""
+    _check_template(reference, g)
+    t = _template(g)
+    a, b = reference.edge_value[: t.weighted].double(), g.edge_value[: t.weighted].double()
+    return _descend(t, g, a, _weight_similarity(t, a, b), iterations, keep_residual_stream)
+
+
+def activation_matching(reference: ParameterGraph, g: ParameterGraph, inputs: tuple, iterations: int = 10,
+                        keep_residual_stream: bool = False) -> Tensor:
+    """Like :func:`weight_matching`, but neurons are matched by the correlation of their
+    activations on ``inputs`` (a batch of the user's data, run through each graph's model);
+    neurons without activations of their own (see :mod:`gmn.activations`) by weights."""
+    from .activations import neuron_activations
+
+    _check_template(reference, g)
+    t = _template(g)
+    a, b = reference.edge_value[: t.weighted].double(), g.edge_value[: t.weighted].double()
+    acts_a = neuron_activations(reference, None, inputs)
+    acts_b = neuron_activations(g, None, inputs)
+    similarity = _activation_similarity(t, acts_a, acts_b, _weight_similarity(t, a, b))
+    return _descend(t, g, a, similarity, iterations, keep_residual_stream)
+
+
+def align(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10, keep_residual_stream: bool = False,
+          inputs: tuple | None = None) -> ParameterGraph:
+    """``g`` relabelled by the neuron permutation that brings it closest to ``reference``: the
+    same function, comparable coordinates (buffers move along). With ``inputs``, neurons are
+    matched by activations (:func:`activation_matching`), otherwise by weights."""
+    if inputs is None:
+        p = weight_matching(reference, g, iterations, keep_residual_stream)
+    else:
+        p = activation_matching(reference, g, inputs, iterations, keep_residual_stream)
+    values, buffers = _aligned_values(g, p)
+    out = with_values(g, values, buffers)
+    if hasattr(g, "model"):
+        out.model = g.model
+    return out
 
 
 def aligned_distance(reference: ParameterGraph, g: ParameterGraph) -> float:
@@ -101,4 +514,4 @@ def aligned_distance(reference: ParameterGraph, g: ParameterGraph) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
-__all__ = ["align", "aligned_distance", "weight_matching"]
+__all__ = ["activation_matching", "align", "aligned_distance", "weight_matching"]

@@ -1,0 +1,196 @@
+"""Merging models on parameter graphs: interpolation after alignment, and the
+same-initialisation merges of fine-tunes.
+
+Models of one architecture trained from different seeds sit in different permutation frames;
+averaging them needs :func:`gmn.alignment.align` first (Ainsworth et al. 2023), and then the
+merged model's activations shrink ("variance collapse"), which Jordan et al. 2023 (REPAIR)
+undo per neuron: the merged neuron's pre-activation is rescaled and shifted to the
+interpolation of the endpoints' means and standard deviations,
+
+.. math::
+    z' = \\frac{\\sigma^*}{\\sigma} (z - \\mu) + \\mu^*, \\qquad
+    \\mu^* = \\textstyle\\sum_i w_i \\mu_i, \\; \\sigma^* = \\sum_i w_i \\sigma_i ,
+
+by scaling the neuron's incoming weights and bias; BatchNorm networks get their running
+statistics recomputed on data instead (the same correction, done by the norm). Fine-tunes of
+one base share a frame and merge as task vectors ``tau_i = theta_i - theta_base``: task
+arithmetic (Ilharco et al. 2023) adds ``lambda * sum tau_i``; TIES (Yadav et al. 2023) keeps
+each task vector's largest ``density`` share of entries, elects a sign per entry by total
+mass and averages the entries that agree with it; DARE (Yu et al. 2024) drops entries with
+probability ``1 - density`` and rescales the rest by ``1 / density`` before adding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import converters
+from converters import ParameterGraph, with_values
+from converters.vocab import EdgeType
+
+from .activations import neuron_activations
+from .alignment import align
+
+METHODS = ("average", "task-arithmetic", "ties", "dare")
+
+
+def _weights(count: int, weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} weights for {count} models")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("merge weights must have a positive sum")
+    return [float(w) / total for w in weights]
+
+
+def _values(graphs: Sequence[ParameterGraph]) -> Tensor:
+    first = graphs[0]
+    for g in graphs[1:]:
+        if not torch.equal(g.edge_index, first.edge_index) or not torch.equal(g.edge_type, first.edge_type):
+            raise ValueError("merging needs graphs of one architecture (one template)")
+    return torch.stack([converters.parameter_values(g).double() for g in graphs])
+
+
+def _float_buffers(g: ParameterGraph) -> dict[str, Tensor]:
+    return {k: v for k, v in g.param_index.buffers.items() if v.is_floating_point()}
+
+
+def interpolate(graphs: Sequence[ParameterGraph], weights: Sequence[float] | None = None) -> ParameterGraph:
+    """The weighted average of models of one template (parameters and floating buffers)."""
+    w = _weights(len(graphs), weights)
+    values = (torch.tensor(w, dtype=torch.float64)[:, None] * _values(graphs)).sum(0)
+    buffers = {name: sum(wi * g.param_index.buffers[name].double() for wi, g in zip(w, graphs)).to(b.dtype)
+               for name, b in _float_buffers(graphs[0]).items()}
+    return _with(graphs[0], values, buffers)
+
+
+def _with(g: ParameterGraph, values: Tensor, buffers: dict[str, Tensor] | None = None) -> ParameterGraph:
+    out = with_values(g, values.to(g.edge_value.dtype), buffers)
+    if hasattr(g, "model"):
+        out.model = g.model
+    return out
+
+
+def align_and_interpolate(graphs: Sequence[ParameterGraph], weights: Sequence[float] | None = None,
+                          inputs: tuple | None = None, keep_residual_stream: bool = False) -> ParameterGraph:
+    """Every model aligned to the first (by weights, or by activations on ``inputs``), then averaged."""
+    aligned = [graphs[0]] + [align(graphs[0], g, inputs=inputs, keep_residual_stream=keep_residual_stream)
+                             for g in graphs[1:]]
+    return interpolate(aligned, weights)
+
+
+def canonicalise(graphs: Iterable[ParameterGraph], reference: ParameterGraph) -> list[ParameterGraph]:
+    """Every model of a zoo aligned to one reference, so that all share its frame."""
+    return [align(reference, g) for g in graphs]
+
+
+def task_vector_merge(base: ParameterGraph, graphs: Sequence[ParameterGraph], method: str = "task-arithmetic",
+                      scale: float = 1.0, density: float = 0.2, seed: int = 0) -> ParameterGraph:
+    """Merge fine-tunes of ``base`` (no permutation: they share its frame) by ``method``:
+    ``task-arithmetic``, ``ties`` or ``dare``; ``scale`` is lambda, ``density`` the share of each
+    task vector kept (TIES: largest magnitudes; DARE: at random, rescaled)."""
+    if method not in METHODS[1:]:
+        raise ValueError(f"unknown merge method {method!r}; choose from {', '.join(METHODS[1:])}")
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    theta = _values([base, *graphs])
+    tau = theta[1:] - theta[0]
+    if method == "ties":
+        tau = _ties(tau, density)
+    elif method == "dare":
+        gen = torch.Generator().manual_seed(seed)
+        keep = torch.rand(tau.shape, generator=gen, dtype=torch.float64) < density
+        tau = (tau * keep / density).sum(0)
+    else:
+        tau = tau.sum(0)
+    return _with(base, theta[0] + scale * tau)
+
+
+def _ties(tau: Tensor, density: float) -> Tensor:
+    k = max(1, round(density * tau.size(1)))
+    cut = tau.abs().topk(k, dim=1).values[:, -1:]
+    trimmed = torch.where(tau.abs() >= cut, tau, torch.zeros_like(tau))
+    sign = torch.sign(trimmed.sum(0))
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    count = agree.sum(0).clamp_min(1)
+    return (trimmed * agree).sum(0) / count
+
+
+def _batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def recompute_batchnorm(g: ParameterGraph, batches: Iterable[tuple]) -> ParameterGraph:
+    """``g`` with its BatchNorm running statistics recomputed on ``batches`` (tuples of model
+    inputs): the average over all batches, as ``momentum=None`` gives."""
+    model = getattr(g, "model", None)
+    norms = _batchnorms(model) if isinstance(model, nn.Module) else []
+    if not norms:
+        return g
+    state = {k: v.clone() for k, v in converters.to_state_dict(g).items()}
+    momenta = {name: m.momentum for name, m in norms}
+    for name, m in norms:
+        state[f"{name}.running_mean"].zero_()
+        state[f"{name}.running_var"].fill_(1)
+        if f"{name}.num_batches_tracked" in state:
+            state[f"{name}.num_batches_tracked"].zero_()
+        m.momentum = None
+    was_training = model.training
+    model.train(True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                torch.func.functional_call(model, state, tuple(batch))
+    finally:
+        model.train(was_training)
+        for name, m in norms:
+            m.momentum = momenta[name]
+    buffers = {k: state[k] for k in g.param_index.buffers if k in state}
+    return _with(g, converters.parameter_values(g), buffers)
+
+
+def repair(merged: ParameterGraph, endpoints: Sequence[ParameterGraph], inputs: tuple,
+           weights: Sequence[float] | None = None) -> ParameterGraph:
+    """REPAIR (Jordan et al. 2023): rescale and shift every hooked neuron with a bias (see
+    :mod:`gmn.activations`) so its pre-activation statistics on ``inputs`` are the weighted
+    interpolation of the endpoints' (which must be aligned to ``merged``'s frame). Neurons
+    followed by BatchNorm are left to :func:`recompute_batchnorm`."""
+    w = _weights(len(endpoints), weights)
+    target_mu, target_sd = {}, {}
+    for wi, g in zip(w, endpoints):
+        for node, x in neuron_activations(g, None, inputs).items():
+            target_mu[node] = target_mu.get(node, 0.0) + wi * float(x.mean())
+            target_sd[node] = target_sd.get(node, 0.0) + wi * float(x.std())
+    acts = neuron_activations(merged, None, inputs)
+    values = converters.parameter_values(merged).double().clone()
+    n = values.numel()
+    src, dst = merged.edge_index[:, :n]
+    bias = merged.edge_type[:n].long() == int(EdgeType.BIAS)
+    followed_by_norm = torch.zeros(merged.num_nodes, dtype=torch.bool)
+    norm_edges = merged.edge_type.long() == int(EdgeType.NORM_WEIGHT)
+    followed_by_norm[merged.edge_index[0][norm_edges]] = True
+    has_bias = torch.zeros(merged.num_nodes, dtype=torch.bool)
+    has_bias[dst[bias]] = True
+    nodes = [u for u in acts if u in target_mu and has_bias[u] and not followed_by_norm[u]]
+    if not nodes:
+        return merged
+    scale = torch.ones(merged.num_nodes, dtype=torch.float64)
+    shift = torch.zeros(merged.num_nodes, dtype=torch.float64)
+    for u in nodes:
+        mu, sd = float(acts[u].mean()), float(acts[u].std())
+        s = target_sd[u] / max(sd, 1e-12)
+        scale[u], shift[u] = s, target_mu[u] - s * mu
+    values = values * scale[dst]  # incoming weights and bias scale with the neuron
+    at = bias.nonzero().squeeze(1)
+    values[at] += shift[dst[at]]
+    return _with(merged, values)
+
+
+__all__ = ["METHODS", "align_and_interpolate", "canonicalise", "interpolate", "recompute_batchnorm", "repair",
+           "task_vector_merge"]
