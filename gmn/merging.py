@@ -167,30 +167,74 @@ def repair(merged: ParameterGraph, endpoints: Sequence[ParameterGraph], inputs: 
         for node, x in neuron_activations(g, None, inputs).items():
             target_mu[node] = target_mu.get(node, 0.0) + wi * float(x.mean())
             target_sd[node] = target_sd.get(node, 0.0) + wi * float(x.std())
-    acts = neuron_activations(merged, None, inputs)
-    values = converters.parameter_values(merged).double().clone()
-    n = values.numel()
+    n = int(merged.num_param_edges)
     src, dst = merged.edge_index[:, :n]
     bias = merged.edge_type[:n].long() == int(EdgeType.BIAS)
-    followed_by_norm = torch.zeros(merged.num_nodes, dtype=torch.bool)
     norm_edges = merged.edge_type.long() == int(EdgeType.NORM_WEIGHT)
+    followed_by_norm = torch.zeros(merged.num_nodes, dtype=torch.bool)
     followed_by_norm[merged.edge_index[0][norm_edges]] = True
     has_bias = torch.zeros(merged.num_nodes, dtype=torch.bool)
     has_bias[dst[bias]] = True
-    nodes = [u for u in acts if u in target_mu and has_bias[u] and not followed_by_norm[u]]
-    if not nodes:
-        return merged
-    scale = torch.ones(merged.num_nodes, dtype=torch.float64)
-    shift = torch.zeros(merged.num_nodes, dtype=torch.float64)
-    for u in nodes:
-        mu, sd = float(acts[u].mean()), float(acts[u].std())
-        s = target_sd[u] / max(sd, 1e-12)
-        scale[u], shift[u] = s, target_mu[u] - s * mu
-    values = values * scale[dst]  # incoming weights and bias scale with the neuron
-    at = bias.nonzero().squeeze(1)
-    values[at] += shift[dst[at]]
-    return _with(merged, values)
+    nodes = [u for u in target_mu if has_bias[u] and not followed_by_norm[u]]
+    depth = merged.node_depth.long()
+    out = merged
+    for level in sorted({int(depth[u]) for u in nodes}):  # in order: a layer is measured after the ones before it
+        acts = neuron_activations(out, None, inputs)
+        values = converters.parameter_values(out).double().clone()
+        scale = torch.ones(merged.num_nodes, dtype=torch.float64)
+        shift = torch.zeros(merged.num_nodes, dtype=torch.float64)
+        for u in nodes:
+            if int(depth[u]) == level and u in acts:
+                s = target_sd[u] / max(float(acts[u].std()), 1e-12)
+                scale[u], shift[u] = s, target_mu[u] - s * float(acts[u].mean())
+        values = values * scale[dst]  # the neuron's incoming weights and bias scale with it
+        values[bias] += shift[dst[bias]]
+        out = _with(out, values)
+    return out
 
 
-__all__ = ["METHODS", "align_and_interpolate", "canonicalise", "interpolate", "recompute_batchnorm", "repair",
-           "task_vector_merge"]
+def evaluate(g: ParameterGraph, x: Tensor, y: Tensor, batch: int = 1024) -> tuple[float, float]:
+    """Cross-entropy and accuracy of the graph's model (its ``model`` run with its values)."""
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            logits = converters.functional_call(g, None, x[i:i + batch]).double()
+            loss += float(torch.nn.functional.cross_entropy(logits, y[i:i + batch], reduction="sum"))
+            correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
+    return loss / len(y), correct / len(y)
+
+
+def interpolation_path(a: ParameterGraph, b: ParameterGraph, x: Tensor, y: Tensor, points: int = 11,
+                       batches: Iterable[tuple] | None = None, repair_inputs: tuple | None = None) -> list[dict]:
+    """Loss and accuracy of ``(1 - alpha) a + alpha b`` on ``(x, y)`` for ``points`` values of
+    ``alpha``; with ``batches``, BatchNorm statistics are recomputed at every inner point; with
+    ``repair_inputs``, REPAIR corrects every inner point's neurons towards the endpoints'."""
+    rows = []
+    batches = list(batches) if batches is not None else None
+    for alpha in torch.linspace(0, 1, points).tolist():
+        if alpha in (0.0, 1.0):
+            g = a if alpha == 0 else b
+        else:
+            g = interpolate([a, b], [1 - alpha, alpha])
+            if repair_inputs is not None:
+                g = repair(g, [a, b], repair_inputs, [1 - alpha, alpha])
+            if batches is not None:
+                g = recompute_batchnorm(g, batches)
+        loss, acc = evaluate(g, x, y)
+        rows.append({"alpha": alpha, "loss": loss, "accuracy": acc})
+    return rows
+
+
+def barrier(path: list[dict]) -> dict[str, float]:
+    """The loss barrier (largest rise above the line between the endpoints' losses) and the
+    accuracy barrier (largest fall below the line between their accuracies) of a path."""
+    first, last = path[0], path[-1]
+
+    def gap(key: str, sign: float) -> float:
+        return max(sign * (r[key] - ((1 - r["alpha"]) * first[key] + r["alpha"] * last[key])) for r in path)
+
+    return {"loss": gap("loss", 1.0), "accuracy": gap("accuracy", -1.0)}
+
+
+__all__ = ["METHODS", "align_and_interpolate", "barrier", "canonicalise", "evaluate", "interpolate",
+           "interpolation_path", "recompute_batchnorm", "repair", "task_vector_merge"]
