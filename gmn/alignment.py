@@ -64,6 +64,7 @@ class _Template:
     in_all: tuple[Tensor, Tensor]
     group: Tensor  #: tied group of each node (-1: none)
     unit: Tensor  #: the node's unit within its group
+    slot: Tensor  #: the node's place within its unit (its class's column in the group)
     members: list[Tensor]  #: per group, ``(units, slots)`` nodes: one row per unit
     unit_key: Tensor  #: dense id of each node's unit (untied nodes are their own unit)
     unit_count: int
@@ -85,14 +86,14 @@ def _template(g: ParameterGraph) -> _Template:
     _, label = _structure(g)
     weighted = int(g.num_param_edges) + int(g.num_tied_edges)
     ws, wd = src[:weighted], dst[:weighted]
-    group, unit, members = _tied_groups(plan.start[0][:n], src, dst, label)
+    group, unit, slot, members = _tied_groups(plan.start[0][:n], src, dst, label)
     own = torch.where(group >= 0, group * n + unit, len(members) * n + torch.arange(n))
     _, unit_key = torch.unique(own, return_inverse=True)
     unit_count = int(unit_key.max()) + 1 if n else 0
     degree = (torch.bincount(ws, minlength=n) + torch.bincount(wd, minlength=n)).double()
     unit_degree = torch.zeros(unit_count, dtype=torch.float64).index_add_(0, unit_key, degree)[unit_key]
     return _Template(plan, n, weighted, src, dst, label, int(label.max()) + 1 if label.numel() else 1,
-                     _csr(ws, n), _csr(wd, n), _csr(src, n), _csr(dst, n), group, unit, members,
+                     _csr(ws, n), _csr(wd, n), _csr(src, n), _csr(dst, n), group, unit, slot, members,
                      unit_key, unit_count, unit_degree)
 
 
@@ -109,24 +110,30 @@ def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor):
     cs, cd = colors[src], colors[dst]
     keep = (size[cs] > 1) & (size[cs] == size[cd]) & (cs != cd)
     s, d, cs, cd, lab = src[keep], dst[keep], cs[keep], cd[keep], label[keep]
-    key = torch.stack([cs, cd, lab], 1)
-    links, which, count = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    kinds = int(lab.max()) + 1 if lab.numel() else 1
+    key = (cs * size.numel() + cd) * kinds + lab
+    links, which, count = torch.unique(key, return_inverse=True, return_counts=True)
+    src_class = links // kinds // size.numel()
+    dst_class = links // kinds % size.numel()
+    order_e = torch.argsort(which, stable=True)
+    start_e = torch.cumsum(count, 0) - count
     adjacency: dict[int, list[tuple[int, Tensor]]] = {}
-    for i in (count == size[links[:, 0]]).nonzero().squeeze(1).tolist():
-        e = (which == i).nonzero().squeeze(1)
+    for i in (count == size[src_class]).nonzero().squeeze(1).tolist():
+        e = order_e[start_e[i]:start_e[i] + count[i]]
         a, b = pos[s[e]], pos[d[e]]
-        m = int(size[links[i, 0]])
+        m = int(size[src_class[i]])
         if torch.unique(a).numel() != m or torch.unique(b).numel() != m:
             continue
         forward = torch.empty(m, dtype=torch.long)
         forward[a] = b  # position in class cs -> position in class cd
         backward = torch.empty(m, dtype=torch.long)
         backward[b] = a
-        x, y = int(links[i, 0]), int(links[i, 1])
+        x, y = int(src_class[i]), int(dst_class[i])
         adjacency.setdefault(x, []).append((y, forward))
         adjacency.setdefault(y, []).append((x, backward))
     group = torch.full((n,), -1, dtype=torch.long)
     unit = torch.full((n,), -1, dtype=torch.long)
+    slot_of = torch.zeros(n, dtype=torch.long)
     members: list[Tensor] = []
     members_of = [order[starts[c]:starts[c] + size[c]] for c in range(size.numel())]
     seen: dict[int, Tensor] = {}
@@ -149,8 +156,9 @@ def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor):
             table[seen[c], slot] = members_of[c]
             group[members_of[c]] = len(members)
             unit[members_of[c]] = seen[c]
+            slot_of[members_of[c]] = slot
         members.append(table)
-    return group, unit, members
+    return group, unit, slot_of, members
 
 
 def _incident(csr: tuple[Tensor, Tensor], nodes: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,9 +182,8 @@ def _features(t: _Template, values: Tensor, members: Tensor, frame: Tensor):
         name = frame[other]
         same = (t.group[other] == t.group[flat[owner]]) & (t.unit[other] == t.unit[flat[owner]]) & (t.group[other] >= 0)
         if bool(same.any()):
-            slot_of = (t.members[int(t.group[flat[0]])][t.unit[other[same]]] == other[same, None]).float().argmax(1)
             name = name.clone()
-            name[same] = t.n + slot_of
+            name[same] = t.n + t.slot[other[same]]
         rows.append(owner // slots)
         keys.append(((name * t.kinds + t.label[e]) * 2 + direction) * slots + owner % slots)
         vals.append(values[e])

@@ -1,5 +1,5 @@
 """The ``gmn`` command line: ``inspect``, ``convert``, ``zoo build|import|info``, ``bench property``,
-``train``, ``edit``, ``generate``."""
+``train``, ``edit``, ``generate``, ``align``, ``merge``, ``barrier``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import converters
 from converters import ConversionError, ParameterGraph
 
 from .architectures import BUILTIN
+from .cli_merge import add_parsers as add_merge_parsers
 from .cli_weights import add_parsers as add_weight_parsers
 from .summary import summary
 from .zoo.zoo import load_weights
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     _bench_parser(sub)
     _train_parser(sub)
     add_weight_parsers(sub, _train_options)
+    add_merge_parsers(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -108,7 +110,7 @@ def _one_line(err: BaseException) -> str:
 def _run(args) -> int:
     if args.command in ("edit", "generate"):
         args.config = _config(args)
-    if args.command in ("zoo", "bench", "train", "edit", "generate"):
+    if args.command in ("zoo", "bench", "train", "edit", "generate", "align", "merge", "barrier"):
         return args.handler(args)
     start = time.perf_counter()
     g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)

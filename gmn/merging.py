@@ -194,14 +194,17 @@ def repair(merged: ParameterGraph, endpoints: Sequence[ParameterGraph], inputs: 
 
 
 def evaluate(g: ParameterGraph, x: Tensor, y: Tensor, batch: int = 1024) -> tuple[float, float]:
-    """Cross-entropy and accuracy of the graph's model (its ``model`` run with its values)."""
-    loss, correct = 0.0, 0
+    """Cross-entropy and accuracy of the graph's model (its ``model`` run with its values); a
+    sequence model's logits ``(batch, tokens, classes)`` are scored at every token."""
+    loss, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, len(y), batch):
             logits = converters.functional_call(g, None, x[i:i + batch]).double()
-            loss += float(torch.nn.functional.cross_entropy(logits, y[i:i + batch], reduction="sum"))
-            correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
-    return loss / len(y), correct / len(y)
+            logits, target = logits.reshape(-1, logits.size(-1)), y[i:i + batch].reshape(-1)
+            loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(-1) == target).sum())
+            count += target.numel()
+    return loss / count, correct / count
 
 
 def interpolation_path(a: ParameterGraph, b: ParameterGraph, x: Tensor, y: Tensor, points: int = 11,
