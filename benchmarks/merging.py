@@ -291,6 +291,10 @@ def measure(kind: str, k: int, epochs: int, points: int, use_rebasin: bool) -> d
             aligned["rebasin package"] = converters.from_torch(peer, example)
         except Exception as err:  # noqa: BLE001 - a peer that fails is reported, not fatal
             seconds["rebasin package"] = f"failed: {type(err).__name__}: {str(err)[:120]}"
+    with torch.no_grad():
+        reference = converters.functional_call(gb, None, xt).double()
+        change = {name: float((converters.functional_call(g, None, xt).double() - reference).abs().max()
+                              / reference.abs().max()) for name, g in aligned.items()}
     rows = {}
     for name, g in aligned.items():
         for repaired in (False, True) if not has_bn else (True,):
@@ -301,7 +305,7 @@ def measure(kind: str, k: int, epochs: int, points: int, use_rebasin: bool) -> d
             rows[label] = {"loss_barrier": bar["loss"], "accuracy_barrier": bar["accuracy"], "path": path}
     ends = merging.evaluate(ga, xt, yt), merging.evaluate(gb, xt, yt)
     return {"model": kind, "width": k, "params": int(ga.num_param_edges), "batchnorm": has_bn,
-            "endpoints": {"a": ends[0], "b": ends[1]}, "seconds": seconds, "rows": rows}
+            "endpoints": {"a": ends[0], "b": ends[1]}, "seconds": seconds, "function_change": change, "rows": rows}
 
 
 def resnet50_pair() -> dict:
@@ -327,6 +331,9 @@ def table(results: list[dict], big: dict | None) -> str:
             t = r["seconds"].get(name.replace(" + REPAIR", ""))
             when = f"{t:8.2f} s" if isinstance(t, float) else ("" if t is None else f"  {t}")
             lines.append(f"  {name:<32}{row['loss_barrier']:>9.4f}{row['accuracy_barrier']:>9.4f}  {when}")
+        for name, c in r["function_change"].items():
+            if c > 1e-4:
+                lines.append(f"  ! {name} changed model B's outputs by {c:.2e} (relative): barrier not comparable")
         failed = {k: v for k, v in r["seconds"].items() if isinstance(v, str)}
         for name, why in failed.items():
             lines.append(f"  {name:<32}{why}")

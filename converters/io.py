@@ -101,6 +101,12 @@ def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
     save_atomic(graph_to_dict(g), path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``: a
     crash leaves the old file or none, never half of one."""
@@ -109,6 +115,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

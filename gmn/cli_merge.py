@@ -144,14 +144,20 @@ def _data(name: str):
     return datasets.load(name)
 
 
-def write_model(g: ParameterGraph, path: str) -> None:
-    """``g`` as a checkpoint (.safetensors), ONNX file (graphs read from ONNX) or saved graph (.pt),
-    written atomically."""
+def check_output(path: str) -> Path:
+    """The output path, refused before any work when its kind or folder is wrong."""
     out = Path(path)
     if out.suffix not in WRITABLE:
         raise ValueError(f"{path}: write .safetensors, .onnx or .pt")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: no such folder for the output")
+    return out
+
+
+def write_model(g: ParameterGraph, path: str) -> None:
+    """``g`` as a checkpoint (.safetensors), ONNX file (graphs read from ONNX) or saved graph (.pt),
+    written atomically."""
+    out = check_output(path)
     if out.suffix == ".safetensors":
         from .zoo.generate import save_checkpoint
 
@@ -186,6 +192,7 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 
 
 def _align(args) -> int:
+    check_output(args.output)
     data = _data(args.data)
     a, b = load_model(args.a, args.arch, data), load_model(args.b, args.arch, data)
     start = time.perf_counter()
@@ -201,6 +208,7 @@ def _align(args) -> int:
 def _merge(args) -> int:
     from . import merging
 
+    check_output(args.output)
     if len(args.models) < 2 and args.method == "average":
         raise ValueError("merge needs two or more models")
     data = _data(args.data)

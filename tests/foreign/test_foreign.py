@@ -157,3 +157,17 @@ def test_attention_heads_move(name):
         if _units_moved(sd[key].narrow(dim, 0, 16), moved[key].narrow(dim, 0, 16), dim, 8):
             return
     pytest.fail(f"{name}: no head permutation in 6 random symmetries")
+
+
+def test_alignment_undoes_a_symmetry(converted):
+    """Weight matching finds the inverse of a random symmetry exactly, with no spec: residual
+    streams, heads, GQA groups, experts, recurrent units and tied embeddings included."""
+    from gmn.alignment import align
+
+    name, model, x, g = converted
+    moved = symmetry.random_symmetry(g, seed=1)
+    n = int(g.num_param_edges)
+    aligned = align(g, moved)
+    assert torch.equal(aligned.edge_value[:n], g.edge_value[:n]), f"{name}: alignment left a distance"
+    for key, value in g.param_index.buffers.items():
+        assert torch.equal(aligned.param_index.buffers[key], value), f"{name}: buffer {key} not restored"
