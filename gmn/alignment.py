@@ -438,15 +438,21 @@ def _aligned_values(g: ParameterGraph, p: Tensor) -> tuple[Tensor, dict[str, Ten
     return values, buffers
 
 
+def same_template(a: ParameterGraph, b: ParameterGraph) -> bool:
+    """Whether two graphs share one structure (the same architecture), values aside."""
+    return (torch.equal(a.edge_index, b.edge_index) and torch.equal(a.edge_type, b.edge_type)
+            and torch.equal(a.edge_pos, b.edge_pos) and torch.equal(a.node_type, b.node_type))
+
+
 def _check_template(reference: ParameterGraph, g: ParameterGraph) -> None:
-    if not (torch.equal(reference.edge_index, g.edge_index) and torch.equal(reference.edge_type, g.edge_type)
-            and torch.equal(reference.edge_pos, g.edge_pos) and torch.equal(reference.node_type, g.node_type)):
+    if not same_template(reference, g):
         raise ValueError("alignment needs two graphs of the same architecture (one template)")
 
 
 def _descend(t: _Template, g: ParameterGraph, a: Tensor, similarity, iterations: int,
-             keep_residual_stream: bool) -> Tensor:
-    """Sweeps of the guided search until the match is stable; the best one by ``<a, p(b)>``."""
+             keep_residual_stream: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Sweeps of the guided search until the match is stable; the best one by ``<a, p(b)>``,
+    with ``g``'s values and buffers moved by it (computed for the score, kept for ``align``)."""
     keep = _residual_stream(t, g) if keep_residual_stream else None
     if keep is not None and keep.numel() == 0:
         keep = None
@@ -459,9 +465,10 @@ def _descend(t: _Template, g: ParameterGraph, a: Tensor, similarity, iterations:
             p = _sweep(t, similarity, previous, keep, bold=False)
         if p is None:
             raise ValueError("alignment found no symmetry of this architecture's structure")
-        score = float(_aligned_values(g, p)[0][:n].double() @ a[:n])
+        values, buffers = _aligned_values(g, p)
+        score = float(values[:n].double() @ a[:n])
         if best is None or score > best_score:
-            best, best_score = p, score
+            best, best_score = (p, values, buffers), score
         inverse = torch.empty_like(p)
         inverse[p] = torch.arange(p.numel())
         if torch.equal(inverse, previous):
@@ -470,23 +477,14 @@ def _descend(t: _Template, g: ParameterGraph, a: Tensor, similarity, iterations:
     return best
 
 
-def weight_matching(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10,
-                    keep_residual_stream: bool = False) -> Tensor:
-    """Node map ``p`` (an automorphism of the structure with its tied weights) such that ``g``'s
-    value on edge ``(p[u], p[v])`` is close to ``reference``'s value on ``(u, v)``; both graphs
-    must share one template. ``iterations`` bounds the sweeps of coordinate descent;
-    ``keep_residual_stream`` leaves the residual stream's neurons where they are."""
+def _weight_matching(reference, g, iterations, keep_residual_stream):
     _check_template(reference, g)
     t = _template(g)
     a, b = reference.edge_value[: t.weighted].double(), g.edge_value[: t.weighted].double()
     return _descend(t, g, a, _weight_similarity(t, a, b), iterations, keep_residual_stream)
 
 
-def activation_matching(reference: ParameterGraph, g: ParameterGraph, inputs: tuple, iterations: int = 10,
-                        keep_residual_stream: bool = False) -> Tensor:
-    """Like :func:`weight_matching`, but neurons are matched by the correlation of their
-    activations on ``inputs`` (a batch of the user's data, run through each graph's model);
-    neurons without activations of their own (see :mod:`gmn.activations`) by weights."""
+def _activation_matching(reference, g, inputs, iterations, keep_residual_stream):
     from .activations import neuron_activations
 
     _check_template(reference, g)
@@ -498,20 +496,33 @@ def activation_matching(reference: ParameterGraph, g: ParameterGraph, inputs: tu
     return _descend(t, g, a, similarity, iterations, keep_residual_stream)
 
 
+def weight_matching(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10,
+                    keep_residual_stream: bool = False) -> Tensor:
+    """Node map ``p`` (an automorphism of the structure with its tied weights) such that ``g``'s
+    value on edge ``(p[u], p[v])`` is close to ``reference``'s value on ``(u, v)``; both graphs
+    must share one template. ``iterations`` bounds the sweeps of coordinate descent;
+    ``keep_residual_stream`` leaves the residual stream's neurons where they are."""
+    return _weight_matching(reference, g, iterations, keep_residual_stream)[0]
+
+
+def activation_matching(reference: ParameterGraph, g: ParameterGraph, inputs: tuple, iterations: int = 10,
+                        keep_residual_stream: bool = False) -> Tensor:
+    """Like :func:`weight_matching`, but neurons are matched by the correlation of their
+    activations on ``inputs`` (a batch of the user's data, run through each graph's model);
+    neurons without activations of their own (see :mod:`gmn.activations`) by weights."""
+    return _activation_matching(reference, g, inputs, iterations, keep_residual_stream)[0]
+
+
 def align(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10, keep_residual_stream: bool = False,
           inputs: tuple | None = None) -> ParameterGraph:
     """``g`` relabelled by the neuron permutation that brings it closest to ``reference``: the
     same function, comparable coordinates (buffers move along). With ``inputs``, neurons are
     matched by activations (:func:`activation_matching`), otherwise by weights."""
     if inputs is None:
-        p = weight_matching(reference, g, iterations, keep_residual_stream)
+        _, values, buffers = _weight_matching(reference, g, iterations, keep_residual_stream)
     else:
-        p = activation_matching(reference, g, inputs, iterations, keep_residual_stream)
-    values, buffers = _aligned_values(g, p)
-    out = with_values(g, values, buffers)
-    if hasattr(g, "model"):
-        out.model = g.model
-    return out
+        _, values, buffers = _activation_matching(reference, g, inputs, iterations, keep_residual_stream)
+    return with_values(g, values, buffers)  # keeps g's model attached
 
 
 def aligned_distance(reference: ParameterGraph, g: ParameterGraph) -> float:
@@ -521,4 +532,4 @@ def aligned_distance(reference: ParameterGraph, g: ParameterGraph) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
-__all__ = ["activation_matching", "align", "aligned_distance", "weight_matching"]
+__all__ = ["activation_matching", "align", "aligned_distance", "same_template", "weight_matching"]

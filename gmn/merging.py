@@ -32,7 +32,7 @@ from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType
 
 from .activations import neuron_activations
-from .alignment import align
+from .alignment import align, same_template
 
 METHODS = ("average", "task-arithmetic", "ties", "dare")
 
@@ -49,10 +49,8 @@ def _weights(count: int, weights: Sequence[float] | None) -> list[float]:
 
 
 def _values(graphs: Sequence[ParameterGraph]) -> Tensor:
-    first = graphs[0]
-    for g in graphs[1:]:
-        if not torch.equal(g.edge_index, first.edge_index) or not torch.equal(g.edge_type, first.edge_type):
-            raise ValueError("merging needs graphs of one architecture (one template)")
+    if not all(same_template(graphs[0], g) for g in graphs[1:]):
+        raise ValueError("merging needs graphs of one architecture (one template)")
     return torch.stack([converters.parameter_values(g).double() for g in graphs])
 
 
@@ -70,10 +68,8 @@ def interpolate(graphs: Sequence[ParameterGraph], weights: Sequence[float] | Non
 
 
 def _with(g: ParameterGraph, values: Tensor, buffers: dict[str, Tensor] | None = None) -> ParameterGraph:
-    out = with_values(g, values.to(g.edge_value.dtype), buffers)
-    if hasattr(g, "model"):
-        out.model = g.model
-    return out
+    """``with_values`` (which keeps the model attached) in the graph's own value dtype."""
+    return with_values(g, values.to(g.edge_value.dtype), buffers)
 
 
 def align_and_interpolate(graphs: Sequence[ParameterGraph], weights: Sequence[float] | None = None,
@@ -168,7 +164,7 @@ def repair(merged: ParameterGraph, endpoints: Sequence[ParameterGraph], inputs: 
             target_mu[node] = target_mu.get(node, 0.0) + wi * float(x.mean())
             target_sd[node] = target_sd.get(node, 0.0) + wi * float(x.std())
     n = int(merged.num_param_edges)
-    src, dst = merged.edge_index[:, :n]
+    dst = merged.edge_index[1, :n]
     bias = merged.edge_type[:n].long() == int(EdgeType.BIAS)
     norm_edges = merged.edge_type.long() == int(EdgeType.NORM_WEIGHT)
     followed_by_norm = torch.zeros(merged.num_nodes, dtype=torch.bool)
