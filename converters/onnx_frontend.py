@@ -92,6 +92,7 @@ def _check_graph(proto: onnx.ModelProto, what: str) -> None:
         raise ConversionError(f"{what} has no graph nodes (an empty or truncated file?)")
     if not graph.output:
         raise ConversionError(f"{what} declares no graph outputs")
+    _check_names(graph, what)
     seen: set[str] = set()
     for t in graph.initializer:
         if t.name in seen:
@@ -106,6 +107,16 @@ def _check_graph(proto: onnx.ModelProto, what: str) -> None:
                 raise ConversionError(f"{what}: tensor {out!r} is produced twice (by node "
                                       f"{n.name or n.op_type!r} and before it)")
             seen.add(out)
+
+
+def _check_names(graph: onnx.GraphProto, what: str) -> None:
+    """ONNX strings are UTF-8; protobuf hands back bytes for a name that is not."""
+    names = [t.name for t in graph.initializer] + [v.name for v in (*graph.input, *graph.output)]
+    for n in graph.node:
+        names += [n.name, n.op_type, *n.input, *n.output]
+    for name in names:
+        if not isinstance(name, str):
+            raise ConversionError(f"{what}: name {name!r} is not valid UTF-8 (a corrupt file?)")
 
 
 def _check_external_data(proto: onnx.ModelProto, model: Path, base: Path) -> int:

@@ -76,6 +76,15 @@ def test_models_without_outputs_or_with_names_defined_twice():
         converters.from_onnx(proto)
 
 
+def test_names_that_are_not_utf8_are_refused(tmp_path):
+    raw = _gemm().SerializeToString()
+    at = raw.index(b"W")  # the weight's name, where an initializer or node refers to it
+    path = tmp_path / "m.onnx"
+    path.write_bytes(raw[:at] + b"\x80" + raw[at + 1:])
+    with pytest.raises(ConversionError, match="not valid UTF-8"):
+        converters.from_onnx(path)
+
+
 def test_external_data_with_missing_length_is_read_and_checked(tmp_path):
     path = _external(tmp_path, length=None)
     g = converters.from_onnx(path)
