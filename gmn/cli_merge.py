@@ -4,9 +4,7 @@ mode connectivity of any two (or more) models of one architecture, with no permu
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +14,7 @@ import converters
 from converters import ConversionError, ParameterGraph
 from converters.io import atomic_write
 
-from .architectures import BUILTIN
-from .zoo.zoo import load_weights
+from .cli_models import ARCH_HELP, build_arch, load_state, parse_arch
 
 WRITABLE = (".safetensors", ".onnx", ".pt")
 
@@ -63,9 +60,7 @@ def add_parsers(sub) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", help="architecture of checkpoint files: a built-in name "
-                                  f"({', '.join(BUILTIN)}), a zoo architecture as JSON "
-                                  "('{\"family\": \"mlp\", \"depth\": 2, ...}') or module:attr")
+    p.add_argument("--arch", help=ARCH_HELP)
     p.add_argument("--data", default="digits", help="packaged data set for example inputs, activations, "
                                                     "BatchNorm statistics and evaluation (digits, mnist, mnist1d)")
     p.add_argument("--samples", type=int, default=512, help="training inputs used for activations and statistics")
@@ -78,47 +73,11 @@ def _match_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=10, help="coordinate-descent sweeps at most")
 
 
-def _architecture(arch: str, data):
-    """(module, example inputs) for ``--arch``."""
-    if arch.lstrip().startswith("{"):
-        from .zoo.families import build
-
-        try:
-            spec = json.loads(arch)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--arch is not valid JSON: {err}") from None
-        return build(spec, data.input_shape, data.classes), (data.x_train[:2],)
-    if arch in BUILTIN:
-        factory, example = BUILTIN[arch]
-        return factory(), (example(),)
-    if ":" in arch:
-        module, attr = arch.split(":", 1)
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # module:attr names code beside the user, as python -m does
-        obj = getattr(importlib.import_module(module), attr)
-        model = obj if isinstance(obj, torch.nn.Module) else obj()
-        return model, (data.x_train[:2],)
-    raise ValueError(f"unknown --arch {arch!r}: a built-in name ({', '.join(BUILTIN)}), JSON or module:attr")
-
-
-def _load_state(model: torch.nn.Module, path: Path) -> None:
-    state = load_weights(path)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (first: {k} is {tuple(state[k].shape)} in the file, "
-                         f"{tuple(expected[k].shape)} in --arch)")
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        raise ValueError(f"{path} does not fit --arch: " + "; ".join(parts))
-    model.load_state_dict(state)
+def _architecture(arch: str, data) -> tuple[torch.nn.Module, tuple]:
+    """(module, example inputs) for ``--arch``: zoo families and module:attr get ``--data``'s inputs."""
+    spec = parse_arch(arch)
+    model, example = build_arch(spec, tuple(data.input_shape), data.classes)
+    return model, example if spec["family"] == "builtin" else (data.x_train[:2],)
 
 
 def load_model(target: str, arch: str | None, data) -> ParameterGraph:
@@ -134,7 +93,7 @@ def load_model(target: str, arch: str | None, data) -> ParameterGraph:
         except ConversionError as err:
             raise ValueError(f"{err}; if {path.name} is a checkpoint, name its architecture with --arch") from None
     model, example = _architecture(arch, data)
-    _load_state(model, path)
+    load_state(model, path)
     return converters.from_torch(model.eval(), example)
 
 

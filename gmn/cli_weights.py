@@ -4,6 +4,7 @@ checkpoints (safetensors, optionally ONNX) they produce."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -55,11 +56,9 @@ def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example
     save_checkpoint(state, path.with_suffix(".safetensors"))
     if not onnx:
         return
-    try:
-        import onnx as onnx_lib
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError as err:
-        raise ValueError("--onnx needs onnxscript (pip install onnxscript)") from err
+    check_onnx_export(onnx)
+    import onnx as onnx_lib
+
     module.load_state_dict(state, strict=False)
     program = torch.onnx.export(module.eval(), (example,), dynamo=True, optimize=False, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))  # any batch size
@@ -80,23 +79,57 @@ def _task_data(member: dict):
     return datasets.load(member["dataset"]) if member["arch"]["family"] in FAMILIES else None
 
 
+def check_onnx_export(wanted: bool) -> None:
+    """``--onnx`` needs onnxscript: say so before any training, not after."""
+    if not wanted:
+        return
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise ValueError("--onnx needs onnx and onnxscript: pip install -e \".[onnx]\"") from None
+
+
+def _generate_arch(text: str | None) -> dict | None:
+    """``--arch`` of ``gmn generate``: a zoo-family spec as JSON, checked before training."""
+    if text is None:
+        return None
+    from .cli_models import parse_arch
+
+    spec = parse_arch(text)
+    if spec["family"] in ("builtin", "module"):
+        raise ValueError(f"gmn generate --arch takes a zoo architecture as JSON ('{{\"family\": \"cnn\", \"depth\": 3, "
+                         f"...}}'), not {text!r}: the generator writes the zoo's families")
+    return spec
+
+
+def _state_dir(out: Path, *settings) -> Path:
+    """Where training state resumes: one folder per zoo and settings, so a rerun with other
+    settings into the same ``--out`` trains afresh instead of loading a model of another shape."""
+    key = json.dumps([str(Path(settings[0]).resolve()), *settings[1:]], sort_keys=True, default=str)
+    return out / "state" / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
 def _generate(args) -> int:
     from .data import ZooDataset
     from .tasks.generation import fit_generator
     from .zoo.families import build
 
+    check_onnx_export(args.onnx)
+    arch = _generate_arch(args.arch)
     ds = ZooDataset(args.zoo, ("test_acc",), allow_modules=tuple(args.allow_module))
     out = Path(args.out)
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))
     val, train = perm[: max(1, len(ds) // 10)], perm[max(1, len(ds) // 10):]
-    gen = fit_generator(ds, train, val, args.config, conditioned=True, out_dir=out / "state").cpu()
+    state = _state_dir(out, args.zoo, args.config.__dict__)
+    gen = fit_generator(ds, train, val, args.config, conditioned=True, out_dir=state).cpu()
     common = Counter(ds.arch_keys).most_common(1)[0][0]
     member = ds.members[ds.arch_keys.index(common)]
     data = _task_data(member)
-    if args.arch:
-        if data is None:
-            raise ValueError("--arch needs a zoo of the built-in families (mlp, cnn, rescnn, vit, moe)")
-        module = build(json.loads(args.arch), data.input_shape, data.classes).eval()
+    if data is None and arch is not None:
+        raise ValueError("--arch needs a zoo of the built-in families (mlp, cnn, rescnn, vit, moe)")
+    if arch is not None:
+        module = build(arch, data.input_shape, data.classes).eval()
         example = data.x_test[:2]
         template = converters.from_torch(module, (example,))
     else:
@@ -128,20 +161,45 @@ def _objective(args, ds, member):
     if args.objective == "accuracy":
         return classifier_objective(data.y_train[pick]), data.x_train[pick], data
     if args.objective.startswith("forget:"):
-        return classifier_objective(data.y_train[pick], int(args.objective.split(":")[1])), data.x_train[pick], data
+        k = _forgotten(args.objective, data.classes)
+        return classifier_objective(data.y_train[pick], k), data.x_train[pick], data
     raise ValueError(f"unknown objective {args.objective!r}; use accuracy, forget:K or dilation")
+
+
+def _forgotten(objective: str, classes: int | None = None) -> int:
+    """K of ``forget:K``, checked against the data's classes."""
+    text = objective.split(":", 1)[1]
+    if not text.isdigit() or (classes is not None and int(text) >= classes):
+        raise ValueError(f"--objective {objective}: K must be a class of the zoo's data, 0 to {(classes or 10) - 1}")
+    return int(text)
+
+
+def _class_accuracies(module: nn.Module, graph, values: Tensor, data, k: int) -> dict[str, float]:
+    """Test accuracy on class ``k`` and on every other class, for ``forget:K``."""
+    from .tasks.generation import predictions
+
+    right = predictions(module, graph, values.unsqueeze(0), data.x_test)[0] == data.y_test
+    mine = data.y_test == k
+    return {f"class_{k}_acc": float(right[mine].float().mean()), "other_acc": float(right[~mine].float().mean())}
 
 
 def _edit(args) -> int:
     from .data import ZooDataset, split_by_run
     from .tasks.editing import edit_members, fit_editor
 
-    ds = ZooDataset(args.zoo, allow_modules=tuple(args.allow_module))
+    check_onnx_export(args.onnx)
+    if args.objective not in ("accuracy", "dilation") and not args.objective.startswith("forget:"):
+        raise ValueError(f"unknown objective {args.objective!r}; use accuracy, forget:K or dilation")
+    if args.objective.startswith("forget:"):
+        _forgotten(args.objective)
+    ds = ZooDataset(args.zoo, targets=(), allow_modules=tuple(args.allow_module))  # an editor needs no targets
     objective, inputs, data = _objective(args, ds, ds.members[0])
+    forget = _forgotten(args.objective, data.classes) if args.objective.startswith("forget:") else None
     split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=args.seed)
     out = Path(args.out)
     probes = inputs[: args.probes] if args.probes else None
-    result = fit_editor(ds, split, objective, inputs, args.config, out / "state", scale=args.scale, probes=probes)
+    state = _state_dir(out, args.zoo, args.objective, args.scale, args.probes, args.inputs, args.config.__dict__)
+    result = fit_editor(ds, split, objective, inputs, args.config, state, scale=args.scale, probes=probes)
     idx = split.test if args.members == "test" else torch.arange(len(ds))
     modules, report = ds.arch_modules(), []
     for i, values in zip(idx.tolist(), edit_members(result.editor, ds, idx)):
@@ -158,6 +216,10 @@ def _edit(args) -> int:
                                                           torch.tensor([i]))),
                        **({} if data is None else {"test_acc_before": _accuracy(module, graph, ds.values[i], data),
                                                    "test_acc_after": _accuracy(module, graph, values, data)})})
+        if forget is not None:
+            for when, v in (("before", ds.values[i]), ("after", values)):
+                report[-1].update({f"{k}_{when}": a for k, a in _class_accuracies(module, graph, v, data,
+                                                                                  forget).items()})
     _report(out / "edited.json", report, "edited", data is not None)
     return 0
 
@@ -170,4 +232,7 @@ def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None
         key = "test_acc_after" if "test_acc_after" in rows[0] else "test_acc"
         mean = sum(r[key] for r in rows) / len(rows)
         print(f"{len(rows)} {what} models, mean test accuracy {mean:.4f}")
+        for k in (k for k in rows[0] if k.endswith("_before") and k.startswith(("class_", "other_"))):
+            before, after = (sum(r[k.replace("_before", w)] for r in rows) / len(rows) for w in ("_before", "_after"))
+            print(f"  mean {k.removesuffix('_before')}: {before:.4f} before, {after:.4f} after")
     print(f"wrote {len(rows)} checkpoints and {path}")

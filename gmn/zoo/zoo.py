@@ -85,7 +85,7 @@ class Zoo:
         family = arch.get("family") if isinstance(arch, dict) else None
         if family == "builtin" and arch.get("name") in BUILTIN:
             factory, example = BUILTIN[arch["name"]]
-            return factory(), example()
+            return factory(**arch.get("kwargs", {})), example()
         if family == "module":
             name = arch.get("name")
             if name not in self.allow_modules:
@@ -192,6 +192,13 @@ def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, 
                          f"name built-in architectures (a Python module:attr is given by the caller, arch=/--arch)")
     if arch in BUILTIN:
         return {"family": "builtin", "name": arch}
+    if arch and arch.lstrip().startswith("{"):
+        from ..cli_models import parse_arch
+
+        spec = parse_arch(arch)
+        if spec["family"] != "builtin":
+            raise ValueError("--arch JSON for an import names a built-in with arguments ({\"name\": ..., ...})")
+        return spec
     if arch and ":" in arch:
         if input_shape is None:
             raise ValueError("a module:attr architecture needs input_shape")

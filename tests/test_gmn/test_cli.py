@@ -42,14 +42,18 @@ def test_bench_property_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "bench"
     args = ["bench", "property", "--runs", "8", "--epochs", "2", "--workers", "1", "--train-epochs", "2",
-            "--hidden", "8", "--layers", "1", "--methods", "statnn,mlp,gmn", "--out", str(out)]
+            "--hidden", "8", "--layers", "1", "--methods", "statnn,mlp,gmn", "--seeds", "2", "--out", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
     for method in ("statnn", "mlp", "gmn"):
-        assert f"\n{method} " in table
-    assert "16 checkpoints of 8 runs" in table
+        row = next(line for line in table.splitlines() if line.startswith(f"{method} "))
+        assert "±" in row  # mean ± std over the two seeds
+    assert "16 checkpoints of 8 runs" in table and "2 seeds" in table
     result = json.loads((out / "property.json").read_text())
-    assert [r["method"] for r in result["results"]] == ["statnn", "mlp", "gmn"]
+    assert [(r["method"], r["seed"]) for r in result["results"]] == [
+        (m, s) for s in (0, 1) for m in ("statnn", "mlp", "gmn")]
+    # the seeds draw different splits: their test sets differ
+    assert result["results"][0]["true"] != result["results"][3]["true"]
     assert (out / "property.png").stat().st_size > 10_000 and (out / "property.txt").read_text().strip()
 
 
