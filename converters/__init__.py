@@ -2,7 +2,7 @@
 
 from .graph import ConversionError, ParameterGraph, ParamIndex
 from .io import graph_from_dict, graph_to_dict, load_graph, save_graph
-from .onnx_frontend import from_onnx, load_onnx, to_onnx
+from .onnx_frontend import OptimizedOnnxWarning, from_onnx, load_onnx, to_onnx
 from .registry import register_module, register_op
 from .torch_frontend import from_torch
 from .vocab import Activation, EdgeType, NodeType
@@ -11,7 +11,7 @@ from .writer import edge_kinds, functional_call, parameter_edge_mask, parameter_
 __all__ = [
     "Activation", "ConversionError", "EdgeType", "NodeType", "ParamIndex", "ParameterGraph",
     "edge_kinds", "parameter_edge_mask",
-    "from_onnx", "from_torch", "functional_call", "load_graph", "load_onnx", "parameter_values",
+    "OptimizedOnnxWarning", "from_onnx", "from_torch", "functional_call", "load_graph", "load_onnx", "parameter_values",
     "register_module", "to_onnx",
     "register_op", "save_graph", "graph_from_dict", "graph_to_dict", "to_state_dict", "with_values",
 ]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -518,7 +520,59 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     except Exception as err:
         raise ConversionError(f"invalid ONNX model: {type(err).__name__}: {err}") from err
     g.onnx = proto
+    for message in optimizer_signs(proto, g):
+        warnings.warn(message, OptimizedOnnxWarning, stacklevel=2)
     return g
+
+
+class OptimizedOnnxWarning(UserWarning):
+    """The file shows signs of an optimising export: its parameters are not the trained model's."""
+
+
+_GENERATED_NAME = re.compile(r"val_\d+")
+_EXPORT_ADVICE = "export with torch.onnx.export(..., dynamo=True, optimize=False) for the model's own parameters"
+
+
+def optimizer_signs(proto: onnx.ModelProto, g: ParameterGraph) -> list[str]:
+    """What an optimising export did to a file, as far as the file shows it: BatchNorm folded
+    into convolutions (onnxscript records its rewrite rules on the nodes), parameters under
+    names the optimizer made up (equal weights merged, transposes folded), and parameters whose
+    values look like a mask (only 0/1, or -inf) rather than trained weights."""
+    rules = [p.value for n in proto.graph.node for p in n.metadata_props
+             if p.key == "pkg.onnxscript.rewriter.rule_name"]
+    signs = []
+    folded = sum("FuseBatchNorm" in r for r in rules)
+    if folded:
+        signs.append(f"BatchNorm was folded into {folded} convolution(s) by the ONNX optimizer: their weights are "
+                     f"not the trained ones and BatchNorm's parameters are gone; {_EXPORT_ADVICE}")
+    elif rules:
+        signs.append(f"{len(rules)} node(s) were rewritten by the ONNX optimizer ({rules[0]}, ...); {_EXPORT_ADVICE}")
+    values = g.edge_value[: int(g.num_param_edges)]
+    generated, masks = [], []
+    for name, shape, offset in g.param_index.params:
+        if _GENERATED_NAME.fullmatch(name.rsplit(".", 1)[-1]):
+            generated.append(name)
+        v = values[offset: offset + math.prod(shape)]
+        if v.numel() >= 4 and _mask_like(v):
+            masks.append(name)
+    if generated:
+        signs.append(f"{len(generated)} parameter(s) have names an ONNX optimizer made up ({', '.join(generated[:3])}"
+                     f"{', ...' if len(generated) > 3 else ''}): equal weights may have been merged and transposes "
+                     f"folded; {_EXPORT_ADVICE}")
+    if masks:
+        signs.append(f"{len(masks)} parameter(s) hold mask values (0 and 1 only, or -1e4 and below: "
+                     f"{', '.join(masks[:3])}): masks or constants folded into tensors, not trained weights? "
+                     "Their edges are counted as parameters")
+    return signs
+
+
+def _mask_like(v: Tensor) -> bool:
+    """0s and 1s together and nothing else, or huge negatives (additive masks); an all-ones
+    or all-zeros tensor is a fresh normalisation or bias, not a mask."""
+    if bool((v <= -1e4).any()):
+        return True
+    zeros, ones = v == 0, v == 1
+    return bool((zeros | ones).all()) and bool(zeros.any()) and bool(ones.any())
 
 
 def to_onnx(g: ParameterGraph, values: Tensor | None = None) -> onnx.ModelProto:

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     add_merge_parsers(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     _show_defaults(parser)
+    _plain_warnings()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -109,6 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gmn: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _plain_warnings() -> None:
+    """gmn's own warnings (signs of an optimised ONNX export) as one plain line each."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def format(message, category, *args, **kwargs):
+        if issubclass(category, converters.OptimizedOnnxWarning):
+            return f"gmn: warning: {message}\n"
+        return default(message, category, *args, **kwargs)
+
+    warnings.formatwarning = format
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:

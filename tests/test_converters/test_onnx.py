@@ -352,3 +352,42 @@ def test_values_that_are_no_weights_are_refused(bad):
     g = converters.from_onnx(proto)
     with pytest.raises(converters.ConversionError, match="values must be"):
         converters.to_state_dict(g, bad)
+
+
+def _optimizer_warnings(proto) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converters.from_onnx(proto)
+    return [str(w.message) for w in caught if issubclass(w.category, converters.OptimizedOnnxWarning)]
+
+
+def test_optimising_exports_are_noticed():
+    from gmn.architectures import ResNet18
+
+    model = ResNet18(width=8, classes=10).eval()
+    with torch.no_grad():  # trained-looking BatchNorm: folding changes every convolution
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.bias.normal_()
+    x = torch.randn(1, 3, 32, 32)
+    signs = {}
+    for optimize in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto = torch.onnx.export(model, (x,), dynamo=True, optimize=optimize, verbose=False).model_proto
+        signs[optimize] = _optimizer_warnings(proto)
+    assert signs[False] == []
+    assert any("BatchNorm was folded into 20 convolution(s)" in s and "optimize=False" in s for s in signs[True])
+
+
+def test_generated_names_and_mask_constants_are_noticed():
+    rng = np.random.default_rng(0)
+    mask = np.tril(np.ones((4, 4), np.float32))  # 0/1: a mask, not trained weights
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "val_12"),
+             numpy_helper.from_array(mask, "causal")]
+    nodes = [helper.make_node("MatMul", ["x", "val_12"], ["h"]), helper.make_node("MatMul", ["h", "causal"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    signs = _optimizer_warnings(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert any("names an ONNX optimizer made up (val_12)" in s for s in signs)
+    assert any("mask values" in s and "causal" in s for s in signs)
