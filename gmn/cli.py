@@ -289,7 +289,7 @@ def _config(args):
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a metanetwork on a zoo (--nproc N: N processes, DDP)")
     p.add_argument("zoo", help="zoo folder")
-    p.add_argument("--kind", default="gmn", choices=("gmn", "pna", "scale_gmn"))
+    p.add_argument("--kind", default="gmn", choices=("gmn", "pna", "scale_gmn"), help="metanetwork layers")
     p.add_argument("--out", default="gmn-train", help="folder for the model, log and test predictions")
     p.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun; gloo or NCCL)")

@@ -50,8 +50,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("barrier", help="loss and accuracy along the interpolation path, before and after alignment",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("a")
-    p.add_argument("b")
+    p.add_argument("a", help="one end of the path: checkpoint (with --arch) or ONNX file")
+    p.add_argument("b", help="the other end, of the same architecture")
     p.add_argument("--out", default="gmn-barrier", help="folder for barrier.txt, barrier.json and barrier.png")
     p.add_argument("--points", type=int, default=11, help="interpolation points, endpoints included")
     _model_options(p)

@@ -24,7 +24,7 @@ def add_parsers(sub, train_options) -> None:
     p.add_argument("--out", default="gmn-generate", help="folder for the generator state and the checkpoints")
     p.add_argument("--arch", help="architecture spec as JSON (any shape of the zoo's families; "
                                   "default: the zoo's most common architecture)")
-    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--count", type=int, default=8, help="checkpoints to sample")
     p.add_argument("--target", type=float, help="condition on this test accuracy")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight with --target")
     p.add_argument("--steps", type=int, default=20, help="Heun integration steps")
@@ -47,7 +47,7 @@ def add_parsers(sub, train_options) -> None:
 
 def _common(p: argparse.ArgumentParser, train_options) -> None:
     p.add_argument("--onnx", action="store_true", help="also write each model as ONNX (needs onnxscript)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split, initialisation and sampling seed")
     train_options(p)
 
 
