@@ -137,3 +137,18 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch):
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_forget_reports_the_class_and_the_others(zoo, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "forgotten"
+    assert main(["edit", str(zoo), "--objective", "forget:3", "--out", str(out), "--train-epochs", "1",
+                 "--hidden", "8", "--layers", "1", "--inputs", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean class_3_acc:" in printed and "mean other_acc:" in printed
+    rows = json.loads((out / "edited.json").read_text())
+    for row in rows:
+        for key in ("class_3_acc_before", "class_3_acc_after", "other_acc_before", "other_acc_after"):
+            assert 0.0 <= row[key] <= 1.0
+    assert (out / rows[0]["file"]).stat().st_mode & 0o044 == 0o044  # readable by others
