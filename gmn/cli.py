@@ -15,7 +15,7 @@ from converters import ConversionError, ParameterGraph
 
 from .architectures import BUILTIN
 from .cli_merge import add_parsers as add_merge_parsers
-from .cli_models import ARCH_HELP, build_arch, hf_model, is_hf_folder, load_state, parse_arch
+from .cli_models import ARCH_HELP, build_arch, check_output, hf_model, is_hf_folder, load_state, parse_arch
 from .cli_weights import add_parsers as add_weight_parsers
 from .summary import summary
 
@@ -147,14 +147,6 @@ def _check_device(device: str) -> None:
                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
 
 
-def _check_output(path: str, suffixes: tuple[str, ...]) -> None:
-    out = Path(path)
-    if out.suffix not in suffixes:
-        raise ValueError(f"{path}: the output must end in {' or '.join(suffixes)}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: no such folder for the output")
-
-
 def _run(args) -> int:
     if getattr(args, "device", None):
         _check_device(args.device)
@@ -163,9 +155,9 @@ def _run(args) -> int:
     if args.command in ("zoo", "bench", "train", "edit", "generate", "align", "merge", "barrier"):
         return args.handler(args)
     if args.command == "convert":
-        _check_output(args.output, (".pt",))
+        check_output(args.output, (".pt",))
     elif args.graphml:
-        _check_output(args.graphml, (".graphml",))
+        check_output(args.graphml, (".graphml",))
     start = time.perf_counter()
     g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)
     seconds = time.perf_counter() - start

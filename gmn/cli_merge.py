@@ -14,7 +14,7 @@ import converters
 from converters import ConversionError, ParameterGraph
 from converters.io import atomic_write
 
-from .cli_models import ARCH_HELP, build_arch, load_state, parse_arch
+from .cli_models import ARCH_HELP, build_arch, check_output, load_state, parse_arch
 
 WRITABLE = (".safetensors", ".onnx", ".pt")
 
@@ -103,20 +103,10 @@ def _data(name: str):
     return datasets.load(name)
 
 
-def check_output(path: str) -> Path:
-    """The output path, refused before any work when its kind or folder is wrong."""
-    out = Path(path)
-    if out.suffix not in WRITABLE:
-        raise ValueError(f"{path}: write .safetensors, .onnx or .pt")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: no such folder for the output")
-    return out
-
-
 def write_model(g: ParameterGraph, path: str) -> None:
     """``g`` as a checkpoint (.safetensors), ONNX file (graphs read from ONNX) or saved graph (.pt),
     written atomically."""
-    out = check_output(path)
+    out = check_output(path, WRITABLE)
     if out.suffix == ".safetensors":
         from .zoo.generate import save_checkpoint
 
@@ -151,7 +141,7 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 
 
 def _align(args) -> int:
-    check_output(args.output)
+    check_output(args.output, WRITABLE)
     data = _data(args.data)
     a, b = load_model(args.a, args.arch, data), load_model(args.b, args.arch, data)
     start = time.perf_counter()
@@ -167,7 +157,7 @@ def _align(args) -> int:
 def _merge(args) -> int:
     from . import merging
 
-    check_output(args.output)
+    check_output(args.output, WRITABLE)
     if len(args.models) < 2 and args.method == "average":
         raise ValueError("merge needs two or more models")
     data = _data(args.data)

@@ -153,3 +153,13 @@ def _hf_example(model: nn.Module) -> tuple | None:
         side = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         return (torch.randn(1, getattr(config, "num_channels", 3), side, side),)
     return None
+
+
+def check_output(path: str, suffixes: tuple[str, ...]) -> Path:
+    """The output path, refused before any work when its kind or folder is wrong."""
+    out = Path(path)
+    if out.suffix not in suffixes:
+        raise ValueError(f"{path}: the output must end in {' or '.join(suffixes)}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: no such folder for the output")
+    return out
