@@ -2,11 +2,22 @@
 
 from .graph import ConversionError, ParameterGraph, ParamIndex
 from .io import graph_from_dict, graph_to_dict, load_graph, save_graph
-from .onnx_frontend import OptimizedOnnxWarning, from_onnx, load_onnx, to_onnx
 from .registry import register_module, register_op
 from .torch_frontend import from_torch
 from .vocab import Activation, EdgeType, NodeType
 from .writer import edge_kinds, functional_call, parameter_edge_mask, parameter_values, to_state_dict, with_values
+
+#: the ONNX frontend imports ``onnx`` (about a second); it loads when first used
+_ONNX_NAMES = ("OptimizedOnnxWarning", "from_onnx", "load_onnx", "to_onnx")
+
+
+def __getattr__(name: str):
+    if name in _ONNX_NAMES:
+        from . import onnx_frontend
+
+        return getattr(onnx_frontend, name)
+    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
 
 __all__ = [
     "Activation", "ConversionError", "EdgeType", "NodeType", "ParamIndex", "ParameterGraph",

@@ -119,7 +119,9 @@ def _plain_warnings() -> None:
     default = warnings.formatwarning
 
     def format(message, category, *args, **kwargs):
-        if issubclass(category, converters.OptimizedOnnxWarning):
+        # only an ONNX conversion raises it: the frontend (and onnx) are loaded by then
+        frontend = sys.modules.get("converters.onnx_frontend")
+        if frontend is not None and issubclass(category, frontend.OptimizedOnnxWarning):
             return f"gmn: warning: {message}\n"
         return default(message, category, *args, **kwargs)
 
