@@ -569,10 +569,12 @@ def optimizer_signs(proto: onnx.ModelProto, g: ParameterGraph) -> list[str]:
 def _mask_like(v: Tensor) -> bool:
     """0s and 1s together and nothing else, or huge negatives (additive masks); an all-ones
     or all-zeros tensor is a fresh normalisation or bias, not a mask."""
-    if bool((v <= -1e4).any()):
+    lo, hi = (float(t) for t in torch.aminmax(v))  # one pass: trained weights stop here
+    if lo <= -1e4:
         return True
-    zeros, ones = v == 0, v == 1
-    return bool((zeros | ones).all()) and bool(zeros.any()) and bool(ones.any())
+    if lo != 0 or hi != 1:
+        return False
+    return bool(((v == 0) | (v == 1)).all())
 
 
 def to_onnx(g: ParameterGraph, values: Tensor | None = None) -> onnx.ModelProto:

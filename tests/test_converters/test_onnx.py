@@ -391,3 +391,14 @@ def test_generated_names_and_mask_constants_are_noticed():
     signs = _optimizer_warnings(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert any("names an ONNX optimizer made up (val_12)" in s for s in signs)
     assert any("mask values" in s and "causal" in s for s in signs)
+
+
+@pytest.mark.parametrize("values, mask", [
+    ([0.0, 1.0, 1.0, 0.0], True), ([1.0, 1.0, 1.0, 1.0], False), ([0.0, 0.0, 0.0, 0.0], False),
+    ([0.0, 1.0, 0.5, 1.0], False), ([-1e9, 0.0, 0.0, 0.0], True), ([-0.3, 1.0, 0.0, 1.0], False),
+    ([float("nan"), 0.0, 1.0, 1.0], False),
+])
+def test_mask_like_values(values, mask):
+    from converters.onnx_frontend import _mask_like
+
+    assert _mask_like(torch.tensor(values)) is mask
