@@ -40,7 +40,7 @@ from torch import Tensor
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType, NodeType
 
-from .symmetry import _assign, _csr, _Plan, _plan, _ranges, _structure, permute_values
+from .symmetry import _assign, _csr, _Plan, _plan, _ranges, permute_values
 
 #: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
 #: the best assignment of their children; larger ones by their children's summed features.
@@ -83,9 +83,10 @@ def _template(g: ParameterGraph) -> _Template:
     plan = _plan(g)
     n = g.num_nodes
     src, dst = g.edge_index
-    _, label = _structure(g)
+    label = plan.label[: src.numel()]  # the structure's graph edges come first in the plan
     weighted = int(g.num_param_edges) + int(g.num_tied_edges)
     ws, wd = src[:weighted], dst[:weighted]
+    out_all, in_all = _csr(src, n), _csr(dst, n)
     group, unit, slot, members = _tied_groups(plan.start[0][:n], src, dst, label)
     own = torch.where(group >= 0, group * n + unit, len(members) * n + torch.arange(n))
     _, unit_key = torch.unique(own, return_inverse=True)
@@ -93,8 +94,18 @@ def _template(g: ParameterGraph) -> _Template:
     degree = (torch.bincount(ws, minlength=n) + torch.bincount(wd, minlength=n)).double()
     unit_degree = torch.zeros(unit_count, dtype=torch.float64).index_add_(0, unit_key, degree)[unit_key]
     return _Template(plan, n, weighted, src, dst, label, int(label.max()) + 1 if label.numel() else 1,
-                     _csr(ws, n), _csr(wd, n), _csr(src, n), _csr(dst, n), group, unit, slot, members,
+                     _prefix_csr(out_all, ws, weighted), _prefix_csr(in_all, wd, weighted), out_all, in_all,
+                     group, unit, slot, members,
                      unit_key, unit_count, unit_degree)
+
+
+def _prefix_csr(csr: tuple[Tensor, Tensor], index: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The CSR of the first ``count`` edges, from the CSR of all of them: a stable sort
+    restricted to a prefix of the edges is the full sort without the others (no second sort)."""
+    order, ptr = csr
+    sub = torch.zeros_like(ptr)
+    sub[1:] = torch.cumsum(torch.bincount(index, minlength=ptr.numel() - 1), 0)
+    return order[order < count], sub
 
 
 def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor):
