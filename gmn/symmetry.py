@@ -236,15 +236,33 @@ class _Plan:
 _PLANS: dict[tuple, tuple[weakref.ref, _Plan]] = {}
 
 
+def _plan_key(g: ParameterGraph) -> tuple:
+    fields = (g.edge_index, g.node_type, g.node_depth, g.node_index, g.node_act, g.edge_type, g.edge_pos,
+              g.tied_slot)
+    return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in fields)
+
+
+def _cached_plan(g: ParameterGraph) -> _Plan | None:
+    """The plan of ``g``'s structure if one was made and is still valid (never makes one)."""
+    hit = _PLANS.get(_plan_key(g))
+    return hit[1] if hit is not None and hit[0]() is g.edge_index else None
+
+
+def _labels(g: ParameterGraph) -> Tensor:
+    """The structure label of every graph edge: the plan's first labels when it is cached (its
+    graph edges come before the tie edges), else computed."""
+    plan = _cached_plan(g)
+    return plan.label[: g.edge_index.size(1)] if plan is not None else _structure(g)[1]
+
+
 def _plan(g: ParameterGraph) -> _Plan:
     """The structure's plan, cached while ``g.edge_index`` lives unmodified (graphs that share
     it, as ``with_values`` copies do, share the plan)."""
     ei = g.edge_index
-    fields = (ei, g.node_type, g.node_depth, g.node_index, g.node_act, g.edge_type, g.edge_pos, g.tied_slot)
-    key = tuple((t.data_ptr(), tuple(t.shape), t._version) for t in fields)
-    hit = _PLANS.get(key)
-    if hit is not None and hit[0]() is ei:
-        return hit[1]
+    key = _plan_key(g)
+    hit = _cached_plan(g)
+    if hit is not None:
+        return hit
     node, src, dst, label = _with_ties(g)
     n = node.numel()
     refiner = _Refiner(src, dst, label, n, copies=2)
@@ -360,7 +378,7 @@ def permute_values(g: ParameterGraph, pi: Tensor) -> tuple[Tensor, dict[str, Ten
     """Parameter values, buffers and edge map of the graph relabelled by automorphism ``pi``
     (edge ``e`` of the result carries what edge ``edge_map[e]`` of ``g`` carried)."""
     n = g.num_nodes
-    _, label = _structure(g)
+    label = _labels(g)
     src, dst = g.edge_index
     keys, old = torch.sort(_edge_keys(src, dst, label, n), stable=True)
     moved, new = torch.sort(_edge_keys(pi[src], pi[dst], label, n), stable=True)
