@@ -40,7 +40,7 @@ from torch import Tensor
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType, NodeType
 
-from .symmetry import _assign, _csr, _Plan, _plan, _ranges, permute_values
+from .symmetry import _assign, _csr, _labels, _Plan, _plan, _ranges, permute_values
 
 #: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
 #: the best assignment of their children; larger ones by their children's summed features.
@@ -83,7 +83,7 @@ def _template(g: ParameterGraph) -> _Template:
     plan = _plan(g)
     n = g.num_nodes
     src, dst = g.edge_index
-    label = plan.label[: src.numel()]  # the structure's graph edges come first in the plan
+    label = _labels(g)  # from the plan just made
     weighted = int(g.num_param_edges) + int(g.num_tied_edges)
     ws, wd = src[:weighted], dst[:weighted]
     out_all, in_all = _csr(src, n), _csr(dst, n)

@@ -242,10 +242,14 @@ def _plan_key(g: ParameterGraph) -> tuple:
     return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in fields)
 
 
+def _found(key: tuple, edge_index: Tensor) -> _Plan | None:
+    hit = _PLANS.get(key)
+    return hit[1] if hit is not None and hit[0]() is edge_index else None
+
+
 def _cached_plan(g: ParameterGraph) -> _Plan | None:
     """The plan of ``g``'s structure if one was made and is still valid (never makes one)."""
-    hit = _PLANS.get(_plan_key(g))
-    return hit[1] if hit is not None and hit[0]() is g.edge_index else None
+    return _found(_plan_key(g), g.edge_index)
 
 
 def _labels(g: ParameterGraph) -> Tensor:
@@ -260,7 +264,7 @@ def _plan(g: ParameterGraph) -> _Plan:
     it, as ``with_values`` copies do, share the plan)."""
     ei = g.edge_index
     key = _plan_key(g)
-    hit = _cached_plan(g)
+    hit = _found(key, ei)
     if hit is not None:
         return hit
     node, src, dst, label = _with_ties(g)

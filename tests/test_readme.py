@@ -137,7 +137,6 @@ def _gmn(args: list[str], cwd: str, log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.chdir(cwd)
-    sys.path.insert(0, cwd)  # as the entry point does: modules of the current folder import
     sys.argv = ["gmn", *args]
     from gmn.cli import main
 
