@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import metanetwork_options, parse_with_out
-from generation import generation_zoo, shape_of
+from generation import arch_name, open_zoo
 from torch import nn
 from torch_geometric.data import Batch
 from tqdm import tqdm
@@ -205,7 +205,7 @@ class _OnVectors(nn.Module):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--zoo", default="zoos/generation")
+    p.add_argument("--zoo-root", default="zoos", help="folder of the zoos (the generation zoo is built there)")
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--shape", default="2,8", help="depth,width of the CNNs")
     p.add_argument("--checkpoints", type=int, default=8)
@@ -216,9 +216,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/generation")
     args, out = parse_with_out(p)
-    ds = generation_zoo(args.zoo, args.runs)
+    ds = open_zoo(Path(args.zoo_root), "generation", args.runs, epochs=15)
     depth, width = (int(v) for v in args.shape.split(","))
-    members = [i for i, k in enumerate(ds.arch_keys) if shape_of(k) == (depth, width)][: args.checkpoints]
+    members = [i for i, k in enumerate(ds.arch_keys) if arch_name(k) == f"cnn d{depth} w{width}"][: args.checkpoints]
     key = ds.arch_keys[members[0]]
     template, module = ds.templates[key], ds.model(members[0])[0]
     data = datasets.load("digits")

@@ -450,9 +450,11 @@ def _aligned_values(g: ParameterGraph, p: Tensor) -> tuple[Tensor, dict[str, Ten
 
 
 def same_template(a: ParameterGraph, b: ParameterGraph) -> bool:
-    """Whether two graphs share one structure (the same architecture), values aside."""
+    """Whether two graphs share one structure (the same architecture, activations included),
+    values aside."""
     return (torch.equal(a.edge_index, b.edge_index) and torch.equal(a.edge_type, b.edge_type)
-            and torch.equal(a.edge_pos, b.edge_pos) and torch.equal(a.node_type, b.node_type))
+            and torch.equal(a.edge_pos, b.edge_pos) and torch.equal(a.node_type, b.node_type)
+            and torch.equal(a.node_act, b.node_act))
 
 
 def _check_template(reference: ParameterGraph, g: ParameterGraph) -> None:

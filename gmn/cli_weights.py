@@ -17,19 +17,30 @@ from converters.io import atomic_write
 
 from .zoo.generate import save_checkpoint
 
+GENERATORS = ("canonical", "gmn")
+
 
 def add_parsers(sub, train_options) -> None:
     p = sub.add_parser("generate", help="train a weight generator on a zoo and write new checkpoints")
     p.add_argument("zoo", help="zoo folder (its checkpoints are the training data)")
     p.add_argument("--out", default="gmn-generate", help="folder for the generator state and the checkpoints")
-    p.add_argument("--arch", help="architecture spec as JSON (any shape of the zoo's families; "
-                                  "default: the zoo's most common architecture)")
+    p.add_argument("--generator", default="canonical", choices=GENERATORS,
+                   help="canonical: align the architecture's checkpoints to one frame and flow-match their "
+                        "flattened weights (an MLP); gmn: equivariant flow with a GMN velocity field (any shape of "
+                        "the zoo's families, also unseen ones; its samples are at chance accuracy today)")
+    p.add_argument("--arch", help="architecture spec as JSON (canonical: one of the zoo's architectures; gmn: any "
+                                  "shape of the zoo's families; default: the zoo's most common architecture)")
+    p.add_argument("--components", type=int,
+                   help="canonical: flow over this many principal components (default: every coordinate)")
+    p.add_argument("--recompute-batchnorm", action="store_true",
+                   help="recompute the samples' BatchNorm statistics on the zoo's training data")
     p.add_argument("--count", type=int, default=8, help="checkpoints to sample")
     p.add_argument("--target", type=float, help="condition on this test accuracy")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight with --target")
     p.add_argument("--steps", type=int, default=20, help="Heun integration steps")
     _common(p, train_options)
-    p.set_defaults(handler=_generate)
+    # the canonical generator's defaults: 40 epochs of 50 steps, batches of 64 draws, an MLP of width 512
+    p.set_defaults(handler=_generate, train_epochs=40, patience=40, hidden=512, batch_size=64)
 
     p = sub.add_parser("edit", help="train a weight editor on a zoo and write the edited checkpoints")
     p.add_argument("zoo", help="zoo folder")
@@ -112,39 +123,71 @@ def _state_dir(out: Path, *settings) -> Path:
 
 def _generate(args) -> int:
     from .data import ZooDataset
-    from .tasks.generation import fit_generator
-    from .zoo.families import build
 
     check_onnx_export(args.onnx)
     arch = _generate_arch(args.arch)
     ds = ZooDataset(args.zoo, ("test_acc",), allow_modules=tuple(args.allow_module))
+    common = Counter(ds.arch_keys).most_common(1)[0][0]
+    data = _task_data(ds.members[ds.arch_keys.index(common)])
+    if data is None and (arch is not None or args.recompute_batchnorm):
+        raise ValueError("--arch and --recompute-batchnorm need a zoo of the built-in families (mlp, cnn, rescnn, "
+                         "vit, moe)")
     out = Path(args.out)
+    sample = _canonical_samples if args.generator == "canonical" else _gmn_samples
+    module, example, graphs = sample(args, ds, arch or json.loads(common)[0], data, out)
+    if args.recompute_batchnorm:
+        from .merging import recompute_batchnorm
+
+        batches = [(x,) for x in data.x_train.split(128)]
+        for g in graphs:
+            g.model = module
+        graphs = [recompute_batchnorm(g, batches) for g in graphs]
+    report = []
+    for i, g in enumerate(graphs):
+        write_model(module, converters.to_state_dict(g), out / f"generated-{i:03d}", example, args.onnx)
+        acc = None if data is None else _accuracy(module, g, converters.parameter_values(g), data)
+        report.append({"file": f"generated-{i:03d}.safetensors", "test_acc": acc})
+    _report(out / "generated.json", report, "generated", data is not None)
+    return 0
+
+
+def _canonical_samples(args, ds, arch: dict, data, out: Path):
+    """Align the zoo's checkpoints of ``arch`` to one frame, fit the flat flow, sample."""
+    from .tasks.canonical_generation import fit_canonical_generator
+
+    keys = [k for k in dict.fromkeys(ds.arch_keys) if json.loads(k)[0] == arch]
+    members = [i for i, k in enumerate(ds.arch_keys) if keys and k == keys[0]]
+    if len(members) < 2:
+        raise ValueError(f"the canonical generator writes architectures the zoo holds at least two checkpoints of; "
+                         f"{json.dumps(arch)} has {len(members)} (use --generator gmn for other shapes)")
+    state = _state_dir(out, args.zoo, args.config.__dict__, "canonical", keys[0], args.components)
+    gen = fit_canonical_generator([ds.get(i) for i in members], ds.y[members, 0], args.config,
+                                  components=args.components, out_dir=state)
+    module, example = ds.arch_modules()[keys[0]]
+    return module, example, gen.sample(args.count, steps=args.steps, target=args.target, guidance=args.guidance,
+                                       seed=args.seed)
+
+
+def _gmn_samples(args, ds, arch: dict, data, out: Path):
+    """The equivariant GMN flow over the whole zoo, sampled for ``arch`` (seen or not)."""
+    from .tasks.generation import fit_generator
+    from .zoo.families import build
+
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))
     val, train = perm[: max(1, len(ds) // 10)], perm[max(1, len(ds) // 10):]
     state = _state_dir(out, args.zoo, args.config.__dict__)
     gen = fit_generator(ds, train, val, args.config, conditioned=True, out_dir=state).cpu()
-    common = Counter(ds.arch_keys).most_common(1)[0][0]
-    member = ds.members[ds.arch_keys.index(common)]
-    data = _task_data(member)
-    if data is None and arch is not None:
-        raise ValueError("--arch needs a zoo of the built-in families (mlp, cnn, rescnn, vit, moe)")
-    if arch is not None:
+    known = [k for k in dict.fromkeys(ds.arch_keys) if json.loads(k)[0] == arch]
+    if known:
+        module, example = ds.arch_modules()[known[0]]
+        template = ds.templates[known[0]]
+    else:
         module = build(arch, data.input_shape, data.classes).eval()
         example = data.x_test[:2]
         template = converters.from_torch(module, (example,))
-    else:
-        module, example = ds.arch_modules()[common]
-        template = ds.templates[common]
     values = gen.sample(template, args.count, steps=args.steps, target=args.target, guidance=args.guidance,
                         seed=args.seed)
-    report = []
-    for i, v in enumerate(values):
-        state = converters.to_state_dict(template, v)
-        write_model(module, state, out / f"generated-{i:03d}", example, args.onnx)
-        report.append({"file": f"generated-{i:03d}.safetensors",
-                       "test_acc": None if data is None else _accuracy(module, template, v, data)})
-    _report(out / "generated.json", report, "generated", data is not None)
-    return 0
+    return module, example, [converters.with_values(template, v) for v in values]
 
 
 def _objective(args, ds, member):

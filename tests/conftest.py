@@ -14,3 +14,13 @@ def tiny_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo") / "tiny"
     build_zoo(root, runs=6, epochs=2, workers=1, progress=False).close()
     return root
+
+
+@pytest.fixture(scope="session")
+def resnet_zoo(tmp_path_factory):
+    """Eight residual CNNs with BatchNorm of one shape on digits, two epochs each (about 10 s)."""
+    from gmn.zoo import build_zoo
+
+    root = tmp_path_factory.mktemp("zoo") / "resnet"
+    build_zoo(root, "generation-resnet", runs=8, epochs=2, checkpoint_epochs=(2,), workers=1, progress=False).close()
+    return root

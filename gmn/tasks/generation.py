@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -244,20 +244,28 @@ def _reinitialise(model: nn.Module) -> None:
             m.reset_parameters()
 
 
-def _states(template: converters.ParameterGraph, values: Tensor) -> list[dict[str, Tensor]]:
-    return [converters.to_state_dict(template, v) for v in values]
+def _states(template: converters.ParameterGraph, values: Tensor,
+            buffers: Sequence[dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
+    """One state per row of ``values``; ``buffers[i]`` (e.g. BatchNorm statistics) replaces
+    the template's buffers for row ``i``."""
+    if buffers is None:
+        return [converters.to_state_dict(template, v) for v in values]
+    return [converters.to_state_dict(converters.with_values(template, v, b)) for v, b in zip(values, buffers)]
 
 
 @torch.no_grad()
-def predictions(module: nn.Module, template: converters.ParameterGraph, values: Tensor, x: Tensor) -> Tensor:
-    """Class predictions ``[models, inputs]`` of ``module`` run with each row of ``values``."""
+def predictions(module: nn.Module, template: converters.ParameterGraph, values: Tensor, x: Tensor,
+                buffers: Sequence[dict[str, Tensor]] | None = None) -> Tensor:
+    """Class predictions ``[models, inputs]`` of ``module`` run with each row of ``values``
+    (and, when given, each row's own ``buffers``; else the template's)."""
     module.eval()
-    return torch.stack([torch.func.functional_call(module, s, (x,)).argmax(-1) for s in _states(template, values)])
+    return torch.stack([torch.func.functional_call(module, s, (x,)).argmax(-1)
+                        for s in _states(template, values, buffers)])
 
 
 def accuracies(module: nn.Module, template: converters.ParameterGraph, values: Tensor, x: Tensor,
-               y: Tensor) -> Tensor:
-    return (predictions(module, template, values, x) == y).float().mean(1)
+               y: Tensor, buffers: Sequence[dict[str, Tensor]] | None = None) -> Tensor:
+    return (predictions(module, template, values, x, buffers) == y).float().mean(1)
 
 
 def nearest_aligned(template: converters.ParameterGraph, values: Tensor, reference: Tensor,
@@ -304,11 +312,14 @@ def _sorted_by_tensor(template: converters.ParameterGraph, values: Tensor) -> Te
 
 
 def prediction_similarity(module: nn.Module, template: converters.ParameterGraph, values: Tensor,
-                          reference: Tensor, x: Tensor, exclude: Tensor | None = None) -> Tensor:
+                          reference: Tensor, x: Tensor, exclude: Tensor | None = None,
+                          buffers: Sequence[dict[str, Tensor]] | None = None,
+                          reference_buffers: Sequence[dict[str, Tensor]] | None = None) -> Tensor:
     """Per row of ``values``: the highest fraction of inputs on which it predicts the same class
     as a model of ``reference`` (Zeng et al. 2025: near 1 means a copy); ``exclude`` as in
     :func:`nearest_aligned`."""
-    mine, theirs = predictions(module, template, values, x), predictions(module, template, reference, x)
+    mine = predictions(module, template, values, x, buffers)
+    theirs = predictions(module, template, reference, x, reference_buffers)
     agreement = (mine.unsqueeze(1) == theirs.unsqueeze(0)).float().mean(-1)
     if exclude is not None:
         agreement[torch.arange(len(values)), exclude] = -1.0
@@ -330,7 +341,7 @@ def with_noise(template: converters.ParameterGraph, values: Tensor, alpha: float
 
 def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, values: Tensor | None, data,
                       target: float, lr: float = 3e-3, max_steps: int = 600, every: int = 5, batch: int = 32,
-                      seed: int = 0) -> int:
+                      seed: int = 0, buffers: dict[str, Tensor] | None = None) -> int:
     """Adam steps (batches of ``batch``) from weights ``values`` (``None``: the module's own
     random initialisation, seeded) until test accuracy reaches ``target``; ``max_steps + 1``
     when it never does."""
@@ -339,7 +350,8 @@ def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, va
     if values is None:
         _reinitialise(model)
     else:
-        model.load_state_dict(converters.to_state_dict(template, values), strict=False)
+        state = _states(template, values.unsqueeze(0), None if buffers is None else [buffers])[0]
+        model.load_state_dict(state, strict=False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     for step in range(max_steps + 1):

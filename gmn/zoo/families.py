@@ -207,7 +207,26 @@ def generation_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
     return arch, hparams
 
 
-PRESETS = {"small-cnn": small_cnn_zoo, "mixed": mixed_zoo, "generation": generation_zoo}
+def generation_resnet_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
+    """One shape of residual CNN with BatchNorm (two blocks, width 16) under the generation
+    recipe: the BatchNorm row of the weight-generation benchmark."""
+    arch = {"family": "rescnn", "blocks": 2, "width": 16, "act": "relu"}
+    hparams = {"optimizer": "adam", "lr": _log_uniform(rng, 3e-3, 1e-2), "l2": _log_uniform(rng, 1e-6, 1e-4),
+               "init": "default", "init_std": 0.0, "train_fraction": 1.0}
+    return arch, hparams
+
+
+def generation_vit_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
+    """One shape of small ViT (two blocks, width 24, two heads) under the generation recipe,
+    at a transformer's learning rates: the attention row of the weight-generation benchmark."""
+    arch = {"family": "vit", "depth": 2, "dim": 24, "heads": 2}
+    hparams = {"optimizer": "adam", "lr": _log_uniform(rng, 1.5e-3, 3e-3), "l2": _log_uniform(rng, 1e-6, 1e-4),
+               "init": "default", "init_std": 0.0, "train_fraction": 1.0}
+    return arch, hparams
+
+
+PRESETS = {"small-cnn": small_cnn_zoo, "mixed": mixed_zoo, "generation": generation_zoo,
+           "generation-resnet": generation_resnet_zoo, "generation-vit": generation_vit_zoo}
 
 
 def initialise(model: nn.Module, init: str, std: float) -> None:

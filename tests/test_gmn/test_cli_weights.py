@@ -21,7 +21,7 @@ def test_generate_writes_runnable_checkpoints_for_an_unseen_architecture(tiny_zo
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "gen"
     assert main(["generate", str(tiny_zoo), "--out", str(out), "--count", "2", "--steps", "2", "--onnx",
-                 "--arch", json.dumps(UNSEEN), "--target", "0.5", *SMALL]) == 0
+                 "--generator", "gmn", "--arch", json.dumps(UNSEEN), "--target", "0.5", *SMALL]) == 0
     report = json.loads((out / "generated.json").read_text())
     assert len(report) == 2 and all(0.0 <= r["test_acc"] <= 1.0 for r in report)
     data = datasets.load("digits")
@@ -32,6 +32,33 @@ def test_generate_writes_runnable_checkpoints_for_an_unseen_architecture(tiny_zo
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(onnx_out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
     assert "mean test accuracy" in capsys.readouterr().out
+
+
+def test_canonical_generation_writes_runnable_batchnorm_checkpoints(resnet_zoo, tmp_path):
+    out = tmp_path / "gen"
+    assert main(["generate", str(resnet_zoo), "--out", str(out), "--count", "3", "--steps", "2",
+                 "--recompute-batchnorm", "--target", "0.9", "--train-epochs", "1", "--hidden", "16"]) == 0
+    report = json.loads((out / "generated.json").read_text())
+    assert len(report) == 3 and all(0.0 <= r["test_acc"] <= 1.0 for r in report)
+    zoo = Zoo(resnet_zoo)
+    member = next(iter(zoo.members()))
+    model, _ = zoo.model(member)
+    state = load_file(out / "generated-002.safetensors")
+    assert state.keys() == zoo.weights(member).keys()
+    model.load_state_dict(state)
+    data = datasets.load("digits")
+    with torch.no_grad():
+        acc = float((model.eval()(data.x_test).argmax(-1) == data.y_test).float().mean())
+    assert acc == pytest.approx(report[2]["test_acc"], abs=1e-6)
+    # statistics recomputed on the training inputs: the first BatchNorm's input mean, averaged over batches of 128
+    with torch.no_grad():
+        means = torch.stack([model.stem[0](x).mean((0, 2, 3)) for x in data.x_train.split(128)])
+    torch.testing.assert_close(state["stem.1.running_mean"], means.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_canonical_generation_refuses_architectures_the_zoo_lacks(tiny_zoo, tmp_path, capsys):
+    assert main(["generate", str(tiny_zoo), "--out", str(tmp_path), "--arch", json.dumps(UNSEEN), *SMALL]) == 2
+    assert "use --generator gmn for other shapes" in capsys.readouterr().err
 
 
 def test_edit_writes_edited_checkpoints_of_the_test_members(tiny_zoo, tmp_path):
