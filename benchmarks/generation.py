@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import converters
 from gmn.data import ZooDataset
-from gmn.merging import recompute_batchnorm
+from gmn.merging import canonicalise, recompute_batchnorm
 from gmn.tasks.canonical_generation import fit_canonical_generator
 from gmn.tasks.generation import (
     accuracies,
@@ -76,11 +76,13 @@ class Architecture:
     def __init__(self, ds: ZooDataset, key: str, data):
         self.name, self.data, self.dataset = arch_name(key), data, ds
         self.index = [i for i, k in enumerate(ds.arch_keys) if k == key]
-        self.graphs = [ds.get(i) for i in self.index]
         self.template = ds.templates[key]
         self.module = ds.model(self.index[0])[0].eval()
-        self.values = torch.stack([ds.values[i] for i in self.index])
-        self.buffers = [ds.buffers[i] for i in self.index]
+        start = time.perf_counter()
+        # one frame for the generators and for every distance (samples of a canonical generator are in it)
+        self.graphs = canonicalise([ds.get(i) for i in self.index], ds.get(self.index[0]))
+        self.align_s = time.perf_counter() - start
+        self.values, self.buffers = _as_rows(self.graphs)
         self.acc = ds.y[self.index, 0]
         self.has_batchnorm = any(k.endswith("running_var") for k in self.template.param_index.buffers)
 
@@ -94,17 +96,18 @@ class Architecture:
 
 
 def evaluate(arch: Architecture, method: str, values: torch.Tensor, buffers: list | None,
-             exclude_self: bool = False, **extra) -> dict:
+             exclude_self: bool = False, in_frame: bool = True, **extra) -> dict:
     x, y = arch.data.x_test, arch.data.y_test
     acc = accuracies(arch.module, arch.template, values, x, y, buffers)
     exclude = torch.arange(len(values)) if exclude_self else None  # a checkpoint against the others
-    dist = nearest_aligned(arch.template, values, arch.values, 3, exclude)[0]
+    # the nearest checkpoint in the frame, aligned pairwise: an upper bound, "proven" where exact
+    near = nearest_aligned(arch.template, values, arch.values, 1, exclude, in_frame=in_frame, budget=1)
     sim = prediction_similarity(arch.module, arch.template, values, arch.values, x, exclude, buffers, arch.buffers)
     median = float(arch.acc.median())
     return {"arch": arch.name, "method": method, "models": len(values), "acc_median": float(acc.median()),
             "acc_ratio": float(acc.median()) / median, "good": float((acc >= 0.9 * median).float().mean()),
-            "acc_mean": float(acc.mean()), "acc_std": float(acc.std()), "distance": float(dist.median()),
-            "similarity": float(sim.median()), **extra}
+            "acc_mean": float(acc.mean()), "acc_std": float(acc.std()), "distance": float(near.distance.median()),
+            "proven": float(near.proven.float().mean()), "similarity": float(sim.median()), **extra}
 
 
 def _as_rows(graphs: list) -> tuple[torch.Tensor, list[dict]]:
@@ -115,7 +118,9 @@ def generator_rows(arch: Architecture, kind: str, args, out: Path) -> tuple[list
     """Train generator ``kind`` on the architecture's checkpoints, sample, evaluate."""
     config = TrainConfig(epochs=args.gen_epochs, lr=1e-3, batch_size=64, hidden=args.gen_hidden, weight_decay=0.0,
                          patience=args.gen_epochs, seed=args.seed, device=args.device)
-    state = out / "state" / f"{arch.name.replace(' ', '-')}-{kind}"
+    # one folder per generator and settings: a rerun with other settings trains afresh
+    state = out / "state" / "-".join([arch.name.replace(" ", "-"), kind, f"e{args.gen_epochs}", f"h{args.gen_hidden}",
+                                      f"c{args.components}", f"s{args.seed}"])
     start = time.perf_counter()
     if kind == "gmn":
         ds_config = TrainConfig(epochs=args.gen_epochs, lr=3e-3, batch_size=16, patience=args.gen_epochs,
@@ -124,17 +129,19 @@ def generator_rows(arch: Architecture, kind: str, args, out: Path) -> tuple[list
         fit = time.perf_counter() - start
         start = time.perf_counter()
         values = gen.sample(arch.template, args.samples, steps=args.steps, seed=args.seed)
-        graphs = [converters.with_values(arch.template, v) for v in values]
+        graphs = [converters.with_values(arch.graphs[0], v) for v in values]
     else:
         components = args.components if kind == "pca" else None
-        gen = fit_canonical_generator(arch.graphs, arch.acc, config, components=components, out_dir=state)
+        gen = fit_canonical_generator(arch.graphs, arch.acc, config, components=components, aligned=True,
+                                      out_dir=state)
         fit = time.perf_counter() - start
         start = time.perf_counter()
         graphs = gen.sample(args.samples, steps=args.steps, seed=args.seed)
     timing = {"fit_s": fit, "sample_s": time.perf_counter() - start}
-    rows = [evaluate(arch, f"{kind}", *_as_rows(graphs), **timing)]
+    in_frame = kind != "gmn"
+    rows = [evaluate(arch, f"{kind}", *_as_rows(graphs), in_frame=in_frame, **timing)]
     if arch.has_batchnorm:
-        rows.append(evaluate(arch, f"{kind} + BN recomputed", *_as_rows(arch.recalibrated(graphs))))
+        rows.append(evaluate(arch, f"{kind} + BN recomputed", *_as_rows(arch.recalibrated(graphs)), in_frame=in_frame))
     if kind == "flat":
         high = float(arch.acc.quantile(0.9))
         rows.append(evaluate(arch, f"{kind}, acc={high:.2f}",
@@ -164,12 +171,13 @@ def finetune(arch: Architecture, graphs: list, args) -> dict:
 
 def table(rows: list[dict], tunes: list[dict]) -> str:
     head = (f"{'architecture':<20}{'method':<26}{'acc median':>11}{'/ ckpts':>8}{'good':>6}{'acc mean±std':>15}"
-            f"{'distance':>10}{'similarity':>11}{'fit s':>8}{'sample s':>9}")
+            f"{'distance':>10}{'proven':>7}{'similarity':>11}{'fit s':>8}{'sample s':>9}")
     lines = [head]
     for r in rows:
         fit = f"{r['fit_s']:>8.0f}{r['sample_s']:>9.1f}" if "fit_s" in r else ""
         lines.append(f"{r['arch']:<20}{r['method']:<26}{r['acc_median']:>11.3f}{r['acc_ratio']:>8.2f}{r['good']:>6.2f}"
-                     f"{r['acc_mean']:>9.3f}±{r['acc_std']:.3f}{r['distance']:>10.3f}{r['similarity']:>11.3f}{fit}")
+                     f"{r['acc_mean']:>9.3f}±{r['acc_std']:.3f}{r['distance']:>10.3f}{r['proven']:>7.2f}"
+                     f"{r['similarity']:>11.3f}{fit}")
     lines += ["", f"{'architecture':<20}{'target acc':>11}{'steps from generated':>22}{'steps from random':>19}"]
     for t in tunes:
         lines.append(f"{t['arch']:<20}{t['target_acc']:>11.3f}{t['median_generated']:>22.0f}"
@@ -231,7 +239,9 @@ def main() -> None:
             if args.archs and not any(arch_name(key).startswith(a) for a in args.archs.split(",")):
                 continue
             arch = Architecture(ds, key, data)
-            mine = [evaluate(arch, "training checkpoints", arch.values, arch.buffers, exclude_self=True)]
+            n = min(args.samples, len(arch.index))
+            mine = [evaluate(arch, "training checkpoints", arch.values[:n], arch.buffers[:n], exclude_self=True,
+                             fit_s=arch.align_s, sample_s=0.0)]
             generated = {}
             for kind in tqdm(kinds, desc=arch.name, unit="generator"):
                 got, generated[kind] = generator_rows(arch, kind, args, out)
@@ -245,8 +255,11 @@ def main() -> None:
             print(table(mine, tunes[-1:]), flush=True)
     text = (table(rows, tunes) + f"\n\ngenerators: {kinds} ({args.gen_epochs} epochs of 50 steps, batch 64, hidden "
             f"{args.gen_hidden}; pca: {args.components} components); {args.samples} samples of {args.steps} "
-            "Heun steps; good: share of models reaching 90% of the checkpoints' median accuracy; fine-tuning "
-            f"from the first generator's samples ({kinds[0]})")
+            "Heun steps; good: share of models reaching 90% of the checkpoints' median accuracy; distance: to the "
+            "nearest checkpoint in the canonical frame, aligned pairwise (an upper bound of the nearest aligned "
+            "distance; proven: share of rows where no other checkpoint's permutation-proof lower bound is below it); "
+            "fit s of the training checkpoints: aligning them to one frame; fine-tuning from the first generator's "
+            f"samples ({kinds[0]})")
     print(text)
     (out / "generation.txt").write_text(text + "\n")
     (out / "generation.json").write_text(json.dumps({"rows": rows, "finetune": tunes, "args": vars(args)}, indent=1))

@@ -182,21 +182,22 @@ def _flat(g: ParameterGraph, layout: list[str]) -> Tensor:
 
 def fit_canonical_generator(graphs: Sequence[ParameterGraph], targets: Tensor | None = None,
                             config: TrainConfig | None = None, components: int | None = None,
-                            steps_per_epoch: int = 50, reference: int = 0,
+                            steps_per_epoch: int = 50, reference: int = 0, aligned: bool = False,
                             out_dir: str | Path | None = None, progress: bool = True) -> CanonicalGenerator:
     """Canonicalise ``graphs`` (checkpoints of one architecture) and train a
     :class:`CanonicalGenerator` on them; ``targets`` (one property per graph) makes it
     conditional. ``config``: ``epochs`` of ``steps_per_epoch`` optimiser steps of
     ``batch_size`` draws, ``hidden`` width, ``layers`` residual blocks, ``lr``; the loss at
     fixed noise on all checkpoints picks the best epoch. Resumes from ``out_dir``.
-    ``components``: see the module docstring."""
+    ``components``: see the module docstring; ``aligned``: the graphs share one frame already
+    (a zoo canonicalised once with :func:`gmn.merging.canonicalise`), so they are not aligned again."""
     config = config or TrainConfig(epochs=40, patience=40, lr=1e-3, batch_size=64, hidden=512, layers=3,
                                    weight_decay=0.0)
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    aligned = canonicalise(graphs, graphs[reference])
-    rows = flat_rows(aligned)  # one template: one buffer order
-    model = CanonicalGenerator(aligned[reference], rows, components, config.hidden, config.layers, targets is not None)
+    frame = list(graphs) if aligned else canonicalise(graphs, graphs[reference])
+    rows = flat_rows(frame)  # one template: one buffer order
+    model = CanonicalGenerator(frame[reference], rows, components, config.hidden, config.layers, targets is not None)
     model.training_rows = rows  # the canonicalised checkpoints, flat: the zoo in one frame
     device = torch.device(config.device)
     latents = model.encode(rows).to(device)

@@ -26,6 +26,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -268,24 +269,38 @@ def accuracies(module: nn.Module, template: converters.ParameterGraph, values: T
     return (predictions(module, template, values, x, buffers) == y).float().mean(1)
 
 
+class Nearest(NamedTuple):
+    """Per row: distance to the nearest reference row, its index, whether it is proven nearest."""
+
+    distance: Tensor
+    index: Tensor
+    proven: Tensor
+
+
 def nearest_aligned(template: converters.ParameterGraph, values: Tensor, reference: Tensor,
-                    candidates: int = 5, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    candidates: int = 5, exclude: Tensor | None = None, in_frame: bool = False,
+                    budget: int | None = None) -> Nearest:
     """Per row of ``values``: the relative distance ``|r - align(r, v)| / |r|`` to the nearest
     row ``r`` of ``reference`` after permutation alignment, and that row's index.
 
-    The ``candidates`` rows nearest in a common frame (every model aligned to ``reference[0]``)
-    are aligned pairwise first; then every other row, in the order of a lower bound no
-    permutation can beat, until that bound reaches the best distance found. The bound is the
-    distance between each tensor's sorted values: a neuron permutation only reorders a
-    tensor's entries, and sorted orders are the closest of all orders. So the nearest row is
-    not missed when weight matching puts a model and its near-copy into different frames.
-    ``exclude[i]``: a reference row that row ``i`` may not match (itself, for a
-    leave-one-out comparison of the reference with itself)."""
-    frame = converters.with_values(template, reference[0])
+    The ``candidates`` rows nearest in a common frame (every model aligned to ``reference[0]``;
+    with ``in_frame``, the rows are taken to share one frame already, e.g. a canonical
+    generator's samples and its canonicalised checkpoints) are aligned pairwise first; then
+    every other row, in the order of a lower bound no permutation can beat, until that bound
+    reaches the best distance found. The bound is the distance between each tensor's sorted
+    values: a neuron permutation only reorders a tensor's entries, and sorted orders are the
+    closest of all orders. So the nearest row is not missed when weight matching puts a model
+    and its near-copy into different frames. ``budget`` caps the pairwise alignments per row;
+    ``proven[i]`` says whether row ``i``'s answer is proven nearest (every row left had a bound
+    above it), otherwise its distance is an upper bound. ``exclude[i]``: a reference row that
+    row ``i`` may not match (itself, for a leave-one-out comparison of the reference with itself)."""
     n = reference.size(1)
-    in_frame = [torch.stack([align(frame, converters.with_values(template, v)).edge_value[:n] for v in rows])
-                for rows in (values, reference)]
-    dist = torch.cdist(*in_frame)
+    if in_frame:
+        dist = torch.cdist(values, reference)
+    else:
+        frame = converters.with_values(template, reference[0])
+        dist = torch.cdist(*[torch.stack([align(frame, converters.with_values(template, v)).edge_value[:n]
+                                          for v in rows]) for rows in (values, reference)])
     bound = torch.cdist(_sorted_by_tensor(template, values), _sorted_by_tensor(template, reference))
     bound = bound / reference.norm(dim=1).clamp_min(1e-12)
     if exclude is not None:
@@ -294,15 +309,23 @@ def nearest_aligned(template: converters.ParameterGraph, values: Tensor, referen
     near = dist.topk(min(candidates, len(reference) - (exclude is not None)), largest=False).indices
     best = torch.full((len(values),), torch.inf)
     index = torch.full((len(values),), -1, dtype=torch.long)
+    proven = torch.ones(len(values), dtype=torch.bool)
     for i, row in enumerate(values):
         g = converters.with_values(template, row)
         first = near[i].tolist()
-        for j in first + [j for j in bound[i].argsort().tolist() if j not in first]:
-            if bound[i, j] < best[i]:  # otherwise no alignment can bring row j nearer
-                d = aligned_distance(converters.with_values(template, reference[j]), g)
-                if d < best[i]:
-                    best[i], index[i] = d, j
-    return best, index
+        order = first + [j for j in bound[i].argsort().tolist() if j not in first]
+        done = 0
+        for j in order:
+            if bound[i, j] >= best[i]:
+                continue  # no alignment can bring row j nearer
+            if budget is not None and done == budget:
+                proven[i] = False
+                break
+            d = aligned_distance(converters.with_values(template, reference[j]), g)
+            done += 1
+            if d < best[i]:
+                best[i], index[i] = d, j
+    return Nearest(best, index, proven)
 
 
 def _sorted_by_tensor(template: converters.ParameterGraph, values: Tensor) -> Tensor:
@@ -369,6 +392,6 @@ def steps_to_accuracy(module: nn.Module, template: converters.ParameterGraph, va
     return max_steps + 1
 
 
-__all__ = ["WeightGenerator", "accuracies", "clean_to_velocity", "fit_generator", "fresh_initialisations", "heun",
-           "initial_values", "nearest_aligned", "parameter_scale",
+__all__ = ["Nearest", "WeightGenerator", "accuracies", "clean_to_velocity", "fit_generator", "fresh_initialisations",
+           "heun", "initial_values", "nearest_aligned", "parameter_scale",
            "prediction_similarity", "predictions", "steps_to_accuracy", "with_noise"]

@@ -96,11 +96,11 @@ def test_evaluation_tools_measure_copies_and_noise():
     base = converters.parameter_values(g)
     reference = torch.stack([base, converters.parameter_values(_cnn_graph(seed=1)[0])])
     copy = converters.parameter_values(random_symmetry(g, seed=4)).unsqueeze(0)
-    distance, index = nearest_aligned(g, copy, reference)
-    assert distance.item() < 1e-6 and index.item() == 0
+    distance, index, proven = nearest_aligned(g, copy, reference)
+    assert distance.item() < 1e-6 and index.item() == 0 and proven.item()
     assert prediction_similarity(model, g, copy, reference, data.x_test).item() == 1.0
     # leave-one-out: the copy may not match its own original
-    distance, index = nearest_aligned(g, copy, reference, exclude=torch.tensor([0]))
+    distance, index, _ = nearest_aligned(g, copy, reference, exclude=torch.tensor([0]))
     assert distance.item() > 0.1 and index.item() == 1
     assert prediction_similarity(model, g, copy, reference, data.x_test, exclude=torch.tensor([0])).item() < 1.0
     noisy = with_noise(g, base.unsqueeze(0), 0.5)
@@ -148,9 +148,17 @@ def test_nearest_aligned_finds_near_copies_the_common_frame_misses():
     raw = (noisy - models).norm(dim=1) / models.norm(dim=1)
     copies = torch.stack([converters.parameter_values(random_symmetry(converters.with_values(g, v), seed=i))
                           for i, v in enumerate(noisy)])
-    distance, index = nearest_aligned(g, copies, reference, candidates=1)
-    assert index.tolist() == [1, 2, 3, 4, 5]
+    distance, index, proven = nearest_aligned(g, copies, reference, candidates=1)
+    assert index.tolist() == [1, 2, 3, 4, 5] and proven.all()
     assert (distance <= raw + 1e-5).all()
+    # rows already in one frame (a canonical generator's samples): no alignment to a frame first
+    framed = nearest_aligned(g, noisy, reference, candidates=1, in_frame=True)
+    assert framed.index.tolist() == [1, 2, 3, 4, 5] and (framed.distance <= raw + 1e-5).all()
+    # a budget of one alignment: a far row's answer is an upper bound, and not claimed proven
+    far = converters.parameter_values(_cnn_graph(seed=9)[0]).unsqueeze(0)
+    capped, full = nearest_aligned(g, far, reference, 1, budget=1), nearest_aligned(g, far, reference)
+    assert full.proven.item() and not capped.proven.item()
+    assert capped.distance.item() >= full.distance.item() - 1e-6
 
 
 def test_sorted_tensor_values_bound_every_alignment():
