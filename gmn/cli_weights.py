@@ -30,8 +30,6 @@ def add_parsers(sub, train_options) -> None:
                         "the zoo's families, also unseen ones; its samples are at chance accuracy today)")
     p.add_argument("--arch", help="architecture spec as JSON (canonical: one of the zoo's architectures; gmn: any "
                                   "shape of the zoo's families; default: the zoo's most common architecture)")
-    p.add_argument("--components", type=int,
-                   help="canonical: flow over this many principal components (default: every coordinate)")
     p.add_argument("--recompute-batchnorm", action="store_true",
                    help="recompute the samples' BatchNorm statistics on the zoo's training data")
     p.add_argument("--count", type=int, default=8, help="checkpoints to sample")
@@ -160,9 +158,8 @@ def _canonical_samples(args, ds, arch: dict, data, out: Path):
     if len(members) < 2:
         raise ValueError(f"the canonical generator writes architectures the zoo holds at least two checkpoints of; "
                          f"{json.dumps(arch)} has {len(members)} (use --generator gmn for other shapes)")
-    state = _state_dir(out, args.zoo, args.config.__dict__, "canonical", keys[0], args.components)
-    gen = fit_canonical_generator([ds.get(i) for i in members], ds.y[members, 0], args.config,
-                                  components=args.components, out_dir=state)
+    state = _state_dir(out, args.zoo, args.config.__dict__, "canonical", keys[0])
+    gen = fit_canonical_generator([ds.get(i) for i in members], ds.y[members, 0], args.config, out_dir=state)
     module, example = ds.arch_modules()[keys[0]]
     return module, example, gen.sample(args.count, steps=args.steps, target=args.target, guidance=args.guidance,
                                        seed=args.seed)
