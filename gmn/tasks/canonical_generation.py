@@ -10,7 +10,9 @@ for every architecture :mod:`gmn.alignment` aligns, with no permutation spec:
    logarithm, so every generated value is a valid variance), standardised per coordinate over
    the checkpoints, ``u = (x - mu) / sigma``, and optionally projected on the ``components``
    leading principal directions ``V``, whitened: ``w = V u / s`` with ``s`` the components'
-   standard deviations. Every latent coordinate then has unit variance, like the noise.
+   standard deviations. Every latent coordinate then has unit variance, like the noise. (On
+   the benchmark's zoos the PCA latent samples far worse models than every coordinate does:
+   ``benchmarks/results/generation/``; it is for models too large for a flat MLP.)
 3. **Flow matching with clean prediction** (Lipman et al. 2023; Li & He 2025): on the straight
    path ``w_t = (1 - t) w_0 + t w_1``, ``w_0 ~ N(0, I)``, an MLP ``D`` is trained on
 
