@@ -4,6 +4,7 @@ checkpoints (safetensors, optionally ONNX) they produce."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -18,10 +19,17 @@ from converters.io import atomic_write
 from .zoo.generate import save_checkpoint
 
 GENERATORS = ("canonical", "gmn")
+#: what --train-epochs, --patience, --hidden and --batch-size default to, per generator
+GENERATOR_DEFAULTS = {"canonical": {"epochs": 40, "patience": 40, "hidden": 512, "batch_size": 64},
+                      "gmn": {"epochs": 20, "patience": 10, "hidden": 32, "batch_size": 32}}
 
 
 def add_parsers(sub, train_options) -> None:
-    p = sub.add_parser("generate", help="train a weight generator on a zoo and write new checkpoints")
+    p = sub.add_parser("generate", help="train a weight generator on a zoo and write new checkpoints",
+                       epilog="--train-epochs, --patience, --hidden and --batch-size default per generator: "
+                              + "; ".join(f"{g} {d['epochs']}, {d['patience']}, {d['hidden']}, {d['batch_size']}"
+                                          for g, d in GENERATOR_DEFAULTS.items())
+                              + " (canonical: epochs of 50 steps, batches of draws, the MLP's width)")
     p.add_argument("zoo", help="zoo folder (its checkpoints are the training data)")
     p.add_argument("--out", default="gmn-generate", help="folder for the generator state and the checkpoints")
     p.add_argument("--generator", default="canonical", choices=GENERATORS,
@@ -37,8 +45,7 @@ def add_parsers(sub, train_options) -> None:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight with --target")
     p.add_argument("--steps", type=int, default=20, help="Heun integration steps")
     _common(p, train_options)
-    # the canonical generator's defaults: 40 epochs of 50 steps, batches of 64 draws, an MLP of width 512
-    p.set_defaults(handler=_generate, train_epochs=40, patience=40, hidden=512, batch_size=64)
+    p.set_defaults(handler=_generate, train_epochs=None, patience=None, hidden=None, batch_size=None)
 
     p = sub.add_parser("edit", help="train a weight editor on a zoo and write the edited checkpoints")
     p.add_argument("zoo", help="zoo folder")
@@ -124,6 +131,9 @@ def _generate(args) -> int:
 
     check_onnx_export(args.onnx)
     arch = _generate_arch(args.arch)
+    defaults = GENERATOR_DEFAULTS[args.generator]
+    args.config = dataclasses.replace(args.config, **{k: v for k, v in defaults.items()
+                                                      if getattr(args.config, k) is None})
     ds = ZooDataset(args.zoo, ("test_acc",), allow_modules=tuple(args.allow_module))
     common = Counter(ds.arch_keys).most_common(1)[0][0]
     data = _task_data(ds.members[ds.arch_keys.index(common)])

@@ -95,3 +95,24 @@ def test_edited_batchnorm_members_keep_their_own_statistics(tmp_path):
             torch.testing.assert_close(edited[name], source[name], rtol=0, atol=0)
             checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("generator, hidden", [("canonical", 512), ("gmn", 32)])
+def test_generate_defaults_depend_on_the_generator(tiny_zoo, tmp_path, monkeypatch, generator, hidden):
+    import gmn.tasks.canonical_generation as canonical
+    import gmn.tasks.generation as equivariant
+
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen["config"] = next(a for a in args if hasattr(a, "hidden"))
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(canonical, "fit_canonical_generator", capture)
+    monkeypatch.setattr(equivariant, "fit_generator", capture)
+    with pytest.raises(KeyboardInterrupt):
+        main(["generate", str(tiny_zoo), "--out", str(tmp_path), "--generator", generator])
+    assert seen["config"].hidden == hidden
+    with pytest.raises(KeyboardInterrupt):
+        main(["generate", str(tiny_zoo), "--out", str(tmp_path), "--generator", generator, "--hidden", "8"])
+    assert seen["config"].hidden == 8
