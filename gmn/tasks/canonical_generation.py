@@ -43,16 +43,20 @@ from torch import Tensor, nn
 import converters
 from converters import ParameterGraph
 
-from ..merging import canonicalise
+from ..merging import _float_buffers, canonicalise
 from ..nn.features import sinusoidal
-from .generation import clean_to_velocity, heun
+from .generation import (
+    clean_to_velocity,
+    condition_embedding,
+    dropped_condition,
+    guided,
+    heun,
+    property_stats,
+    target_condition,
+)
 from .property import TrainConfig, _Trainer
 
 LOG_BUFFERS = ("running_var",)  # buffers generated as logarithms: always positive after decoding
-
-
-def _float_buffers(g: ParameterGraph) -> dict[str, Tensor]:
-    return {k: v for k, v in g.param_index.buffers.items() if v.is_floating_point()}
 
 
 class CanonicalGenerator(nn.Module):
@@ -121,8 +125,7 @@ class CanonicalGenerator(nn.Module):
         """The clean latent ``w_1`` predicted from ``w_t`` at times ``t`` (per row)."""
         emb = self.time(sinusoidal(t * 1000, self.hidden))
         if self.condition is not None and c is not None:
-            known = ~torch.isnan(c)
-            emb = emb + known.unsqueeze(-1) * self.condition(torch.nan_to_num(c).unsqueeze(-1))
+            emb = emb + condition_embedding(self.condition, c)
         h = self.inp(w) + emb
         for block in self.blocks:
             h = h + block(h)
@@ -136,9 +139,7 @@ class CanonicalGenerator(nn.Module):
         wt = (1 - t[:, None]) * w0 + t[:, None] * w1
         c = None
         if self.condition is not None and y is not None:
-            c = (y - self.target_stats[0]) / self.target_stats[1]
-            drop = torch.rand(len(w1), generator=generator, device="cpu").to(w1.device) < drop_condition
-            c = torch.where(drop, torch.nan, c)
+            c = dropped_condition(y, self.target_stats, drop_condition, generator)
         return F.mse_loss(self(wt, t, c), w1)
 
     @torch.no_grad()
@@ -148,19 +149,11 @@ class CanonicalGenerator(nn.Module):
         property to condition on (classifier-free guidance of weight ``guidance``)."""
         device = self.mean.device
         w = torch.randn(count, self.size, generator=torch.Generator().manual_seed(seed)).to(device)
-        c = None
-        if target is not None:
-            if self.condition is None:
-                raise ValueError("this generator was trained without a property condition")
-            c = torch.full((count,), (target - float(self.target_stats[0])) / float(self.target_stats[1]),
-                           device=device)
+        c = target_condition(self.condition, self.target_stats, target, count, device)
 
         def velocity(w: Tensor, t: float) -> Tensor:
             tt = torch.full((count,), t, device=device)
-            clean = self(w, tt, None if c is None else torch.full_like(c, torch.nan))
-            if c is not None:
-                clean = clean + guidance * (self(w, tt, c) - clean)
-            return clean_to_velocity(clean, w, 1 - tt[:, None])
+            return clean_to_velocity(guided(lambda cc: self(w, tt, cc), c, guidance), w, 1 - tt[:, None])
 
         w = heun(velocity, w, steps, euler_last=True)
         return self.unflatten(self.decode(w).cpu())
@@ -206,7 +199,7 @@ def fit_canonical_generator(graphs: Sequence[ParameterGraph], targets: Tensor | 
     y = None
     if targets is not None:
         y = targets.float().to(device)
-        model.target_stats.copy_(torch.stack([y.mean(), y.std().clamp_min(1e-6) if len(y) > 1 else y.new_tensor(1.0)]))
+        model.target_stats.copy_(property_stats(y))
     align_seconds = time.perf_counter() - start
     draw = torch.Generator().manual_seed(config.seed)
 

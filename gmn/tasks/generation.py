@@ -67,6 +67,43 @@ def heun(velocity: Callable[[Tensor, float], Tensor], z: Tensor, steps: int, eul
     return z
 
 
+def property_stats(y: Tensor) -> Tensor:
+    """``[mean, std]`` of the training property (std 1 for a single value): its standardisation."""
+    return torch.stack([y.mean(), y.std().clamp_min(1e-6) if len(y) > 1 else y.new_tensor(1.0)])
+
+
+def condition_embedding(condition: nn.Module, c: Tensor) -> Tensor:
+    """The embedding of standardised properties ``c``; zero where ``c`` is NaN (dropped)."""
+    return (~torch.isnan(c)).unsqueeze(-1) * condition(torch.nan_to_num(c).unsqueeze(-1))
+
+
+def dropped_condition(y: Tensor, stats: Tensor, drop: float, generator: torch.Generator | None) -> Tensor:
+    """Properties ``y`` standardised by ``stats``, each set to NaN (unconditional) with
+    probability ``drop``: the training condition of classifier-free guidance."""
+    c = (y - stats[0]) / stats[1]
+    dropped = torch.rand(len(y), generator=generator, device="cpu").to(y.device) < drop
+    return torch.where(dropped, torch.nan, c)
+
+
+def target_condition(condition: nn.Module | None, stats: Tensor, target: float | None, count: int,
+                     device: torch.device) -> Tensor | None:
+    """The standardised ``target`` for ``count`` samples (``None``: sample unconditionally)."""
+    if target is None:
+        return None
+    if condition is None:
+        raise ValueError("this generator was trained without a property condition")
+    return torch.full((count,), (target - float(stats[0])) / float(stats[1]), device=device)
+
+
+def guided(predict: Callable[[Tensor | None], Tensor], c: Tensor | None, guidance: float) -> Tensor:
+    """Classifier-free guidance: ``u + guidance (predict(c) - u)``, ``u`` the prediction with
+    the condition dropped; just ``predict(None)`` without a condition."""
+    if c is None:
+        return predict(None)
+    unconditional = predict(torch.full_like(c, torch.nan))
+    return unconditional + guidance * (predict(c) - unconditional)
+
+
 def parameter_scale(g) -> Tensor:
     """``1 / sqrt(fan_in)`` per parameter scalar, in ``converters.parameter_values`` order."""
     mask = converters.parameter_edge_mask(g)
@@ -106,8 +143,7 @@ class WeightGenerator(nn.Module):
         values = values.masked_scatter(mask, z.to(values.dtype))
         emb = self.time(sinusoidal(t * 1000, self.hidden))
         if self.condition is not None and c is not None:
-            known = ~torch.isnan(c)
-            emb = emb + known.unsqueeze(-1) * self.condition(torch.nan_to_num(c).unsqueeze(-1))
+            emb = emb + condition_embedding(self.condition, c)
         node_graph = node_graphs(g)
         edge_graph = node_graph[g.edge_index[0]]
         # the edge encoder's Fourier features suit raw weights (|x| < 1); z is ~10x that
@@ -132,9 +168,7 @@ class WeightGenerator(nn.Module):
         zt = (1 - per_scalar) * z0 + per_scalar * z1
         c = None
         if self.condition is not None:
-            c = (g.y[:, 0].to(z1.device) - self.target_stats[0]) / self.target_stats[1]
-            drop = torch.rand(graphs, generator=generator, device="cpu").to(z1.device) < drop_condition
-            c = torch.where(drop, torch.nan, c)
+            c = dropped_condition(g.y[:, 0].to(z1.device), self.target_stats, drop_condition, generator)
         return F.mse_loss(self(g, zt, t, c), z1 - z0 if self.prediction == "velocity" else z1)
 
     def velocity(self, g, z: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
@@ -158,19 +192,11 @@ class WeightGenerator(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(scale.shape, generator=gen).to(device) if source is None \
             else source.reshape(-1).to(device) / scale
-        c = None
-        if target is not None:
-            if self.condition is None:
-                raise ValueError("this generator was trained without a property condition")
-            c = torch.full((count,), (target - float(self.target_stats[0])) / float(self.target_stats[1]),
-                           device=device)
+        c = target_condition(self.condition, self.target_stats, target, count, device)
 
         def velocity(z: Tensor, t: float) -> Tensor:
             tt = torch.full((count,), t, device=device)
-            v = self.velocity(g, z, tt, None if c is None else torch.full_like(c, torch.nan))
-            if c is not None:
-                v = v + guidance * (self.velocity(g, z, tt, c) - v)
-            return v
+            return guided(lambda cc: self.velocity(g, z, tt, cc), c, guidance)
 
         z = heun(velocity, z, steps, euler_last=self.prediction == "clean")
         return (z * scale).view(count, -1).cpu()
@@ -190,7 +216,7 @@ def fit_generator(dataset: ZooDataset, train: Tensor, val: Tensor, config: Train
     device = torch.device(config.device)
     model = WeightGenerator(config.hidden, config.layers, config.aggr, conditioned, prediction)
     y = dataset.y[train, 0]
-    model.target_stats.copy_(torch.stack([y.mean(), y.std().clamp_min(1e-6) if len(y) > 1 else torch.tensor(1.0)]))
+    model.target_stats.copy_(property_stats(y))
     loader = DataLoader(dataset.index_select(train), batch_size=config.batch_size, shuffle=True)
     start = time.perf_counter()
 
