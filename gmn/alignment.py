@@ -31,6 +31,7 @@ so the aligned model computes the same function.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,8 @@ from torch import Tensor
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType, NodeType
 
-from .symmetry import _assign, _csr, _labels, _Plan, _plan, _ranges, permute_values
+from .free_groups import FreeGroups, coordinate_descent, free_groups, node_map
+from .symmetry import _assign, _csr, _labels, _moved_buffers, _Plan, _plan, _ranges
 
 #: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
 #: the best assignment of their children; larger ones by their children's summed features.
@@ -69,6 +71,7 @@ class _Template:
     unit_key: Tensor  #: dense id of each node's unit (untied nodes are their own unit)
     unit_count: int
     unit_degree: Tensor  #: weighted edges of each node's whole unit
+    free: FreeGroups  #: the groups every permutation of which is a symmetry
 
     def tied(self, nodes: Tensor) -> Tensor:
         """``(len(nodes), slots)``: every node with the nodes tied to it (all nodes must be of
@@ -79,24 +82,47 @@ class _Template:
         return self.members[group][self.unit[nodes]]
 
 
+_TEMPLATES: dict[int, tuple[weakref.ref, _Template]] = {}
+
+
 def _template(g: ParameterGraph) -> _Template:
+    """The template of ``g``'s structure, cached with its plan (graphs that share a structure,
+    as a zoo's members do after ``with_values``, share it)."""
     plan = _plan(g)
+    hit = _TEMPLATES.get(id(plan))
+    if hit is not None and hit[0]() is plan:
+        return hit[1]
+    t = _make_template(g, plan)
+    if len(_TEMPLATES) >= 8:
+        _TEMPLATES.pop(next(iter(_TEMPLATES)))
+    _TEMPLATES[id(plan)] = (weakref.ref(plan), t)
+    return t
+
+
+def _make_template(g: ParameterGraph, plan: _Plan) -> _Template:
     n = g.num_nodes
     src, dst = g.edge_index
     label = _labels(g)  # from the plan just made
     weighted = int(g.num_param_edges) + int(g.num_tied_edges)
     ws, wd = src[:weighted], dst[:weighted]
-    out_all, in_all = _csr(src, n), _csr(dst, n)
+    if plan.node.numel() == n:  # no shared scalars: the plan's refiner holds these indexes
+        out_all, in_all = plan.refiner.out_edges, plan.refiner.in_edges
+    else:
+        out_all, in_all = _csr(src, n), _csr(dst, n)
     group, unit, slot, members = _tied_groups(plan.start[0][:n], src, dst, label)
     own = torch.where(group >= 0, group * n + unit, len(members) * n + torch.arange(n))
     _, unit_key = torch.unique(own, return_inverse=True)
     unit_count = int(unit_key.max()) + 1 if n else 0
     degree = (torch.bincount(ws, minlength=n) + torch.bincount(wd, minlength=n)).double()
     unit_degree = torch.zeros(unit_count, dtype=torch.float64).index_add_(0, unit_key, degree)[unit_key]
+    p = int(g.num_param_edges)
+    shared = torch.cat([torch.unique(g.tied_slot.long()), torch.arange(p, weighted)]) if weighted > p else \
+        torch.zeros(0, dtype=torch.long)
+    free = free_groups(plan, n, group, unit, src, dst, label, weighted, shared)
     return _Template(plan, n, weighted, src, dst, label, int(label.max()) + 1 if label.numel() else 1,
                      _prefix_csr(out_all, ws, weighted), _prefix_csr(in_all, wd, weighted), out_all, in_all,
                      group, unit, slot, members,
-                     unit_key, unit_count, unit_degree)
+                     unit_key, unit_count, unit_degree, free)
 
 
 def _prefix_csr(csr: tuple[Tensor, Tensor], index: Tensor, count: int) -> tuple[Tensor, Tensor]:
@@ -350,18 +376,21 @@ def _next_class(t: _Template, colors: Tensor, counts: Tensor, open_nodes: Tensor
     return int(tied[sizes == sizes.min()].min())
 
 
-def _sweep(t: _Template, similarity, previous: Tensor, keep: Tensor | None, bold: bool) -> Tensor | None:
-    """One pass of the guided search: node map reference -> g, or ``None`` when it ends in no
-    automorphism (``bold`` assigns whole classes at once; without it, one pair at a time).
+def _start(t: _Template, nodes_a: Tensor, nodes_b: Tensor) -> tuple | None:
+    """The search's state with ``nodes_a[i]`` matched to ``nodes_b[i]`` (``None``: no symmetry)."""
+    if nodes_a.numel() == 0:
+        return t.plan.start
+    return _assign(t.plan.refiner, t.plan.start, nodes_a, nodes_b, t.plan.node.numel())
+
+
+def _sweep(t: _Template, similarity, previous: Tensor, state: tuple, bold: bool) -> tuple[Tensor, Tensor] | None:
+    """One pass of the guided search from ``state``: the node map reference -> g (over the
+    structure's nodes) and its edge map, or ``None`` when it ends in no automorphism (``bold``
+    assigns whole classes at once; without it, one pair at a time).
     ``similarity(colors, members_a, members_b, frame)`` scores matching member ``i`` of A's
     class with member ``j`` of B's."""
     plan = t.plan
     total = plan.node.numel()
-    state = plan.start
-    if keep is not None:
-        state = _assign(plan.refiner, state, keep, keep, total)
-        if state is None:
-            return None
     resolved = _Resolved(t)
     resolved.update(state[0][:total])
     while True:
@@ -396,9 +425,8 @@ def _sweep(t: _Template, similarity, previous: Tensor, keep: Tensor | None, bold
         return None
     pi = torch.empty(total, dtype=torch.long)
     pi[torch.argsort(a_col)] = torch.argsort(b_col)
-    if plan.edge_map(pi) is None:
-        return None
-    return pi[: t.n]
+    edge_map = plan.edge_map(pi)
+    return None if edge_map is None else (pi, edge_map)
 
 
 def _weight_similarity(t: _Template, a: Tensor, b: Tensor):
@@ -412,22 +440,39 @@ def _weight_similarity(t: _Template, a: Tensor, b: Tensor):
     return similarity
 
 
-def _activation_similarity(t: _Template, acts_a: dict, acts_b: dict, fallback):
-    """Correlation of the activations of tied units (summed over their slots that have
-    activations in both models); classes without activations fall back to weights."""
-    def standardised(acts: dict, nodes: Tensor) -> Tensor:
-        x = torch.stack([acts[int(u)] for u in nodes], 1)
-        x = x - x.mean(0)
-        return x / x.norm(dim=0).clamp_min(1e-12)
+def _standardised(acts: dict, nodes: Tensor) -> Tensor:
+    x = torch.stack([acts[int(u)] for u in nodes], 1)
+    x = x - x.mean(0)
+    return x / x.norm(dim=0).clamp_min(1e-12)
 
+
+def _correlation(acts_a: dict, acts_b: dict, nodes_a: Tensor, nodes_b: Tensor) -> Tensor | None:
+    """Correlation of the activations of tied units, summed over the slots that have
+    activations in both models (``None``: no slot has)."""
+    sim = None
+    for s in range(nodes_a.size(1)):
+        if all(int(u) in acts_a for u in nodes_a[:, s]) and all(int(u) in acts_b for u in nodes_b[:, s]):
+            part = _standardised(acts_a, nodes_a[:, s]).T @ _standardised(acts_b, nodes_b[:, s])
+            sim = part if sim is None else sim + part
+    return sim
+
+
+def _activation_similarity(t: _Template, acts_a: dict, acts_b: dict, fallback):
+    """The guided search's similarity by activations; classes without them fall back to weights."""
     def similarity(colors, members_a, members_b, frame):
-        ta, tb = t.tied(members_a), t.tied(members_b)
-        sim = torch.zeros(members_a.numel(), members_b.numel(), dtype=torch.float64)
-        for s in range(ta.size(1)):
-            if all(int(u) in acts_a for u in ta[:, s]) and all(int(u) in acts_b for u in tb[:, s]):
-                sim += standardised(acts_a, ta[:, s]).T @ standardised(acts_b, tb[:, s])
-        return sim if bool(sim.any()) else fallback(colors, members_a, members_b, frame)
+        sim = _correlation(acts_a, acts_b, t.tied(members_a), t.tied(members_b))
+        if sim is None or not bool(sim.any()):
+            return fallback(colors, members_a, members_b, frame)
+        return sim
     return similarity
+
+
+def _activation_cost(t: _Template, acts_a: dict, acts_b: dict):
+    """A free group's cost by activations (``None`` when it has none: matched by weights)."""
+    def cost(group: int) -> Tensor | None:
+        nodes = t.free.nodes(group)
+        return _correlation(acts_a, acts_b, nodes, nodes)
+    return cost
 
 
 def _residual_stream(t: _Template, g: ParameterGraph) -> Tensor:
@@ -442,11 +487,17 @@ def _residual_stream(t: _Template, g: ParameterGraph) -> Tensor:
     return torch.cat([t.members[i].reshape(-1) for i in groups])
 
 
-def _aligned_values(g: ParameterGraph, p: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def _moved_values(t: _Template, g: ParameterGraph, found: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+    """``g``'s values and buffers in the reference's frame, from the node map reference -> g
+    (over the structure's nodes) and the edge map it induces (already checked)."""
+    pi, edge_map = found
+    e = t.src.numel()
+    inverse_edges = torch.empty(e, dtype=torch.long)
+    inverse_edges[edge_map[:e]] = torch.arange(e)
+    p = pi[: t.n]
     inverse = torch.empty_like(p)
     inverse[p] = torch.arange(p.numel())
-    values, buffers, _ = permute_values(g, inverse)
-    return values, buffers
+    return g.edge_value[inverse_edges][: int(g.num_param_edges)], _moved_buffers(g, inverse)
 
 
 def same_template(a: ParameterGraph, b: ParameterGraph) -> bool:
@@ -462,31 +513,71 @@ def _check_template(reference: ParameterGraph, g: ParameterGraph) -> None:
         raise ValueError("alignment needs two graphs of the same architecture (one template)")
 
 
-def _descend(t: _Template, g: ParameterGraph, a: Tensor, similarity, iterations: int,
-             keep_residual_stream: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Sweeps of the guided search until the match is stable; the best one by ``<a, p(b)>``,
-    with ``g``'s values and buffers moved by it (computed for the score, kept for ``align``)."""
-    keep = _residual_stream(t, g) if keep_residual_stream else None
-    if keep is not None and keep.numel() == 0:
-        keep = None
+def _inverse(p: Tensor) -> Tensor:
+    inverse = torch.empty_like(p)
+    inverse[p] = torch.arange(p.numel())
+    return inverse
+
+
+def _held(t: _Template, keep: Tensor) -> set[int]:
+    """The free groups holding nodes that must stay where they are."""
+    groups = t.free.group_of_class[torch.unique(t.free.colors[keep])]
+    return set(groups[groups >= 0].tolist())
+
+
+def _completed(t: _Template, similarity, p: Tensor, keep: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The free groups (and ``keep``) placed by ``p``, the other classes by the guided search:
+    the node map reference -> g over the structure's nodes and its edge map, checked."""
+    fg = t.free
+    if fg.complete:  # every class is free and no scalar is shared: p is the whole map
+        edge_map = t.plan.edge_map(p)
+        return None if edge_map is None else (p, edge_map)
+    placed = torch.zeros(t.n, dtype=torch.bool)
+    for group in range(len(fg.units)):
+        placed[fg.nodes(group).reshape(-1)] = True
+    placed[keep] = True
+    nodes = placed.nonzero().squeeze(1)
+    state = _start(t, nodes, p[nodes])
+    for bold in (True, False):
+        found = None if state is None else _sweep(t, similarity, _inverse(p), state, bold)
+        if found is not None:
+            return found
+    return None
+
+
+def _guided(t: _Template, similarity, frame: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The guided search alone (every class matched by it), from ``frame``."""
+    state = _start(t, keep, keep)
+    for bold in (True, False):
+        found = None if state is None else _sweep(t, similarity, _inverse(frame), state, bold)
+        if found is not None:
+            return found
+    raise ValueError("alignment found no symmetry of this architecture's structure")
+
+
+def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, iterations: int,
+             keep_residual_stream: bool, fixed_cost=None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Coordinate descent over the free groups (Git Re-Basin) and the guided search for the
+    classes that are not free, alternated until the match is stable; the best match by
+    ``<a, p(b)>``, with ``g``'s values and buffers moved by it."""
+    keep = _residual_stream(t, g) if keep_residual_stream else torch.zeros(0, dtype=torch.long)
+    held = _held(t, keep)
     n = int(g.num_param_edges)
-    previous = torch.arange(t.n)
+    frame = torch.arange(t.n)  # reference node -> g node, for the classes that are not free
     best, best_score = None, 0.0
     for _ in range(max(1, iterations)):
-        p = _sweep(t, similarity, previous, keep, bold=True)
-        if p is None:
-            p = _sweep(t, similarity, previous, keep, bold=False)
-        if p is None:
-            raise ValueError("alignment found no symmetry of this architecture's structure")
-        values, buffers = _aligned_values(g, p)
+        perms = coordinate_descent(t.free, a, b, frame, held, fixed_cost)
+        found = _completed(t, similarity, node_map(t.free, perms, frame), keep)
+        if found is None:  # the groups' match does not extend: match every class by the search
+            found = _guided(t, similarity, frame, keep)
+        values, buffers = _moved_values(t, g, found)
         score = float(values[:n].double() @ a[:n])
+        p = found[0][: t.n]
         if best is None or score > best_score:
             best, best_score = (p, values, buffers), score
-        inverse = torch.empty_like(p)
-        inverse[p] = torch.arange(p.numel())
-        if torch.equal(inverse, previous):
+        if t.free.complete or torch.equal(p, frame):
             break
-        previous = inverse
+        frame = p
     return best
 
 
@@ -494,7 +585,7 @@ def _weight_matching(reference, g, iterations, keep_residual_stream):
     _check_template(reference, g)
     t = _template(g)
     a, b = reference.edge_value[: t.weighted].double(), g.edge_value[: t.weighted].double()
-    return _descend(t, g, a, _weight_similarity(t, a, b), iterations, keep_residual_stream)
+    return _descend(t, g, a, b, _weight_similarity(t, a, b), iterations, keep_residual_stream)
 
 
 def _activation_matching(reference, g, inputs, iterations, keep_residual_stream):
@@ -506,7 +597,7 @@ def _activation_matching(reference, g, inputs, iterations, keep_residual_stream)
     acts_a = neuron_activations(reference, None, inputs)
     acts_b = neuron_activations(g, None, inputs)
     similarity = _activation_similarity(t, acts_a, acts_b, _weight_similarity(t, a, b))
-    return _descend(t, g, a, similarity, iterations, keep_residual_stream)
+    return _descend(t, g, a, b, similarity, iterations, keep_residual_stream, _activation_cost(t, acts_a, acts_b))
 
 
 def weight_matching(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10,

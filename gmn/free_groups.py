@@ -1,0 +1,323 @@
+"""Neuron groups every permutation of which is a symmetry, and weight matching over them.
+
+A tied group of colour classes (:func:`gmn.alignment._tied_groups`: a layer's neurons with the
+BatchNorm, residual sums and norms tied to them; an untied class is a group of one class) is
+*free* when every permutation of its units, all other nodes fixed, maps the structure onto
+itself. With no repeated edges, that holds exactly when every block of edges between one of
+its classes ``C`` and another class ``D`` (one edge label) joins each node of ``D`` to all of
+``C`` (a stable colouring gives every node of ``D`` the same number of neighbours in ``C``,
+so the block has ``|C| |D|`` edges), and every block inside the group joins each unit to
+itself, or to every other unit, or both. The free groups are Git Re-Basin's permutation groups
+``P_i``, found instead of written; since automorphisms compose, any choice of one permutation
+per free group is a symmetry (and the permutation finally used is still checked exactly).
+
+Every block touching a free group is then a dense tensor ``(|C|, |D|, labels)`` (a kernel's
+positions are labels), and weight matching is Ainsworth et al.'s coordinate descent: for each
+group in turn, the linear assignment that maximises
+
+.. math::
+    \\sum_{\\text{blocks}} \\langle W_A, P_C W_B P_D^\\top \\rangle
+
+with the permutations of the other groups held, until no group improves. Classes that are not
+free (attention heads, experts) keep the match of the guided search (:mod:`gmn.alignment`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+#: Passes of coordinate descent at most (Git Re-Basin's reference code uses 100).
+PASSES = 100
+
+
+@dataclass
+class _Block:
+    """Weighted edges from class ``src`` to class ``dst`` as a dense ``(rows, cols, labels)``
+    index into the edge values (``same``: the edges join each unit to itself, ``cols`` is 1;
+    class -1: single nodes, which no symmetry moves)."""
+
+    src: int
+    dst: int
+    same: bool
+    index: Tensor
+
+
+@dataclass
+class FreeGroups:
+    """The free groups of a structure and the dense blocks of weights around them."""
+
+    classes: list[list[int]]  #: per free group, its colour classes (one per slot)
+    units: list[int]  #: per free group, its number of units
+    class_nodes: dict[int, Tensor]  #: every open class's nodes, by position
+    position: Tensor  #: per graph node, its position in its class
+    colors: Tensor  #: per graph node, its class
+    group_of_class: Tensor  #: per class, its free group (-1: not free)
+    blocks: list[_Block]
+    uses: list[list[tuple[int, str]]]  #: per free group, ``(block, "src" | "dst" | "same")``
+    neighbours: list[list[int]]  #: per free group, the free groups its cost depends on
+    pad: int  #: index of the zero appended to the values (entries a block lacks)
+    complete: bool  #: every open class is free and there are no tie nodes
+
+    def nodes(self, group: int) -> Tensor:
+        """``(units, slots)``: the group's nodes, one row per unit."""
+        return torch.stack([self.class_nodes[c] for c in self.classes[group]], 1)
+
+
+def _positions(colors: Tensor, group: Tensor, unit: Tensor) -> Tensor:
+    n = colors.numel()
+    order = torch.argsort(colors, stable=True)
+    size = torch.bincount(colors)
+    starts = torch.cumsum(size, 0) - size
+    rank = torch.empty(n, dtype=torch.long)
+    rank[order] = torch.arange(n) - starts[colors[order]]
+    return torch.where(group >= 0, unit, rank)
+
+
+def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Tensor, label: Tensor,
+                weighted: int, shared: Tensor) -> FreeGroups:
+    """The free groups of a structure (``plan``: :func:`gmn.symmetry._plan`; ``group``/``unit``:
+    the tied groups; ``shared``: edges whose value another edge shares, whose ends are never
+    free)."""
+    colors = plan.start[0][:n]
+    size = torch.bincount(colors)
+    position = _positions(colors, group, unit)
+    n_classes = size.numel()
+    # group id of every open node: its tied group, or its class for untied ones
+    gid = torch.where(group >= 0, group, int(group.max()) + 1 + colors if n else group)
+    gid = torch.where(size[colors] > 1, gid, torch.full_like(gid, -1))
+    gids, gid = torch.unique(gid, return_inverse=True)
+    has_closed = bool((gids < 0).any())
+    gid = gid - int(has_closed)  # closed nodes: -1
+    count = gids.numel() - int(has_closed)
+    bad = torch.zeros(count + 1, dtype=torch.bool)  # the last entry absorbs closed nodes
+
+    def mark(nodes: Tensor) -> None:
+        g = gid[nodes]
+        bad[torch.where(g >= 0, g, torch.full_like(g, count))] = True
+
+    mark(torch.cat([src[shared], dst[shared]]))
+    sk = plan.sorted_keys
+    dup = (sk[1:] == sk[:-1]).nonzero().squeeze(1)
+    if dup.numel():  # repeated edges: the counts below would not prove a block complete
+        e = plan.edge_order[torch.cat([dup, dup + 1])]
+        e = e[e < src.numel()]
+        mark(torch.cat([src[e], dst[e]]))
+    gs, gd = gid[src], gid[dst]
+    touching = (gs >= 0) | (gd >= 0)
+    if bool(touching.all()):  # the usual case: no gathers of every edge
+        touches, s, d = torch.arange(src.numel()), src, dst
+    else:
+        touches = touching.nonzero().squeeze(1)
+        s, d, gs, gd = src[touches], dst[touches], gs[touches], gd[touches]
+    same = (gs == gd) & (gs >= 0) & (position[s] == position[d])
+    kinds = int(label.max()) + 1 if label.numel() else 1
+    key = ((colors[s] * n_classes + colors[d]) * kinds + label[touches]) * 2 + same.long()
+    blocks, block_of, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    b_same = (blocks % 2).bool()
+    b_label = blocks // 2 % kinds
+    b_cs, b_cd = blocks // 2 // kinds // n_classes, blocks // 2 // kinds % n_classes
+    first = torch.full((n_classes,), n, dtype=torch.long).scatter_reduce(0, colors, torch.arange(n), "amin")
+    b_gs, b_gd = gid[first[b_cs]], gid[first[b_cd]]
+    ms, md = size[b_cs], size[b_cd]
+    inside = (b_gs == b_gd) & (b_gs >= 0)
+    # inside a group, a block holding each unit's own edges and all the others' is two blocks
+    ok = torch.where(inside, torch.where(b_same, counts == ms, counts == ms * (ms - 1)), counts == ms * md)
+    mark(torch.cat([first[b_cs[~ok]], first[b_cd[~ok]]]))
+    free = (~bad[:count]).nonzero().squeeze(1)
+    group_of = torch.full((count + 1,), -1, dtype=torch.long)
+    group_of[free] = torch.arange(free.numel())
+    open_classes = (size > 1).nonzero().squeeze(1)
+    group_of_class = torch.full((n_classes,), -1, dtype=torch.long)
+    group_of_class[open_classes] = group_of[gid[first[open_classes]]]
+    node_order = torch.argsort(colors * n + position)
+    starts = torch.cumsum(size, 0) - size
+    class_nodes = {int(c): node_order[starts[c]:starts[c] + size[c]] for c in open_classes.tolist()}
+    classes: list[list[int]] = [[] for _ in range(free.numel())]
+    members = group_of_class[open_classes]
+    for c, gr in zip(open_classes.tolist(), members.tolist()):
+        if gr >= 0:
+            classes[gr].append(c)
+    units = [int(size[cl[0]]) for cl in classes]
+    table = (b_cs, b_cd, b_label, b_same)
+    block_list = _dense_blocks(table, block_of, touches, s, d, same, size, group_of_class, position, weighted, n)
+    uses: list[list[tuple[int, str]]] = [[] for _ in classes]
+    neighbours: list[list[int]] = []
+    for i, blk in enumerate(block_list):
+        ga = int(group_of_class[blk.src]) if blk.src >= 0 else -1
+        gb = int(group_of_class[blk.dst]) if blk.dst >= 0 else -1
+        if blk.same:
+            uses[ga].append((i, "same"))
+            continue
+        if ga >= 0:
+            uses[ga].append((i, "src"))
+        if gb >= 0:
+            uses[gb].append((i, "dst"))
+    for use in uses:
+        other = {block_list[i].dst if side == "src" else block_list[i].src for i, side in use if side != "same"}
+        neighbours.append(sorted({int(group_of_class[c]) for c in other if c >= 0} - {-1}))
+    complete = bool((members >= 0).all()) and plan.node.numel() == n
+    return FreeGroups(classes, units, class_nodes, position, colors, group_of_class, block_list, uses,
+                      neighbours, weighted, complete)
+
+
+def _dense_blocks(table, block_of, edges, s, d, same, size, group_of_class, position, weighted, n) -> list[_Block]:
+    """The weighted edges touching a free group as dense blocks: one per pair of classes (all
+    labels stacked), the single nodes on a side taken together. Works on the table of label
+    blocks, and per edge only gathers."""
+    b_cs, b_cd, b_label, b_same = table
+    n_classes = size.numel()
+    fixed = n_classes
+    wanted = (group_of_class[b_cs] >= 0) | (group_of_class[b_cd] >= 0)
+    if not bool(wanted.any()):
+        return []
+    keep = wanted[block_of] & (edges < weighted)
+    if not bool(keep.all()):
+        keep = keep.nonzero().squeeze(1)
+        edges, block_of, s, d, same = edges[keep], block_of[keep], s[keep], d[keep], same[keep]
+    if edges.numel() == 0:
+        return []
+    side_s = torch.where(size[b_cs] > 1, b_cs, torch.full_like(b_cs, fixed))
+    side_d = torch.where(size[b_cd] > 1, b_cd, torch.full_like(b_cd, fixed))
+    pair_key = (side_s * (n_classes + 1) + side_d) * 2 + b_same.long()
+    used = (torch.bincount(block_of, minlength=b_cs.numel()) > 0).nonzero().squeeze(1)
+    pairs, pair_at = torch.unique(pair_key[used], return_inverse=True)
+    pair_of_block = torch.full_like(pair_key, -1)
+    pair_of_block[used] = pair_at
+    kinds = int(b_label.max()) + 1 if b_label.numel() else 1
+    labels, label_at = torch.unique(pair_at * kinds + b_label[used], return_inverse=True)
+    per_pair = torch.bincount(labels // kinds, minlength=pairs.numel())
+    label_start = torch.cumsum(per_pair, 0) - per_pair
+    rank_of_block = torch.zeros_like(pair_key)
+    rank_of_block[used] = label_at - label_start[labels[label_at] // kinds]
+    pair_of = pair_of_block[block_of]
+    # single nodes' places in their block: ranks among that block's single nodes
+    row, col = position[s].clone(), position[d].clone()
+    for place, nodes, side in ((row, s, side_s), (col, d, side_d)):
+        lone = (side[block_of] == fixed).nonzero().squeeze(1)
+        if lone.numel():
+            place[lone] = _rank(pair_of[lone] * n + nodes[lone], n)
+    p_same = (pairs % 2).bool()
+    p_cs, p_cd = pairs // 2 // (n_classes + 1), pairs // 2 % (n_classes + 1)
+    rows = torch.zeros(pairs.numel(), dtype=torch.long).scatter_reduce(0, pair_of, row + 1, "amax")
+    cols = torch.zeros(pairs.numel(), dtype=torch.long).scatter_reduce(0, pair_of, col + 1, "amax")
+    cols = torch.where(p_same, torch.ones_like(cols), cols)
+    col = torch.where(same, torch.zeros_like(col), col)
+    volume = rows * cols * per_pair
+    offset = torch.cumsum(volume, 0) - volume
+    # an edge's place: its block's start and strides (per label block, so one gather each)
+    pb = pair_of_block.clamp_min(0)
+    base, stride_row, stride_col = (offset[pb] + rank_of_block)[block_of], (cols * per_pair)[pb][block_of], \
+        per_pair[pb][block_of]
+    at = base + row * stride_row + col * stride_col
+    flat = torch.full((int(volume.sum()),), weighted, dtype=torch.long)
+    flat[at] = edges
+    blocks = []
+    for i in range(pairs.numel()):
+        a, b = int(p_cs[i]), int(p_cd[i])
+        index = flat[int(offset[i]):int(offset[i] + volume[i])].view(int(rows[i]), int(cols[i]), int(per_pair[i]))
+        blocks.append(_Block(-1 if a == fixed else a, -1 if b == fixed else b, bool(p_same[i]), index))
+    return blocks
+
+
+def _rank(key: Tensor, n: int) -> Tensor:
+    """For ``key = pair * n + node``: the node's rank among the distinct nodes of its pair."""
+    values, inverse = torch.unique(key, return_inverse=True)
+    first = torch.searchsorted(values, values // n * n)
+    return (torch.arange(values.numel()) - first)[inverse]
+
+
+class _Values:
+    """Each block's weights of both models, dense, in float64 (and the source-major copies of
+    the blocks a group reads by their columns)."""
+
+    def __init__(self, fg: FreeGroups, a: Tensor, b: Tensor):
+        pad = torch.zeros(1, dtype=torch.float64)
+        a, b = torch.cat([a.double(), pad]), torch.cat([b.double(), pad])
+        self.a = [a[blk.index] for blk in fg.blocks]
+        self.b = [b[blk.index] for blk in fg.blocks]
+        self.a_t = [x.transpose(0, 1).reshape(x.size(1), -1) for x in self.a]
+
+
+def _cost(fg: FreeGroups, v: _Values, group: int, perm) -> Tensor:
+    """``cost[i, j]``: the weights unit ``i`` of A shares with its neighbours, against unit
+    ``j`` of B's with B's neighbours placed by ``perm(class)`` (positions of B matched to A's)."""
+    m = fg.units[group]
+    cost = torch.zeros(m, m, dtype=torch.float64)
+    for i, side in fg.uses[group]:
+        blk, a, b = fg.blocks[i], v.a[i], v.b[i]
+        if side == "same":
+            cost += a.reshape(m, -1) @ b.reshape(m, -1).T
+        elif side == "src":
+            other = perm(blk.dst)
+            bb = b if other is None else b.index_select(1, other)
+            cost += a.reshape(m, -1) @ bb.reshape(m, -1).T
+        else:
+            other = perm(blk.src)
+            bb = b if other is None else b.index_select(0, other)
+            cost += v.a_t[i] @ bb.transpose(0, 1).reshape(m, -1).T
+    return cost
+
+
+def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held: set[int],
+                       fixed_cost=None, seed: int = 0) -> list[Tensor]:
+    """Per free group, the permutation of B's units matched to A's (``perm[i]``: B's unit for
+    A's unit ``i``), by Git Re-Basin's coordinate descent. ``frame`` (A node -> B node) places
+    the classes that are not free; groups in ``held`` stay where they are; ``fixed_cost(group)``
+    may give a group's cost outright (activation matching), else it is the weights'."""
+    values = _Values(fg, a, b)
+    perms = [torch.arange(m) for m in fg.units]
+
+    def perm(cls: int) -> Tensor | None:
+        if cls < 0:
+            return None  # single nodes, which stay
+        grp = int(fg.group_of_class[cls])
+        if grp >= 0:
+            return perms[grp]
+        return fg.position[frame[fg.class_nodes[cls]]]
+
+    rng = np.random.default_rng(seed)
+    costs = {}
+    for grp in range(len(fg.units)):
+        given = fixed_cost(grp) if fixed_cost is not None and grp not in held else None
+        if given is not None:
+            costs[grp] = given
+    # a group whose neighbours have not moved since it was last matched has the same cost and
+    # the same best assignment: it is skipped (the result is the same, the time is not)
+    version = [0] * len(fg.units)
+    matched_at: list[tuple | None] = [None] * len(fg.units)
+    for _ in range(PASSES):
+        progress = False
+        for grp in rng.permutation(len(fg.units)).tolist():
+            if grp in held or fg.units[grp] < 2:
+                continue
+            key = () if grp in costs else tuple(version[h] for h in fg.neighbours[grp])
+            if matched_at[grp] == key:
+                continue
+            matched_at[grp] = key
+            cost = costs[grp] if grp in costs else _cost(fg, values, grp, perm)
+            _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
+            cols = torch.as_tensor(cols)
+            rows = torch.arange(cols.numel())
+            if float(cost[rows, cols].sum()) > float(cost[rows, perms[grp]].sum()) + 1e-12:
+                perms[grp], progress = cols, True
+                version[grp] += 1
+        if not progress:
+            break
+    return perms
+
+
+def node_map(fg: FreeGroups, perms: list[Tensor], frame: Tensor) -> Tensor:
+    """A node -> B node: the free groups by ``perms``, every other node by ``frame``."""
+    p = frame.clone()
+    for grp, perm in enumerate(perms):
+        nodes = fg.nodes(grp)
+        p[nodes.reshape(-1)] = nodes[perm].reshape(-1)
+    return p
+
+
+__all__ = ["FreeGroups", "coordinate_descent", "free_groups", "node_map"]
