@@ -563,18 +563,25 @@ def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, 
     keep = _residual_stream(t, g) if keep_residual_stream else torch.zeros(0, dtype=torch.long)
     held = _held(t, keep)
     n = int(g.num_param_edges)
-    frame = torch.arange(t.n)  # reference node -> g node, for the classes that are not free
+    frame = torch.arange(t.n)  # reference node -> g node: where the descent starts
     best, best_score = None, 0.0
+
+    def keep_best(found):
+        nonlocal best, best_score
+        values, buffers = _moved_values(t, g, found)
+        score = float(values[:n].double() @ a[:n])
+        if best is None or score > best_score:
+            best, best_score = (found[0][: t.n], values, buffers), score
+        return found[0][: t.n]
+
+    if not t.free.complete:  # heads, experts: the guided search places every class first
+        frame = keep_best(_guided(t, similarity, frame, keep))
     for _ in range(max(1, iterations)):
         perms = coordinate_descent(t.free, a, b, frame, held, fixed_cost)
         found = _completed(t, similarity, node_map(t.free, perms, frame), keep)
         if found is None:  # the groups' match does not extend: match every class by the search
             found = _guided(t, similarity, frame, keep)
-        values, buffers = _moved_values(t, g, found)
-        score = float(values[:n].double() @ a[:n])
-        p = found[0][: t.n]
-        if best is None or score > best_score:
-            best, best_score = (p, values, buffers), score
+        p = keep_best(found)
         if t.free.complete or torch.equal(p, frame):
             break
         frame = p

@@ -266,11 +266,11 @@ def _cost(fg: FreeGroups, v: _Values, group: int, perm) -> Tensor:
 def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held: set[int],
                        fixed_cost=None, seed: int = 0) -> list[Tensor]:
     """Per free group, the permutation of B's units matched to A's (``perm[i]``: B's unit for
-    A's unit ``i``), by Git Re-Basin's coordinate descent. ``frame`` (A node -> B node) places
-    the classes that are not free; groups in ``held`` stay where they are; ``fixed_cost(group)``
+    A's unit ``i``), by Git Re-Basin's coordinate descent from ``frame`` (A node -> B node),
+    which also places the classes that are not free; groups in ``held`` stay where they are; ``fixed_cost(group)``
     may give a group's cost outright (activation matching), else it is the weights'."""
     values = _Values(fg, a, b)
-    perms = [torch.arange(m) for m in fg.units]
+    perms = [fg.position[frame[fg.class_nodes[classes[0]]]] for classes in fg.classes]
 
     def perm(cls: int) -> Tensor | None:
         if cls < 0:
