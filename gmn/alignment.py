@@ -41,7 +41,7 @@ from torch import Tensor
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType, NodeType
 
-from .free_groups import FreeGroups, coordinate_descent, free_groups, node_map
+from .free_groups import FreeGroups, coordinate_descent, free_groups, moved_values, node_map
 from .symmetry import _assign, _csr, _labels, _moved_buffers, _Plan, _plan, _ranges
 
 #: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
@@ -487,17 +487,15 @@ def _residual_stream(t: _Template, g: ParameterGraph) -> Tensor:
     return torch.cat([t.members[i].reshape(-1) for i in groups])
 
 
-def _moved_values(t: _Template, g: ParameterGraph, found: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
-    """``g``'s values and buffers in the reference's frame, from the node map reference -> g
-    (over the structure's nodes) and the edge map it induces (already checked)."""
+def _moved_values(t: _Template, g: ParameterGraph, found: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, dict]:
+    """The node map reference -> g, and ``g``'s values and buffers in the reference's frame,
+    from the node map over the structure's nodes and the edge map it induces (checked)."""
     pi, edge_map = found
     e = t.src.numel()
     inverse_edges = torch.empty(e, dtype=torch.long)
     inverse_edges[edge_map[:e]] = torch.arange(e)
     p = pi[: t.n]
-    inverse = torch.empty_like(p)
-    inverse[p] = torch.arange(p.numel())
-    return g.edge_value[inverse_edges][: int(g.num_param_edges)], _moved_buffers(g, inverse)
+    return p, g.edge_value[inverse_edges][: int(g.num_param_edges)], _moved_buffers(g, _inverse(p))
 
 
 def same_template(a: ParameterGraph, b: ParameterGraph) -> bool:
@@ -525,13 +523,18 @@ def _held(t: _Template, keep: Tensor) -> set[int]:
     return set(groups[groups >= 0].tolist())
 
 
-def _completed(t: _Template, similarity, p: Tensor, keep: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The free groups (and ``keep``) placed by ``p``, the other classes by the guided search:
-    the node map reference -> g over the structure's nodes and its edge map, checked."""
+def _completed(t: _Template, g: ParameterGraph, similarity, perms: list[Tensor], frame: Tensor,
+               keep: Tensor) -> tuple[Tensor, Tensor, dict] | None:
+    """The free groups placed by ``perms`` (``keep`` where it is), the other classes by the
+    guided search from ``frame``: the node map reference -> g and g's values and buffers in
+    the reference's frame (``None``: the groups' match does not extend to a symmetry)."""
     fg = t.free
-    if fg.complete:  # every class is free and no scalar is shared: p is the whole map
-        edge_map = t.plan.edge_map(p)
-        return None if edge_map is None else (p, edge_map)
+    p = node_map(fg, perms, frame)
+    if fg.complete:
+        # Every class is free and no scalar is shared: the counts of free_groups prove that p
+        # is an automorphism, and the values move block by block (no sort of every edge).
+        values = moved_values(fg, g.edge_value[: t.weighted], perms)
+        return p, values[: int(g.num_param_edges)], _moved_buffers(g, _inverse(p))
     placed = torch.zeros(t.n, dtype=torch.bool)
     for group in range(len(fg.units)):
         placed[fg.nodes(group).reshape(-1)] = True
@@ -541,22 +544,22 @@ def _completed(t: _Template, similarity, p: Tensor, keep: Tensor) -> tuple[Tenso
     for bold in (True, False):
         found = None if state is None else _sweep(t, similarity, _inverse(p), state, bold)
         if found is not None:
-            return found
+            return _moved_values(t, g, found)
     return None
 
 
-def _guided(t: _Template, similarity, frame: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+def _guided(t: _Template, g: ParameterGraph, similarity, frame: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, dict]:
     """The guided search alone (every class matched by it), from ``frame``."""
     state = _start(t, keep, keep)
     for bold in (True, False):
         found = None if state is None else _sweep(t, similarity, _inverse(frame), state, bold)
         if found is not None:
-            return found
+            return _moved_values(t, g, found)
     raise ValueError("alignment found no symmetry of this architecture's structure")
 
 
 def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, iterations: int,
-             keep_residual_stream: bool, fixed_cost=None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+             keep_residual_stream: bool, fixed_cost=None, seed: int = 0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Coordinate descent over the free groups (Git Re-Basin) and the guided search for the
     classes that are not free, alternated until the match is stable; the best match by
     ``<a, p(b)>``, with ``g``'s values and buffers moved by it."""
@@ -568,19 +571,18 @@ def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, 
 
     def keep_best(found):
         nonlocal best, best_score
-        values, buffers = _moved_values(t, g, found)
-        score = float(values[:n].double() @ a[:n])
+        score = float(found[1][:n].double() @ a[:n])
         if best is None or score > best_score:
-            best, best_score = (found[0][: t.n], values, buffers), score
-        return found[0][: t.n]
+            best, best_score = found, score
+        return found[0]
 
     if not t.free.complete:  # heads, experts: the guided search places every class first
-        frame = keep_best(_guided(t, similarity, frame, keep))
+        frame = keep_best(_guided(t, g, similarity, frame, keep))
     for _ in range(max(1, iterations)):
-        perms = coordinate_descent(t.free, a, b, frame, held, fixed_cost)
-        found = _completed(t, similarity, node_map(t.free, perms, frame), keep)
+        perms = coordinate_descent(t.free, a, b, frame, held, fixed_cost, seed)
+        found = _completed(t, g, similarity, perms, frame, keep)
         if found is None:  # the groups' match does not extend: match every class by the search
-            found = _guided(t, similarity, frame, keep)
+            found = _guided(t, g, similarity, frame, keep)
         p = keep_best(found)
         if t.free.complete or torch.equal(p, frame):
             break
@@ -588,14 +590,14 @@ def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, 
     return best
 
 
-def _weight_matching(reference, g, iterations, keep_residual_stream):
+def _weight_matching(reference, g, iterations, keep_residual_stream, seed):
     _check_template(reference, g)
     t = _template(g)
     a, b = reference.edge_value[: t.weighted].double(), g.edge_value[: t.weighted].double()
-    return _descend(t, g, a, b, _weight_similarity(t, a, b), iterations, keep_residual_stream)
+    return _descend(t, g, a, b, _weight_similarity(t, a, b), iterations, keep_residual_stream, seed=seed)
 
 
-def _activation_matching(reference, g, inputs, iterations, keep_residual_stream):
+def _activation_matching(reference, g, inputs, iterations, keep_residual_stream, seed):
     from .activations import neuron_activations
 
     _check_template(reference, g)
@@ -604,35 +606,37 @@ def _activation_matching(reference, g, inputs, iterations, keep_residual_stream)
     acts_a = neuron_activations(reference, None, inputs)
     acts_b = neuron_activations(g, None, inputs)
     similarity = _activation_similarity(t, acts_a, acts_b, _weight_similarity(t, a, b))
-    return _descend(t, g, a, b, similarity, iterations, keep_residual_stream, _activation_cost(t, acts_a, acts_b))
+    return _descend(t, g, a, b, similarity, iterations, keep_residual_stream, _activation_cost(t, acts_a, acts_b),
+                    seed)
 
 
 def weight_matching(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10,
-                    keep_residual_stream: bool = False) -> Tensor:
+                    keep_residual_stream: bool = False, seed: int = 0) -> Tensor:
     """Node map ``p`` (an automorphism of the structure with its tied weights) such that ``g``'s
     value on edge ``(p[u], p[v])`` is close to ``reference``'s value on ``(u, v)``; both graphs
-    must share one template. ``iterations`` bounds the sweeps of coordinate descent;
-    ``keep_residual_stream`` leaves the residual stream's neurons where they are."""
-    return _weight_matching(reference, g, iterations, keep_residual_stream)[0]
+    must share one template. ``iterations`` bounds the rounds of coordinate descent over the
+    free groups and guided search for the rest; ``keep_residual_stream`` leaves the residual
+    stream's neurons where they are; ``seed`` draws the order in which groups are matched."""
+    return _weight_matching(reference, g, iterations, keep_residual_stream, seed)[0]
 
 
 def activation_matching(reference: ParameterGraph, g: ParameterGraph, inputs: tuple, iterations: int = 10,
-                        keep_residual_stream: bool = False) -> Tensor:
+                        keep_residual_stream: bool = False, seed: int = 0) -> Tensor:
     """Like :func:`weight_matching`, but neurons are matched by the correlation of their
     activations on ``inputs`` (a batch of the user's data, run through each graph's model);
     neurons without activations of their own (see :mod:`gmn.activations`) by weights."""
-    return _activation_matching(reference, g, inputs, iterations, keep_residual_stream)[0]
+    return _activation_matching(reference, g, inputs, iterations, keep_residual_stream, seed)[0]
 
 
 def align(reference: ParameterGraph, g: ParameterGraph, iterations: int = 10, keep_residual_stream: bool = False,
-          inputs: tuple | None = None) -> ParameterGraph:
+          inputs: tuple | None = None, seed: int = 0) -> ParameterGraph:
     """``g`` relabelled by the neuron permutation that brings it closest to ``reference``: the
     same function, comparable coordinates (buffers move along). With ``inputs``, neurons are
     matched by activations (:func:`activation_matching`), otherwise by weights."""
     if inputs is None:
-        _, values, buffers = _weight_matching(reference, g, iterations, keep_residual_stream)
+        _, values, buffers = _weight_matching(reference, g, iterations, keep_residual_stream, seed)
     else:
-        _, values, buffers = _activation_matching(reference, g, inputs, iterations, keep_residual_stream)
+        _, values, buffers = _activation_matching(reference, g, inputs, iterations, keep_residual_stream, seed)
     return with_values(g, values, buffers)  # keeps g's model attached
 
 

@@ -320,4 +320,25 @@ def node_map(fg: FreeGroups, perms: list[Tensor], frame: Tensor) -> Tensor:
     return p
 
 
-__all__ = ["FreeGroups", "coordinate_descent", "free_groups", "node_map"]
+def moved_values(fg: FreeGroups, values: Tensor, perms: list[Tensor]) -> Tensor:
+    """B's edge values in A's frame when the free groups move by ``perms`` and nothing else
+    moves: each block's entry ``(i, j)`` takes B's entry ``(perm[i], perm[j])``."""
+    out = torch.cat([values, values.new_zeros(1)])
+    source = out.clone()
+
+    def perm(cls: int) -> Tensor | None:
+        grp = int(fg.group_of_class[cls]) if cls >= 0 else -1
+        return perms[grp] if grp >= 0 else None
+
+    for blk in fg.blocks:
+        moved = blk.index
+        rows, cols = perm(blk.src), None if blk.same else perm(blk.dst)
+        if rows is not None:
+            moved = moved.index_select(0, rows)
+        if cols is not None:
+            moved = moved.index_select(1, cols)
+        out[blk.index.reshape(-1)] = source[moved.reshape(-1)]
+    return out[:-1]
+
+
+__all__ = ["FreeGroups", "coordinate_descent", "free_groups", "moved_values", "node_map"]
