@@ -4,7 +4,11 @@ Ainsworth et al. 2023 ("Git Re-Basin") align model B to model A by choosing, for
 interchangeable neurons, the permutation that maximises the inner product of the weights the
 neurons share with their neighbours (a linear assignment per group, coordinate descent over the
 groups). Their groups are written by hand per architecture. On a parameter graph they come from
-the graph: the permutations allowed are the automorphisms of its structure, and the search that
+the graph. The groups every permutation of which is a symmetry (:mod:`gmn.free_groups`: a plain
+network's layers, a residual stream with its norms, a transformer's MLP neurons) are matched by
+exactly that coordinate descent. The classes that are not free (queries and keys, whose
+permutations must respect heads; experts) are matched by a guided automorphism search: the
+permutations allowed are the automorphisms of the structure, and the search that
 finds a random one (individualisation and colour refinement on two copies of the structure,
 :mod:`gmn.symmetry`) finds a *good* one when each individualisation step, instead of a random
 matching of a colour class of copy A with the same class of copy B, takes the linear assignment
@@ -23,10 +27,11 @@ groups. A class whose members have no weights of their own (attention heads, exp
 matched by its members' children: the similarity of two heads is the value of the best
 assignment of their query, key and output neurons (TransFusion's two-level matching), and the
 neurons inside matched heads are then matched within them, because refinement has split their
-class by head. Each sweep is one pass of this search; sweeps repeat with the previous result as
-the frame of the neurons not yet placed (coordinate descent) until the permutation is stable.
-Every result is checked exactly to be an automorphism of the structure with its tied weights,
-so the aligned model computes the same function.
+class by head. The search first places every class; rounds of coordinate descent over the free
+groups and of the search for the rest (the free groups placed first) then alternate until the
+permutation is stable. Every result is an automorphism of the structure with its tied weights
+(proven by the free groups' counts, or checked exactly after a search), so the aligned model
+computes the same function.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _match_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", default="weights", choices=("weights", "activations"),
                    help="match neurons by weights or by activations on --data")
     p.add_argument("--keep-residual-stream", action="store_true", help="leave the residual stream unpermuted")
-    p.add_argument("--iterations", type=int, default=10, help="coordinate-descent sweeps at most")
+    p.add_argument("--iterations", type=int, default=10, help="rounds of coordinate descent and guided search at most")
 
 
 def _architecture(arch: str, data) -> tuple[torch.nn.Module, tuple]:
