@@ -73,9 +73,10 @@ def test_alignment_of_independent_models_keeps_the_function_and_moves_closer(nam
     assert not torch.equal(weight_matching(g1, g2), torch.arange(g1.num_nodes))
 
 
-def test_a_residual_stream_can_stay_where_it_is():
-    g1, _, x = _graph("vit", 0)
-    g2, model2, _ = _graph("vit", 1)
+@pytest.mark.parametrize("name", ["vit", "resnet"])  # the stream is searched / a free group
+def test_a_residual_stream_can_stay_where_it_is(name):
+    g1, _, x = _graph(name, 0)
+    g2, model2, _ = _graph(name, 1)
     free = weight_matching(g1, g2)
     kept = weight_matching(g1, g2, keep_residual_stream=True)
     residual = g1.edge_type == int(converters.EdgeType.RESIDUAL)
