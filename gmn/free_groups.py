@@ -108,15 +108,11 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
         e = e[e < src.numel()]
         mark(torch.cat([src[e], dst[e]]))
     gs, gd = gid[src], gid[dst]
-    touching = (gs >= 0) | (gd >= 0)
-    if bool(touching.all()):  # the usual case: no gathers of every edge
-        touches, s, d = torch.arange(src.numel()), src, dst
-    else:
-        touches = touching.nonzero().squeeze(1)
-        s, d, gs, gd = src[touches], dst[touches], gs[touches], gd[touches]
-    same = (gs == gd) & (gs >= 0) & (position[s] == position[d])
+    same = (gs == gd) & (gs >= 0) & (position[src] == position[dst])
+    del gs, gd
     kinds = int(label.max()) + 1 if label.numel() else 1
-    key = ((colors[s] * n_classes + colors[d]) * kinds + label[touches]) * 2 + same.long()
+    # every edge, also between single nodes (such blocks are checked too, and never used)
+    key = ((colors[src] * n_classes + colors[dst]) * kinds + label) * 2 + same.long()
     blocks, block_of, counts = torch.unique(key, return_inverse=True, return_counts=True)
     b_same = (blocks % 2).bool()
     b_label = blocks // 2 % kinds
@@ -144,7 +140,7 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
             classes[gr].append(c)
     units = [int(size[cl[0]]) for cl in classes]
     table = (b_cs, b_cd, b_label, b_same)
-    block_list = _dense_blocks(table, block_of, touches, s, d, same, size, group_of_class, position, weighted, n)
+    block_list = _dense_blocks(table, block_of, src, dst, same, size, group_of_class, position, weighted, n)
     uses: list[list[tuple[int, str]]] = [[] for _ in classes]
     neighbours: list[list[int]] = []
     for i, blk in enumerate(block_list):
@@ -165,28 +161,25 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
                       neighbours, weighted, complete)
 
 
-def _dense_blocks(table, block_of, edges, s, d, same, size, group_of_class, position, weighted, n) -> list[_Block]:
+def _dense_blocks(table, block_of, src, dst, same, size, group_of_class, position, weighted, n) -> list[_Block]:
     """The weighted edges touching a free group as dense blocks: one per pair of classes (all
     labels stacked), the single nodes on a side taken together. Works on the table of label
-    blocks, and per edge only gathers."""
+    blocks; per edge, only gathers and in-place arithmetic (these arrays hold every edge)."""
     b_cs, b_cd, b_label, b_same = table
     n_classes = size.numel()
     fixed = n_classes
     wanted = (group_of_class[b_cs] >= 0) | (group_of_class[b_cd] >= 0)
-    if not bool(wanted.any()):
-        return []
-    keep = wanted[block_of] & (edges < weighted)
-    if not bool(keep.all()):
-        keep = keep.nonzero().squeeze(1)
-        edges, block_of, s, d, same = edges[keep], block_of[keep], s[keep], d[keep], same[keep]
-    if edges.numel() == 0:
+    keep = wanted[block_of]
+    if weighted < src.numel():
+        keep &= torch.arange(src.numel()) < weighted
+    used = (torch.bincount(block_of, weights=keep.double(), minlength=b_cs.numel()) > 0).nonzero().squeeze(1)
+    if used.numel() == 0:
         return []
     side_s = torch.where(size[b_cs] > 1, b_cs, torch.full_like(b_cs, fixed))
     side_d = torch.where(size[b_cd] > 1, b_cd, torch.full_like(b_cd, fixed))
     pair_key = (side_s * (n_classes + 1) + side_d) * 2 + b_same.long()
-    used = (torch.bincount(block_of, minlength=b_cs.numel()) > 0).nonzero().squeeze(1)
     pairs, pair_at = torch.unique(pair_key[used], return_inverse=True)
-    pair_of_block = torch.full_like(pair_key, -1)
+    pair_of_block = torch.zeros_like(pair_key)
     pair_of_block[used] = pair_at
     kinds = int(b_label.max()) + 1 if b_label.numel() else 1
     labels, label_at = torch.unique(pair_at * kinds + b_label[used], return_inverse=True)
@@ -194,28 +187,31 @@ def _dense_blocks(table, block_of, edges, s, d, same, size, group_of_class, posi
     label_start = torch.cumsum(per_pair, 0) - per_pair
     rank_of_block = torch.zeros_like(pair_key)
     rank_of_block[used] = label_at - label_start[labels[label_at] // kinds]
-    pair_of = pair_of_block[block_of]
-    # single nodes' places in their block: ranks among that block's single nodes
-    row, col = position[s].clone(), position[d].clone()
-    for place, nodes, side in ((row, s, side_s), (col, d, side_d)):
-        lone = (side[block_of] == fixed).nonzero().squeeze(1)
-        if lone.numel():
-            place[lone] = _rank(pair_of[lone] * n + nodes[lone], n)
     p_same = (pairs % 2).bool()
     p_cs, p_cd = pairs // 2 // (n_classes + 1), pairs // 2 % (n_classes + 1)
-    rows = torch.zeros(pairs.numel(), dtype=torch.long).scatter_reduce(0, pair_of, row + 1, "amax")
-    cols = torch.zeros(pairs.numel(), dtype=torch.long).scatter_reduce(0, pair_of, col + 1, "amax")
+    rows = torch.where(p_cs == fixed, 0, size[p_cs.clamp_max(n_classes - 1)])
+    cols = torch.where(p_cd == fixed, 0, size[p_cd.clamp_max(n_classes - 1)])
+    row, col = position[src], position[dst]
+    # single nodes' places in their block: ranks among that block's single nodes
+    for place, nodes, side, extent in ((row, src, side_s, rows), (col, dst, side_d, cols)):
+        lone = ((side == fixed)[block_of] & keep).nonzero().squeeze(1)
+        if lone.numel():
+            pair = pair_of_block[block_of[lone]]
+            rank = _rank(pair * n + nodes[lone], n)
+            place[lone] = rank
+            extent.scatter_reduce_(0, pair, rank + 1, "amax")
     cols = torch.where(p_same, torch.ones_like(cols), cols)
-    col = torch.where(same, torch.zeros_like(col), col)
+    col.masked_fill_(same, 0)
     volume = rows * cols * per_pair
     offset = torch.cumsum(volume, 0) - volume
-    # an edge's place: its block's start and strides (per label block, so one gather each)
-    pb = pair_of_block.clamp_min(0)
-    base, stride_row, stride_col = (offset[pb] + rank_of_block)[block_of], (cols * per_pair)[pb][block_of], \
-        per_pair[pb][block_of]
-    at = base + row * stride_row + col * stride_col
-    flat = torch.full((int(volume.sum()),), weighted, dtype=torch.long)
-    flat[at] = edges
+    # an edge's place: its label block's start and strides, one gather each
+    pb = pair_of_block
+    at = row.mul_((cols * per_pair)[pb][block_of]).add_(col.mul_(per_pair[pb][block_of]))
+    at.add_((offset[pb] + rank_of_block)[block_of])
+    trash = int(volume.sum())
+    at.masked_fill_(~keep, trash)
+    flat = torch.full((trash + 1,), weighted, dtype=torch.long)
+    flat[at] = torch.arange(src.numel())
     blocks = []
     for i in range(pairs.numel()):
         a, b = int(p_cs[i]), int(p_cd[i])
