@@ -36,7 +36,6 @@ computes the same function.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -87,21 +86,13 @@ class _Template:
         return self.members[group][self.unit[nodes]]
 
 
-_TEMPLATES: dict[int, tuple[weakref.ref, _Template]] = {}
-
-
 def _template(g: ParameterGraph) -> _Template:
-    """The template of ``g``'s structure, cached with its plan (graphs that share a structure,
-    as a zoo's members do after ``with_values``, share it)."""
+    """The template of ``g``'s structure, kept with its plan (graphs that share a structure,
+    as a zoo's members do after ``with_values``, share both)."""
     plan = _plan(g)
-    hit = _TEMPLATES.get(id(plan))
-    if hit is not None and hit[0]() is plan:
-        return hit[1]
-    t = _make_template(g, plan)
-    if len(_TEMPLATES) >= 8:
-        _TEMPLATES.pop(next(iter(_TEMPLATES)))
-    _TEMPLATES[id(plan)] = (weakref.ref(plan), t)
-    return t
+    if "alignment" not in plan.derived:
+        plan.derived["alignment"] = _make_template(g, plan)
+    return plan.derived["alignment"]
 
 
 def _make_template(g: ParameterGraph, plan: _Plan) -> _Template:
@@ -496,11 +487,9 @@ def _moved_values(t: _Template, g: ParameterGraph, found: tuple[Tensor, Tensor])
     """The node map reference -> g, and ``g``'s values and buffers in the reference's frame,
     from the node map over the structure's nodes and the edge map it induces (checked)."""
     pi, edge_map = found
-    e = t.src.numel()
-    inverse_edges = torch.empty(e, dtype=torch.long)
-    inverse_edges[edge_map[:e]] = torch.arange(e)
     p = pi[: t.n]
-    return p, g.edge_value[inverse_edges][: int(g.num_param_edges)], _moved_buffers(g, _inverse(p))
+    values = g.edge_value[_inverse(edge_map[: t.src.numel()])]
+    return p, values[: int(g.num_param_edges)], _moved_buffers(g, _inverse(p))
 
 
 def same_template(a: ParameterGraph, b: ParameterGraph) -> bool:
@@ -545,9 +534,15 @@ def _completed(t: _Template, g: ParameterGraph, similarity, perms: list[Tensor],
         placed[fg.nodes(group).reshape(-1)] = True
     placed[keep] = True
     nodes = placed.nonzero().squeeze(1)
-    state = _start(t, nodes, p[nodes])
+    return _searched(t, g, similarity, _start(t, nodes, p[nodes]), p)
+
+
+def _searched(t: _Template, g: ParameterGraph, similarity, state: tuple | None,
+              frame: Tensor) -> tuple[Tensor, Tensor, dict] | None:
+    """The guided search from ``state`` (whole classes at once, then pair by pair), the open
+    classes' frame ``frame``: the node map and g's moved values and buffers, or ``None``."""
     for bold in (True, False):
-        found = None if state is None else _sweep(t, similarity, _inverse(p), state, bold)
+        found = None if state is None else _sweep(t, similarity, _inverse(frame), state, bold)
         if found is not None:
             return _moved_values(t, g, found)
     return None
@@ -555,12 +550,10 @@ def _completed(t: _Template, g: ParameterGraph, similarity, perms: list[Tensor],
 
 def _guided(t: _Template, g: ParameterGraph, similarity, frame: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, dict]:
     """The guided search alone (every class matched by it), from ``frame``."""
-    state = _start(t, keep, keep)
-    for bold in (True, False):
-        found = None if state is None else _sweep(t, similarity, _inverse(frame), state, bold)
-        if found is not None:
-            return _moved_values(t, g, found)
-    raise ValueError("alignment found no symmetry of this architecture's structure")
+    found = _searched(t, g, similarity, _start(t, keep, keep), frame)
+    if found is None:
+        raise ValueError("alignment found no symmetry of this architecture's structure")
+    return found
 
 
 def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, iterations: int,

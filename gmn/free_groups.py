@@ -3,13 +3,14 @@
 A tied group of colour classes (:func:`gmn.alignment._tied_groups`: a layer's neurons with the
 BatchNorm, residual sums and norms tied to them; an untied class is a group of one class) is
 *free* when every permutation of its units, all other nodes fixed, maps the structure onto
-itself. With no repeated edges, that holds exactly when every block of edges between one of
-its classes ``C`` and another class ``D`` (one edge label) joins each node of ``D`` to all of
-``C`` (a stable colouring gives every node of ``D`` the same number of neighbours in ``C``,
-so the block has ``|C| |D|`` edges), and every block inside the group joins each unit to
-itself, or to every other unit, or both. The free groups are Git Re-Basin's permutation groups
-``P_i``, found instead of written; since automorphisms compose, any choice of one permutation
-per free group is a symmetry (and the permutation finally used is still checked exactly).
+itself. With no repeated edges and no shared scalar touching it, that holds exactly when every
+block of edges between one of its classes ``C`` and another class ``D`` (one edge label) has
+``|C| |D|`` edges (no node of ``D`` can join more than all of ``C``, so each joins all of it),
+and every block inside the group joins each unit to itself (``m`` edges), or to every other
+unit (``m (m - 1)``), or both. The counts are of exact integer keys, so this is a proof, not a
+heuristic. The free groups are Git Re-Basin's permutation groups ``P_i``, found instead of
+written; since automorphisms compose, any choice of one permutation per free group is a
+symmetry (when every class is free, :mod:`gmn.alignment` uses it without a further check).
 
 Every block touching a free group is then a dense tensor ``(|C|, |D|, labels)`` (a kernel's
 positions are labels), and weight matching is Ainsworth et al.'s coordinate descent: for each
@@ -39,7 +40,8 @@ PASSES = 100
 class _Block:
     """Weighted edges from class ``src`` to class ``dst`` as a dense ``(rows, cols, labels)``
     index into the edge values (``same``: the edges join each unit to itself, ``cols`` is 1;
-    class -1: single nodes, which no symmetry moves)."""
+    class -1: single nodes, which no symmetry moves). An entry the block lacks indexes one past
+    the weighted edges, where a zero is appended."""
 
     src: int
     dst: int
@@ -60,12 +62,22 @@ class FreeGroups:
     blocks: list[_Block]
     uses: list[list[tuple[int, str]]]  #: per free group, ``(block, "src" | "dst" | "same")``
     neighbours: list[list[int]]  #: per free group, the free groups its cost depends on
-    pad: int  #: index of the zero appended to the values (entries a block lacks)
     complete: bool  #: every open class is free and there are no tie nodes
 
     def nodes(self, group: int) -> Tensor:
         """``(units, slots)``: the group's nodes, one row per unit."""
         return torch.stack([self.class_nodes[c] for c in self.classes[group]], 1)
+
+    def placement(self, cls: int, perms: list[Tensor], frame: Tensor | None = None) -> Tensor | None:
+        """For each position of class ``cls`` in A, the position in B matched to it: by the
+        free group's permutation, else by ``frame`` (A node -> B node); ``None`` for single
+        nodes, which stay."""
+        if cls < 0:
+            return None
+        group = int(self.group_of_class[cls])
+        if group >= 0:
+            return perms[group]
+        return self.position[frame[self.class_nodes[cls]]]
 
 
 def _positions(colors: Tensor, group: Tensor, unit: Tensor) -> Tensor:
@@ -158,7 +170,7 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
         neighbours.append(sorted({int(group_of_class[c]) for c in other if c >= 0} - {-1}))
     complete = bool((members >= 0).all()) and plan.node.numel() == n
     return FreeGroups(classes, units, class_nodes, position, colors, group_of_class, block_list, uses,
-                      neighbours, weighted, complete)
+                      neighbours, complete)
 
 
 def _dense_blocks(table, block_of, src, dst, same, size, group_of_class, position, weighted, n) -> list[_Block]:
@@ -263,18 +275,14 @@ def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held
                        fixed_cost=None, seed: int = 0) -> list[Tensor]:
     """Per free group, the permutation of B's units matched to A's (``perm[i]``: B's unit for
     A's unit ``i``), by Git Re-Basin's coordinate descent from ``frame`` (A node -> B node),
-    which also places the classes that are not free; groups in ``held`` stay where they are; ``fixed_cost(group)``
-    may give a group's cost outright (activation matching), else it is the weights'."""
+    which also places the classes that are not free; groups in ``held`` stay where they are;
+    ``fixed_cost(group)`` may give a group's cost outright (activation matching), else it is
+    the weights'."""
     values = _Values(fg, a, b)
     perms = [fg.position[frame[fg.class_nodes[classes[0]]]] for classes in fg.classes]
 
     def perm(cls: int) -> Tensor | None:
-        if cls < 0:
-            return None  # single nodes, which stay
-        grp = int(fg.group_of_class[cls])
-        if grp >= 0:
-            return perms[grp]
-        return fg.position[frame[fg.class_nodes[cls]]]
+        return fg.placement(cls, perms, frame)
 
     rng = np.random.default_rng(seed)
     costs = {}
@@ -321,14 +329,10 @@ def moved_values(fg: FreeGroups, values: Tensor, perms: list[Tensor]) -> Tensor:
     moves: each block's entry ``(i, j)`` takes B's entry ``(perm[i], perm[j])``."""
     out = torch.cat([values, values.new_zeros(1)])
     source = out.clone()
-
-    def perm(cls: int) -> Tensor | None:
-        grp = int(fg.group_of_class[cls]) if cls >= 0 else -1
-        return perms[grp] if grp >= 0 else None
-
-    for blk in fg.blocks:
+    for blk in fg.blocks:  # every class is free: no frame is needed
         moved = blk.index
-        rows, cols = perm(blk.src), None if blk.same else perm(blk.dst)
+        rows = fg.placement(blk.src, perms)
+        cols = None if blk.same else fg.placement(blk.dst, perms)
         if rows is not None:
             moved = moved.index_select(0, rows)
         if cols is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -215,6 +215,9 @@ class _Plan:
     sorted_keys: Tensor  #: ... and their keys
     kinds: int  #: number of edge labels (the keys' last digit)
     _work: tuple | None = None  #: reused buffers of ``edge_map``
+    #: what other modules derive from the structure alone (alignment's template), kept as long
+    #: as the plan is
+    derived: dict = field(default_factory=dict)
 
     def edge_map(self, pi: Tensor) -> Tensor | None:
         """Edge ``e`` of the relabelled structure is edge ``edge_map[e]`` moved there; ``None``
