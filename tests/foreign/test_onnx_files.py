@@ -140,6 +140,33 @@ def test_zoo_file_symmetries_are_sound(zoo_file):
     assert bool(((pi != torch.arange(noisy.num_nodes)) & hidden).any()), f"{name}: no hidden neuron moved"
 
 
+def test_zoo_file_free_groups_are_symmetries(zoo_file):
+    """The groups alignment matches by coordinate descent (free: every permutation of their units
+    a symmetry) are: three of them, each permuted alone, are automorphisms, and all of them
+    permuted at once leave the float64 outputs unchanged."""
+    from gmn.alignment import _template
+
+    name, _, _, noisy = zoo_file
+    fg = _template(noisy).free
+    assert fg.units, f"{name}: no free group (a plain CNN's layers should be)"
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(0)
+    together = torch.arange(noisy.num_nodes)
+    alone = set(torch.randperm(len(fg.units), generator=gen)[:3].tolist())
+    for group in range(len(fg.units)):
+        nodes = fg.nodes(group)
+        image = nodes[torch.randperm(fg.units[group], generator=gen)].reshape(-1)
+        if group in alone:
+            single = torch.arange(noisy.num_nodes)
+            single[nodes.reshape(-1)] = image
+            symmetry.permute_values(noisy, single)  # raises unless an automorphism
+        together[nodes.reshape(-1)] = image
+    values, buffers, _ = symmetry.permute_values(noisy, together)
+    moved = converters.with_values(noisy, values, buffers)
+    y = _float64(noisy, x).clamp(min=1e-300).log()
+    assert _rel(_float64(moved, x).clamp(min=1e-300).log(), y) < 1e-9, f"{name}: free groups changed the outputs"
+
+
 @pytest.mark.parametrize("folder", OPERATOR_MODELS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_operator_model_matches_reference_and_converts(folder):
     data = folder / "test_data_set_0"
