@@ -178,7 +178,7 @@ def spec_weight_matching(spec: dict, state_a: dict, state_b: dict, iterations: i
     rng = np.random.default_rng(seed)
     for _ in range(iterations):
         progress = False
-        for p in rng.permutation(sorted(sizes)):
+        for p in rng.permutation(list(sizes)):  # the groups in the order the model first uses them
             n = sizes[p]
             cost = torch.zeros(n, n, dtype=torch.float64)
             for name, axis in users[p]:

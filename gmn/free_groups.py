@@ -137,6 +137,12 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
     ok = torch.where(inside, torch.where(b_same, counts == ms, counts == ms * (ms - 1)), counts == ms * md)
     mark(torch.cat([first[b_cs[~ok]], first[b_cd[~ok]]]))
     free = (~bad[:count]).nonzero().squeeze(1)
+    # numbered by their first node: the graph's nodes follow the model, so the groups do too
+    # (and a seeded order of descent means the same thing on every graph of the layout)
+    open_node = gid >= 0
+    lead = torch.full((count,), n, dtype=torch.long).scatter_reduce(
+        0, gid[open_node], open_node.nonzero().squeeze(1), "amin")
+    free = free[torch.argsort(lead[free])]
     group_of = torch.full((count + 1,), -1, dtype=torch.long)
     group_of[free] = torch.arange(free.numel())
     open_classes = (size > 1).nonzero().squeeze(1)

@@ -74,6 +74,19 @@ def test_plain_networks_are_all_free_groups():
         assert fg.complete and len(fg.units) == groups, name
 
 
+def test_free_groups_follow_the_model():
+    """Groups are numbered in the order the model first uses them, so a seeded order of
+    descent means the same on every graph of a layout: the MLP's groups are its hidden layers."""
+    _, _, g = _converted("mlp")
+    fg = _template(g).free
+    for layer in range(2):
+        out = torch.unique(g.edge_index[1][g.param_index.edge_ids(f"layers.{layer}.weight")])
+        assert set(fg.nodes(layer).reshape(-1).tolist()) == set(out.tolist())
+    fg = _template(_converted("resnet")[2]).free
+    leads = [int(fg.nodes(group).min()) for group in range(len(fg.units))]
+    assert leads == sorted(leads)
+
+
 def test_query_neurons_across_heads_are_not_free():
     """The queries of all heads are one colour class, but permuting them across heads changes
     the model: the class must not be a free group."""
