@@ -45,7 +45,7 @@ from torch import Tensor
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType, NodeType
 
-from .free_groups import FreeGroups, coordinate_descent, free_groups, moved_values, node_map
+from .free_groups import EdgeBlocks, FreeGroups, coordinate_descent, free_groups, moved_values, node_map
 from .symmetry import _assign, _csr, _labels, _moved_buffers, _Plan, _plan, _ranges
 
 #: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
@@ -105,7 +105,8 @@ def _make_template(g: ParameterGraph, plan: _Plan) -> _Template:
         out_all, in_all = plan.refiner.out_edges, plan.refiner.in_edges
     else:
         out_all, in_all = _csr(src, n), _csr(dst, n)
-    group, unit, slot, members = _tied_groups(plan.start[0][:n], src, dst, label)
+    edges = EdgeBlocks.of(plan.start[0][:n], src, dst, label)
+    group, unit, slot, members = _tied_groups(plan.start[0][:n], src, dst, edges)
     own = torch.where(group >= 0, group * n + unit, len(members) * n + torch.arange(n))
     _, unit_key = torch.unique(own, return_inverse=True)
     unit_count = int(unit_key.max()) + 1 if n else 0
@@ -114,7 +115,7 @@ def _make_template(g: ParameterGraph, plan: _Plan) -> _Template:
     p = int(g.num_param_edges)
     shared = torch.cat([torch.unique(g.tied_slot.long()), torch.arange(p, weighted)]) if weighted > p else \
         torch.zeros(0, dtype=torch.long)
-    free = free_groups(plan, n, group, unit, src, dst, label, weighted, shared)
+    free = free_groups(plan, n, group, unit, src, dst, edges, weighted, shared)
     return _Template(plan, n, weighted, src, dst, label, int(label.max()) + 1 if label.numel() else 1,
                      _prefix_csr(out_all, ws, weighted), _prefix_csr(in_all, wd, weighted), out_all, in_all,
                      group, unit, slot, members,
@@ -130,7 +131,7 @@ def _prefix_csr(csr: tuple[Tensor, Tensor], index: Tensor, count: int) -> tuple[
     return order[order < count], sub
 
 
-def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor):
+def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, edges: EdgeBlocks):
     """Colour classes joined one to one by edges of one label, merged into groups whose units
     (one node per class) must move together; a link that contradicts the units found so far
     (the matchings around a cycle do not compose to the identity) is left out."""
@@ -140,28 +141,26 @@ def _tied_groups(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor):
     order = torch.argsort(colors, stable=True)
     starts = torch.cumsum(size, 0) - size
     pos[order] = torch.arange(n) - starts[colors[order]]
-    cs, cd = colors[src], colors[dst]
-    keep = (size[cs] > 1) & (size[cs] == size[cd]) & (cs != cd)
-    s, d, cs, cd, lab = src[keep], dst[keep], cs[keep], cd[keep], label[keep]
-    kinds = int(lab.max()) + 1 if lab.numel() else 1
-    key = (cs * size.numel() + cd) * kinds + lab
-    links, which, count = torch.unique(key, return_inverse=True, return_counts=True)
-    src_class = links // kinds // size.numel()
-    dst_class = links // kinds % size.numel()
-    order_e = torch.argsort(which, stable=True)
-    start_e = torch.cumsum(count, 0) - count
+    cs, cd, count = edges.src_class, edges.dst_class, edges.count
+    # a link: a block of as many edges as either class has nodes, between two classes of one size
+    link = (size[cs] > 1) & (size[cs] == size[cd]) & (cs != cd) & (count == size[cs])
+    e_link = link[edges.block_of].nonzero().squeeze(1)
+    which = edges.block_of[e_link]
+    e_link = e_link[torch.argsort(which, stable=True)]
+    linked = link.nonzero().squeeze(1)
+    start_e = torch.cumsum(count[linked], 0) - count[linked]
     adjacency: dict[int, list[tuple[int, Tensor]]] = {}
-    for i in (count == size[src_class]).nonzero().squeeze(1).tolist():
-        e = order_e[start_e[i]:start_e[i] + count[i]]
-        a, b = pos[s[e]], pos[d[e]]
-        m = int(size[src_class[i]])
+    for i, at in zip(linked.tolist(), start_e.tolist()):
+        e = e_link[at:at + int(count[i])]
+        a, b = pos[src[e]], pos[dst[e]]
+        m = int(size[cs[i]])
         if torch.unique(a).numel() != m or torch.unique(b).numel() != m:
             continue
         forward = torch.empty(m, dtype=torch.long)
         forward[a] = b  # position in class cs -> position in class cd
         backward = torch.empty(m, dtype=torch.long)
         backward[b] = a
-        x, y = int(src_class[i]), int(dst_class[i])
+        x, y = int(cs[i]), int(cd[i])
         adjacency.setdefault(x, []).append((y, forward))
         adjacency.setdefault(y, []).append((x, backward))
     group = torch.full((n,), -1, dtype=torch.long)

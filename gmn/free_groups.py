@@ -80,6 +80,40 @@ class FreeGroups:
         return self.position[frame[self.class_nodes[cls]]]
 
 
+@dataclass
+class EdgeBlocks:
+    """The edges grouped by (source class, target class, label): per block its classes, label
+    and edge count, and per edge its block. Made once per structure and read by the tied
+    groups and the free groups alike, so that the per-edge work (tens of millions of edges on
+    a ResNet-50) is one gather and one sort, and the rest works on the small table."""
+
+    src_class: Tensor
+    dst_class: Tensor
+    label: Tensor
+    count: Tensor
+    block_of: Tensor  #: per edge
+
+    @staticmethod
+    def of(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> EdgeBlocks:
+        classes = int(colors.max()) + 1 if colors.numel() else 1
+        kinds = int(label.max()) + 1 if label.numel() else 1
+        # a converter writes a layer's edges together, so the class pairs come in a few runs:
+        # the runs are found in one linear pass and only they are sorted; the labels then join
+        # by counting (a kernel's positions vary from edge to edge: no runs there)
+        pair = colors[src].mul_(classes).add_(colors[dst])
+        runs, run_of = torch.unique_consecutive(pair, return_inverse=True)
+        pairs, pair_of_run = torch.unique(runs, return_inverse=True)
+        key = pair_of_run[run_of].mul_(kinds).add_(label)
+        if int(key.max()) < 1 << 26:
+            count = torch.bincount(key)
+            present = count > 0
+            block_of, blocks, count = (torch.cumsum(present, 0) - 1)[key], present.nonzero().squeeze(1), count[present]
+        else:
+            blocks, block_of, count = torch.unique(key, return_inverse=True, return_counts=True)
+        pair = pairs[blocks // kinds]
+        return EdgeBlocks(pair // classes, pair % classes, blocks % kinds, count, block_of)
+
+
 def _positions(colors: Tensor, group: Tensor, unit: Tensor) -> Tensor:
     n = colors.numel()
     order = torch.argsort(colors, stable=True)
@@ -90,11 +124,11 @@ def _positions(colors: Tensor, group: Tensor, unit: Tensor) -> Tensor:
     return torch.where(group >= 0, unit, rank)
 
 
-def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Tensor, label: Tensor,
+def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Tensor, edges: EdgeBlocks,
                 weighted: int, shared: Tensor) -> FreeGroups:
     """The free groups of a structure (``plan``: :func:`gmn.symmetry._plan`; ``group``/``unit``:
-    the tied groups; ``shared``: edges whose value another edge shares, whose ends are never
-    free)."""
+    the tied groups; ``edges``: the edge blocks of its stable colouring; ``shared``: edges whose
+    value another edge shares, whose ends are never free)."""
     colors = plan.start[0][:n]
     size = torch.bincount(colors)
     position = _positions(colors, group, unit)
@@ -119,17 +153,21 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
         e = plan.edge_order[torch.cat([dup, dup + 1])]
         e = e[e < src.numel()]
         mark(torch.cat([src[e], dst[e]]))
-    gs, gd = gid[src], gid[dst]
-    same = (gs == gd) & (gs >= 0) & (position[src] == position[dst])
-    del gs, gd
-    kinds = int(label.max()) + 1 if label.numel() else 1
-    # every edge, also between single nodes (such blocks are checked too, and never used)
-    key = ((colors[src] * n_classes + colors[dst]) * kinds + label) * 2 + same.long()
-    blocks, block_of, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    b_same = (blocks % 2).bool()
-    b_label = blocks // 2 % kinds
-    b_cs, b_cd = blocks // 2 // kinds // n_classes, blocks // 2 // kinds % n_classes
     first = torch.full((n_classes,), n, dtype=torch.long).scatter_reduce(0, colors, torch.arange(n), "amin")
+    # every edge, also between single nodes (such blocks are checked too, and never used); a
+    # block inside a group splits by whether its edges join a unit to itself
+    g_first = gid[first]
+    inner = ((g_first[edges.src_class] == g_first[edges.dst_class]) & (g_first[edges.src_class] >= 0))
+    maybe = inner[edges.block_of].nonzero().squeeze(1)
+    same = torch.zeros(src.numel(), dtype=torch.bool)
+    same[maybe] = position[src[maybe]] == position[dst[maybe]]
+    split = edges.block_of * 2 + same.long()
+    counts = torch.bincount(split, minlength=2 * edges.count.numel())
+    present = counts > 0
+    block_of = (torch.cumsum(present, 0) - 1)[split]
+    counts, blocks = counts[present], present.nonzero().squeeze(1)
+    b_same = (blocks % 2).bool()
+    b_cs, b_cd, b_label = edges.src_class[blocks // 2], edges.dst_class[blocks // 2], edges.label[blocks // 2]
     b_gs, b_gd = gid[first[b_cs]], gid[first[b_cd]]
     ms, md = size[b_cs], size[b_cd]
     inside = (b_gs == b_gd) & (b_gs >= 0)
@@ -358,4 +396,4 @@ def moved_values(fg: FreeGroups, values: Tensor, perms: list[Tensor]) -> Tensor:
     return out[:-1]
 
 
-__all__ = ["FreeGroups", "coordinate_descent", "free_groups", "moved_values", "node_map"]
+__all__ = ["EdgeBlocks", "FreeGroups", "coordinate_descent", "free_groups", "moved_values", "node_map"]

@@ -55,22 +55,24 @@ class _Refiner:
     its edges; when a neighbour's colour changes the sums are corrected by the difference, so a
     refinement step costs the edges of the changed nodes, not the whole graph. A class that
     does not split keeps its colour id (so it changes nothing); the parts of a class that splits
-    get fresh ids ordered by (old colour, hash), which is canonical. ``copies`` copies of the
-    graph are refined together (the automorphism search matches two), sharing one edge index.
+    get fresh ids ordered by (old colour, hash), which is canonical. Several copies of the
+    graph (as many as ``colors`` holds) are refined together (the automorphism search matches
+    two), sharing one edge index; identical copies refine identically, colour ids included.
     A 64-bit hash collision could only merge two classes, and every automorphism built on this
     is verified exactly.
     """
 
-    def __init__(self, src: Tensor, dst: Tensor, label: Tensor, n: int, copies: int = 1):
-        self.n, self.copies, self.src, self.dst = n, copies, src, dst
-        self.lab_in = _mix(label * 1_000_003 + 7)
-        self.lab_out = _mix(label * 998_244_353 + 11)
+    def __init__(self, src: Tensor, dst: Tensor, label: Tensor, n: int):
+        self.n, self.src, self.dst = n, src, dst
+        kinds = torch.arange(int(label.max()) + 1 if label.numel() else 1)
+        self.lab_in = _mix(kinds * 1_000_003 + 7)[label]  # hashed per label, gathered per edge
+        self.lab_out = _mix(kinds * 998_244_353 + 11)[label]
         self.out_edges = _csr(src, n)
         self.in_edges = _csr(dst, n)
 
     def messages(self, colors: Tensor) -> tuple[Tensor, Tensor]:
         h_in, h_out = torch.zeros_like(colors), torch.zeros_like(colors)
-        for c in range(self.copies):
+        for c in range(colors.numel() // max(self.n, 1)):
             mixed, at = _mix(colors[c * self.n:(c + 1) * self.n]), c * self.n
             h_in[at:at + self.n].index_add_(0, self.dst, _mix(self.lab_in + mixed[self.src]))
             h_out[at:at + self.n].index_add_(0, self.src, _mix(self.lab_out + mixed[self.dst]))
@@ -80,7 +82,7 @@ class _Refiner:
         """Correct the sums for ``changed`` nodes' new colours; returns the nodes whose sums moved
         (with repeats)."""
         touched = [changed]
-        for c in range(self.copies):
+        for c in range(h_in.numel() // max(self.n, 1)):
             at = c * self.n
             mine = (changed >= at) & (changed < at + self.n)
             if not bool(mine.any()):
@@ -209,7 +211,7 @@ class _Plan:
     src: Tensor
     dst: Tensor
     label: Tensor
-    refiner: _Refiner  #: over two copies of the structure
+    refiner: _Refiner  #: over the structure (the searches refine two copies)
     start: tuple  #: the stable refinement both searches start from
     edge_order: Tensor  #: the structure's edges sorted by (src, dst, label) ...
     sorted_keys: Tensor  #: ... and their keys
@@ -275,9 +277,10 @@ def _plan(g: ParameterGraph) -> _Plan:
         return hit
     node, src, dst, label = _with_ties(g)
     n = node.numel()
-    refiner = _Refiner(src, dst, label, n, copies=2)
-    colors = torch.unique(torch.cat([node, node]), return_inverse=True)[1]
-    start = refiner.stable(colors, colors, *refiner.messages(colors))
+    refiner = _Refiner(src, dst, label, n)
+    colors = torch.unique(node, return_inverse=True)[1]
+    # both copies start alike and refine alike: one is refined, and doubled
+    start = tuple(torch.cat([x, x]) for x in refiner.stable(colors, colors, *refiner.messages(colors)))
     sorted_keys, order = torch.sort(_edge_keys(src, dst, label, n), stable=True)
     kinds = int(label.max()) + 1 if label.numel() else 1
     plan = _Plan(node, src, dst, label, refiner, start, order, sorted_keys, kinds)
