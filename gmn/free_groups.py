@@ -300,24 +300,35 @@ class _Values:
                       for use in fg.uses]
 
 
-def _cost(fg: FreeGroups, v: _Values, group: int, perm) -> Tensor:
+def _cost(fg: FreeGroups, v: _Values, group: int, perm, version: list[int], cache: dict) -> Tensor:
     """``cost[i, j]``: the weights unit ``i`` of A shares with its neighbours, against unit
-    ``j`` of B's with B's neighbours placed by ``perm(class)`` (positions of B matched to A's)."""
+    ``j`` of B's with B's neighbours placed by ``perm(class)`` (positions of B matched to A's).
+    Each block's term is kept in ``cache`` with the version of the group on its other side,
+    and only remade when that group has moved since (usually one neighbour of several)."""
     m = fg.units[group]
     cost = torch.zeros(m, m, dtype=torch.float32)
     for i, side in fg.uses[group]:
         blk = fg.blocks[i]
-        if side == "same":
-            cost.addmm_(v.a[i].reshape(m, -1), v.b[i].reshape(m, -1).T)
-        elif side == "src":
-            other = perm(blk.dst)
-            b = v.b[i] if other is None else v.b[i].index_select(1, other)
-            cost.addmm_(v.a[i].reshape(m, -1), b.reshape(m, -1).T)
-        else:
-            other = perm(blk.src)
-            b = v.b_t[i] if other is None else v.b_t[i].index_select(1, other)
-            cost.addmm_(v.a_t[i], b.reshape(m, -1).T)
+        cls = -1 if side == "same" else blk.dst if side == "src" else blk.src
+        other = int(fg.group_of_class[cls]) if cls >= 0 else -1
+        stamp = version[other] if other >= 0 else 0  # a class that is not free stays put
+        kept = cache.get((group, i))
+        if kept is None or kept[0] != stamp:
+            kept = stamp, _term(v, i, side, m, None if cls < 0 else perm(cls))
+            cache[(group, i)] = kept
+        cost += kept[1]
     return cost
+
+
+def _term(v: _Values, i: int, side: str, m: int, other: Tensor | None) -> Tensor:
+    """Block ``i``'s part of a group's cost, B's other side placed by ``other``."""
+    if side == "same":
+        return v.a[i].reshape(m, -1) @ v.b[i].reshape(m, -1).T
+    if side == "src":
+        b = v.b[i] if other is None else v.b[i].index_select(1, other)
+        return v.a[i].reshape(m, -1) @ b.reshape(m, -1).T
+    b = v.b_t[i] if other is None else v.b_t[i].index_select(1, other)
+    return v.a_t[i] @ b.reshape(m, -1).T
 
 
 def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held: set[int],
@@ -344,6 +355,7 @@ def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held
     # the same best assignment: it is skipped (the result is the same, the time is not)
     version = [0] * len(fg.units)
     matched_at: list[tuple | None] = [None] * len(fg.units)
+    terms: dict = {}
     for _ in range(PASSES):
         progress = False
         for grp in rng.permutation(len(fg.units)).tolist():
@@ -356,7 +368,7 @@ def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held
             if grp in costs:
                 cost, tolerance = costs[grp], 1e-12
             else:  # a gain must exceed float32's rounding of the costs, or the descent could cycle
-                cost = _cost(fg, values, grp, perm)
+                cost = _cost(fg, values, grp, perm, version, terms)
                 tolerance = max(1e-12, 1e-9 * values.norms[grp][0] * values.norms[grp][1])
             _, cols = linear_sum_assignment(cost.numpy(), maximize=True)
             cols = torch.as_tensor(cols)
