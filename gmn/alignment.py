@@ -45,7 +45,7 @@ from torch import Tensor
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType, NodeType
 
-from .free_groups import EdgeBlocks, FreeGroups, coordinate_descent, free_groups, moved_values, node_map
+from .free_groups import Descent, EdgeBlocks, FreeGroups, free_groups, moved_values, node_map
 from .symmetry import _assign, _csr, _labels, _moved_buffers, _Plan, _plan, _ranges
 
 #: Classes without weights of their own (heads, experts) up to this size are matched pairwise by
@@ -575,8 +575,9 @@ def _descend(t: _Template, g: ParameterGraph, a: Tensor, b: Tensor, similarity, 
 
     if not t.free.complete:  # heads, experts: the guided search places every class first
         frame = keep_best(_guided(t, g, similarity, frame, keep))
+    descent = Descent(t.free, a, b, held, fixed_cost)
     for _ in range(max(1, iterations)):
-        perms = coordinate_descent(t.free, a, b, frame, held, fixed_cost, seed)
+        perms = descent.run(frame, seed)
         found = _completed(t, g, similarity, perms, frame, keep)
         if found is None:  # the groups' match does not extend: match every class by the search
             found = _guided(t, g, similarity, frame, keep)

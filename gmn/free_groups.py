@@ -331,26 +331,37 @@ def _term(v: _Values, i: int, side: str, m: int, other: Tensor | None) -> Tensor
     return v.a_t[i] @ b.reshape(m, -1).T
 
 
-def coordinate_descent(fg: FreeGroups, a: Tensor, b: Tensor, frame: Tensor, held: set[int],
-                       fixed_cost=None, seed: int = 0) -> list[Tensor]:
-    """Per free group, the permutation of B's units matched to A's (``perm[i]``: B's unit for
-    A's unit ``i``), by Git Re-Basin's coordinate descent from ``frame`` (A node -> B node),
-    which also places the classes that are not free; groups in ``held`` stay where they are;
-    ``fixed_cost(group)`` may give a group's cost outright (activation matching), else it is
-    the weights', computed in float32 as Git Re-Basin's reference code does (its matrix
-    products are most of the time, and twice as fast as in float64)."""
-    values = _Values(fg, a, b)
+class Descent:
+    """Git Re-Basin's coordinate descent over the free groups of one pair of models: the dense
+    weights (float32, as the reference code: its matrix products are most of the time, and
+    twice as fast as in float64) and the given costs are made once, for every :meth:`run` (the
+    rounds of alignment run it from several frames). Groups in ``held`` stay where they are;
+    ``fixed_cost(group)`` may give a group's cost outright (activation matching), else it is the
+    weights'."""
+
+    def __init__(self, fg: FreeGroups, a: Tensor, b: Tensor, held: set[int], fixed_cost=None):
+        self.fg, self.held, self.values = fg, held, _Values(fg, a, b)
+        self.costs = {}
+        for grp in range(len(fg.units)):
+            given = fixed_cost(grp) if fixed_cost is not None and grp not in held else None
+            if given is not None:
+                self.costs[grp] = given
+
+    def run(self, frame: Tensor, seed: int = 0) -> list[Tensor]:
+        """Per free group, the permutation of B's units matched to A's (``perm[i]``: B's unit
+        for A's unit ``i``), descending from ``frame`` (A node -> B node), which also places
+        the classes that are not free; ``seed`` draws the order of the groups in each pass."""
+        return _descent(self.fg, self.values, self.costs, self.held, frame, seed)
+
+
+def _descent(fg: FreeGroups, values: _Values, costs: dict, held: set[int], frame: Tensor, seed: int) -> list[Tensor]:
+    """Passes over the groups in random orders until none gains (at most ``PASSES``)."""
     perms = [fg.position[frame[fg.class_nodes[classes[0]]]] for classes in fg.classes]
 
     def perm(cls: int) -> Tensor | None:
         return fg.placement(cls, perms, frame)
 
     rng = np.random.default_rng(seed)
-    costs = {}
-    for grp in range(len(fg.units)):
-        given = fixed_cost(grp) if fixed_cost is not None and grp not in held else None
-        if given is not None:
-            costs[grp] = given
     # a group whose neighbours have not moved since it was last matched has the same cost and
     # the same best assignment: it is skipped (the result is the same, the time is not)
     version = [0] * len(fg.units)
@@ -408,4 +419,4 @@ def moved_values(fg: FreeGroups, values: Tensor, perms: list[Tensor]) -> Tensor:
     return out[:-1]
 
 
-__all__ = ["EdgeBlocks", "FreeGroups", "coordinate_descent", "free_groups", "moved_values", "node_map"]
+__all__ = ["Descent", "EdgeBlocks", "FreeGroups", "free_groups", "moved_values", "node_map"]
