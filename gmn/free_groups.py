@@ -156,7 +156,7 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
     first = torch.full((n_classes,), n, dtype=torch.long).scatter_reduce(0, colors, torch.arange(n), "amin")
     # every edge, also between single nodes (such blocks are checked too, and never used); a
     # block inside a group splits by whether its edges join a unit to itself
-    g_first = gid[first]
+    g_first = torch.cat([gid, gid.new_full((1,), -1)])[first]  # a colour only tie nodes have: none
     inner = ((g_first[edges.src_class] == g_first[edges.dst_class]) & (g_first[edges.src_class] >= 0))
     maybe = inner[edges.block_of].nonzero().squeeze(1)
     same = torch.zeros(src.numel(), dtype=torch.bool)

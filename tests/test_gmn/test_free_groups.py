@@ -4,6 +4,7 @@ are left out, and coordinate descent over the free groups undoes a symmetry."""
 
 import pytest
 import torch
+from torch import nn
 
 import converters
 from converters import with_values
@@ -109,4 +110,30 @@ def test_coordinate_descent_undoes_a_symmetry(name):
     moved = random_symmetry(g, seed=3)
     p = weight_matching(g, moved)
     values, _, _ = permute_values(moved, torch.argsort(p))
+    assert torch.equal(values, g.edge_value[: int(g.num_param_edges)])
+
+
+class _Twice(nn.Module):
+    """One layer applied twice: its weights are shared scalars (tie nodes in the structure)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.tanh(self.inp(x))
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+def test_shared_weights_are_aligned_without_free_groups_through_them():
+    torch.manual_seed(0)
+    model = _Twice().double()
+    g = converters.from_torch(model, (torch.randn(2, 6, dtype=torch.float64),))
+    fg = _template(g).free
+    e = g.param_index.edge_ids("shared.weight")
+    shared = torch.unique(torch.cat([g.edge_index[0][e], g.edge_index[1][e]]))
+    assert int(g.num_tied_edges) > 0
+    assert bool((fg.group_of_class[fg.colors[shared]] == -1).all())  # nodes a shared scalar touches are never free
+    moved = random_symmetry(g, seed=1)
+    values, _, _ = permute_values(moved, torch.argsort(weight_matching(g, moved)))
     assert torch.equal(values, g.edge_value[: int(g.num_param_edges)])
