@@ -52,6 +52,18 @@ class FlattenCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(h.flatten(1))))
 
 
+class SharedTwice(nn.Module):
+    """One hidden layer applied twice (ALBERT's sharing in small)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        return self.out(torch.tanh(self.shared(torch.tanh(self.shared(h)))))
+
+
 def _randomise_buffers(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from foreign.harness import perturb, rebuilt
+from models import SharedTwice
 from torch import nn
 
 import converters
@@ -69,18 +70,6 @@ class MaskedAttention(nn.Module):
 def test_an_ignored_attention_mask_pins_its_heads():
     g, _ = _sound(MaskedAttention(), _x(1, 5, 4))
     assert any("scaled_dot_product" in p for p in g.param_index.pins)
-
-
-class SharedTwice(nn.Module):
-    """One hidden layer applied twice (ALBERT's sharing in small)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp, self.shared, self.out = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
-
-    def forward(self, x):
-        h = torch.tanh(self.inp(x))
-        return self.out(torch.tanh(self.shared(torch.tanh(self.shared(h)))))
 
 
 def test_a_layer_applied_twice_moves_as_one():

@@ -4,7 +4,7 @@ are left out, and coordinate descent over the free groups undoes a symmetry."""
 
 import pytest
 import torch
-from torch import nn
+from models import SharedTwice
 
 import converters
 from converters import with_values
@@ -113,22 +113,10 @@ def test_coordinate_descent_undoes_a_symmetry(name):
     assert torch.equal(values, g.edge_value[: int(g.num_param_edges)])
 
 
-class _Twice(nn.Module):
-    """One layer applied twice: its weights are shared scalars (tie nodes in the structure)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp, self.shared, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
-
-    def forward(self, x):
-        x = torch.tanh(self.inp(x))
-        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
-
-
 def test_shared_weights_are_aligned_without_free_groups_through_them():
     torch.manual_seed(0)
-    model = _Twice().double()
-    g = converters.from_torch(model, (torch.randn(2, 6, dtype=torch.float64),))
+    model = SharedTwice().double()
+    g = converters.from_torch(model, (torch.randn(2, 3, dtype=torch.float64),))
     fg = _template(g).free
     e = g.param_index.edge_ids("shared.weight")
     shared = torch.unique(torch.cat([g.edge_index[0][e], g.edge_index[1][e]]))
