@@ -32,6 +32,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .symmetry import _dense_keys
+
 #: Passes of coordinate descent at most (Git Re-Basin's reference code uses 100).
 PASSES = 100
 
@@ -103,13 +105,7 @@ class EdgeBlocks:
         pair = colors[src].mul_(classes).add_(colors[dst])
         runs, run_of = torch.unique_consecutive(pair, return_inverse=True)
         pairs, pair_of_run = torch.unique(runs, return_inverse=True)
-        key = pair_of_run[run_of].mul_(kinds).add_(label)
-        if int(key.max()) < 1 << 26:
-            count = torch.bincount(key)
-            present = count > 0
-            block_of, blocks, count = (torch.cumsum(present, 0) - 1)[key], present.nonzero().squeeze(1), count[present]
-        else:
-            blocks, block_of, count = torch.unique(key, return_inverse=True, return_counts=True)
+        blocks, block_of, count = _dense_keys(pair_of_run[run_of].mul_(kinds).add_(label))
         pair = pairs[blocks // kinds]
         return EdgeBlocks(pair // classes, pair % classes, blocks % kinds, count, block_of)
 
@@ -161,16 +157,11 @@ def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Ten
     maybe = inner[edges.block_of].nonzero().squeeze(1)
     same = torch.zeros(src.numel(), dtype=torch.bool)
     same[maybe] = position[src[maybe]] == position[dst[maybe]]
-    split = edges.block_of * 2 + same.long()
-    counts = torch.bincount(split, minlength=2 * edges.count.numel())
-    present = counts > 0
-    block_of = (torch.cumsum(present, 0) - 1)[split]
-    counts, blocks = counts[present], present.nonzero().squeeze(1)
+    blocks, block_of, counts = _dense_keys(edges.block_of * 2 + same.long())
     b_same = (blocks % 2).bool()
     b_cs, b_cd, b_label = edges.src_class[blocks // 2], edges.dst_class[blocks // 2], edges.label[blocks // 2]
-    b_gs, b_gd = gid[first[b_cs]], gid[first[b_cd]]
     ms, md = size[b_cs], size[b_cd]
-    inside = (b_gs == b_gd) & (b_gs >= 0)
+    inside = inner[blocks // 2]
     # inside a group, a block holding each unit's own edges and all the others' is two blocks
     ok = torch.where(inside, torch.where(b_same, counts == ms, counts == ms * (ms - 1)), counts == ms * md)
     mark(torch.cat([first[b_cs[~ok]], first[b_cd[~ok]]]))

@@ -160,16 +160,23 @@ def refine(colors: Tensor, src: Tensor, dst: Tensor, label: Tensor) -> Tensor:
     return torch.unique(colors, return_inverse=True)[1]
 
 
+def _dense_keys(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch.unique(key, return_inverse=True, return_counts=True)`` of non-negative keys: by
+    counting when the key space is small (no sort of every entry), else by sorting."""
+    if key.numel() and int(key.max()) < 1 << 22:
+        count = torch.bincount(key)
+        present = count > 0
+        return present.nonzero().squeeze(1), (torch.cumsum(present, 0) - 1)[key], count[present]
+    return torch.unique(key, return_inverse=True, return_counts=True)
+
+
 def _exact_dense(*cols: Tensor) -> Tensor:
     """Dense ids of the rows of small non-negative-after-shift integer columns, exactly."""
     key = torch.zeros_like(cols[0], dtype=torch.long)
     for c in cols:
         c = c.long() - int(c.min()) if c.numel() else c.long()
         key = key * (int(c.max()) + 1 if c.numel() else 1) + c
-    if key.numel() and int(key.max()) < 1 << 22:  # a small key space: counting, not sorting
-        present = torch.bincount(key) > 0
-        return (torch.cumsum(present, 0) - 1)[key]
-    return torch.unique(key, return_inverse=True)[1]
+    return _dense_keys(key)[1]
 
 
 def _structure(g: ParameterGraph) -> tuple[Tensor, Tensor]:
