@@ -23,16 +23,19 @@ import onnx
 import torch
 from onnx import external_data_helper, helper, numpy_helper
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _disable_current_modes
 
+from . import limits
 from .graph import ConversionError, ParameterGraph
-from .onnx_ops import ONNX_OPS
+from .limits import PEAK_PER_BYTE
+from .onnx_ops import ONNX_OPS, allocation
 from .torch_frontend import from_torch
 from .writer import to_state_dict
 
 
 def memory_limit() -> int:
     """Bytes of memory a model file may take (what is free now)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return limits.free_memory()
 
 
 def load_onnx(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -158,12 +161,6 @@ def _check_external_data(proto: onnx.ModelProto, model: Path, base: Path) -> int
             raise ConversionError(f"{where}: {location!r} is shorter than offset + length")
         total += need
     return total
-
-
-#: Peak memory of a conversion per byte of tensor data (file and external data): the proto,
-#: torch's copies, the graph's edge arrays (index, value, type, position per scalar).
-#: Measured: ResNet-50 (103 MB of weights) peaks at 1.5 GiB, about 15x.
-PEAK_PER_BYTE = 16
 
 
 def _check_memory(proto: onnx.ModelProto, external: int, limit: int, what: str) -> None:
@@ -338,8 +335,9 @@ def _name_scopes(node: onnx.NodeProto) -> list[str]:
 class OnnxModule(nn.Module):
     """An ONNX graph run with torch ops; parameters and buffers keep their ONNX names."""
 
-    def __init__(self, proto: onnx.ModelProto, base: Path | None = None):
+    def __init__(self, proto: onnx.ModelProto, base: Path | None = None, source: str = "the model"):
         super().__init__()
+        self.source = source  #: the file, as refusals name it
         graph = proto.graph
         self.nodes = _topological(graph)
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 21)
@@ -358,6 +356,8 @@ class OnnxModule(nn.Module):
         fills = [n for n in self.nodes
                  if n.op_type == "ConstantOfShape" and _constant_input(n, initializers, constants)]
         shapes = {n.output[0]: _fill_shape(n, {**initializers, **constants}) for n in fills}
+        for name, shape in shapes.items():
+            limits.check_shape(shape, f"{self.source}: ConstantOfShape {name!r}", 4)
         need = sum(math.prod(v) for v in shapes.values()) * 4 * PEAK_PER_BYTE
         if need > memory_limit():
             raise ConversionError(f"the file's ConstantOfShape fills ({sum(math.prod(v) for v in shapes.values()):,} "
@@ -465,6 +465,9 @@ class OnnxModule(nn.Module):
         env.update(self.constants)
         env.update((name, self.tensor(name)) for name in self.onnx_names)
         env.update(zip(self.input_names, inputs))
+        # every result stays alive (in ``env`` and the tracer): what the nodes allocate is
+        # bounded in total, each node's share computed before it runs
+        budget = limits.Budget(self.source)
         for node, attrs, scopes in zip(self.nodes, self.attrs, self.scopes):
             if node.op_type == "Constant" or node.output[0] in self.folded:
                 continue
@@ -472,6 +475,9 @@ class OnnxModule(nn.Module):
             op = ONNX_OPS[node.op_type]
             extra = {**attrs, "_outputs": len(node.output), "_op": node.op_type, "_opset": self.opset}
             try:
+                with _disable_current_modes():  # sizes are read, not recorded as ops of the model
+                    count = allocation(node.op_type, args, extra)
+                budget.spend(count, f"node {node.name or node.output[0]!r} ({node.op_type})")
                 out = _in_scopes(scopes, lambda op=op, args=args, extra=extra: op(args, extra))
             except ConversionError:
                 raise
@@ -511,7 +517,7 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     """
     proto, base = _open(source)
     try:  # a malformed proto fails in many ways (unknown dtypes, bad shapes): all are ours to name
-        module = OnnxModule(proto, base)
+        module = OnnxModule(proto, base, "the model" if isinstance(source, onnx.ModelProto) else str(source))
         if example_inputs is None:
             example_inputs = _example_inputs(proto, module.input_names)
         g = from_torch(module, example_inputs, tracer="eager", progress=progress)

@@ -450,14 +450,7 @@ def tile(i, a):
 @onnx_op("ConstantOfShape")
 def constant_of_shape(i, a):
     value = a.get("value", torch.zeros(1))
-    shape = _ints(i[0])
-    if math.prod(shape) > MAX_ELEMENTS:
-        raise ValueError(f"ConstantOfShape of shape {shape} exceeds {MAX_ELEMENTS:,} elements")
-    return value.reshape(-1)[0].expand(shape).clone()
-
-
-#: The most elements one tensor computed from a file's shapes may have (4 GiB of float32)
-MAX_ELEMENTS = 1 << 30
+    return value.reshape(-1)[0].expand(_ints(i[0])).clone()
 
 
 @onnx_op("Range")
@@ -548,3 +541,164 @@ def global_avg_pool(i, a):
 def global_max_pool(i, a):
     return i[0].amax(tuple(range(2, i[0].dim())), keepdim=True)
 
+
+
+# --- sizes, before anything is allocated --------------------------------------------
+# A node's inputs exist (they were bounded when they were made), so ops whose results are no
+# larger than an input, or views of one, need nothing more. The others say, from their inputs'
+# shapes and values and their attributes, how many elements they will allocate; the frontend
+# checks that against free memory (``converters.limits``) before running the op.
+# ``tests/test_converters/test_hostile_files.py`` checks that every op is in exactly one table.
+
+#: Ops whose result (and every intermediate) holds at most as many elements as one input.
+NO_LARGER = frozenset({
+    "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Erf", "Softplus", "HardSwish",
+    "Sin", "Cos", "Not", "Identity", "Floor", "Ceil", "Sign", "Mish", "IsNaN", "IsInf", "CumSum", "Trilu",
+    "LeakyRelu", "Elu", "Selu", "HardSigmoid", "Gelu", "Clip", "Softmax", "LogSoftmax", "Cast", "CastLike",
+    "Dropout", "Shape", "Size", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split",
+    "SplitToSequence", "SequenceAt", "Slice", "TopK", "ScatterElements", "Scatter", "GatherElements",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "GlobalAveragePool", "GlobalMaxPool",
+    "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LRN",
+})
+
+
+def _shape(t) -> tuple[int, ...]:
+    return tuple(t.shape) if isinstance(t, Tensor) else ()
+
+
+def _broadcast(i, a) -> int:
+    shapes = [_shape(t) for t in i if isinstance(t, Tensor)]
+    return math.prod(torch.broadcast_shapes(*shapes)) if shapes else 0
+
+
+def _fold(i, a) -> int:
+    """Sum, Max, Min: one broadcast result per input after the first."""
+    return _broadcast(i, a) * max(sum(isinstance(t, Tensor) for t in i) - 1, 1)
+
+
+def _matmul_size(i, a) -> int:
+    x, w = _shape(i[0]), _shape(i[1])
+    x, w = (1,) + x if len(x) == 1 else x, w + (1,) if len(w) == 1 else w
+    if len(x) < 2 or len(w) < 2:
+        return 0
+    return math.prod(torch.broadcast_shapes(x[:-2], w[:-2])) * x[-2] * w[-1]
+
+
+def _gemm_size(i, a) -> int:
+    x, w = _shape(i[0]), _shape(i[1])
+    if len(x) != 2 or len(w) != 2:
+        return 0
+    rows, cols = x[1] if a.get("transA", 0) else x[0], w[0] if a.get("transB", 0) else w[1]
+    c = _shape(i[2]) if len(i) > 2 and i[2] is not None else ()
+    return 2 * math.prod(torch.broadcast_shapes((rows, cols), c))  # the product and the sum
+
+
+def _gather_size(i, a) -> int:
+    data, idx = _shape(i[0]), _shape(i[1])
+    axis = a.get("axis", 0) % max(len(data), 1)
+    return math.prod(data[:axis]) * math.prod(idx) * math.prod(data[axis + 1:])
+
+
+def _gather_nd_size(i, a) -> int:
+    data, idx = _shape(i[0]), _shape(i[1])
+    depth = idx[-1] if idx else 0
+    return math.prod(idx[:-1]) * math.prod(data[depth:])
+
+
+def _expand_size(i, a) -> int:
+    target = _ints(i[1])
+    if any(d < 0 for d in target):
+        raise ValueError(f"Expand to a negative size {target}")
+    return math.prod(torch.broadcast_shapes(_shape(i[0]), tuple(target)))
+
+
+def _tile_size(i, a) -> int:
+    repeats = _ints(i[1])
+    if any(r < 0 for r in repeats):
+        raise ValueError(f"Tile with negative repeats {repeats}")
+    return i[0].numel() * math.prod(repeats)
+
+
+def _constant_of_shape_size(i, a) -> int:
+    shape = _ints(i[0])
+    if any(d < 0 for d in shape):
+        raise ValueError(f"ConstantOfShape of a negative size {shape}")
+    return math.prod(shape)
+
+
+def _range_size(i, a) -> int:
+    start, limit, delta = (float(t.reshape(-1)[0]) for t in i[:3])
+    if not all(math.isfinite(v) for v in (start, limit, delta)) or delta == 0:
+        raise ValueError(f"Range({start}, {limit}, {delta}) has no finite length")
+    return max(math.ceil((limit - start) / delta), 0)
+
+
+def _pad_size(i, a) -> int:
+    x = _shape(i[0])
+    pads = list(a["pads"]) if "pads" in a else _ints(i[1]) or []
+    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(x)))
+    if len(pads) != 2 * len(axes) or not x:
+        return 0
+    dims = list(x)
+    for k, d in enumerate(axes):
+        dims[d % len(x)] += pads[k] + pads[k + len(axes)]
+    return math.prod(max(d, 0) for d in dims)
+
+
+def _padded(x: tuple[int, ...], a: dict, dims: int) -> list[int]:
+    pads = list(a.get("pads", [0] * 2 * dims))
+    return [x[2 + d] + max(pads[d], 0) + max(pads[d + dims], 0) for d in range(dims)]
+
+
+def _conv_size(i, a) -> int:
+    x, w = _shape(i[0]), _shape(i[1])
+    dims = len(w) - 2
+    if len(x) != dims + 2 or dims < 1:
+        return 0
+    spatial = math.prod(_padded(x, a, dims))  # SAME padding adds less than a kernel: bounded below
+    spatial += math.prod(x[2 + d] + w[2 + d] for d in range(dims)) if a.get("auto_pad", "NOTSET") != "NOTSET" else 0
+    return x[0] * (x[1] + w[0]) * spatial  # the padded input and an output no larger than it per channel
+
+
+def _conv_transpose_size(i, a) -> int:
+    x, w = _shape(i[0]), _shape(i[1])
+    dims = len(w) - 2
+    if len(x) != dims + 2 or dims < 1:
+        return 0
+    strides, dil = list(a.get("strides", [1] * dims)), list(a.get("dilations", [1] * dims))
+    extra = list(a.get("output_padding", [0] * dims))
+    side = [(x[2 + d] - 1) * max(strides[d], 1) + (w[2 + d] - 1) * max(dil[d], 1) + 1 + max(extra[d], 0)
+            for d in range(dims)]
+    return x[0] * w[1] * a.get("group", 1) * math.prod(side)
+
+
+def _pool_size(i, a) -> int:
+    x = _shape(i[0])
+    dims = len(x) - 2
+    if dims < 1:
+        return 0
+    return 3 * x[0] * x[1] * math.prod(_padded(x, a, dims))  # padded input, window counts, output
+
+
+def _concat_size(i, a) -> int:
+    return sum(t.numel() for t in i if isinstance(t, Tensor))
+
+
+#: Elements an op allocates, from its inputs and attributes, for ops that can make more than
+#: any one input holds.
+SIZES: dict[str, Callable] = {
+    **dict.fromkeys(("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "LessOrEqual",
+                     "GreaterOrEqual", "And", "Or", "Where", "PRelu"), _broadcast),
+    **dict.fromkeys(("Sum", "Max", "Min"), _fold),
+    "MatMul": _matmul_size, "Gemm": _gemm_size, "Gather": _gather_size, "GatherND": _gather_nd_size,
+    "Expand": _expand_size, "Tile": _tile_size, "ConstantOfShape": _constant_of_shape_size,
+    "Range": _range_size, "Pad": _pad_size, "Conv": _conv_size, "ConvTranspose": _conv_transpose_size,
+    "MaxPool": _pool_size, "AveragePool": _pool_size, "Concat": _concat_size,
+}
+
+
+def allocation(op: str, inputs: list, attrs: dict) -> int:
+    """Elements node ``op`` will allocate (an upper bound), computed before it runs."""
+    if op in SIZES:
+        return SIZES[op](inputs, attrs)
+    return max((t.numel() for t in inputs if isinstance(t, Tensor)), default=0)

@@ -14,6 +14,7 @@ from . import rules  # noqa: F401  (registers the rules)
 from .context import Context, nonneuron
 from .eager_trace import RecordedProgram, record
 from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
+from .limits import ResourceLimitError
 from .registry import MODULE_RULES, OP_RULES, op_name
 from .simplify import simplify
 from .soundness import check_op, tensor_args, unknown_op
@@ -93,6 +94,8 @@ def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
                                           f"{type(err).__name__}: {err}") from err
         try:
             return record(model, args)
+        except ResourceLimitError:  # a file asked for too much: its own one line, not "could not run"
+            raise
         except Exception as err:
             raise ConversionError(f"could not run {type(model).__name__} on the example inputs: "
                                   f"{type(err).__name__}: {err}") from err

@@ -126,13 +126,13 @@ def test_huge_declared_inputs_and_fills_are_refused_before_allocation():
     del proto.graph.initializer[0]
     proto.graph.initializer.append(shape)
     proto.graph.node.insert(0, fill)
-    with pytest.raises(ConversionError, match="ConstantOfShape fills"):
+    with pytest.raises(ConversionError, match="ConstantOfShape 'W': 10,000,000,000 elements"):
         converters.from_onnx(proto)
     runtime = _gemm(extra_nodes=[helper.make_node("Shape", ["y"], ["sy"]),
                                  helper.make_node("Mul", ["sy", "big"], ["sz"]),
                                  helper.make_node("ConstantOfShape", ["sz"], ["z"])], outputs=("y", "z"))
     runtime.graph.initializer.append(numpy_helper.from_array(np.array([100000, 100000], np.int64), "big"))
-    with pytest.raises(ConversionError, match="exceeds"):
+    with pytest.raises(ConversionError, match=r"\(ConstantOfShape\): 60,000,000,000 elements"):
         converters.from_onnx(runtime)
 
 

@@ -1,0 +1,140 @@
+"""The one place that bounds what a file may make gmn allocate, checked before the allocation.
+
+A model file is hostile until read: a 200-byte ONNX file can ask ``Tile`` or ``Range`` for
+billions of elements, a 35 MB DEFLATE-compressed ``.pt`` archive inflates to gigabytes inside
+``torch.load``, a config can ask for billions of parameters. Every such size is computed from
+the file's declarations (shapes, attribute values, zip directory entries, parameter counts)
+and compared with the memory that is free *now*; a refusal is a :class:`ResourceLimitError`
+(a :class:`ConversionError`, so a ``ValueError``) whose message is one line naming the file or
+node and the size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .graph import ConversionError
+
+#: Peak memory of a conversion per byte of tensor data: the tensors, torch's copies, the graph's
+#: edge arrays (index, value, type, position per scalar). Measured: ResNet-50 (103 MB of
+#: weights) peaks at 1.5 GiB from ONNX, about 15x.
+PEAK_PER_BYTE = 16
+
+#: The most elements one tensor computed from a file's values may have (4 GiB of float32),
+#: whatever memory is free.
+MAX_ELEMENTS = 1 << 30
+
+#: Bytes per element assumed for a tensor whose dtype is not known yet (the widest, float64).
+WIDEST = 8
+
+#: A zip entry (one storage of a ``torch.save`` archive) may inflate at most this many times
+#: its compressed size: torch writes storages uncompressed (ratio 1), so anything near the
+#: ratios DEFLATE reaches on zeros (1000x) is a bomb, not a checkpoint.
+MAX_ZIP_RATIO = 20
+
+#: Largest JSON file (a model folder's config.json, an index of shards) read whole.
+MAX_JSON_BYTES = 16 << 20
+
+
+class ResourceLimitError(ConversionError):
+    """What a file asks for would not fit (or is beyond any sane model): refused before allocation."""
+
+
+def free_memory() -> int:
+    """Bytes of memory available now."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_elements(count: int, what: str, itemsize: int = WIDEST, factor: int = 1) -> None:
+    """Refuse a tensor of ``count`` elements (``what`` names the file and node) when it is beyond
+    :data:`MAX_ELEMENTS` or ``count * itemsize * factor`` bytes exceed free memory."""
+    if count < 0:
+        raise ResourceLimitError(f"{what}: negative size {count}")
+    if count > MAX_ELEMENTS:
+        raise ResourceLimitError(f"{what}: {count:,} elements, beyond gmn's limit of {MAX_ELEMENTS:,} per tensor")
+    need, free = count * itemsize * factor, free_memory()
+    if need > free:
+        raise ResourceLimitError(f"{what}: {count:,} elements need about {_gib(need)}; only {_gib(free)} "
+                                 "of memory is free")
+
+
+def elements(shape: Iterable[int], what: str) -> int:
+    """The element count of ``shape`` (Python ints, so no overflow), refused when a size is negative."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise ResourceLimitError(f"{what}: negative size in shape {dims}")
+    return math.prod(dims)
+
+
+def check_shape(shape: Iterable[int], what: str, itemsize: int = WIDEST, factor: int = 1) -> None:
+    """:func:`check_elements` of a shape."""
+    check_elements(elements(shape, what), what, itemsize, factor)
+
+
+class Budget:
+    """Bytes a run may still allocate for tensors it keeps (an ONNX graph's intermediate
+    results all stay alive until the end): each :meth:`spend` is checked before the allocation."""
+
+    def __init__(self, what: str, limit: int | None = None):
+        self.what = what
+        self.left = free_memory() if limit is None else limit
+        self.total = self.left
+
+    def spend(self, count: int, where: str, itemsize: int = WIDEST) -> None:
+        check_elements(count, f"{self.what}: {where}", itemsize)
+        need = count * itemsize
+        if need > self.left:
+            raise ResourceLimitError(f"{self.what}: {where} needs {count:,} elements ({_gib(need)}) after "
+                                     f"{_gib(self.total - self.left)} of earlier results; only {_gib(self.total)} "
+                                     "of memory was free")
+        self.left -= need
+
+
+def check_parameters(count: int, what: str, itemsize: int = 4) -> None:
+    """A model of ``count`` parameters (from a config or a spec, counted before it is built):
+    refused when converting it cannot fit in free memory."""
+    need, free = count * itemsize * PEAK_PER_BYTE, free_memory()
+    if need > free:
+        raise ResourceLimitError(f"{what}: {count:,} parameters need about {_gib(need)} to build and convert; "
+                                 f"only {_gib(free)} of memory is free")
+
+
+def check_file_size(path: Path, limit: int, what: str = "file") -> None:
+    """Refuse ``path`` by its size (``stat``, so a sparse file is never read) before parsing it."""
+    size = Path(path).stat().st_size
+    if size > limit:
+        raise ResourceLimitError(f"{path}: a {what} of {size:,} bytes; gmn reads at most {limit:,}")
+
+
+def check_archive(path: str | os.PathLike) -> None:
+    """A ``torch.save`` zip archive's declared entries, checked before ``torch.load`` inflates
+    them: every entry's uncompressed size at most :data:`MAX_ZIP_RATIO` times its compressed
+    size, and their total within free memory. Files that are not zip archives (legacy
+    ``torch.save`` format, which cannot compress) are left to ``torch.load``."""
+    path = Path(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
+        raise ConversionError(f"{path}: an unreadable zip archive ({type(err).__name__})") from None
+    total = 0
+    for e in entries:
+        if e.file_size > max(e.compress_size, 1) * MAX_ZIP_RATIO and e.file_size > 1 << 20:
+            raise ResourceLimitError(f"{path}: archive entry {e.filename!r} inflates {e.compress_size:,} bytes to "
+                                     f"{e.file_size:,} ({e.file_size // max(e.compress_size, 1):,}x); "
+                                     "torch.save never compresses, refused as a zip bomb")
+        total += e.file_size
+    free = free_memory()
+    if total > free:
+        raise ResourceLimitError(f"{path}: its archive entries hold {total:,} bytes ({_gib(total)}); only "
+                                 f"{_gib(free)} of memory is free")
