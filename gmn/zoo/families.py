@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..architectures import TransformerBlock
+from .formats.architectures import FAMILIES as PUBLISHED
+from .formats.architectures import build_published
 
 FAMILIES = ("mlp", "cnn", "rescnn", "vit", "moe")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -130,6 +132,8 @@ def build(arch: dict, input_shape: tuple[int, ...], classes: int) -> nn.Module:
         tokens = math.prod(s // patch for s in spatial)
         return PatchTransformer(channels, classes, dims, tokens, patch, arch["depth"], arch["dim"], arch["heads"],
                                 arch.get("experts", 0))
+    if family in PUBLISHED:
+        return build_published(arch, input_shape, classes)
     raise ValueError(f"unknown architecture family {family!r}; known: {FAMILIES}")
 
 
@@ -225,14 +229,27 @@ def generation_vit_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
     return arch, hparams
 
 
+def unterthiner_zoo(rng: np.random.Generator) -> tuple[dict, dict]:
+    """Unterthiner et al. 2020's recipe itself (``gmn.zoo.formats.small_cnn_zoo.sample_run``):
+    their Keras CNN (stride 2, 'valid'), hyperparameter space, initialisers and optimizers."""
+    from .formats.small_cnn_zoo import sample_run
+
+    return sample_run(rng)
+
+
 PRESETS = {"small-cnn": small_cnn_zoo, "mixed": mixed_zoo, "generation": generation_zoo,
-           "generation-resnet": generation_resnet_zoo, "generation-vit": generation_vit_zoo}
+           "generation-resnet": generation_resnet_zoo, "generation-vit": generation_vit_zoo,
+           "small-cnn-zoo": unterthiner_zoo}
 
 
 def initialise(model: nn.Module, init: str, std: float) -> None:
     """Re-initialise weights (biases to zero) with scheme ``init``; ``"default"`` keeps torch's."""
     if init == "default":
         return
+    if init.startswith("keras."):  # the small-cnn-zoo preset: Keras' initialisers
+        from .formats.small_cnn_zoo import keras_initialise
+
+        return keras_initialise(model, init, std)
     schemes = {
         "xavier_normal": nn.init.xavier_normal_,
         "xavier_uniform": nn.init.xavier_uniform_,

@@ -15,7 +15,11 @@ from .families import build, initialise
 BATCH_SIZE = 32
 
 
-def _optimizer(name: str, params, lr: float, l2: float) -> torch.optim.Optimizer:
+def _optimizer(name: str, params, lr: float, l2: float, model: nn.Module | None = None) -> torch.optim.Optimizer:
+    if name.startswith("keras."):  # the small-cnn-zoo preset: tf.keras' optimizers and L2 on kernels
+        from .formats.small_cnn_zoo import keras_optimizer
+
+        return keras_optimizer(model, name, lr, l2)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=l2)
     if name == "rmsprop":
@@ -30,6 +34,14 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
     model.eval()
     logits = model(x)
     return float((logits.argmax(-1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+def _checkpoint(model: nn.Module, epoch: int, x: torch.Tensor, y: torch.Tensor, data) -> dict:
+    test_acc, test_loss = _evaluate(model, data.x_test, data.y_test)
+    train_acc, train_loss = _evaluate(model, x, y)
+    state = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+    return {"epoch": epoch, "state": state, "test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc,
+            "train_loss": train_loss, "gap": train_acc - test_acc}
 
 
 def initial_state(run: dict) -> dict[str, torch.Tensor]:
@@ -60,8 +72,10 @@ def train_run(run: dict) -> dict:
     n_train = max(BATCH_SIZE, int(hp["train_fraction"] * len(data.y_train)))
     subset = torch.randperm(len(data.y_train), generator=generator)[:n_train]
     x, y = data.x_train[subset], data.y_train[subset]
-    opt = _optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["l2"])
+    opt = _optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["l2"], model)
     curve, checkpoints, status = [], [], "done"
+    if 0 in run["checkpoint_epochs"]:  # the initialisation, as the Small CNN Zoo keeps it
+        checkpoints.append(_checkpoint(model, 0, x, y, data))
     for epoch in range(1, run["epochs"] + 1):
         model.train()
         total, count = 0.0, 0
@@ -77,10 +91,7 @@ def train_run(run: dict) -> dict:
             status = "diverged"
             break
         if epoch in run["checkpoint_epochs"]:
-            train_acc, train_loss = _evaluate(model, x, y)
-            state = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
-            checkpoints.append({"epoch": epoch, "state": state, "test_acc": test_acc, "test_loss": test_loss,
-                                "train_acc": train_acc, "train_loss": train_loss, "gap": train_acc - test_acc})
+            checkpoints.append(_checkpoint(model, epoch, x, y, data))
     last = checkpoints[-1] if checkpoints else {}
     return {**run, "status": status, "curve": curve, "checkpoints": checkpoints,
             "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
