@@ -4,7 +4,9 @@ mode connectivity of any two (or more) models of one architecture, with no permu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -12,9 +14,9 @@ import torch
 
 import converters
 from converters import ConversionError, ParameterGraph
-from converters.io import atomic_write
 
-from .cli_models import ARCH_HELP, build_arch, check_output, load_state, parse_arch
+from . import cli_checks as checks
+from .cli_models import ARCH_HELP, build_arch, load_state, parse_arch
 
 WRITABLE = (".safetensors", ".onnx", ".pt")
 
@@ -24,53 +26,64 @@ def add_parsers(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("a", help="reference model: checkpoint (with --arch), ONNX file or saved graph")
     p.add_argument("b", help="model to align, of the same architecture")
-    p.add_argument("-o", "--output", required=True, help=f"aligned B ({', '.join(WRITABLE)})")
+    p.add_argument("-o", "--output", required=True, type=checks.output_file(*WRITABLE),
+                   help=f"aligned B ({', '.join(WRITABLE)})")
     _model_options(p)
     _match_options(p)
-    p.set_defaults(handler=_align)
+    checks.add_force(p)
+    p.set_defaults(handler=_align, outputs=lambda a: ([a.output], [], [a.a, a.b]))
 
     p = sub.add_parser("merge", help="merge models of one architecture into one",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("models", nargs="+", help="two or more models (checkpoints with --arch, ONNX files, saved graphs)")
-    p.add_argument("-o", "--output", required=True, help=f"merged model ({', '.join(WRITABLE)})")
+    p.add_argument("-o", "--output", required=True, type=checks.output_file(*WRITABLE),
+                   help=f"merged model ({', '.join(WRITABLE)})")
     p.add_argument("--method", default="average", choices=("average", "task-arithmetic", "ties", "dare"),
                    help="average: align to the first model, then interpolate; the others merge fine-tunes of --base")
     p.add_argument("--base", help="the common base model of fine-tunes (task-arithmetic, ties, dare)")
-    p.add_argument("--weights", help="comma list of interpolation weights (average; default equal)")
+    p.add_argument("--weights", type=checks.finite_floats,
+                   help="comma list of interpolation weights, one per model (average; default equal)")
     p.add_argument("--no-align", action="store_true", help="average without aligning first")
-    p.add_argument("--scale", type=float, default=1.0, help="lambda: the merged task vector's scale")
-    p.add_argument("--density", type=float, default=0.2, help="share of each task vector kept (ties, dare)")
+    p.add_argument("--scale", type=checks.finite_float, default=1.0, help="lambda: the merged task vector's scale")
+    p.add_argument("--density", type=checks.fraction, default=0.2,
+                   help="share of each task vector kept (ties, dare), in (0, 1]")
     p.add_argument("--repair", action="store_true",
                    help="REPAIR the merged neurons' statistics on --data (BatchNorm statistics are recomputed "
                         "whenever --data is given)")
-    p.add_argument("--seed", type=int, default=0, help="DARE's random drop")
+    p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="DARE's random drop")
     _model_options(p)
     _match_options(p)
-    p.set_defaults(handler=_merge)
+    checks.add_force(p)
+    p.set_defaults(handler=_merge, outputs=lambda a: ([a.output], [], [*a.models, a.base]))
 
     p = sub.add_parser("barrier", help="loss and accuracy along the interpolation path, before and after alignment",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("a", help="one end of the path: checkpoint (with --arch) or ONNX file")
     p.add_argument("b", help="the other end, of the same architecture")
-    p.add_argument("--out", default="gmn-barrier", help="folder for barrier.txt, barrier.json and barrier.png")
-    p.add_argument("--points", type=int, default=11, help="interpolation points, endpoints included")
+    p.add_argument("--out", default="gmn-barrier", type=checks.folder,
+                   help="folder for barrier.txt, barrier.json and barrier.png")
+    p.add_argument("--points", type=checks.at_least(2), default=11, help="interpolation points, endpoints included")
     _model_options(p)
     _match_options(p)
-    p.set_defaults(handler=_barrier)
+    checks.add_force(p)
+    p.set_defaults(handler=_barrier, outputs=lambda a: ([Path(a.out) / f"barrier.{x}" for x in ("txt", "json", "png")],
+                                                        [], []))
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help=ARCH_HELP)
     p.add_argument("--data", default="digits", help="packaged data set for example inputs, activations, "
                                                     "BatchNorm statistics and evaluation (digits, mnist, mnist1d)")
-    p.add_argument("--samples", type=int, default=512, help="training inputs used for activations and statistics")
+    p.add_argument("--samples", type=checks.positive_int, default=512,
+                   help="training inputs used for activations and statistics")
 
 
 def _match_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", default="weights", choices=("weights", "activations"),
                    help="match neurons by weights or by activations on --data")
     p.add_argument("--keep-residual-stream", action="store_true", help="leave the residual stream unpermuted")
-    p.add_argument("--iterations", type=int, default=10, help="rounds of coordinate descent and guided search at most")
+    p.add_argument("--iterations", type=checks.positive_int, default=10,
+                   help="rounds of coordinate descent and guided search at most")
 
 
 def _architecture(arch: str, data) -> tuple[torch.nn.Module, tuple]:
@@ -97,16 +110,32 @@ def load_model(target: str, arch: str | None, data) -> ParameterGraph:
     return converters.from_torch(model.eval(), example)
 
 
-def _data(name: str):
+def _data(name: str, arch: str | None = None):
+    """The packaged data set ``name``, its inputs shaped as ``arch`` takes them (the built-in
+    MLP takes digits' 8x8 images as 64 flat values); refused in one line when they cannot be."""
     from .zoo import datasets
 
-    return datasets.load(name)
+    data = datasets.load(name)
+    spec = parse_arch(arch) if arch else None
+    if spec is None or spec["family"] != "builtin":
+        return data
+    from .architectures import BUILTIN
+
+    wanted = tuple(BUILTIN[spec["name"]][1]().shape[1:])  # the built-in's own example, batch dropped
+    have = tuple(data.input_shape)
+    if wanted == have:
+        return data
+    if math.prod(wanted) != math.prod(have):
+        raise ValueError(f"--arch {spec['name']} takes inputs of shape {wanted}; --data {name} has {have} "
+                         f"(a zoo family as JSON takes any --data: '{{\"family\": \"mlp\", ...}}')")
+    return dataclasses.replace(data, x_train=data.x_train.reshape(-1, *wanted),
+                               x_test=data.x_test.reshape(-1, *wanted))
 
 
 def write_model(g: ParameterGraph, path: str) -> None:
     """``g`` as a checkpoint (.safetensors), ONNX file (graphs read from ONNX) or saved graph (.pt),
     written atomically."""
-    out = check_output(path, WRITABLE)
+    out = Path(path)
     if out.suffix == ".safetensors":
         from .zoo.generate import save_checkpoint
 
@@ -115,9 +144,9 @@ def write_model(g: ParameterGraph, path: str) -> None:
         import onnx
 
         proto = converters.to_onnx(g, converters.parameter_values(g))
-        atomic_write(out, lambda tmp: onnx.save(proto, tmp))
+        checks.write_atomic(out, lambda tmp: onnx.save(proto, tmp))
     else:
-        converters.save_graph(g, out)
+        checks.write_atomic(out, lambda tmp: converters.save_graph(g, tmp))
 
 
 def _inputs(args, data) -> tuple:
@@ -141,8 +170,7 @@ def _has_batchnorm(model: torch.nn.Module) -> bool:
 
 
 def _align(args) -> int:
-    check_output(args.output, WRITABLE)
-    data = _data(args.data)
+    data = _data(args.data, args.arch if args.match == "activations" else None)
     a, b = load_model(args.a, args.arch, data), load_model(args.b, args.arch, data)
     start = time.perf_counter()
     aligned = _aligned(args, a, b, data)
@@ -157,13 +185,19 @@ def _align(args) -> int:
 def _merge(args) -> int:
     from . import merging
 
-    check_output(args.output, WRITABLE)
     if len(args.models) < 2 and args.method == "average":
         raise ValueError("merge needs two or more models")
-    data = _data(args.data)
+    if args.weights is not None:
+        if args.method != "average":
+            raise ValueError(f"--weights interpolates (--method average), not --method {args.method}")
+        if len(args.weights) != len(args.models):
+            raise ValueError(f"--weights gives {len(args.weights)} weights for {len(args.models)} models")
+        if abs(sum(args.weights)) < 1e-12:
+            raise ValueError(f"--weights {','.join(map(str, args.weights))} sum to 0: they cannot be normalised")
+    data = _data(args.data, args.arch)
     graphs = [load_model(m, args.arch, data) for m in args.models]
     if args.method == "average":
-        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        weights = args.weights
         if not args.no_align:
             graphs = [graphs[0]] + [_aligned(args, graphs[0], g, data) for g in graphs[1:]]
         merged = merging.interpolate(graphs, weights)
@@ -188,7 +222,7 @@ def _merge(args) -> int:
 def _barrier(args) -> int:
     from . import merging
 
-    data = _data(args.data)
+    data = _data(args.data, args.arch)
     a, b = load_model(args.a, args.arch, data), load_model(args.b, args.arch, data)
     if getattr(a, "model", None) is None:
         raise ValueError("barrier runs the models: give checkpoints with --arch or ONNX files, not saved graphs")
@@ -212,8 +246,8 @@ def _barrier(args) -> int:
         lines.append(f"{name:<18}{bar['loss']:>14.4f}{bar['accuracy']:>13.4f}{mid['loss']:>10.4f}{mid['accuracy']:>9.4f}")
     table = "\n".join(lines)
     print(table)
-    atomic_write(out / "barrier.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
-    atomic_write(out / "barrier.json", lambda tmp: Path(tmp).write_text(json.dumps(
+    checks.write_atomic(out / "barrier.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
+    checks.write_atomic(out / "barrier.json", lambda tmp: Path(tmp).write_text(json.dumps(
         {"a": args.a, "b": args.b, "data": args.data, "match": args.match, "seconds": seconds, "curves": curves},
         indent=1)))
     _plot(curves, out / "barrier.png")
@@ -240,5 +274,5 @@ def _plot(curves: dict, path: Path) -> None:
         ax.set_ylabel(label)
     axes[0].legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    checks.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 import converters
-from converters.io import atomic_write
 
+from . import cli_checks as checks
 from .zoo.generate import save_checkpoint
 
 GENERATORS = ("canonical", "gmn")
@@ -31,7 +31,8 @@ def add_parsers(sub, train_options) -> None:
                                           for g, d in GENERATOR_DEFAULTS.items())
                               + " (canonical: epochs of 50 steps, batches of draws, the MLP's width)")
     p.add_argument("zoo", help="zoo folder (its checkpoints are the training data)")
-    p.add_argument("--out", default="gmn-generate", help="folder for the generator state and the checkpoints")
+    p.add_argument("--out", default="gmn-generate", type=checks.folder,
+                   help="folder for the generator state and the checkpoints")
     p.add_argument("--generator", default="canonical", choices=GENERATORS,
                    help="canonical: align the architecture's checkpoints to one frame and flow-match their "
                         "flattened weights (an MLP); gmn: equivariant flow with a GMN velocity field (any shape of "
@@ -40,31 +41,38 @@ def add_parsers(sub, train_options) -> None:
                                   "shape of the zoo's families; default: the zoo's most common architecture)")
     p.add_argument("--recompute-batchnorm", action="store_true",
                    help="recompute the samples' BatchNorm statistics on the zoo's training data")
-    p.add_argument("--count", type=int, default=8, help="checkpoints to sample")
-    p.add_argument("--target", type=float, help="condition on this test accuracy")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight with --target")
-    p.add_argument("--steps", type=int, default=20, help="Heun integration steps")
+    p.add_argument("--count", type=checks.positive_int, default=8, help="checkpoints to sample")
+    p.add_argument("--target", type=checks.finite_float, help="condition on this test accuracy")
+    p.add_argument("--guidance", type=checks.finite_float, default=2.0,
+                   help="classifier-free guidance weight with --target")
+    p.add_argument("--steps", type=checks.positive_int, default=20, help="Heun integration steps")
     _common(p, train_options)
-    p.set_defaults(handler=_generate, train_epochs=None, patience=None, hidden=None, batch_size=None)
+    p.set_defaults(handler=_generate, train_epochs=None, patience=None, hidden=None, batch_size=None,
+                   outputs=lambda a: ([Path(a.out) / "generated.json"]
+                                      + [Path(a.out) / f"generated-{i:03d}{x}" for i in range(a.count)
+                                         for x in (".safetensors", ".onnx")[: 1 + a.onnx]], [], []))
 
     p = sub.add_parser("edit", help="train a weight editor on a zoo and write the edited checkpoints")
     p.add_argument("zoo", help="zoo folder")
     p.add_argument("--objective", default="accuracy",
                    help="accuracy (raise test accuracy), forget:K (remove class K) or dilation (INR zoos)")
-    p.add_argument("--out", default="gmn-edit", help="folder for the editor state and the edited checkpoints")
+    p.add_argument("--out", default="gmn-edit", type=checks.folder,
+                   help="folder for the editor state and the edited checkpoints")
     p.add_argument("--members", default="test", choices=("test", "all"), help="which members to edit and write")
-    p.add_argument("--inputs", type=int, default=256, help="training inputs the classifier objectives see")
-    p.add_argument("--scale", type=float, default=1.0, help="residual scale (0.01 for SIRENs)")
-    p.add_argument("--probes", type=int, default=0,
+    p.add_argument("--inputs", type=checks.positive_int, default=256,
+                   help="training inputs the classifier objectives see")
+    p.add_argument("--scale", type=checks.positive_float, default=1.0, help="residual scale (0.01 for SIRENs)")
+    p.add_argument("--probes", type=checks.nonnegative_int, default=0,
                    help="give every neuron its activations on the first N objective inputs (gmn.probes); 0: none")
     _common(p, train_options)
-    p.set_defaults(handler=_edit)
+    p.set_defaults(handler=_edit, outputs=lambda a: ([Path(a.out) / "edited.json"], [Path(a.out) / "edited"], []))
 
 
 def _common(p: argparse.ArgumentParser, train_options) -> None:
     p.add_argument("--onnx", action="store_true", help="also write each model as ONNX (needs onnxscript)")
-    p.add_argument("--seed", type=int, default=0, help="split, initialisation and sampling seed")
+    p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="split, initialisation and sampling seed")
     train_options(p)
+    checks.add_force(p)
 
 
 def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example: Tensor, onnx: bool) -> None:
@@ -78,7 +86,7 @@ def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example
     module.load_state_dict(state, strict=False)
     program = torch.onnx.export(module.eval(), (example,), dynamo=True, optimize=False, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))  # any batch size
-    atomic_write(path.with_suffix(".onnx"), lambda tmp: onnx_lib.save(program.model_proto, tmp))
+    checks.write_atomic(path.with_suffix(".onnx"), lambda tmp: onnx_lib.save(program.model_proto, tmp))
 
 
 def _accuracy(module: nn.Module, template, values: Tensor, data) -> float:
@@ -275,7 +283,7 @@ def _edit(args) -> int:
 
 
 def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    checks.write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     for r in rows[:20]:
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     if has_accuracy:

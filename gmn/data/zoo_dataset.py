@@ -1,14 +1,27 @@
 """A zoo as a PyG dataset of parameter graphs with targets.
 
 Each architecture is traced once; a member's graph is its architecture's graph with the
-member's weights as edge values. The converted values are cached on disk next to the
-catalogue (written atomically, read with ``weights_only``), so a zoo converts once.
+member's weights as edge values. The converted values are cached in the zoo's ``processed/``
+folder, so a zoo converts once. The cache is
+
+- content-keyed: its name is a hash of the catalogue's listing and of every checkpoint's bytes,
+  so a checkpoint replaced (``gmn zoo import --replace``, a file overwritten) is converted
+  again, never served from an old cache;
+- checksummed: a SHA-256 over its tensors and key, checked on load (and read with
+  ``weights_only``); a cache that fails it, or holds NaN/inf, is refused in one line;
+- confined: ``processed/`` must be a real folder inside the zoo (a link out of it is refused)
+  and no cache file is read through a link;
+- optional: where it cannot be written (a read-only zoo, a full disk) the zoo is converted in
+  memory and a note says so once.
+
+Non-finite weights or targets are refused (naming the checkpoint) rather than trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,10 +31,12 @@ from tqdm.auto import tqdm
 
 import converters
 from converters import ConversionError, ParameterGraph, ParamIndex
-from converters.io import save_atomic
 
+from ..cli_checks import note, write_atomic
 from ..zoo import Zoo
 from ..zoo.catalogue import METRICS
+
+CACHE_VERSION = 2  #: the cache's layout; a cache of another version is never read
 
 
 def _arch_key(member: dict) -> str:
@@ -72,31 +87,101 @@ class ZooDataset(Dataset):
     def _target(self, member: dict, name: str) -> float:
         value = member.get(name) if name in METRICS else member["extra"].get(name)
         if value is None:
-            raise ValueError(f"checkpoint {member['path']} has no target {name!r}")
+            raise ValueError(f"checkpoint {member['path']} of {self.zoo.root} has no target {name!r}")
+        if not isinstance(value, (int, float)) or not torch.isfinite(torch.tensor(float(value))):
+            raise ValueError(f"checkpoint {member['path']} of {self.zoo.root}: target {name!r} is {value!r}, not a "
+                             f"finite number")
         return float(value)
 
-    def _cache_path(self) -> Path:
-        listing = json.dumps([(m["run_id"], m["epoch"], m["path"], k) for m, k in zip(self.members, self.arch_keys)])
-        digest = hashlib.sha1(listing.encode()).hexdigest()[:16]
-        return self.zoo.root / "processed" / f"graphs-{digest}.pt"
+    def _cache_dir(self) -> Path:
+        """``processed/`` inside the zoo; a link, or a folder that resolves outside the zoo, is refused."""
+        root = self.zoo.root.resolve()
+        folder = self.zoo.root / "processed"
+        if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(root)):
+            raise ValueError(f"{folder} is a link ({os.path.realpath(folder)}): the zoo's cache must be a folder "
+                             f"inside the zoo, never read through a link; remove it to convert the zoo again")
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder: remove it to convert the zoo again")
+        return folder
+
+    def _cache_key(self) -> str:
+        """A hash of the listing (run, epoch, path, architecture) and of every checkpoint's bytes."""
+        digest = hashlib.sha256(f"gmn zoo cache {CACHE_VERSION}".encode())
+        for member, key in zip(self.members, self.arch_keys):
+            digest.update(json.dumps([member["run_id"], member["epoch"], member["path"], key]).encode())
+            path = self.zoo.path(member)
+            try:
+                with open(path, "rb") as f:
+                    digest.update(hashlib.file_digest(f, "sha256").digest())
+            except OSError as err:
+                raise FileNotFoundError(f"checkpoint {member['path']} of {self.zoo.root}: cannot read {path} "
+                                        f"({err.strerror or err})") from None
+        return digest.hexdigest()
 
     def _load(self, cache: bool, progress: bool) -> None:
-        path = self._cache_path()
-        if cache and path.is_file():
-            payload = torch.load(path, weights_only=True)
-            self.templates = {k: converters.graph_from_dict(v) for k, v in payload["templates"].items()}
-            self.values, self.buffers = payload["values"], payload["buffers"]
-            return
-        self.templates, self.values, self.buffers = {}, [], []
-        for member, key in tqdm(list(zip(self.members, self.arch_keys)), desc="converting zoo", unit="ckpt",
-                                disable=not progress):
-            values, state = self._convert(member, key)
-            self.values.append(values)
-            self.buffers.append({k: state[k] for k in self.templates[key].param_index.buffers if k in state})
         if cache:
+            folder, key = self._cache_dir(), self._cache_key()
+            path = folder / f"graphs-{key[:32]}.pt"
+            if path.is_symlink():
+                raise ValueError(f"{path} is a link: the zoo's cache is never read through a link; remove it")
+            if path.is_file():
+                self._read_cache(path, key)
+                return
+        self.templates, self.values, self.buffers = {}, [], []
+        for member, arch in tqdm(list(zip(self.members, self.arch_keys)), desc="converting zoo", unit="ckpt",
+                                 disable=not progress):
+            values, state = self._convert(member, arch)
+            buffers = {k: state[k] for k in self.templates[arch].param_index.buffers if k in state}
+            _check_finite(values, buffers, f"checkpoint {self.zoo.path(member)}")
+            self.values.append(values)
+            self.buffers.append(buffers)
+        if cache:
+            self._write_cache(path, key)
+
+    def _payload(self, key: str) -> dict:
+        payload = {"version": CACHE_VERSION, "key": key,
+                   "templates": {k: converters.graph_to_dict(g) for k, g in self.templates.items()},
+                   "values": self.values, "buffers": self.buffers}
+        payload["checksum"] = _checksum(payload)
+        return payload
+
+    def _write_cache(self, path: Path, key: str) -> None:
+        """Write the cache atomically; where it cannot be written, keep going in memory."""
+        payload = self._payload(key)
+        try:
             path.parent.mkdir(exist_ok=True)
-            save_atomic({"templates": {k: converters.graph_to_dict(g) for k, g in self.templates.items()},
-                          "values": self.values, "buffers": self.buffers}, path)
+            write_atomic(path, lambda tmp: torch.save(payload, tmp))
+        except OSError as err:
+            note(f"cannot write the zoo's cache {path} ({err.strerror or err}); the converted zoo is kept in memory "
+                 f"(converted again next time)")
+
+    def _read_cache(self, path: Path, key: str) -> None:
+        """A cache written by :meth:`_write_cache` for exactly this content, checksum and values checked."""
+        where = f"the zoo's cache {path}"
+        fix = "remove it to convert the zoo again"
+        try:
+            payload = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - a corrupt file fails in many ways; torch's advice is not passed on
+            raise ValueError(f"{where} is unreadable ({type(err).__name__}); {fix}") from None
+        if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION or payload.get("key") != key:
+            raise ValueError(f"{where} is not a cache of this zoo's checkpoints; {fix}")
+        if payload.get("checksum") != _checksum(payload):
+            raise ValueError(f"{where} fails its checksum (edited or corrupt); {fix}")
+        values, buffers = payload["values"], payload["buffers"]
+        if len(values) != len(self.members) or len(buffers) != len(self.members):
+            raise ValueError(f"{where} holds {len(values)} members, the zoo {len(self.members)}; {fix}")
+        if not all(isinstance(t, dict) and "checksum" in t for t in payload["templates"].values()):
+            raise ValueError(f"{where}: a template graph has no checksum; {fix}")
+        try:
+            self.templates = {k: converters.graph_from_dict(v) for k, v in payload["templates"].items()}
+        except ConversionError as err:
+            raise ValueError(f"{where}: {err}; {fix}") from None
+        for member, k, v, b in zip(self.members, self.arch_keys, values, buffers):
+            expected = int(self.templates[k].num_param_edges) if k in self.templates else -1
+            if not isinstance(v, Tensor) or v.shape != (expected,):
+                raise ValueError(f"{where}: the values of {member['path']} do not fit its architecture; {fix}")
+            _check_finite(v, b, f"{where} (member {member['path']})")
+        self.values, self.buffers = values, buffers
 
     def _convert(self, member: dict, key: str) -> tuple[Tensor, dict[str, Tensor]]:
         """The member's parameter values and its checkpoint (read once: buffers come from it too)."""
@@ -157,6 +242,49 @@ class ZooDataset(Dataset):
         model, example = self.zoo.model(member)
         model.load_state_dict(self.zoo.weights(member))
         return model.eval(), example
+
+
+def _check_finite(values: Tensor, buffers: dict[str, Tensor], where: str) -> None:
+    """Refuse NaN/inf weights or statistics: a metanetwork would train on them silently."""
+    bad = int((~torch.isfinite(values)).sum())
+    names = [k for k, b in buffers.items() if b.is_floating_point() and not bool(torch.isfinite(b).all())]
+    if bad or names:
+        what = [f"{bad} NaN/inf parameter values"] if bad else []
+        if names:
+            what.append(f"NaN/inf in buffer {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else ""))
+        raise ValueError(f"{where} holds {' and '.join(what)}: refused (a diverged or corrupt checkpoint; leave it out "
+                         f"of the zoo)")
+
+
+def _checksum(payload: dict) -> str:
+    """SHA-256 over the cache's key, its templates' own checksums, and every value and buffer."""
+    digest = hashlib.sha256(json.dumps([payload.get("version"), payload.get("key")]).encode())
+
+    def feed(t) -> None:
+        if not isinstance(t, Tensor):
+            digest.update(repr(t).encode())
+            return
+        t = t.detach().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+    templates = payload.get("templates")
+    if not isinstance(templates, dict) or not isinstance(payload.get("values"), list) or \
+            not isinstance(payload.get("buffers"), list):
+        return ""
+    for k in sorted(templates):
+        digest.update(k.encode())
+        digest.update(repr(templates[k].get("checksum") if isinstance(templates[k], dict) else None).encode())
+    for v in payload["values"]:
+        feed(v)
+    for b in payload["buffers"]:
+        if not isinstance(b, dict):
+            feed(b)
+            continue
+        for name in sorted(b):
+            digest.update(name.encode())
+            feed(b[name])
+    return digest.hexdigest()
 
 
 def _positions(items: list[str], order: list[str]) -> list[int]:

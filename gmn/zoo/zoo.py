@@ -61,7 +61,7 @@ class Zoo:
         self.root = Path(root)
         if not (self.root / FILENAME).is_file():
             raise FileNotFoundError(f"{self.root} holds no zoo catalogue ({FILENAME}); build or import one first")
-        self.catalogue = Catalogue(self.root)
+        self.catalogue = Catalogue(self.root, readonly=True)  # a zoo is read; a read-only one too
         self.allow_modules = frozenset(allow_modules)
 
     def members(self, include_diverged: bool = False) -> list[dict]:
@@ -81,38 +81,104 @@ class Zoo:
 
     def model(self, member: dict) -> tuple[nn.Module, torch.Tensor]:
         """A fresh module of the member's architecture (weights not loaded) and an example input."""
-        arch = member["arch"]
-        family = arch.get("family") if isinstance(arch, dict) else None
-        if family == "builtin" and arch.get("name") in BUILTIN:
-            factory, example = BUILTIN[arch["name"]]
-            return factory(**arch.get("kwargs", {})), example()
-        if family == "module":
-            name = arch.get("name")
-            if name not in self.allow_modules:
-                raise ValueError(f"run {member['run_id']} of {self.root} names the Python architecture {name!r}; a zoo "
-                                 f"never imports code its catalogue names: allow it explicitly "
-                                 f"(allow_modules=({name!r},), or --allow-module {name})")
-            module, attr = name.split(":", 1)
-            model = getattr(importlib.import_module(module), attr)()
-            return model, torch.randn(2, *arch["input_shape"])
-        if family == "siren":
-            from .inr import Siren, coordinates
-
-            return Siren(arch["hidden"], arch["depth"]), coordinates()
-        if family == "onnx":
-            raise ValueError("ONNX members carry their own architecture: convert the file itself")
-        if family is None or family == "builtin":
-            raise ValueError(f"run {member['run_id']} of {self.root} has an unknown architecture {arch!r}")
-        data = datasets.load(member["dataset"])
-        return build(arch, data.input_shape, data.classes), data.x_test[:2]
+        where = f"run {member['run_id']} of {self.root}"
+        try:
+            return architecture(member["arch"], member.get("dataset"), self.allow_modules, where)
+        except (KeyError, TypeError) as err:  # an edited catalogue's spec lacks or mistypes a field
+            raise ValueError(f"{where}: the architecture {member['arch']!r} is malformed "
+                             f"({type(err).__name__}: {err})") from None
 
 
-def _number(text: str) -> float | None:
+def architecture(arch: dict, dataset: str | None, allow_modules=frozenset(), where: str = "the zoo"
+                 ) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh module of the catalogue architecture ``arch`` and an example input; a Python
+    ``module:attr`` is imported only when it is in ``allow_modules``."""
+    family = arch.get("family") if isinstance(arch, dict) else None
+    if family == "builtin" and arch.get("name") in BUILTIN:
+        factory, example = BUILTIN[arch["name"]]
+        return factory(**arch.get("kwargs", {})), example()
+    if family == "module":
+        name = arch.get("name")
+        if name not in allow_modules:
+            raise ValueError(f"{where} names the Python architecture {name!r}; a zoo never imports code its catalogue "
+                             f"names: allow it explicitly (allow_modules=({name!r},), or --allow-module {name})")
+        module, attr = name.split(":", 1)
+        model = getattr(importlib.import_module(module), attr)()
+        return model, torch.randn(2, *arch["input_shape"])
+    if family in ("small-cnn-zoo", "siren-inr", "hsg-net"):  # gmn.zoo.formats: the published zoos
+        from .formats import published_model
+
+        return published_model(arch, dataset)
+    if family == "siren":
+        from .inr import Siren, coordinates
+
+        return Siren(arch["hidden"], arch["depth"]), coordinates()
+    if family == "onnx":
+        raise ValueError("ONNX members carry their own architecture: convert the file itself")
+    if family is None or family == "builtin":
+        raise ValueError(f"{where} has an unknown architecture {arch!r}")
+    data = datasets.load(dataset)
+    return build(arch, data.input_shape, data.classes), data.x_test[:2]
+
+
+def _number(text: str | None, column: str, where: str) -> float | None:
+    """A target cell: a finite number, or empty (missing). NaN, inf and text are refused."""
+    if text is None or not text.strip():
+        return None
     try:
         value = float(text)
     except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+        raise ValueError(f"{where}: target {column!r} is {text!r}, not a number (every column but path, run, epoch, "
+                         f"family and arch is a numeric target; leave a cell empty when missing)") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: target {column!r} is {text!r}; targets must be finite numbers (leave the cell "
+                         f"empty when it is missing)")
+    return value
+
+
+def _check_onnx(path: Path, where: str) -> None:
+    """Parse and check an ONNX file (size, external data confined, graph), as at conversion."""
+    try:
+        import onnx
+
+        from converters.onnx_frontend import load_onnx
+    except ImportError:
+        raise ValueError(f"{where}: {path.name} is ONNX: pip install -e \".[onnx]\"") from None
+    try:
+        onnx.checker.check_model(load_onnx(path))
+    except ValueError as err:  # ConversionError: names the file and the problem
+        raise ValueError(f"{where}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - onnx raises ValidationError, DecodeError, ...
+        text = " ".join(str(err).split())
+        raise ValueError(f"{where}: {path} is not a valid ONNX model ({type(err).__name__}: {text[:300]})") from None
+
+
+def _check_fits(state: dict[str, torch.Tensor], expected: dict[str, tuple], path: Path, where: str) -> None:
+    """A checkpoint's tensors against its architecture's: names and shapes, in one line."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (first: {k} is {tuple(state[k].shape)} in the file, "
+                     f"{expected[k]} in the architecture)")
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    raise ValueError(f"{where}: {path.name} does not fit its architecture: " + "; ".join(parts))
+
+
+def _expected(spec: dict, allow: tuple[str, ...], cache: dict) -> dict[str, tuple]:
+    """Names and shapes of the tensors a checkpoint of ``spec`` holds (one module built per spec)."""
+    key = repr(spec)
+    if key not in cache:
+        model, _ = architecture(spec, None, frozenset(allow), f"architecture {spec}")
+        cache[key] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return cache[key]
 
 
 def import_folder(folder: str | Path, targets: str | Path, arch: str | None = None,
@@ -122,11 +188,13 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
     The CSV has a ``path`` column (relative to ``folder``), optionally ``run`` (checkpoints
     of one training run share it; splits never separate them), ``epoch``, ``family`` and
     ``arch`` (a built-in name), and numeric target columns (``test_acc``, ``gap``, ... or any
-    other name). ``arch=`` gives one architecture for all rows: a built-in name, or a Python
-    ``module:attr`` (with ``input_shape``) — only ever from the caller, never from the CSV,
-    and loading such a zoo later needs ``Zoo(..., allow_modules=...)``. Every checkpoint is
-    opened before anything is written. Runs already in the zoo are never replaced unless
-    ``replace``. Nothing is written when a row is refused.
+    other name; finite numbers or empty). ``arch=`` gives one architecture for all rows: a
+    built-in name, or a Python ``module:attr`` (with ``input_shape``) — only ever from the
+    caller, never from the CSV, and loading such a zoo later needs ``Zoo(..., allow_modules=...)``.
+    Every checkpoint is opened before anything is written: PyTorch ones are checked against
+    their architecture (names and shapes), ONNX ones parsed and checked. Runs already in the
+    zoo are never replaced unless ``replace``. Nothing is written when a row is refused, and
+    all runs are catalogued in one transaction (a killed import leaves all or none).
     """
     folder = Path(folder).resolve()
     try:
@@ -138,6 +206,8 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
         raise ValueError(f"{targets} needs a header with a 'path' column")
     runs: dict[str, dict] = {}
     seen: dict[tuple[str, int], int] = {}
+    shapes: dict[str, dict[str, tuple]] = {}
+    allow = (arch,) if arch and ":" in arch else ()
     for i, row in enumerate(rows, start=2):
         where = f"row {i} of {targets}"
         rel = row.get("path") or ""
@@ -148,8 +218,10 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
         if not path.is_file():
             raise FileNotFoundError(f"{where}: no file {path}")
         spec = _arch_spec(row.get("arch") or None, arch, input_shape, path, where)
-        if spec["family"] != "onnx":
-            load_weights(path)  # refuse an unreadable checkpoint now, not at training time
+        if spec["family"] == "onnx":
+            _check_onnx(path, where)
+        else:  # refuse an unreadable checkpoint, or one of another architecture, now, not at training time
+            _check_fits(load_weights(path), _expected(spec, allow, shapes), path, where)
         run_id = row.get("run") or rel
         try:
             epoch = int(row.get("epoch") or len(runs.get(run_id, {}).get("checkpoints", [])))
@@ -163,8 +235,10 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
                                        "status": "imported", "checkpoints": []})
         if run["arch"] != spec:
             raise ValueError(f"{where}: run {run_id!r} mixes architectures {run['arch']} and {spec}")
-        numbers = {k: _number(v) for k, v in row.items()
-                   if k is not None and k not in ("path", "run", "epoch", "family", "arch")}
+        if None in row:
+            raise ValueError(f"{where}: more cells than the header has columns")
+        numbers = {k: _number(v, k, where) for k, v in row.items()
+                   if k not in ("path", "run", "epoch", "family", "arch")}
         run["checkpoints"].append({"epoch": epoch, "path": str(path.relative_to(folder)),
                                    **{m: numbers.get(m) for m in METRICS},
                                    "extra": {k: v for k, v in numbers.items() if k not in METRICS}})
@@ -174,11 +248,10 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
         if clash and not replace:
             raise ValueError(f"{folder} already holds runs {', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}; "
                              f"an import never replaces runs (pass replace=True / --replace to do so)")
-        for run in runs.values():
-            catalogue.add_run(run)
+        catalogue.add_runs(list(runs.values()))  # one transaction: all runs or none
     finally:
         catalogue.close()
-    return Zoo(folder, allow_modules=(arch,) if arch and ":" in arch else ())
+    return Zoo(folder, allow_modules=allow)
 
 
 def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, where: str) -> dict:

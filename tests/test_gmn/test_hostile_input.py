@@ -116,8 +116,15 @@ def test_every_read_is_confined_to_the_zoo(tmp_path):
 def test_zoo_dataset_confines_onnx_members_too(tmp_path):
     from gmn.data import ZooDataset
 
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
     folder = _folder(tmp_path)
-    (folder / "m.onnx").write_bytes(b"never opened at import")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(torch.randn(3, 2).numpy(), "w")])
+    onnx.save(helper.make_model(graph), folder / "m.onnx")
     import_folder(folder, _csv(tmp_path / "t.csv", [{"path": "m.onnx", "test_acc": 0.5}])).catalogue.close()
     (tmp_path / "outside.onnx").write_bytes(b"")
     db = sqlite3.connect(folder / "catalogue.sqlite")
