@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..nn.attention_pool import AttentionPool
+from ..nn.tensor_pool import TensorPool
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
 
 KINDS = ("gmn", "pna", "scale_gmn")
 READOUTS = ("graph", "node", "edge")
+POOLS = ("mean", "max", "sum", "attn", "tensor")
 
 
 def node_graphs(g) -> Tensor:
@@ -33,16 +36,21 @@ class GraphMetanetwork(nn.Module):
     """
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
-                 out_dim: int = 1, aggr: str = "mean", node_features: int = 0):
+                 out_dim: int = 1, aggr: str = "mean", node_features: int = 0, pool: str = "mean",
+                 value_scale: float = 4.0):
         super().__init__()
         if kind not in KINDS or readout not in READOUTS:
             raise ValueError(f"kind must be one of {KINDS} and readout one of {READOUTS}")
-        self.kind, self.readout = kind, readout
-        self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden)
+        self.kind, self.readout, self.pools = kind, readout, tuple(pool.split("+"))
+        self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden, scale=value_scale)
         self.node_inputs = nn.Linear(node_features, hidden) if node_features else None
         make = (lambda: PNAConv(hidden)) if kind == "pna" else (lambda: GMNConv(hidden, aggr))
         self.convs = nn.ModuleList(make() for _ in range(layers))
-        width = 3 * hidden if readout == "graph" else hidden
+        if any(p not in POOLS for p in self.pools):
+            raise ValueError(f"pool must join some of {POOLS} with '+', got {pool!r}")
+        self.attention = AttentionPool(hidden) if "attn" in self.pools else None
+        self.tensors = TensorPool(hidden) if "tensor" in self.pools else None
+        width = (2 + len(self.pools) + ("tensor" in self.pools)) * hidden if readout == "graph" else hidden
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, g, values: Tensor | None = None, node_features: Tensor | None = None) -> Tensor:
@@ -66,6 +74,12 @@ class GraphMetanetwork(nn.Module):
             return out if scales is None else decanonicalise(g, out, scales)
         batch = node_graphs(g)
         size = int(g.num_param_edges.numel())
+        edge_batch = batch[g.edge_index[0]]
         pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max"),
-                            scatter(e, batch[g.edge_index[0]], size, "mean")], -1)
+                            *(self._pool(g, e, edge_batch, size, p) for p in self.pools)], -1)
         return self.head(pooled)
+
+    def _pool(self, g, e: Tensor, index: Tensor, size: int, how: str) -> Tensor:
+        if how == "tensor":
+            return self.tensors(e, g, size)
+        return self.attention(e, index, size) if how == "attn" else scatter(e, index, size, how)

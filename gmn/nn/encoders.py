@@ -46,13 +46,13 @@ class FourierFeatures(nn.Module):
 
 
 class EdgeEncoder(nn.Module):
-    def __init__(self, hidden: int, fourier: int = 32):
+    def __init__(self, hidden: int, fourier: int = 32, scale: float = 4.0):
         super().__init__()
         self.hidden = hidden
         self.type_embed = nn.Embedding(len(EdgeType), hidden)
         self.kind = nn.Embedding(3, hidden)
         self.pos = nn.Linear(hidden, hidden)
-        self.fourier = FourierFeatures(fourier)
+        self.fourier = FourierFeatures(fourier, scale)
         self.value = nn.Linear(fourier // 2 * 2 + 1, hidden)
 
     def forward(self, g, values: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ from converters.io import save_atomic
 
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
+from ..probes import batch_features, member_probe_features
 
 METANETWORKS = ("gmn", "pna", "scale_gmn")
 METHODS = ("statnn", "mlp", *METANETWORKS)
@@ -77,6 +78,27 @@ def statnn_features(dataset: ZooDataset, indices: Tensor) -> np.ndarray:
     return np.array([r + [np.nan] * (width - len(r)) for r in rows])
 
 
+def standardised_values(batch, stds: dict[str, Tensor], arch_keys: list[str]) -> Tensor:
+    """Every edge value of a batch of zoo graphs, parameter edges divided by their tensor's
+    training-set standard deviation (:meth:`ZooDataset.parameter_std`); an architecture no
+    training member has keeps its raw values."""
+    counts = torch.bincount(batch.batch[batch.edge_index[0]], minlength=batch.num_graphs).tolist()
+    scale = []
+    for member, edges in zip(batch.member.tolist(), counts):
+        std = stds.get(arch_keys[member], torch.ones(0))
+        scale += [std, torch.ones(edges - std.numel())]
+    return batch.edge_value / torch.cat(scale).to(batch.edge_value.device)
+
+
+def probe_inputs(dataset: ZooDataset, count: int, seed: int = 0) -> Tensor:
+    """``count`` fixed standard-normal inputs of the zoo's input shape (no data needed); every
+    architecture of the zoo must take the same shape, and real-valued inputs."""
+    shapes = {tuple(example.shape[1:]) for _, example in dataset.arch_modules().values()}
+    if len(shapes) != 1:
+        raise ValueError(f"probe inputs need one input shape; this zoo's architectures take {sorted(shapes)}")
+    return torch.randn(count, *shapes.pop(), generator=torch.Generator().manual_seed(seed))
+
+
 def _standardiser(y: Tensor) -> tuple[Tensor, Tensor]:
     return y.mean(0), y.std(0).clamp(min=1e-6)
 
@@ -110,6 +132,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  #: bf16 autocast on CUDA
+    normalise: bool = False  #: parameter edges divided by their tensor's training-set std
+    pool: str = "mean"  #: the graph readout's reductions of node and edge states, e.g. "mean+max"
+    value_scale: float = 4.0  #: frequency scale of the edge values' Fourier features
+    probes: int = 0  #: every neuron also sees its activations on this many fixed random inputs
 
 
 class _Trainer:
@@ -204,7 +230,15 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
     device = torch.device(config.device)
     mean, std = mean.to(device), std.to(device)
     net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=dataset.y.size(1),
-                           aggr=config.aggr).to(device)
+                           aggr=config.aggr, pool=config.pool,
+                           value_scale=config.value_scale, node_features=config.probes).to(device)
+    features = member_probe_features(dataset, probe_inputs(dataset, config.probes, config.seed)) \
+        if config.probes else None
+    stds = dataset.parameter_std(split.train) if config.normalise else None
+
+    def run(module: nn.Module, batch) -> Tensor:
+        values = None if stds is None else standardised_values(batch, stds, dataset.arch_keys)
+        return module(batch, values, batch_features(features, batch))
     train_net = net
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -219,7 +253,8 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
         out = []
         with torch.no_grad(), autocast:
             for batch in DataLoader(dataset.index_select(idx), batch_size=2 * config.batch_size):
-                out.append(net(batch.to(device)).float() * std + mean)
+                batch = batch.to(device)
+                out.append(run(net, batch).float() * std + mean)
         return torch.cat(out).cpu()
 
     def train_epoch() -> float:
@@ -228,7 +263,7 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
         for batch in loader:
             batch = batch.to(device)
             with autocast:
-                pred = train_net(batch)
+                pred = run(train_net, batch)
             loss = F.mse_loss(pred.float(), (batch.y - mean) / std)
             trainer.step(loss)
             total += loss.detach() * batch.num_graphs

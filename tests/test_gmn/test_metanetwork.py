@@ -160,3 +160,27 @@ def test_same_results_on_cuda(graphs):
             cpu = net(g)
             gpu = net.cuda()(g.clone().to("cuda"))
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool", ["mean+attn", "tensor", "mean+max+attn+tensor"])
+def test_readout_pools_are_invariant_and_batch_alike(graphs, pool):
+    torch.manual_seed(0)
+    net = GraphMetanetwork(hidden=16, layers=2, pool=pool).eval()
+    singles = [graphs[n][0] for n in ("mlp_tanh", "resnet18", "moe")]
+    with torch.no_grad():
+        for name in ("mlp_tanh", "resnet18", "moe", "gpt2"):
+            g, g2 = graphs[name][:2]
+            torch.testing.assert_close(net(g2), net(g), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(net(Batch.from_data_list(singles)), torch.cat([net(s) for s in singles]),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_tensor_segments_follow_the_parameters(graphs):
+    from gmn.nn.tensor_pool import tensor_segments
+
+    singles = [graphs[n][0] for n in ("mlp_tanh", "vit")]
+    seg, owner = tensor_segments(Batch.from_data_list(singles))
+    first = singles[0].param_index.params
+    assert owner.tolist() == [0] * (len(first) + 1) + [1] * (len(singles[1].param_index.params) + 1)
+    for i, (name, shape, offset) in enumerate(first):  # a tensor's edges are its own segment
+        assert set(seg[singles[0].param_index.edge_ids(name)].tolist()) == {i}
