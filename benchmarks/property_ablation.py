@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--zoo", required=True)
     p.add_argument("--targets", default="test_acc,gap")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="first seed (processes with other seeds share the log)")
     p.add_argument("--variant", action="append", default=[], type=_variant,
                    help='NAME=JSON of TrainConfig fields over the base, e.g. attn=\'{"pool": "mean+attn"}\'')
     p.add_argument("--out", default="benchmarks/results/property")
@@ -48,7 +49,7 @@ def main() -> None:
     log = out / "ablation.jsonl"
     data = ZooDataset(args.zoo, tuple(args.targets.split(",")), progress=False)
     variants = dict(args.variant or [("base", {})])
-    for seed in range(args.seeds):
+    for seed in range(args.seed, args.seed + args.seeds):
         split = split_by_run(data.run, data.family, seed=seed)
         done = {(r["variant"], r["seed"]) for r in _rows(log)}
         todo = [("statnn", None)] + list(variants.items())
@@ -75,7 +76,8 @@ def format_table(rows: list[dict], targets: list[str], members: int, zoo: str) -
     """Per variant: tau mean ± std over seeds, and the mean paired difference to StatNN."""
     stat = {(r["seed"]): r for r in rows if r["variant"] == "statnn"}
     names = list(dict.fromkeys(r["variant"] for r in rows))
-    head = f"{'variant':<22}{'seeds':>6}" + "".join(f"{t + ' tau':>18}{'- statnn':>11}" for t in targets) + f"{'s/seed':>8}"
+    cells = "".join(f"{t + ' tau':>18}{'- statnn':>11}" for t in targets)
+    head = f"{'variant':<22}{'seeds':>6}{cells}{'s/seed':>8}"
     lines = [f"{members} checkpoints ({zoo}); base {json.dumps(BASE)}", head, "-" * len(head)]
     for name in names:
         mine = [r for r in rows if r["variant"] == name and r["seed"] in stat]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
 from ..nn.attention_pool import AttentionPool
 from ..nn.tensor_pool import TensorPool
-from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
 
 KINDS = ("gmn", "pna", "scale_gmn")
 READOUTS = ("graph", "node", "edge")

@@ -14,9 +14,8 @@ from torch import Tensor
 from torch_geometric.loader import DataLoader
 
 from ..data import Split, ZooDataset
-from ..models import GraphMetanetwork
 from ..probes import batch_features, member_probe_features
-from .property import TrainConfig, _Trainer
+from .property import TrainConfig, _Trainer, graph_metanetwork, standardised_values
 
 
 @dataclass
@@ -30,15 +29,6 @@ class ClassifierResult:
     @property
     def accuracy(self) -> float:
         return float((self.predicted == self.true).mean())
-
-
-def standardised_values(batch, stds: dict[str, Tensor], arch_keys: list[str]) -> Tensor:
-    """Every edge value of a batch of zoo graphs, parameter edges divided by their tensor's
-    training-set standard deviation (:meth:`ZooDataset.parameter_std`)."""
-    counts = torch.bincount(batch.batch[batch.edge_index[0]], minlength=batch.num_graphs).tolist()
-    scale = torch.cat([torch.cat([stds[arch_keys[m]], torch.ones(e - stds[arch_keys[m]].numel())])
-                       for m, e in zip(batch.member.tolist(), counts)])
-    return batch.edge_value / scale.to(batch.edge_value.device)
 
 
 def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config: TrainConfig | None = None,
@@ -57,8 +47,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     features = None if probes is None else member_probe_features(dataset, probes.cpu())
-    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=int(labels.max()) + 1,
-                           aggr=config.aggr, node_features=0 if probes is None else len(probes)).to(device)
+    net = graph_metanetwork(config, kind, int(labels.max()) + 1, 0 if probes is None else len(probes)).to(device)
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)
     stds = dataset.parameter_std(split.train)
 

@@ -100,7 +100,8 @@ def probe_inputs(dataset: ZooDataset, count: int, seed: int = 0) -> Tensor:
 
 
 def _standardiser(y: Tensor) -> tuple[Tensor, Tensor]:
-    return y.mean(0), y.std(0).clamp(min=1e-6)
+    # one training member has no spread (std is NaN): keep its scale
+    return y.mean(0), torch.nan_to_num(y.std(0), nan=1.0).clamp(min=1e-6)
 
 
 def fit_statnn(dataset: ZooDataset, split: Split, seed: int = 0) -> MethodResult:
@@ -136,6 +137,14 @@ class TrainConfig:
     pool: str = "mean"  #: the graph readout's reductions of node and edge states, e.g. "mean+max"
     value_scale: float = 4.0  #: frequency scale of the edge values' Fourier features
     probes: int = 0  #: every neuron also sees its activations on this many fixed random inputs
+
+
+def graph_metanetwork(config: TrainConfig, kind: str, out_dim: int,
+                      node_features: int | None = None) -> GraphMetanetwork:
+    """The graph-readout metanetwork ``config`` describes (``node_features`` default: its probes)."""
+    return GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=out_dim,
+                            aggr=config.aggr, pool=config.pool, value_scale=config.value_scale,
+                            node_features=config.probes if node_features is None else node_features)
 
 
 class _Trainer:
@@ -229,9 +238,7 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
     mean, std = _standardiser(dataset.y[split.train])
     device = torch.device(config.device)
     mean, std = mean.to(device), std.to(device)
-    net = GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=dataset.y.size(1),
-                           aggr=config.aggr, pool=config.pool,
-                           value_scale=config.value_scale, node_features=config.probes).to(device)
+    net = graph_metanetwork(config, kind, dataset.y.size(1)).to(device)
     features = member_probe_features(dataset, probe_inputs(dataset, config.probes, config.seed)) \
         if config.probes else None
     stds = dataset.parameter_std(split.train) if config.normalise else None

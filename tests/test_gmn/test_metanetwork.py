@@ -182,5 +182,5 @@ def test_tensor_segments_follow_the_parameters(graphs):
     seg, owner = tensor_segments(Batch.from_data_list(singles))
     first = singles[0].param_index.params
     assert owner.tolist() == [0] * (len(first) + 1) + [1] * (len(singles[1].param_index.params) + 1)
-    for i, (name, shape, offset) in enumerate(first):  # a tensor's edges are its own segment
+    for i, (name, _, _) in enumerate(first):  # a tensor's edges are its own segment
         assert set(seg[singles[0].param_index.edge_ids(name)].tolist()) == {i}
