@@ -77,15 +77,23 @@ def _write_small_cnn_zoo(folder, runs: int = 4, seed: int = 0, nan_row: int | No
     return weights, metrics, layout
 
 
-def _tf_forward(row: np.ndarray, layout, x_nhwc: np.ndarray, act: str) -> np.ndarray:
-    """Keras' forward of the zoo's CNN in numpy: NHWC, Conv2D 'valid' stride 2 (cross-correlation,
-    kernel (kh, kw, in, out)), activation, GlobalAveragePooling2D, Dense (kernel (in, out))."""
+def _tf_forward(row: np.ndarray, layout, x_nhwc: np.ndarray, act: str, padding: str = "valid") -> np.ndarray:
+    """Keras' forward of the zoo's CNN in numpy: NHWC, Conv2D stride 2 (cross-correlation, kernel
+    (kh, kw, in, out)), activation, GlobalAveragePooling2D, Dense (kernel (in, out)). 'same' as
+    tf.nn.conv2d documents it: output ceil(n / s), the padding's odd pixel at the bottom/right."""
     var = {name: row[start:end].reshape(shape) for name, start, end, shape in layout}
     f = {"relu": lambda v: np.maximum(v, 0), "tanh": np.tanh}[act]
     x = x_nhwc.astype(np.float64)
     for scope in ("conv2d", "conv2d_1", "conv2d_2"):
         k, b = var[f"sequential/{scope}/kernel:0"], var[f"sequential/{scope}/bias:0"]
         kh, kw, _, cout = k.shape
+        if padding == "same":
+            pads = []
+            for n, kk in ((x.shape[1], kh), (x.shape[2], kw)):
+                out = -(-n // 2)
+                total = max((out - 1) * 2 + kk - n, 0)
+                pads.append((total // 2, total - total // 2))
+            x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
         oh, ow = (x.shape[1] - kh) // 2 + 1, (x.shape[2] - kw) // 2 + 1
         y = np.zeros((x.shape[0], oh, ow, cout))
         for i in range(oh):
@@ -95,6 +103,24 @@ def _tf_forward(row: np.ndarray, layout, x_nhwc: np.ndarray, act: str) -> np.nda
         x = f(y)
     pooled = x.mean(axis=(1, 2))
     return pooled @ var["sequential/dense/kernel:0"] + var["sequential/dense/bias:0"]
+
+
+def test_tf_same_padding_matches_tensorflow_semantics():
+    from gmn.zoo.formats.architectures import SmallCNNZooNet
+    from gmn.zoo.formats.small_cnn_zoo import row_state
+
+    row, layout = _tf_row(np.random.default_rng(5))
+    x = np.random.default_rng(6).normal(size=(2, 8, 8, 1)).astype(np.float32)  # digits' 8x8: 4, 2, 1 pixels
+    layers = [{"scope": n.rsplit("/", 1)[0], "kind": "conv" if len(shape) == 4 else "dense", "row": i,
+               "kernel": (s, e, shape)} for i, (n, s, e, shape) in enumerate(layout) if n.endswith("kernel:0")]
+    for layer in layers:
+        name, s, e, shape = next(v for v in layout if v[0] == f"{layer['scope']}/bias:0")
+        layer["bias"] = (s, e, shape)
+    model = SmallCNNZooNet(padding="same", act="tanh")
+    model.load_state_dict(row_state(row, layers))
+    with torch.no_grad():
+        got = model.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
+    np.testing.assert_allclose(got, _tf_forward(row, layout, x, "tanh", "same"), rtol=1e-4, atol=1e-4)
 
 
 def _nfn_order_file(path, n: int, seed: int = 1) -> None:
@@ -263,6 +289,10 @@ def test_dwsnets_sirens_with_their_split_file(tmp_path):
         model.load_state_dict(zoo.weights(m))
         with torch.no_grad():
             torch.testing.assert_close(model(coords), theirs(coords))
+    from gmn.data import ZooDataset
+
+    data = ZooDataset(zoo, targets=("label",), progress=False)  # the w0 = 30 sine layers and the + 0.5 convert
+    assert data[0].num_edges >= 1185 and sorted(data.y[:, 0].tolist()) == [1.0, 2.0, 3.0, 7.0]
     spec = json.loads((tmp_path / "zoo" / "splits" / "dwsnets.json").read_text())
     assert len(spec["test"]) == 1 and len(spec["train"]) == 3 and spec["val"] == []  # fewer than 5,000: no val
 
