@@ -114,14 +114,18 @@ def check_file_size(path: Path, limit: int, what: str = "file") -> None:
         raise ResourceLimitError(f"{path}: a {what} of {size:,} bytes; gmn reads at most {limit:,}")
 
 
-def check_archive(path: str | os.PathLike) -> None:
+def check_archive(path: str | os.PathLike, legacy: bool = False) -> None:
     """A ``torch.save`` zip archive's declared entries, checked before ``torch.load`` inflates
     them: every entry's uncompressed size at most :data:`MAX_ZIP_RATIO` times its compressed
-    size, and their total within free memory. Files that are not zip archives (legacy
-    ``torch.save`` format, which cannot compress) are left to ``torch.load``."""
+    size, and their total within free memory. A file in the legacy (pre-1.6, not zip) format,
+    whose pickle declares storage sizes ``torch.load`` allocates before reading, is refused
+    unless ``legacy``."""
     path = Path(path)
     try:
         if not zipfile.is_zipfile(path):
+            if not legacy and path.is_file():
+                raise ConversionError(f"{path}: not a torch.save zip archive (the legacy format, or another kind "
+                                      "of file); re-save it with torch.save or as safetensors")
             return
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
