@@ -142,3 +142,25 @@ def check_archive(path: str | os.PathLike, legacy: bool = False) -> None:
     if total > free:
         raise ResourceLimitError(f"{path}: its archive entries hold {total:,} bytes ({_gib(total)}); only "
                                  f"{_gib(free)} of memory is free")
+
+
+#: Bytes a traced forward may allocate per element of its example input: activations of a few
+#: dozen layers at that size, 8 bytes each.
+EXAMPLE_FACTOR = 8 * 64
+
+
+def check_example(shape: Iterable[int], what: str) -> None:
+    """An example input of ``shape`` (from an option or a file's declaration): refused before it
+    is made when running the model on it cannot fit in free memory."""
+    check_elements(elements(shape, what), what, EXAMPLE_FACTOR)
+
+
+def check_module(factory, what: str) -> None:
+    """Build ``factory()`` on the meta device (no memory), count its parameters and buffers, and
+    refuse (:func:`check_parameters`) before the real build when they cannot fit."""
+    import torch
+
+    with torch.device("meta"):
+        model = factory()
+    count = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    check_parameters(count, what)

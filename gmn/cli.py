@@ -29,6 +29,9 @@ def _example(shape: str | None, dtype: str, default: tuple | None) -> tuple:
             raise ValueError("give --input-shape for this model (e.g. --input-shape 1,3,32,32)")
         return default
     dims = _shape(shape)
+    from converters.limits import check_example
+
+    check_example(dims, f"--input-shape {shape}")
     return (torch.randint(0, 2, dims) if dtype == "long" else torch.randn(dims),)
 
 

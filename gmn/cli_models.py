@@ -73,10 +73,13 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
                classes: int = 10) -> tuple[nn.Module, tuple | None]:
     """A fresh module of ``spec`` and its default example inputs (None where there is none:
     then ``--input-shape`` is needed). ``input_shape`` (no batch) and ``classes`` size zoo families."""
+    from converters.limits import check_example, check_module
+
     family = spec["family"]
     if family == "builtin":
         factory, example = BUILTIN[spec["name"]]
         try:
+            check_module(lambda: factory(**spec["kwargs"]), f"--arch {spec['name']} {spec['kwargs']}")
             return factory(**spec["kwargs"]), (example(),)
         except TypeError as err:
             raise ValueError(f"built-in {spec['name']!r} does not take these arguments: {err}") from None
@@ -91,6 +94,7 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
 
     if input_shape is None:
         raise ValueError("a zoo-family --arch needs the data's input shape (--data or --input-shape)")
+    check_example((2, *input_shape), f"an example input of shape {(2, *input_shape)}")
     try:
         model = build(spec, input_shape, classes)
     except KeyError as err:
@@ -103,6 +107,7 @@ def load_state(model: nn.Module, path: Path) -> None:
     one line saying how many tensors differ and the first of each kind."""
     state = load_weights(path)
     expected = model.state_dict()
+    _check_kinds(state, expected, path)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -120,6 +125,22 @@ def load_state(model: nn.Module, path: Path) -> None:
                          + " (a built-in of another size takes JSON arguments, e.g. '{\"name\": \"resnet18\", "
                            "\"width\": 16}')")
     model.load_state_dict(state)
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "complex" if t.is_complex() else "floating-point" if t.is_floating_point() else \
+        "boolean" if t.dtype == torch.bool else "integer"
+
+
+def _check_kinds(state: dict, expected: dict, path: Path) -> None:
+    """Values are never silently cast across kinds: an integer, boolean or complex tensor where
+    the model holds floating point (a quantised or foreign checkpoint) is one line naming it.
+    Casts within a kind (float16 to float32) are exact."""
+    for key, want in expected.items():
+        got = state.get(key)
+        if isinstance(got, torch.Tensor) and _kind(got) != _kind(want):
+            raise ValueError(f"{path}: tensor {key!r} is {got.dtype} ({_kind(got)}), the model's is {want.dtype} "
+                             f"({_kind(want)}); gmn does not cast across kinds (a quantised checkpoint?)")
 
 
 def is_hf_folder(path: Path) -> bool:
