@@ -358,14 +358,17 @@ def _zoo_info(args) -> int:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--targets", default="test_acc,gap", help="comma list of catalogue targets to predict")
+    p.add_argument("--targets", default="test_acc,gap", type=checks.names,
+                   help="comma list of catalogue targets to predict")
     p.add_argument("--test-families", default="", help="comma list: hold these families out for testing")
     p.add_argument("--train-epochs", type=checks.positive_int, default=20, help="metanetwork training epochs at most")
     p.add_argument("--patience", type=checks.positive_int, default=10,
                    help="stop after this many epochs without a better validation loss")
     p.add_argument("--hidden", type=checks.positive_int, default=32, help="metanetwork width")
     p.add_argument("--layers", type=checks.positive_int, default=3, help="message-passing layers")
-    p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")
+    p.add_argument("--aggr", default="mean", type=checks.aggregations,
+                   help=f"GMN neighbourhood reduction(s): {', '.join(checks.AGGREGATIONS)} or several joined by +, "
+                        "e.g. mean+max")
     p.add_argument("--batch-size", type=checks.positive_int, default=32, help="graphs per optimiser step")
     p.add_argument("--lr", type=checks.positive_float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")

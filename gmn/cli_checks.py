@@ -108,6 +108,26 @@ def shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def names(text: str) -> str:
+    """A non-empty comma list of names (e.g. catalogue targets)."""
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of names (e.g. test_acc,gap)")
+    return ",".join(parts)
+
+
+AGGREGATIONS = ("mean", "sum", "max", "min")
+
+
+def aggregations(text: str) -> str:
+    """One reduction or several joined by '+', each of ``AGGREGATIONS`` once."""
+    parts = text.split("+")
+    if not all(p in AGGREGATIONS for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(AGGREGATIONS)} or several joined by + "
+                                         f"(e.g. mean+max), each once")
+    return text
+
+
 def folder(text: str) -> str:
     """A folder to write into: refused when the path is an existing file."""
     if Path(text).exists() and not Path(text).is_dir():
