@@ -28,6 +28,9 @@ PEAK_PER_BYTE = 16
 #: whatever memory is free.
 MAX_ELEMENTS = 1 << 30
 
+#: The largest stride, dilation, pad or kernel size of a convolution or pooling a file may ask for.
+MAX_WINDOW = 1 << 15
+
 #: Bytes per element assumed for a tensor whose dtype is not known yet (the widest, float64).
 WIDEST = 8
 

@@ -232,19 +232,32 @@ def _hf_weight_files(folder: Path) -> list[Path]:
                            "save with save_pretrained(..., safe_serialization=True))")
 
 
-def _hf_file_tensors(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors the files hold (their headers only)."""
+#: safetensors dtype names by kind (the rest are integers)
+_ST_KINDS = {"F": "floating-point", "BF": "floating-point", "C": "complex", "BOOL": "boolean"}
+
+
+def _st_kind(dtype: str) -> str:
+    if dtype == "BOOL":
+        return "boolean"
+    return next((kind for prefix, kind in _ST_KINDS.items() if dtype.startswith(prefix)), "integer")
+
+
+def _hf_file_tensors(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Shapes and dtype kinds of the tensors the files hold, by name (their headers only)."""
     from safetensors import SafetensorError, safe_open
 
     out: dict[str, tuple[int, ...]] = {}
+    kinds: dict[str, str] = {}
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
-                    out[key] = tuple(f.get_slice(key).get_shape())
+                    part = f.get_slice(key)
+                    out[key] = tuple(part.get_shape())
+                    kinds[key] = _st_kind(part.get_dtype())
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise ModelFolderError(f"{path}: not a readable safetensors file ({_short(str(err))})") from None
-    return out
+    return out, kinds
 
 
 def _names(keys, limit: int = 3) -> str:
@@ -272,7 +285,7 @@ def hf_model(folder: Path) -> tuple[nn.Module, tuple | None]:
     raw = _hf_config(folder)
     cls = _hf_class(folder, raw, transformers)
     files = _hf_weight_files(folder)
-    file_tensors = _hf_file_tensors(files)
+    file_tensors, file_kinds = _hf_file_tensors(files)
     with _quiet_transformers():
         try:
             config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
@@ -282,7 +295,7 @@ def hf_model(folder: Path) -> tuple[nn.Module, tuple | None]:
         kwargs = {"attn_implementation": "eager"}
         if hasattr(config, "experts_implementation"):
             kwargs["experts_implementation"] = "batched_mm"  # fused experts as plain batched products
-        _check_size_and_tensors(folder, cls, config, file_tensors)
+        _check_size_and_tensors(folder, cls, config, file_tensors, file_kinds)
         model, info = _load_strict(folder, cls, config, kwargs)
     problems = []
     for kind, keys in (("missing from the files", info["missing"]), ("unexpected", info["unexpected"]),
@@ -297,7 +310,8 @@ def hf_model(folder: Path) -> tuple[nn.Module, tuple | None]:
     return model, _hf_example(model)
 
 
-def _check_size_and_tensors(folder: Path, cls, config, file_tensors: dict[str, tuple[int, ...]]) -> None:
+def _check_size_and_tensors(folder: Path, cls, config, file_tensors: dict[str, tuple[int, ...]],
+                            file_kinds: dict[str, str]) -> None:
     """Before anything is allocated: the model's parameter count (built on the meta device)
     against free memory, and the files' tensors against the model's where the names match
     directly (so a file missing most of a model is refused without building it)."""
@@ -308,11 +322,20 @@ def _check_size_and_tensors(folder: Path, cls, config, file_tensors: dict[str, t
             meta = cls(config)
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is counted from its files
         meta = None
+    state = meta.state_dict() if meta is not None else {}
+    # transformers casts what it loads to the model's dtype: a tensor may only fill one of its own
+    # kind; an integer, boolean or complex one only a tensor of its name (a quantised file, cast,
+    # would load as nonsense)
+    for key, kind in file_kinds.items():
+        theirs = _kind(state[key]) if key in state else "floating-point" if kind == "floating-point" else None
+        if theirs != kind:
+            raise ModelFolderError(f"{folder}: tensor {key!r} is {kind} in the files, "
+                                   f"{theirs or 'absent'} in {cls.__name__}; gmn does not cast across kinds "
+                                   "(a quantised checkpoint?)")
     if meta is None:
         count = sum(math.prod(s) for s in file_tensors.values())
         check_parameters(count, f"{folder}")
         return
-    state = meta.state_dict()
     tied = set(getattr(meta, "all_tied_weights_keys", None) or {})
     count = sum(t.numel() for k, t in state.items() if k not in tied)
     check_parameters(count, f"{folder} ({cls.__name__})")
