@@ -274,3 +274,86 @@ def test_whole_branches_swap_with_their_running_statistics():
     swaps = [seed for seed in range(12)
              if bool(torch.isin(symmetry.random_symmetry(g, seed=seed, return_maps=True)[1][left], right).all())]
     assert swaps  # the swap is offered (and _sound checked the outputs under every seed)
+
+
+class HeadsOnTokens(nn.Module):
+    """Two look-alike heads reading different tokens: by a constant slice, or by rows an index
+    computed from the input picked (an expert's tokens). Swapping the heads is no symmetry."""
+
+    def __init__(self, by_index: bool):
+        super().__init__()
+        self.by_index = by_index
+        self.inp, self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        if self.by_index:
+            rows = (x[0, :, 0] > 0).nonzero().squeeze(1)
+            return self.a(h[:, rows]).sum(1) + self.b(h).sum(1)
+        return self.a(h[:, 0]) + self.b(h[:, 1])
+
+
+@pytest.mark.parametrize("by_index", [False, True])
+def test_heads_reading_different_positions_are_not_swapped(by_index):
+    torch.manual_seed(0)
+    x = _x(1, 5, 4)
+    x[0, :2, 0] = torch.tensor([1.0, -1.0])  # the index picks some rows, not all
+    g, moved = _sound(HeadsOnTokens(by_index), x)
+    # a constant slice keeps the shared layer's units free; rows picked by a data-dependent index
+    # pin what they were picked from (the check cannot tell how the index used its inputs)
+    assert bool(moved.any()) != by_index
+
+
+class ExpertLoop(nn.Module):
+    """Top-1 routing written as a Python loop over the experts that got tokens (eager trace)."""
+
+    def __init__(self, experts: int = 3):
+        super().__init__()
+        self.router = nn.Linear(4, experts)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 4)) for _ in range(experts))
+
+    def forward(self, x):
+        choice = self.router(x).argmax(-1).reshape(-1)
+        flat, out = x.reshape(-1, 4), torch.zeros_like(x.reshape(-1, 4))
+        for e in choice.unique():
+            rows = (choice == e).nonzero().squeeze(1)
+            out.index_add_(0, rows, self.experts[int(e)](flat[rows]))
+        return out.reshape(x.shape)
+
+
+def test_an_expert_loop_is_sound_on_fresh_inputs():
+    """Experts reached by the example move nowhere else; where one went unread every neuron
+    is pinned (another input may reach it); either way every symmetry holds on new inputs."""
+    from foreign.harness import fresh_inputs
+
+    torch.manual_seed(0)
+    for tokens, all_read in ((64, True), (1, False)):
+        model = perturb(ExpertLoop())
+        x = _x(1, tokens, 4)
+        g = converters.from_torch(model, x)
+        pinned_all = bool((g.node_index >= 0).all())
+        assert pinned_all != all_read
+        for seed in range(3):
+            moved = rebuilt(model, symmetry.random_symmetry(g, seed=seed))
+            for fresh in [(x,)] + [fresh_inputs((x,), i) for i in range(3)]:
+                with torch.no_grad():
+                    torch.testing.assert_close(moved(*fresh), model(*fresh), rtol=1e-10, atol=1e-10)
+
+
+class CopyIntoSlices(nn.Module):
+    """Keys built by copying two projections into slices of an empty tensor (DeepSeek's MLA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k1, self.k2 = nn.Linear(4, 6), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        k = x.new_empty(*x.shape[:-1], 6)
+        k[..., :4].copy_(self.k1(x))
+        k[..., 4:].copy_(self.k2(x))
+        return torch.softmax(self.q(x) @ k.transpose(-1, -2), -1) @ x
+
+
+def test_in_place_writes_through_views_reach_their_base():
+    g, moved = _sound(CopyIntoSlices(), _x(1, 5, 4))
+    assert bool(moved.any())
