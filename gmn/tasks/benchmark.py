@@ -14,6 +14,9 @@ from converters.io import atomic_write
 
 from ..data import ZooDataset, split_by_run
 from ..zoo import build_zoo
+from .nfn_baseline import MODES as NFN_METHODS
+from .nfn_baseline import fit_nfn
+from .probe_baseline import fit_probe
 from .property import METHODS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
 
 
@@ -34,6 +37,12 @@ def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConf
                 results.append(fit_flat_mlp(dataset, split, config, out_dir, progress))
             except ValueError as err:
                 skipped["mlp"] = str(err)
+        elif method in NFN_METHODS or method == "probe":
+            try:
+                results.append(fit_nfn(dataset, split, method, config, out_dir, progress) if method in NFN_METHODS
+                               else fit_probe(dataset, split, config, out_dir, progress))
+            except ValueError as err:  # no nfn package, no MLP/CNN layout, inputs that are not real
+                skipped[method] = str(err)
         else:
             results.append(fit_metanetwork(dataset, split, method, config, out_dir, progress))
     return results, skipped
