@@ -203,7 +203,8 @@ def _inputs(args) -> str:
     if args is None or not hasattr(args, "command"):
         return ""
     words = [args.command, getattr(args, "action", None)]
-    for key in ("model", "a", "b", "models", "base", "zoo", "root", "folder", "targets"):
+    for key in ("model", "a", "b", "models", "base", "zoo", "root", "folder") + (("targets",) if args.command == "zoo"
+                                                                                else ()):
         value = getattr(args, key, None)
         words += value if isinstance(value, list) else [value]
     return ", while running gmn " + " ".join(str(w) for w in words if w)
@@ -265,7 +266,7 @@ def _zoo_parser(sub) -> None:
     zoo = sub.add_parser("zoo", help="build, import or describe a model zoo").add_subparsers(dest="action",
                                                                                             required=True)
     p = zoo.add_parser("build", help="train a zoo (resumes where a killed build stopped)")
-    p.add_argument("root", help="zoo folder")
+    p.add_argument("root", type=checks.folder, help="zoo folder")
     _zoo_options(p)
     p.set_defaults(handler=_zoo_build)
     p = zoo.add_parser("import", help="catalogue a folder of checkpoints with a CSV of targets, or read a published "

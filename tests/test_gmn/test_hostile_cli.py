@@ -152,6 +152,7 @@ def test_every_bad_option_is_one_line_exit_2_before_any_work(tmp_path_factory, c
     (["generate", "{zoo}", "--out", "{file}"], "--out"),
     (["edit", "{zoo}", "--out", "{file}"], "--out"),
     (["barrier", "a.pt", "b.pt", "--out", "{file}"], "--out"),
+    (["zoo", "build", "{file}"], "root"),
     (["convert", "cnn", "-o", "{tmp}"], "-o"),
     (["align", "a.pt", "b.pt", "-o", "{tmp}"], "-o"),
     (["merge", "a.pt", "b.pt", "-o", "{tmp}"], "-o"),
