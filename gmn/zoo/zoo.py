@@ -166,7 +166,7 @@ def _check_onnx(path: Path, where: str) -> None:
 
 def _check_fits(state: dict[str, torch.Tensor], expected: dict[str, tuple], path: Path, where: str) -> None:
     """A checkpoint's tensors against its architecture's: names and shapes, in one line."""
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]  # a counter only
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
     if not (missing or unexpected or wrong):
