@@ -324,14 +324,18 @@ def _check_size_and_tensors(folder: Path, cls, config, file_tensors: dict[str, t
         meta = None
     state = meta.state_dict() if meta is not None else {}
     # transformers casts what it loads to the model's dtype: a tensor may only fill one of its own
-    # kind; an integer, boolean or complex one only a tensor of its name (a quantised file, cast,
-    # would load as nonsense)
+    # kind (a quantised file, cast, would load as nonsense). A file tensor is matched to the model's
+    # by name, with the base model's prefix added or removed; an integer, boolean or complex one
+    # that matches none is refused unless it is a buffer transformers drops (old position_ids)
+    prefix = f"{getattr(cls, 'base_model_prefix', '') or '-'}."
     for key, kind in file_kinds.items():
-        theirs = _kind(state[key]) if key in state else "floating-point" if kind == "floating-point" else None
-        if theirs != kind:
-            raise ModelFolderError(f"{folder}: tensor {key!r} is {kind} in the files, "
-                                   f"{theirs or 'absent'} in {cls.__name__}; gmn does not cast across kinds "
-                                   "(a quantised checkpoint?)")
+        target = next((k for k in (key, prefix + key, key.removeprefix(prefix)) if k in state), None)
+        if target is not None and _kind(state[target]) == kind or target is None and (
+                kind == "floating-point" or meta is not None and key.endswith(("position_ids", "inv_freq"))):
+            continue
+        raise ModelFolderError(f"{folder}: tensor {key!r} is {kind} in the files, "
+                               f"{_kind(state[target]) if target else 'absent'} in {cls.__name__}; gmn does not "
+                               "cast across kinds (a quantised checkpoint?)")
     if meta is None:
         count = sum(math.prod(s) for s in file_tensors.values())
         check_parameters(count, f"{folder}")
