@@ -372,9 +372,9 @@ def test_import_opens_onnx_rows_and_checks_the_architecture(tmp_path, capsys):
     assert "row 2" in line and "random.onnx is not a valid ONNX model" in line
     _csv(tmp_path / "arch.csv", [{"path": "mlp.safetensors"}, {"path": "cnn.safetensors"}])
     line = _one_error(capsys, ["zoo", "import", t, "--targets", str(tmp_path / "arch.csv"), "--arch", "mlp"])
-    assert "row 3" in line and "cnn.safetensors does not fit its architecture" in line
+    assert "row 3" in line and "cnn.safetensors does not fit --arch" in line
     line = _one_error(capsys, ["zoo", "import", t, "--targets", str(tmp_path / "arch.csv"), "--arch", "resnet18"])
-    assert "row 2" in line and "mlp.safetensors does not fit its architecture" in line
+    assert "row 2" in line and "mlp.safetensors does not fit --arch" in line
     assert not (folder / "catalogue.sqlite").exists()
     OUTCOMES["import refused before writing"] += 3
 
