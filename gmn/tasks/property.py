@@ -27,7 +27,7 @@ from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
 
 METANETWORKS = ("gmn", "pna", "scale_gmn")
-METHODS = ("statnn", "mlp", *METANETWORKS)
+METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *METANETWORKS)  # nfn_*, probe: tasks/*_baseline.py
 
 
 def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
