@@ -442,7 +442,11 @@ def _train(args) -> int:
     result = fit_metanetwork(data, split, args.kind, _config(args), out / "state", progress=rank == 0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        state = torch.load(out / "state" / f"{args.kind}.pt", weights_only=True)["best_model"]
+        from converters.limits import check_archive
+
+        saved = out / "state" / f"{args.kind}.pt"
+        check_archive(saved)  # a file on disk (another process may have left it): checked before torch.load
+        state = torch.load(saved, weights_only=True)["best_model"]
         tensors = {k: v.contiguous().cpu() for k, v in state.items()}
         checks.write_atomic(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
         text = json.dumps({"scores": result.scores, "history": result.history, "world_size": world}, indent=1)

@@ -136,6 +136,9 @@ class _Trainer:
     def _resume(self) -> None:
         if self.path is None or not self.path.is_file():
             return
+        from converters.limits import check_archive  # a state file on disk is checked like any archive
+
+        check_archive(self.path)
         saved = torch.load(self.path, weights_only=True, map_location=self.config.device)
         self.model.load_state_dict(saved.pop("model"))
         self.opt.load_state_dict(saved.pop("opt"))

@@ -512,6 +512,76 @@ def test_a_cache_with_nan_or_a_bad_checksum_is_refused(tmp_path, capsys):
     OUTCOMES["bad cache refused"] += 3
 
 
+def _bomb(path: Path) -> Path:
+    """A zip whose one data entry inflates 8 MiB of zeros from a few KiB (DEFLATE): what
+    ``torch.load`` would inflate unchecked."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"")
+        z.writestr("archive/data/0", bytes(8 << 20))
+    return path
+
+
+def _loads(monkeypatch) -> list[Path]:
+    """Every path torch.load is asked to read from now on."""
+    seen, original = [], torch.load
+
+    def spy(f, *args, **kwargs):
+        seen.append(Path(f))
+        return original(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return seen
+
+
+def test_an_inflating_cache_is_refused_before_torch_load(tmp_path, capsys, monkeypatch):
+    folder = _zoo(tmp_path)
+    ZooDataset(folder, progress=False)
+    path = _bomb(_cache_file(folder))
+    loads = _loads(monkeypatch)
+    with pytest.raises(ValueError, match=r"the zoo's cache .*zip bomb; remove it") as err:
+        ZooDataset(folder, progress=False)
+    assert str(path) in str(err.value) and path not in loads
+    line = _one_error(capsys, ["train", str(folder), "--targets", "test_acc", "--out", str(tmp_path / "o")])
+    assert str(path) in line and "zip bomb" in line and path not in loads
+    OUTCOMES["inflating cache refused"] += 2
+
+
+def test_inflating_training_state_is_refused_before_torch_load(tmp_path, capsys, monkeypatch):
+    folder = _zoo(tmp_path, n=5)
+    state = tmp_path / "o" / "state" / "gmn.pt"  # a state a killed `gmn train` would resume from
+    state.parent.mkdir(parents=True)
+    _bomb(state)
+    loads = _loads(monkeypatch)
+    line = _one_error(capsys, ["train", str(folder), "--targets", "test_acc", "--out", str(tmp_path / "o"),
+                               "--train-epochs", "1", "--hidden", "8", "--layers", "1", "--device", "cpu"])
+    assert str(state) in line and "zip bomb" in line and state not in loads
+    OUTCOMES["inflating training state refused"] += 1
+
+
+def test_train_checks_the_state_it_reads_back(tmp_path, capsys, monkeypatch):
+    from converters import limits
+
+    folder = _zoo(tmp_path, n=5)
+    checked, original = [], limits.check_archive
+
+    def spy(path, *args, **kwargs):
+        checked.append(Path(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(limits, "check_archive", spy)
+    loads = _loads(monkeypatch)
+    out = tmp_path / "o"
+    assert main(["train", str(folder), "--targets", "test_acc", "--out", str(out), "--train-epochs", "1",
+                 "--hidden", "8", "--layers", "1", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    state = out / "state" / "gmn.pt"
+    assert state in loads and state in checked  # every file torch.load reads is checked first
+    assert set(loads) <= set(checked), set(loads) - set(checked)
+    OUTCOMES["train's state checked before torch.load"] += 1
+
+
 def test_nan_weights_and_targets_are_refused_not_trained_on(tmp_path):
     folder = _zoo(tmp_path)
     state = load_file(folder / "m2.safetensors")
