@@ -10,7 +10,12 @@ import csv
 import gzip
 import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -222,6 +227,69 @@ def test_cli_import_small_cnn_zoo(tmp_path, capsys):
     assert "2 runs, 6 checkpoints" in out and "splits/nfn.json" in out
     assert Zoo(tmp_path / "z").catalogue.meta()["imported"] == "small-cnn-zoo"
 
+
+
+def test_a_published_import_is_one_transaction(tmp_path, monkeypatch):
+    from gmn.zoo.catalogue import Catalogue
+
+    src = tmp_path / "mnist"
+    src.mkdir()
+    _write_small_cnn_zoo(src, runs=4)
+    calls, original = [], Catalogue._insert
+
+    def dies_at_the_third(self, run):
+        calls.append(run["run_id"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill would stop it, mid-transaction
+        original(self, run)
+
+    monkeypatch.setattr(Catalogue, "_insert", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        import_published(src, "small-cnn-zoo", out=tmp_path / "zoo", progress=False)
+    monkeypatch.setattr(Catalogue, "_insert", original)
+    zoo = Zoo(tmp_path / "zoo")
+    assert zoo.members() == [] and zoo.catalogue.meta() == {}  # nothing of the half-done import
+    zoo.catalogue.close()
+    zoo = import_published(src, "small-cnn-zoo", out=tmp_path / "zoo", progress=False)  # the rerun is not refused
+    assert len(zoo.catalogue.runs()) == 4 and zoo.catalogue.meta()["imported"] == "small-cnn-zoo"
+
+
+_KILLED_PUBLISHED_IMPORT = """
+import sys, time
+from pathlib import Path
+from gmn.zoo.catalogue import Catalogue
+from gmn.zoo.formats import import_published
+original = Catalogue._insert
+def slow(self, run):
+    original(self, run)
+    Path(sys.argv[3]).touch()
+    time.sleep(60)
+Catalogue._insert = slow
+import_published(sys.argv[1], "small-cnn-zoo", out=sys.argv[2], progress=False)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_kill_9_during_a_published_import_leaves_all_or_nothing(tmp_path):
+    src = tmp_path / "mnist"
+    src.mkdir()
+    _write_small_cnn_zoo(src, runs=3)
+    out, marker = tmp_path / "zoo", tmp_path / "inserting"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PUBLISHED_IMPORT, str(src), str(out), str(marker)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the import never reached the catalogue"
+        os.kill(proc.pid, signal.SIGKILL)  # after the first run's insert, inside the transaction
+        proc.wait()
+    finally:
+        proc.kill()
+    zoo = Zoo(out)
+    assert zoo.catalogue.runs() == [] and zoo.catalogue.meta() == {}  # rolled back
+    zoo.catalogue.close()
+    assert len(import_published(src, "small-cnn-zoo", out=out, progress=False).catalogue.runs()) == 3
 
 # --- SIREN sets ------------------------------------------------------------------------------------
 

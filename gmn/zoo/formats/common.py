@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ...cli_checks import write_atomic
 from ...data.splits import Split
 from ..catalogue import METRICS, Catalogue
 from ..generate import save_checkpoint
@@ -49,10 +50,13 @@ def write_checkpoint(out: Path, rel: str, state: dict[str, torch.Tensor]) -> str
 
 def catalogue_runs(out: Path, runs: list[dict], replace: bool, settings: dict) -> Zoo:
     """Catalogue ``runs`` (checkpoint files already written) in the zoo at ``out``; runs it holds
-    already are refused unless ``replace``. A zoo imported from another source is refused."""
+    already are refused unless ``replace``. A zoo imported from another source is refused.
+    The runs and the zoo's ``settings`` go in one transaction (``Catalogue.add_runs``, as in
+    ``gmn zoo import``): an import that fails or is killed midway catalogues nothing, and its
+    rerun is not refused."""
     catalogue = Catalogue(out)
     try:
-        catalogue.claim(**settings)
+        catalogue.check_claim(**settings)
         clash = sorted({r["run_id"] for r in runs} & catalogue.done())
         if clash and not replace:
             raise ValueError(f"{out} already holds runs {', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}; "
@@ -62,11 +66,7 @@ def catalogue_runs(out: Path, runs: list[dict], replace: bool, settings: dict) -
                 ckpt.setdefault("extra", {})
                 for m in METRICS:
                     ckpt.setdefault(m, None)
-        if hasattr(catalogue, "add_runs"):  # all runs in one transaction
-            catalogue.add_runs(runs)
-        else:
-            for run in runs:
-                catalogue.add_run(run)
+        catalogue.add_runs(runs, meta=settings)  # one transaction: all runs (and the settings) or none
     finally:
         catalogue.close()
     return Zoo(out)
@@ -77,7 +77,8 @@ def write_split(out: Path, name: str, parts: dict[str, list[str]], definition: s
     order (a path listed twice is kept twice: the anchor's split is reproduced, not cleaned)."""
     path = out / SPLITS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"definition": definition, **{p: parts.get(p, []) for p in PARTS}}))
+    text = json.dumps({"definition": definition, **{p: parts.get(p, []) for p in PARTS}})
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))  # the old split or the new, never half
     return path
 
 
