@@ -135,6 +135,35 @@ def _preflight(args) -> None:
         checks.refuse_existing(files, args.force, inputs, folders)
     if getattr(args, "device", None):
         _check_device(args.device)
+    if getattr(args, "split", None):
+        _check_split(args)
+
+
+SPLIT_HELP = ("a published split: splits/<name>.json of an imported zoo (or just <name>), train/val/test lists of "
+              "checkpoint paths; instead of the random split by run (--seed then draws the initialisation only)")
+
+
+def _check_split(args) -> None:
+    """``--split``: with a zoo folder, without ``--test-families``; every listed checkpoint a
+    member of the zoo and no part empty. Checked against the catalogue, before any conversion."""
+    from types import SimpleNamespace
+
+    from .zoo import Zoo
+    from .zoo.formats import split_by_index_file
+
+    if not args.zoo:
+        raise ValueError("--split names checkpoints of an existing zoo: give the zoo folder with --zoo")
+    if args.test_families:
+        raise ValueError("--split and --test-families both choose the test part: give one")
+    zoo = Zoo(args.zoo)
+    try:
+        split = split_by_index_file(SimpleNamespace(members=zoo.members(), zoo=zoo), args.split)
+    finally:
+        zoo.catalogue.close()
+    empty = [part for part in ("train", "val", "test") if not len(getattr(split, part))]
+    if empty:
+        raise ValueError(f"--split {args.split}: its '{empty[0]}' part is empty (training needs train, val and test "
+                         f"checkpoints)")
 
 
 def _plain_warnings() -> None:
@@ -395,6 +424,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="split and initialisation seed")
     p.add_argument("--nproc", type=checks.positive_int, default=1,
                    help="processes on this machine (torchrun; gloo or NCCL)")
+    p.add_argument("--split", type=checks.split_file, metavar="FILE", help=SPLIT_HELP)
     _train_options(p)
     checks.add_force(p)
     p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in ("model.safetensors", "result.json")],
@@ -418,6 +448,7 @@ def _train(args) -> int:
 
     from .data import ZooDataset, split_by_run
     from .tasks.property import fit_metanetwork
+    from .zoo.formats import split_by_index_file
 
     if args.nproc > 1:  # relaunch this command under torchrun, one process per rank
         from torch.distributed.run import main as torchrun
@@ -437,7 +468,10 @@ def _train(args) -> int:
         torch.distributed.barrier()
     if rank != 0:
         data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=tuple(args.allow_module))
-    split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
+    if args.split:  # the zoo's published split (checked against the catalogue in _preflight)
+        split = split_by_index_file(data, args.split)
+    else:
+        split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
     out = Path(args.out)
     result = fit_metanetwork(data, split, args.kind, _config(args), out / "state", progress=rank == 0)
     if rank == 0:
@@ -470,6 +504,7 @@ def _bench_parser(sub) -> None:
                    help=f"comma list of {', '.join(METHODS)} (pna: the strong baseline, ~3x GMN's time)")
     p.add_argument("--seeds", type=checks.positive_int, default=3,
                    help="seeds (each its own split and initialisation): mean ± std")
+    p.add_argument("--split", type=checks.split_file, metavar="FILE", help=SPLIT_HELP + "; needs --zoo")
     _train_options(p)
     checks.add_force(p)
     # the main job: a zoo the metanetworks train to convergence on in minutes on 2 cores
@@ -487,7 +522,7 @@ def _bench_property(args) -> int:
     config = _config(args)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets),
-                               _split(args.test_families), config, seeds=args.seeds)
+                               _split(args.test_families), config, seeds=args.seeds, split=args.split)
     print(table)
     print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
     return 0

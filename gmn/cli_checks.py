@@ -135,6 +135,28 @@ def folder(text: str) -> str:
     return text
 
 
+def split_file(text: str) -> str:
+    """A published split (``--split``): a JSON file of ``train``, ``val`` and ``test`` lists of
+    checkpoint paths (``splits/<name>.json``, as the importers write it), read and checked here;
+    or a bare name (``nfn``) for the zoo's own ``splits/<name>.json``. Its paths are checked
+    against the zoo's members before any work (``gmn.cli._preflight``)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a split file")
+    if not path.exists():
+        if text and path.name == text and not path.suffix:
+            return text  # a name: the zoo's splits/<name>.json, resolved with the zoo
+        raise argparse.ArgumentTypeError(f"{text} does not exist (a split file, or the name of one in the zoo's "
+                                         f"splits/ folder)")
+    from .zoo.formats.common import read_split
+
+    try:
+        read_split(path)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def output_file(*suffixes: str) -> Callable[[str], str]:
     """A file to write: its kind by suffix, not a folder, in a folder that exists."""
     def check(text: str) -> str:

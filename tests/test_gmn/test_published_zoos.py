@@ -506,3 +506,89 @@ def test_small_cnn_zoo_preset_trains_with_an_initial_checkpoint():
     assert set(result["checkpoints"][0]["state"]) == {"convs.0.weight", "convs.0.bias", "convs.1.weight",
                                                       "convs.1.bias", "convs.2.weight", "convs.2.bias",
                                                       "head.weight", "head.bias"}
+
+
+# --- training and benchmarking on a published split (--split) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nfn_zoo(tmp_path_factory):
+    """A Small CNN Zoo of 10 runs imported with NFN's split: splits/nfn.json (4 train, 1 val, 5 test)."""
+    base = tmp_path_factory.mktemp("nfn")
+    src = base / "mnist"
+    src.mkdir()
+    weights, _, _ = _write_small_cnn_zoo(src, runs=10, seed=2)
+    _nfn_order_file(base / "order.csv", len(weights))
+    zoo = import_published(src, "small-cnn-zoo", out=base / "zoo", split_file=base / "order.csv", progress=False)
+    zoo.catalogue.close()
+    return base / "zoo"
+
+
+_SMALL = ["--targets", "test_acc", "--train-epochs", "1", "--hidden", "8", "--layers", "1", "--device", "cpu"]
+
+
+def _split_paths(data, split) -> dict[str, list[str]]:
+    return {p: [data.members[i]["path"] for i in getattr(split, p).tolist()] for p in ("train", "val", "test")}
+
+
+def test_train_and_bench_use_the_published_split(nfn_zoo, tmp_path, capsys, monkeypatch):
+    from gmn.tasks import benchmark, property
+
+    spec = json.loads((nfn_zoo / "splits" / "nfn.json").read_text())
+    assert [len(spec[p]) for p in ("train", "val", "test")] == [4, 1, 5]
+    seen, original = [], property.fit_metanetwork
+
+    def spy(data, split, *args, **kwargs):
+        seen.append(_split_paths(data, split))
+        return original(data, split, *args, **kwargs)
+
+    monkeypatch.setattr(property, "fit_metanetwork", spy)
+    for given in ("nfn", str(nfn_zoo / "splits" / "nfn.json")):  # the name, or the file
+        assert main(["train", str(nfn_zoo), "--split", given, "--out", str(tmp_path / given[-3:]), *_SMALL]) == 0
+        assert seen.pop() == {p: spec[p] for p in ("train", "val", "test")}
+    monkeypatch.setattr(benchmark, "fit_metanetwork", spy)
+    out = tmp_path / "bench"
+    assert main(["bench", "property", "--zoo", str(nfn_zoo), "--split", str(nfn_zoo / "splits" / "nfn.json"),
+                 "--methods", "statnn,gmn", "--seeds", "2", "--out", str(out), *_SMALL]) == 0
+    assert seen == [{p: spec[p] for p in ("train", "val", "test")}] * 2  # every seed on the same split
+    report = json.loads((out / "property.json").read_text())
+    assert report["split"].endswith("nfn.json")
+    assert all(len(r["true"]) == len(spec["test"]) for r in report["results"])  # statnn too
+    capsys.readouterr()
+
+
+def test_bad_splits_are_one_line_before_any_work(nfn_zoo, tmp_path, capsys, monkeypatch):
+    import gmn.data
+    from gmn.tasks import benchmark
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the zoo was converted before the split was checked")
+
+    monkeypatch.setattr(gmn.data, "ZooDataset", no_work)
+    monkeypatch.setattr(benchmark, "ZooDataset", no_work)
+    spec = json.loads((nfn_zoo / "splits" / "nfn.json").read_text())
+    files = {"notjson.json": "{", "shape.json": json.dumps({"train": []}),
+             "numbers.json": json.dumps({"train": [1], "val": [], "test": []}),
+             "foreign.json": json.dumps({**spec, "test": ["checkpoints/999999/step_086.safetensors"]}),
+             "noval.json": json.dumps({**spec, "val": []})}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    t, z = str(tmp_path), str(nfn_zoo)
+    cases = [
+        (["train", z, "--split", f"{t}/missing.json"], "argument --split: " + f"{t}/missing.json does not exist"),
+        (["train", z, "--split", t], "is a folder"),
+        (["train", z, "--split", f"{t}/notjson.json"], "not a readable split file"),
+        (["train", z, "--split", f"{t}/shape.json"], "not a split file"),
+        (["train", z, "--split", f"{t}/numbers.json"], "lists 1, not a checkpoint path"),
+        (["train", z, "--split", f"{t}/foreign.json"], "foreign.json: 1 checkpoints of 'test' are not members"),
+        (["train", z, "--split", "hsg"], "splits/hsg.json: not a readable split file"),
+        (["train", z, "--split", f"{t}/noval.json"], "'val' part is empty"),
+        (["train", z, "--split", "nfn", "--test-families", "small-cnn-zoo"], "--split and --test-families"),
+        (["bench", "property", "--split", f"{t}/noval.json"], "give the zoo folder with --zoo"),
+    ]
+    for argv, needle in cases:
+        out = tmp_path / "out"
+        assert main([*argv, "--out", str(out)]) == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("gmn: error: ") and needle in err[0], (argv, err)
+        assert not out.exists()

@@ -82,6 +82,26 @@ def write_split(out: Path, name: str, parts: dict[str, list[str]], definition: s
     return path
 
 
+def read_split(path: str | Path) -> dict[str, list[str]]:
+    """A split file's parts (``train``, ``val``, ``test``: lists of checkpoint paths), refused
+    in one line naming the file when it is too large to be one, not JSON, or not of that shape."""
+    from converters.limits import MAX_JSON_BYTES, check_file_size
+
+    path = Path(path)
+    try:
+        check_file_size(path, MAX_JSON_BYTES, "split file")
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"{path}: not a readable split file ({str(err).removeprefix(f'{path}: ')})") from None
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(p), list) for p in PARTS):
+        raise FormatError(f"{path}: not a split file (a JSON object of lists 'train', 'val' and 'test')")
+    for part in PARTS:
+        bad = [p for p in spec[part] if not isinstance(p, str)]
+        if bad:
+            raise FormatError(f"{path}: '{part}' lists {bad[0]!r}, not a checkpoint path")
+    return {p: spec[p] for p in PARTS}
+
+
 def split_by_index_file(data, path: str | Path) -> Split:
     """The split a split file lists (``splits/<name>.json`` of an imported zoo: the checkpoint
     paths of ``train``, ``val`` and ``test``) as member indices of ``data`` (a
@@ -92,12 +112,7 @@ def split_by_index_file(data, path: str | Path) -> Split:
         root = getattr(getattr(data, "zoo", None), "root", None)
         if root is not None and not path.is_absolute():
             path = confined(Path(root), str(Path(SPLITS) / path) if path.suffix else f"{SPLITS}/{path}.json")
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise FormatError(f"{path}: not a readable split file ({err})") from None
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(p), list) for p in PARTS):
-        raise FormatError(f"{path}: a split file holds lists 'train', 'val' and 'test'")
+    spec = read_split(path)
     where = {m["path"]: i for i, m in enumerate(data.members)}
     out = []
     for part in PARTS:
