@@ -378,8 +378,11 @@ def _zoo_info(args) -> int:
     zoo = Zoo(args.root)
     runs, members = zoo.catalogue.runs(), zoo.members(include_diverged=True)
     print(f"{zoo.root}: {len(runs)} runs, {len(members)} checkpoints")
-    for (family, status), n in sorted(Counter((r["family"], r["status"]) for r in runs).items()):
-        print(f"  {family:<12}{status:<10}{n:>6} runs")
+    counts = sorted(Counter((r["family"], r["status"]) for r in runs).items())
+    width = max((len(family) for (family, _), _ in counts), default=0) + 2  # a long family never meets its status
+    status_width = max((len(status) for (_, status), _ in counts), default=0) + 2
+    for (family, status), n in counts:
+        print(f"  {family:<{max(width, 12)}}{status:<{max(status_width, 10)}}{n:>6} runs")
     accs = sorted(m["test_acc"] for m in members if m["test_acc"] is not None)
     if accs:
         q = [accs[int(f * (len(accs) - 1))] for f in (0, 0.25, 0.5, 0.75, 1)]

@@ -225,6 +225,8 @@ def test_cli_import_small_cnn_zoo(tmp_path, capsys):
                  "--split-file", str(order_file)]) == 0
     out = capsys.readouterr().out
     assert "2 runs, 6 checkpoints" in out and "splits/nfn.json" in out
+    family_line = next(line for line in out.splitlines() if "small-cnn-zoo" in line)
+    assert family_line.split() == ["small-cnn-zoo", "imported", "2", "runs"]  # columns sized to the family
     assert Zoo(tmp_path / "z").catalogue.meta()["imported"] == "small-cnn-zoo"
 
 
