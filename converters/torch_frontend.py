@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,7 @@ from .eager_trace import RecordedProgram, record
 from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .limits import ResourceLimitError
 from .registry import MODULE_RULES, OP_RULES, op_name
+from .rules.weight_norm import mark_computed
 from .simplify import simplify
 from .soundness import check_op, tensor_args, unknown_op
 from .tensor_info import TensorInfo, broadcast_ids, compact, fresh_pos
@@ -152,6 +153,7 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
                 if program.eager and op_name(node.target) in DECISIONS and any(not a.const for a in args):
                     decisions.append(f"{op_name(node.target)} in {ctx.path() or '<top level>'}")
                 ctx.infos[node] = _apply(ctx, node)
+                _computed_uses(ctx, node, args, first_block)
                 check_op(ctx, op_name(node.target), args, ctx.infos[node], first_block)
                 _write_back(ctx, node)
                 ctx.evaluate(node)
@@ -163,6 +165,30 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
         finalise()
     if program.eager:
         _pin_unseen_paths(ctx, decisions)
+
+
+def _computed_uses(ctx: Context, node: Node, args: list[TensorInfo], first_block: int) -> None:
+    """A tensor computed from a parameter (``TensorInfo.computed``) stays one through views and
+    further functions; the op that makes edges from it marks them (``rules.weight_norm``). A rule
+    that passes the parameter on without saying how it was computed gets it back."""
+    used = [a for a in args if a.param is not None and a.computed is not None]
+    if not used:
+        return
+    out = ctx.infos.get(node)
+    items = out if isinstance(out, (list, tuple)) else [out]
+    kept = {o.param for o in items if isinstance(o, TensorInfo) and o.param is not None}
+    fixed = [replace(o, computed=next(a.computed for a in used if a.param == o.param))
+             if isinstance(o, TensorInfo) and o.param is not None and o.computed is None
+             and any(a.param == o.param for a in used) else o for o in items]
+    ctx.infos[node] = type(out)(fixed) if isinstance(out, (list, tuple)) else fixed[0]
+    added = {id(b) for b in ctx.builder.blocks[first_block:]}
+    for info in used:
+        if info.param in kept:
+            continue
+        blocks = [b for b in ctx.builder.uses(info.param) if id(b) in added]
+        if sum(a.param == info.param for a in args) > 1:  # w and f(w) in one op: nothing proven
+            info = replace(info, computed=(info.computed[0], None))
+        mark_computed(ctx, info, blocks)
 
 
 #: Views an in-place write can go through (``key[..., :k].copy_(k_nope)``)

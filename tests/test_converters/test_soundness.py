@@ -357,3 +357,78 @@ class CopyIntoSlices(nn.Module):
 def test_in_place_writes_through_views_reach_their_base():
     g, moved = _sound(CopyIntoSlices(), _x(1, 5, 4))
     assert bool(moved.any())
+
+
+def _sound_on_fresh(model: nn.Module, x, seeds: int = 6) -> tuple[object, torch.Tensor]:
+    """``_sound``, and every symmetry also checked on 3 fresh inputs; returns the graph and
+    which hidden neurons moved."""
+    from foreign.harness import fresh_inputs
+
+    model = perturb(model)
+    g = converters.from_torch(model, x)
+    moved = torch.zeros(g.num_nodes, dtype=torch.bool)
+    for seed in range(seeds):
+        g2, pi, _ = symmetry.random_symmetry(g, seed=seed, return_maps=True)
+        other = rebuilt(model, g2)
+        for inputs in [(x,)] + [fresh_inputs((x,), i) for i in range(3)]:
+            with torch.no_grad():
+                torch.testing.assert_close(other(*inputs), model(*inputs), rtol=1e-10, atol=1e-10)
+        moved |= pi != torch.arange(g.num_nodes)
+    return g, moved & (g.node_type == int(NodeType.HIDDEN))
+
+
+class ScaledTwin(nn.Module):
+    """``a(s * h) + b(h)``: a graph that takes ``s * h`` for ``h`` lets ``a`` and ``b`` swap (the
+    outputs changed by 0.23). The scale is a Python number or a constant tensor of one number."""
+
+    def __init__(self, tensor: bool):
+        super().__init__()
+        self.l0, self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+        self.tensor = tensor
+
+    def forward(self, x):
+        h = torch.relu(self.l0(x))
+        s = torch.tensor(2.0, dtype=x.dtype) if self.tensor else 2.0
+        return self.a(h * s) + self.b(h)
+
+
+@pytest.mark.parametrize("tensor", [False, True])
+def test_a_number_times_neurons_is_not_the_neurons(tensor):
+    _, moved = _sound_on_fresh(ScaledTwin(tensor), _x(5, 3))
+    assert bool(moved.any())  # units inside each layer still move
+
+
+class StandardisedConvs(nn.Module):
+    """Two parallel convolutions of one shape on one input, summed: one weight-standardised
+    (BiT, timm's StdConv: ``batch_norm`` of the weight's rows), one plain; then a linear layer
+    whose weight is ``2 * w``, beside one reading its weight as it is. Swapping a layer that
+    computes its weight with one that does not is no symmetry."""
+
+    def __init__(self, running: bool = False):
+        super().__init__()
+        self.ws, self.plain = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.l2, self.l1 = nn.Linear(4, 5), nn.Linear(4, 5)
+        self.out = nn.Linear(5, 2)
+        self.running = running
+        self.register_buffer("mean", torch.randn(4))
+        self.register_buffer("var", torch.rand(4) + 0.5)
+
+    def forward(self, x):
+        w = self.ws.weight
+        if self.running:  # per-row constants that differ: a function nobody proved row-wise
+            w = F.batch_norm(w.reshape(1, 4, -1), self.mean, self.var, training=False, eps=1e-5).reshape_as(w)
+        else:
+            w = F.batch_norm(w.reshape(1, 4, -1), None, None, training=True, momentum=0.0, eps=1e-5).reshape_as(w)
+        h = torch.relu(F.conv2d(x, w, self.ws.bias, padding=1) + self.plain(x)).mean((2, 3))
+        return self.out(torch.relu(F.linear(h, self.l2.weight * 2.0, self.l2.bias) + self.l1(h)))
+
+
+def test_weights_computed_from_parameters_move_with_their_rows():
+    g, moved = _sound_on_fresh(StandardisedConvs(), _x(2, 3, 6, 6), seeds=8)
+    assert not g.param_index.pins
+    assert bool(moved.any())
+
+
+def test_a_weight_computed_by_an_unproven_function_pins_its_layer():
+    g, _ = _sound_on_fresh(StandardisedConvs(running=True), _x(2, 3, 6, 6), seeds=8)
+    assert any("not proven row-wise" in p for p in g.param_index.pins)
