@@ -28,6 +28,8 @@ class Context:
         self.node: Node | None = None
         self.buffer_values: dict[str, Tensor] = {}
         self.values: dict[Node, Tensor] = {}  #: real values of constant tensors (see ``evaluate``)
+        #: code of each selection of positions taken from neurons (``rules.shape.selection_view``)
+        self.selections: dict[object, int] = {}
         self._stale = False
         #: run once every op is converted, for rules that tie what they made to the edges
         #: later ops make (weight norm's gains to the neurons its weight feeds)
@@ -60,7 +62,11 @@ class Context:
     def const_value(self, arg: object) -> Tensor | None:
         """The real value of a tensor that depends on neither inputs nor parameters (an index
         buffer, a relative-position index built in ``forward``), when it was computed."""
-        return self.values.get(arg) if isinstance(arg, Node) and not self._stale else None
+        if not isinstance(arg, Node) or self._stale:
+            return None
+        info = self.infos.get(arg)
+        # the eager tracer records every value: only a constant's is the same on every input
+        return self.values.get(arg) if isinstance(info, TensorInfo) and info.const else None
 
     def evaluate(self, node: Node, limit: int = 1 << 22) -> None:
         """Run ``node`` on real values when it is constant, in program order, so in-place

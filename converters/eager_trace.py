@@ -26,6 +26,8 @@ class RecordedProgram:
     to_buffer: dict[str, str]
     user_inputs: list[str]
     constants: dict[str, Tensor] = field(default_factory=dict)  #: placeholder -> lifted constant
+    #: recorded from one real run: Python control flow followed the example input's values
+    eager: bool = False
 
 
 class _Recorder(TorchDispatchMode):
@@ -109,4 +111,4 @@ def record(model: nn.Module, args: tuple) -> RecordedProgram:
         post.remove()
     leaves = [recorder._node_of(t) for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
     graph.output(tuple(leaves))
-    return RecordedProgram(graph, to_param, to_buffer, user_inputs)
+    return RecordedProgram(graph, to_param, to_buffer, user_inputs, eager=True)

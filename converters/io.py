@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .graph import ConversionError, ParameterGraph, ParamIndex
+from .vocab import Activation, EdgeType, NodeType
 
 _SKIP = ("model", "onnx", "param_index")  # live objects: not saved
 
@@ -30,9 +31,11 @@ def graph_from_dict(payload: dict) -> ParameterGraph:
     is inconsistent is refused with a :class:`ConversionError` naming the problem."""
     payload = dict(payload)
     expected = payload.pop("checksum", None)
-    if expected is not None and expected != _checksum(payload):
+    if not isinstance(expected, str):
+        raise ConversionError("no checksum: not written by save_graph, or its checksum was removed; refused")
+    if expected != _checksum(payload):
         raise ConversionError("checksum mismatch: the graph's contents changed after it was saved (corrupt file)")
-    _check_structure(payload)
+    _check_structure(payload)  # a checksum proves no corruption, not who wrote the file
     index = ParamIndex.from_dict(payload.pop("param_index"))
     return ParameterGraph(param_index=index, **payload)
 
@@ -81,19 +84,59 @@ def _check_structure(payload: dict) -> None:
     for key in ("node_type", "node_depth", "node_index", "node_act"):
         if not isinstance(payload[key], torch.Tensor) or payload[key].shape != (n,):
             raise ConversionError(f"{key} has not one entry per node ({n})")
+    for key in ("edge_index", "edge_type", "edge_pos", "node_type", "node_depth", "node_index", "node_act",
+                "tied_slot"):
+        if not isinstance(payload[key], torch.Tensor) or payload[key].is_floating_point() \
+                or payload[key].is_complex():
+            raise ConversionError(f"{key} is not an integer tensor")
+    if not payload["edge_value"].is_floating_point():
+        raise ConversionError(f"edge_value is {payload['edge_value'].dtype}, not floating point")
+    for key, vocab in (("node_type", NodeType), ("edge_type", EdgeType), ("node_act", Activation)):
+        values = payload[key]
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) > max(vocab)):
+            bad = int(values[(values < 0) | (values > max(vocab))][0])
+            raise ConversionError(f"{key} holds {bad}, not a {vocab.__name__} (0 to {int(max(vocab))})")
     p, t = (int(torch.as_tensor(payload[k]).reshape(-1).sum()) for k in ("num_param_edges", "num_tied_edges"))
     slot = payload["tied_slot"]
     if p < 0 or t < 0 or p + t > e:
         raise ConversionError(f"num_param_edges ({p}) + num_tied_edges ({t}) exceed the {e} edges")
     if not isinstance(slot, torch.Tensor) or slot.numel() != t or (t and (int(slot.min()) < 0 or int(slot.max()) >= p)):
         raise ConversionError("tied_slot does not name one parameter edge per tied edge")
-    index = payload["param_index"]
-    try:
-        scalars = sum(math.prod(shape) for _, shape, _ in index["params"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConversionError(f"param_index is malformed ({err!r})") from None
-    if scalars != p:
-        raise ConversionError(f"param_index holds {scalars} parameter scalars, the graph {p} parameter edges")
+    _check_index(payload["param_index"], p)
+
+
+def _check_index(index, p: int) -> None:
+    """Parameters laid out one after another in flat order (each offset the sum of the sizes
+    before it), shapes of non-negative integers, names unique, covering exactly the ``p``
+    parameter edges; every other field of the type ``ParamIndex.from_dict`` reads."""
+    if not isinstance(index, dict) or not isinstance(index.get("params"), list):
+        raise ConversionError("param_index is malformed (no list of params)")
+    offset, names = 0, set()
+    for entry in index["params"]:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+            raise ConversionError(f"param_index entry {entry!r:.80} is not (name, shape, offset)")
+        name, shape, at = entry
+        if not isinstance(name, str) or name in names:
+            raise ConversionError(f"param_index names {name!r:.80} twice or not as a string")
+        names.add(name)
+        if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ConversionError(f"param_index: {name} has shape {shape!r:.80}, not a list of sizes")
+        if type(at) is not int or at != offset:
+            raise ConversionError(f"param_index: {name} starts at {at!r:.40}; after the parameters before it, "
+                                  f"it must start at {offset}")
+        offset += math.prod(shape)
+    if offset != p:
+        raise ConversionError(f"param_index holds {offset} parameter scalars, the graph {p} parameter edges")
+    kinds = {"state_keys": list, "aliases": dict, "buffers": dict, "buffer_nodes": dict}
+    for key, kind in kinds.items():
+        if not isinstance(index.get(key), kind):
+            raise ConversionError(f"param_index.{key} is missing or not a {kind.__name__}")
+    for key, kind in (("dtypes", dict), ("pins", list)):
+        if key in index and not isinstance(index[key], kind):
+            raise ConversionError(f"param_index.{key} is not a {kind.__name__}")
+    for key, value in index["buffer_nodes"].items():
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or type(value[0]) is not int:
+            raise ConversionError(f"param_index.buffer_nodes[{key!r:.80}] is not (axis, nodes)")
 
 
 def save_graph(g: ParameterGraph, path: str | os.PathLike) -> None:
@@ -129,10 +172,18 @@ def save_atomic(payload, path: str | os.PathLike) -> None:
 
 def load_graph(path: str | os.PathLike) -> ParameterGraph:
     """Read a graph written by :func:`save_graph` (``weights_only``: no code runs)."""
+    from .limits import check_archive
+
+    try:
+        check_archive(path)
+    except ConversionError as err:
+        raise ConversionError(f"{path} is not a gmn parameter graph: {str(err).removeprefix(f'{path}: ')}") from None
     try:
         payload = torch.load(path, weights_only=True)
-    except Exception as err:
-        raise ConversionError(f"{path} is not a gmn parameter graph: {err}") from err
+    except Exception as err:  # torch's message suggests weights_only=False: never pass that on
+        what = "it holds objects other than tensors, numbers and strings" if "weights_only" in str(err) else \
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        raise ConversionError(f"{path} is not a gmn parameter graph ({what})") from None
     if not isinstance(payload, dict) or "param_index" not in payload or "edge_index" not in payload:
         raise ConversionError(f"{path} is not a gmn parameter graph")
     try:

@@ -28,6 +28,9 @@ PEAK_PER_BYTE = 16
 #: whatever memory is free.
 MAX_ELEMENTS = 1 << 30
 
+#: The largest stride, dilation, pad or kernel size of a convolution or pooling a file may ask for.
+MAX_WINDOW = 1 << 15
+
 #: Bytes per element assumed for a tensor whose dtype is not known yet (the widest, float64).
 WIDEST = 8
 
@@ -114,14 +117,18 @@ def check_file_size(path: Path, limit: int, what: str = "file") -> None:
         raise ResourceLimitError(f"{path}: a {what} of {size:,} bytes; gmn reads at most {limit:,}")
 
 
-def check_archive(path: str | os.PathLike) -> None:
+def check_archive(path: str | os.PathLike, legacy: bool = False) -> None:
     """A ``torch.save`` zip archive's declared entries, checked before ``torch.load`` inflates
     them: every entry's uncompressed size at most :data:`MAX_ZIP_RATIO` times its compressed
-    size, and their total within free memory. Files that are not zip archives (legacy
-    ``torch.save`` format, which cannot compress) are left to ``torch.load``."""
+    size, and their total within free memory. A file in the legacy (pre-1.6, not zip) format,
+    whose pickle declares storage sizes ``torch.load`` allocates before reading, is refused
+    unless ``legacy``."""
     path = Path(path)
     try:
         if not zipfile.is_zipfile(path):
+            if not legacy and path.is_file():
+                raise ConversionError(f"{path}: not a torch.save zip archive (the legacy format, or another kind "
+                                      "of file); re-save it with torch.save or as safetensors")
             return
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
@@ -138,3 +145,25 @@ def check_archive(path: str | os.PathLike) -> None:
     if total > free:
         raise ResourceLimitError(f"{path}: its archive entries hold {total:,} bytes ({_gib(total)}); only "
                                  f"{_gib(free)} of memory is free")
+
+
+#: Bytes a traced forward may allocate per element of its example input: activations of a few
+#: dozen layers at that size, 8 bytes each.
+EXAMPLE_FACTOR = 8 * 64
+
+
+def check_example(shape: Iterable[int], what: str) -> None:
+    """An example input of ``shape`` (from an option or a file's declaration): refused before it
+    is made when running the model on it cannot fit in free memory."""
+    check_elements(elements(shape, what), what, EXAMPLE_FACTOR)
+
+
+def check_module(factory, what: str) -> None:
+    """Build ``factory()`` on the meta device (no memory), count its parameters and buffers, and
+    refuse (:func:`check_parameters`) before the real build when they cannot fit."""
+    import torch
+
+    with torch.device("meta"):
+        model = factory()
+    count = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    check_parameters(count, what)

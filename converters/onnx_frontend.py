@@ -482,8 +482,8 @@ class OnnxModule(nn.Module):
             except ConversionError:
                 raise
             except Exception as err:
-                raise ConversionError(f"ONNX node {node.name or node.op_type!r} ({node.op_type}) failed: "
-                                      f"{type(err).__name__}: {err}") from err
+                raise ConversionError(f"{self.source}: ONNX node {node.name or node.op_type!r} ({node.op_type}) "
+                                      f"failed: {type(err).__name__}: {err}") from err
             outs = out if isinstance(out, tuple) else (out,)
             env.update(zip(node.output, outs))
         results = tuple(env[o] for o in self.output_names)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .limits import MAX_WINDOW
+
 ONNX_OPS: dict[str, Callable] = {}
 
 
@@ -455,7 +457,10 @@ def constant_of_shape(i, a):
 
 @onnx_op("Range")
 def range_(i, a):
-    return torch.arange(i[0].item(), i[1].item(), i[2].item(), dtype=i[0].dtype)
+    start, limit, delta = i[0].item(), i[1].item(), i[2].item()
+    if (limit - start) * delta <= 0:  # ONNX: max(ceil((limit - start) / delta), 0) elements
+        return torch.empty(0, dtype=i[0].dtype)
+    return torch.arange(start, limit, delta, dtype=i[0].dtype)
 
 
 @onnx_op("TopK")
@@ -650,7 +655,18 @@ def _padded(x: tuple[int, ...], a: dict, dims: int) -> list[int]:
     return [x[2 + d] + max(pads[d], 0) + max(pads[d + dims], 0) for d in range(dims)]
 
 
+def _window(a: dict) -> None:
+    """Strides, dilations, pads and kernel sizes of a convolution or pooling within
+    ``limits.MAX_WINDOW`` (torch's oneDNN kernels crash the process on a ConvTranspose stride of
+    65,535; no model uses such windows)."""
+    for key in ("strides", "dilations", "pads", "output_padding", "kernel_shape"):
+        values = [int(v) for v in a.get(key, ())]
+        if any(abs(v) > MAX_WINDOW for v in values):
+            raise ValueError(f"{key} {values} beyond gmn's limit of {MAX_WINDOW:,}")
+
+
 def _conv_size(i, a) -> int:
+    _window(a)
     x, w = _shape(i[0]), _shape(i[1])
     dims = len(w) - 2
     if len(x) != dims + 2 or dims < 1:
@@ -661,6 +677,7 @@ def _conv_size(i, a) -> int:
 
 
 def _conv_transpose_size(i, a) -> int:
+    _window(a)
     x, w = _shape(i[0]), _shape(i[1])
     dims = len(w) - 2
     if len(x) != dims + 2 or dims < 1:
@@ -673,6 +690,7 @@ def _conv_transpose_size(i, a) -> int:
 
 
 def _pool_size(i, a) -> int:
+    _window(a)
     x = _shape(i[0])
     dims = len(x) - 2
     if dims < 1:

@@ -20,6 +20,7 @@ from torch.fx import Node
 
 from .context import Context, dependencies, nonneuron
 from .registry import op_name
+from .rules.shape import VIEW_OPS
 from .tensor_info import TensorInfo
 
 #: Ops whose result does not depend on their arguments' values.
@@ -32,7 +33,8 @@ VALUE_FREE = frozenset({
 
 
 #: Ops whose argument at these positions is read for its shape or dtype only.
-SHAPE_ONLY_ARGS = {"aten.type_as": {1}, "aten.view_as": {1}, "aten.expand_as": {1}, "aten.reshape_as": {1}}
+SHAPE_ONLY_ARGS = {"aten.type_as": {1}, "aten.view_as": {1}, "aten.expand_as": {1}, "aten.reshape_as": {1},
+                   "aten.copy": {0}, "aten.copy_": {0}}  # copy: the destination's values are overwritten
 
 
 def tensor_args(ctx: Context, node: Node) -> list[TensorInfo]:
@@ -65,6 +67,8 @@ def check_op(ctx: Context, name: str, args: list[TensorInfo], out, first_block: 
     for block in ctx.builder.blocks[first_block:]:
         seen[block.src.reshape(-1)] = True
     dropped = [d for d in needs if not bool(seen[d].any())]
+    if name in VIEW_OPS and not results.numel():
+        return  # a view of elements without neurons (a slice beside the written ones) reads none
     if not dropped:
         return
     where = ctx.path() or "<top level>"

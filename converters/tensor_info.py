@@ -24,6 +24,11 @@ class TensorInfo:
     flat: Tensor | None = None  #: ... and the parameter's flat index per element
     routes: Tensor | None = None  #: router neurons this tensor selected from (top-k)
     taint: Tensor | None = None  #: neurons a tensor without neurons was computed from (masks, indices)
+    #: a tensor computed from the parameter ``param`` (weight standardisation, ``2 * w``): each
+    #: element is a function of scalar ``flat`` and of the scalars grouped with it; ``(code,
+    #: groups)``, ``groups`` a tuple of group-id tensors over the parameter's scalars, or ``None``
+    #: for a function nobody proved row-wise (``rules.weight_norm``)
+    computed: tuple | None = None
 
     @property
     def has_neurons(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,7 @@ from .eager_trace import RecordedProgram, record
 from .graph import ConversionError, GraphBuilder, ParameterGraph, ParamIndex
 from .limits import ResourceLimitError
 from .registry import MODULE_RULES, OP_RULES, op_name
+from .rules.weight_norm import mark_computed
 from .simplify import simplify
 from .soundness import check_op, tensor_args, unknown_op
 from .tensor_info import TensorInfo, broadcast_ids, compact, fresh_pos
@@ -83,6 +84,8 @@ def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
         if tracer != "eager":
             try:
                 ep = torch.export.export(model, args, strict=False)
+                if tracer == "auto" and _data_dependent_sizes(ep.graph_module.graph):
+                    raise ConversionError("sizes computed from tensor values")  # the eager run knows them
                 sig = ep.graph_signature
                 constants = {k: ep.constants[v] for k, v in sig.inputs_to_lifted_tensor_constants.items()
                              if isinstance(ep.constants.get(v), Tensor)}
@@ -101,6 +104,19 @@ def _trace(model: nn.Module, args: tuple, tracer: str) -> RecordedProgram:
                                   f"{type(err).__name__}: {err}") from err
     finally:
         model.train(was_training)
+
+
+def _data_dependent_sizes(graph) -> bool:
+    """Whether an exported program has sizes that depend on tensor values (``nonzero``, a mask's
+    rows): rules need real sizes, which only an eager run of the example has."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    for node in graph.nodes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else [val]
+        if any(isinstance(v, Tensor) and free_unbacked_symbols(v) for v in vals):
+            return True
+    return False
 
 
 def _unique_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -124,6 +140,7 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
     user_inputs = set(program.user_inputs)
     regions = _module_regions(ctx, model, graph)
     nodes = list(graph.nodes)
+    decisions: list[str] = []  # where the eager run read a value that Python may branch on
     for node in tqdm(nodes, desc=f"converting {type(model).__name__}", unit="op", disable=not progress):
         ctx.node = node
         if node.op == "placeholder":
@@ -133,8 +150,12 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
             first_block = len(ctx.builder.blocks)
             if region is None:
                 args = tensor_args(ctx, node)
+                if program.eager and op_name(node.target) in DECISIONS and any(not a.const for a in args):
+                    decisions.append(f"{op_name(node.target)} in {ctx.path() or '<top level>'}")
                 ctx.infos[node] = _apply(ctx, node)
+                _computed_uses(ctx, node, args, first_block)
                 check_op(ctx, op_name(node.target), args, ctx.infos[node], first_block)
+                _write_back(ctx, node)
                 ctx.evaluate(node)
             elif node is region.output:  # every input exists by now, in any op order
                 ctx.infos[node] = region.convert(ctx)
@@ -142,6 +163,95 @@ def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict
             _mark_outputs(ctx, node)
     for finalise in ctx.finalisers:
         finalise()
+    if program.eager:
+        _pin_unseen_paths(ctx, decisions)
+
+
+def _computed_uses(ctx: Context, node: Node, args: list[TensorInfo], first_block: int) -> None:
+    """A tensor computed from a parameter (``TensorInfo.computed``) stays one through views and
+    further functions; the op that makes edges from it marks them (``rules.weight_norm``). A rule
+    that passes the parameter on without saying how it was computed gets it back."""
+    used = [a for a in args if a.param is not None and a.computed is not None]
+    if not used:
+        return
+    out = ctx.infos.get(node)
+    items = out if isinstance(out, (list, tuple)) else [out]
+    kept = {o.param for o in items if isinstance(o, TensorInfo) and o.param is not None}
+    fixed = [replace(o, computed=next(a.computed for a in used if a.param == o.param))
+             if isinstance(o, TensorInfo) and o.param is not None and o.computed is None
+             and any(a.param == o.param for a in used) else o for o in items]
+    ctx.infos[node] = type(out)(fixed) if isinstance(out, (list, tuple)) else fixed[0]
+    added = {id(b) for b in ctx.builder.blocks[first_block:]}
+    for info in used:
+        if info.param in kept:
+            continue
+        blocks = [b for b in ctx.builder.uses(info.param) if id(b) in added]
+        if sum(a.param == info.param for a in args) > 1:  # w and f(w) in one op: nothing proven
+            info = replace(info, computed=(info.computed[0], None))
+        mark_computed(ctx, info, blocks)
+
+
+#: Views an in-place write can go through (``key[..., :k].copy_(k_nope)``)
+_VIEWS = frozenset({"aten.slice", "aten.select", "aten.narrow", "aten.view", "aten._unsafe_view",
+                    "aten.unsqueeze", "aten.squeeze", "aten.transpose", "aten.permute", "aten.t",
+                    "aten.diagonal", "aten.unflatten", "aten.alias"})
+
+
+def _write_back(ctx: Context, node: Node) -> None:
+    """An in-place op changes its first argument: later readers of that tensor, or of the tensor
+    it is a view of, must see the neurons written (DeepSeek's MLA builds its keys by copying two
+    parts into slices of an empty tensor; without this the keys had no neurons, and the
+    attention no key side)."""
+    name = op_name(node.target)
+    out = ctx.infos.get(node)
+    if not name.endswith("_") or not node.args or not isinstance(node.args[0], Node) or not isinstance(out, TensorInfo):
+        return
+    chain, base = [], node.args[0]
+    while base.op == "call_function" and op_name(base.target) in _VIEWS and isinstance(base.args[0], Node):
+        chain.append(base)
+        base = base.args[0]
+    info = ctx.infos.get(base)
+    if not chain or not isinstance(info, TensorInfo) or info.param is not None:
+        if not chain and isinstance(info, TensorInfo) and info.param is None:
+            ctx.infos[base] = out
+        return
+    ids, pos = info.ids.contiguous().clone(), info.pos.broadcast_to(info.ids.shape).contiguous().clone()
+    views = [ids, pos]
+    try:
+        for v in reversed(chain):
+            views = [v.target(t, *v.args[1:], **v.kwargs) for t in views]
+        views[0].copy_(out.ids.broadcast_to(views[0].shape))
+        views[1].copy_(out.pos.broadcast_to(views[1].shape))
+    except (RuntimeError, TypeError) as err:
+        raise ctx.fail(f"in-place {name} through views the converter cannot replay: {err}") from err
+    taints = [t for t in (info.taint, out.taint) if t is not None]
+    routes = info.routes if info.routes is not None else out.routes
+    ctx.infos[base] = TensorInfo(ids, pos, const=info.const and out.const, routes=routes,
+                                 taint=torch.cat(taints) if taints else None)
+
+
+#: Ops whose result Python reads as a number or a size: where the eager run may have followed
+#: the example input (a branch, a loop over the experts that got tokens, rows a mask picked).
+DECISIONS = frozenset({
+    "aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "aten.nonzero",
+    "aten.masked_select", "aten.unique", "aten._unique2", "aten.unique_consecutive", "aten.unique_dim",
+    "aten.argwhere", "aten.nonzero_static",
+})
+
+
+def _pin_unseen_paths(ctx: Context, decisions: list[str]) -> None:
+    """An eager trace that followed data-dependent control flow records one path. A parameter that
+    path never read may be read on another input (an expert no token of the example reached),
+    from neurons a symmetry moves while its own scalars, on ``UNUSED`` edges, stay: nothing
+    about such a path can be proven, so every neuron is pinned. (Where every parameter was read,
+    the other paths repeat recorded module calls on other rows — the expert loop — and the
+    decisions' own neurons are pinned by the soundness check.)"""
+    unused = [name for name in ctx.builder.params if not ctx.builder.uses(name)]
+    if not decisions or not unused:
+        return
+    reason = (f"eager trace: {decisions[0]} followed the example input and {unused[0]} "
+              f"(and {len(unused) - 1} more) went unread: another input may read it")
+    ctx.builder.pin(torch.arange(ctx.builder.num_nodes), reason)
 
 
 def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorInfo | None:

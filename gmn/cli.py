@@ -29,6 +29,9 @@ def _example(shape: str | None, dtype: str, default: tuple | None) -> tuple:
             raise ValueError("give --input-shape for this model (e.g. --input-shape 1,3,32,32)")
         return default
     dims = _shape(shape)
+    from converters.limits import check_example
+
+    check_example(dims, f"--input-shape {shape}")
     return (torch.randint(0, 2, dims) if dtype == "long" else torch.randn(dims),)
 
 
@@ -132,6 +135,35 @@ def _preflight(args) -> None:
         checks.refuse_existing(files, args.force, inputs, folders)
     if getattr(args, "device", None):
         _check_device(args.device)
+    if getattr(args, "split", None):
+        _check_split(args)
+
+
+SPLIT_HELP = ("a published split: splits/<name>.json of an imported zoo (or just <name>), train/val/test lists of "
+              "checkpoint paths; instead of the random split by run (--seed then draws the initialisation only)")
+
+
+def _check_split(args) -> None:
+    """``--split``: with a zoo folder, without ``--test-families``; every listed checkpoint a
+    member of the zoo and no part empty. Checked against the catalogue, before any conversion."""
+    from types import SimpleNamespace
+
+    from .zoo import Zoo
+    from .zoo.formats import split_by_index_file
+
+    if not args.zoo:
+        raise ValueError("--split names checkpoints of an existing zoo: give the zoo folder with --zoo")
+    if args.test_families:
+        raise ValueError("--split and --test-families both choose the test part: give one")
+    zoo = Zoo(args.zoo)
+    try:
+        split = split_by_index_file(SimpleNamespace(members=zoo.members(), zoo=zoo), args.split)
+    finally:
+        zoo.catalogue.close()
+    empty = [part for part in ("train", "val", "test") if not len(getattr(split, part))]
+    if empty:
+        raise ValueError(f"--split {args.split}: its '{empty[0]}' part is empty (training needs train, val and test "
+                         f"checkpoints)")
 
 
 def _plain_warnings() -> None:
@@ -200,7 +232,8 @@ def _inputs(args) -> str:
     if args is None or not hasattr(args, "command"):
         return ""
     words = [args.command, getattr(args, "action", None)]
-    for key in ("model", "a", "b", "models", "base", "zoo", "root", "folder", "targets"):
+    for key in ("model", "a", "b", "models", "base", "zoo", "root", "folder") + (("targets",) if args.command == "zoo"
+                                                                                else ()):
         value = getattr(args, key, None)
         words += value if isinstance(value, list) else [value]
     return ", while running gmn " + " ".join(str(w) for w in words if w)
@@ -262,7 +295,7 @@ def _zoo_parser(sub) -> None:
     zoo = sub.add_parser("zoo", help="build, import or describe a model zoo").add_subparsers(dest="action",
                                                                                             required=True)
     p = zoo.add_parser("build", help="train a zoo (resumes where a killed build stopped)")
-    p.add_argument("root", help="zoo folder")
+    p.add_argument("root", type=checks.folder, help="zoo folder")
     _zoo_options(p)
     p.set_defaults(handler=_zoo_build)
     p = zoo.add_parser("import", help="catalogue a folder of checkpoints with a CSV of targets, or read a published "
@@ -345,8 +378,11 @@ def _zoo_info(args) -> int:
     zoo = Zoo(args.root)
     runs, members = zoo.catalogue.runs(), zoo.members(include_diverged=True)
     print(f"{zoo.root}: {len(runs)} runs, {len(members)} checkpoints")
-    for (family, status), n in sorted(Counter((r["family"], r["status"]) for r in runs).items()):
-        print(f"  {family:<12}{status:<10}{n:>6} runs")
+    counts = sorted(Counter((r["family"], r["status"]) for r in runs).items())
+    width = max((len(family) for (family, _), _ in counts), default=0) + 2  # a long family never meets its status
+    status_width = max((len(status) for (_, status), _ in counts), default=0) + 2
+    for (family, status), n in counts:
+        print(f"  {family:<{max(width, 12)}}{status:<{max(status_width, 10)}}{n:>6} runs")
     accs = sorted(m["test_acc"] for m in members if m["test_acc"] is not None)
     if accs:
         q = [accs[int(f * (len(accs) - 1))] for f in (0, 0.25, 0.5, 0.75, 1)]
@@ -355,14 +391,17 @@ def _zoo_info(args) -> int:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--targets", default="test_acc,gap", help="comma list of catalogue targets to predict")
+    p.add_argument("--targets", default="test_acc,gap", type=checks.names,
+                   help="comma list of catalogue targets to predict")
     p.add_argument("--test-families", default="", help="comma list: hold these families out for testing")
     p.add_argument("--train-epochs", type=checks.positive_int, default=20, help="metanetwork training epochs at most")
     p.add_argument("--patience", type=checks.positive_int, default=10,
                    help="stop after this many epochs without a better validation loss")
     p.add_argument("--hidden", type=checks.positive_int, default=32, help="metanetwork width")
     p.add_argument("--layers", type=checks.positive_int, default=3, help="message-passing layers")
-    p.add_argument("--aggr", default="mean", help="GMN neighbourhood reduction(s), e.g. mean+max")
+    p.add_argument("--aggr", default="mean", type=checks.aggregations,
+                   help=f"GMN neighbourhood reduction(s): {', '.join(checks.AGGREGATIONS)} or several joined by +, "
+                        "e.g. mean+max")
     p.add_argument("--batch-size", type=checks.positive_int, default=32, help="graphs per optimiser step")
     p.add_argument("--lr", type=checks.positive_float, default=1e-3, help="AdamW learning rate")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
@@ -388,6 +427,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="split and initialisation seed")
     p.add_argument("--nproc", type=checks.positive_int, default=1,
                    help="processes on this machine (torchrun; gloo or NCCL)")
+    p.add_argument("--split", type=checks.split_file, metavar="FILE", help=SPLIT_HELP)
     _train_options(p)
     checks.add_force(p)
     p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in ("model.safetensors", "result.json")],
@@ -411,6 +451,7 @@ def _train(args) -> int:
 
     from .data import ZooDataset, split_by_run
     from .tasks.property import fit_metanetwork
+    from .zoo.formats import split_by_index_file
 
     if args.nproc > 1:  # relaunch this command under torchrun, one process per rank
         from torch.distributed.run import main as torchrun
@@ -430,12 +471,19 @@ def _train(args) -> int:
         torch.distributed.barrier()
     if rank != 0:
         data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=tuple(args.allow_module))
-    split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
+    if args.split:  # the zoo's published split (checked against the catalogue in _preflight)
+        split = split_by_index_file(data, args.split)
+    else:
+        split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
     out = Path(args.out)
     result = fit_metanetwork(data, split, args.kind, _config(args), out / "state", progress=rank == 0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        state = torch.load(out / "state" / f"{args.kind}.pt", weights_only=True)["best_model"]
+        from converters.limits import check_archive
+
+        saved = out / "state" / f"{args.kind}.pt"
+        check_archive(saved)  # a file on disk (another process may have left it): checked before torch.load
+        state = torch.load(saved, weights_only=True)["best_model"]
         tensors = {k: v.contiguous().cpu() for k, v in state.items()}
         checks.write_atomic(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
         text = json.dumps({"scores": result.scores, "history": result.history, "world_size": world}, indent=1)
@@ -459,6 +507,7 @@ def _bench_parser(sub) -> None:
                    help=f"comma list of {', '.join(METHODS)} (pna: the strong baseline, ~3x GMN's time)")
     p.add_argument("--seeds", type=checks.positive_int, default=3,
                    help="seeds (each its own split and initialisation): mean ± std")
+    p.add_argument("--split", type=checks.split_file, metavar="FILE", help=SPLIT_HELP + "; needs --zoo")
     _train_options(p)
     checks.add_force(p)
     # the main job: a zoo the metanetworks train to convergence on in minutes on 2 cores
@@ -476,7 +525,7 @@ def _bench_property(args) -> int:
     config = _config(args)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets),
-                               _split(args.test_families), config, seeds=args.seeds)
+                               _split(args.test_families), config, seeds=args.seeds, split=args.split)
     print(table)
     print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
     return 0

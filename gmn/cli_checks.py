@@ -108,10 +108,52 @@ def shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def names(text: str) -> str:
+    """A non-empty comma list of names (e.g. catalogue targets)."""
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip() or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of names (e.g. test_acc,gap)")
+    return ",".join(parts)
+
+
+AGGREGATIONS = ("mean", "sum", "max", "min")
+
+
+def aggregations(text: str) -> str:
+    """One reduction or several joined by '+', each of ``AGGREGATIONS`` once."""
+    parts = text.split("+")
+    if not all(p in AGGREGATIONS for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(AGGREGATIONS)} or several joined by + "
+                                         f"(e.g. mean+max), each once")
+    return text
+
+
 def folder(text: str) -> str:
     """A folder to write into: refused when the path is an existing file."""
     if Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
+
+
+def split_file(text: str) -> str:
+    """A published split (``--split``): a JSON file of ``train``, ``val`` and ``test`` lists of
+    checkpoint paths (``splits/<name>.json``, as the importers write it), read and checked here;
+    or a bare name (``nfn``) for the zoo's own ``splits/<name>.json``. Its paths are checked
+    against the zoo's members before any work (``gmn.cli._preflight``)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a split file")
+    if not path.exists():
+        if text and path.name == text and not path.suffix:
+            return text  # a name: the zoo's splits/<name>.json, resolved with the zoo
+        raise argparse.ArgumentTypeError(f"{text} does not exist (a split file, or the name of one in the zoo's "
+                                         f"splits/ folder)")
+    from .zoo.formats.common import read_split
+
+    try:
+        read_split(path)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

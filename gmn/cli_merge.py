@@ -111,8 +111,9 @@ def load_model(target: str, arch: str | None, data) -> ParameterGraph:
 
 
 def _data(name: str, arch: str | None = None):
-    """The packaged data set ``name``, its inputs shaped as ``arch`` takes them (the built-in
-    MLP takes digits' 8x8 images as 64 flat values); refused in one line when they cannot be."""
+    """The packaged data set ``name``, its inputs shaped as a built-in ``arch`` takes them (the
+    built-in MLP takes digits' 8x8 images as 64 flat values); refused in one line, before any
+    work, when their channels cannot be the built-in's."""
     from .zoo import datasets
 
     data = datasets.load(name)
@@ -123,13 +124,12 @@ def _data(name: str, arch: str | None = None):
 
     wanted = tuple(BUILTIN[spec["name"]][1]().shape[1:])  # the built-in's own example, batch dropped
     have = tuple(data.input_shape)
-    if wanted == have:
-        return data
-    if math.prod(wanted) != math.prod(have):
+    if len(wanted) == 1 and len(have) > 1 and math.prod(have) == wanted[0]:  # flat inputs: flatten the images
+        return dataclasses.replace(data, x_train=data.x_train.flatten(1), x_test=data.x_test.flatten(1))
+    if len(wanted) != len(have) or wanted[0] != have[0]:  # spatial sizes may differ (pooling), channels not
         raise ValueError(f"--arch {spec['name']} takes inputs of shape {wanted}; --data {name} has {have} "
-                         f"(a zoo family as JSON takes any --data: '{{\"family\": \"mlp\", ...}}')")
-    return dataclasses.replace(data, x_train=data.x_train.reshape(-1, *wanted),
-                               x_test=data.x_test.reshape(-1, *wanted))
+                         f"(a zoo family as JSON takes any --data: '{{\"family\": \"cnn\", ...}}')")
+    return data
 
 
 def write_model(g: ParameterGraph, path: str) -> None:

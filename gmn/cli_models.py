@@ -5,9 +5,13 @@ safetensors, read offline)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,10 +73,13 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
                classes: int = 10) -> tuple[nn.Module, tuple | None]:
     """A fresh module of ``spec`` and its default example inputs (None where there is none:
     then ``--input-shape`` is needed). ``input_shape`` (no batch) and ``classes`` size zoo families."""
+    from converters.limits import check_example, check_module
+
     family = spec["family"]
     if family == "builtin":
         factory, example = BUILTIN[spec["name"]]
         try:
+            check_module(lambda: factory(**spec["kwargs"]), f"--arch {spec['name']} {spec['kwargs']}")
             return factory(**spec["kwargs"]), (example(),)
         except TypeError as err:
             raise ValueError(f"built-in {spec['name']!r} does not take these arguments: {err}") from None
@@ -87,6 +94,7 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
 
     if input_shape is None:
         raise ValueError("a zoo-family --arch needs the data's input shape (--data or --input-shape)")
+    check_example((2, *input_shape), f"an example input of shape {(2, *input_shape)}")
     try:
         model = build(spec, input_shape, classes)
     except KeyError as err:
@@ -99,6 +107,7 @@ def load_state(model: nn.Module, path: Path) -> None:
     one line saying how many tensors differ and the first of each kind."""
     state = load_weights(path)
     expected = model.state_dict()
+    _check_kinds(state, expected, path)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -118,31 +127,288 @@ def load_state(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def _kind(t: torch.Tensor) -> str:
+    return "complex" if t.is_complex() else "floating-point" if t.is_floating_point() else \
+        "boolean" if t.dtype == torch.bool else "integer"
+
+
+def _check_kinds(state: dict, expected: dict, path: Path) -> None:
+    """Values are never silently cast across kinds: an integer, boolean or complex tensor where
+    the model holds floating point (a quantised or foreign checkpoint) is one line naming it.
+    Casts within a kind (float16 to float32) are exact."""
+    for key, want in expected.items():
+        got = state.get(key)
+        if isinstance(got, torch.Tensor) and _kind(got) != _kind(want):
+            raise ValueError(f"{path}: tensor {key!r} is {got.dtype} ({_kind(got)}), the model's is {want.dtype} "
+                             f"({_kind(want)}); gmn does not cast across kinds (a quantised checkpoint?)")
+
+
 def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
+
+
+class ModelFolderError(ValueError):
+    """A Hugging Face model folder gmn will not build: the message names the folder and why."""
+
+
+#: Files of a model folder that transformers reads, each refused by size before it is parsed.
+_HF_JSON = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def _hf_config(folder: Path) -> dict:
+    """config.json as data, checked before transformers sees it: bounded in size, an object,
+    no custom code (``auto_map``), a ``model_type`` transformers itself implements."""
+    from converters.limits import MAX_JSON_BYTES, check_file_size
+
+    for name in _HF_JSON:
+        if (folder / name).exists():
+            if not (folder / name).is_file():
+                raise ModelFolderError(f"{folder / name} is not a file")
+            check_file_size(folder / name, MAX_JSON_BYTES, "JSON file")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ModelFolderError(f"{folder / 'config.json'} is not valid JSON ({type(err).__name__})") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{folder / 'config.json'} is not a JSON object")
+    if "auto_map" in config:
+        raise ModelFolderError(f"{folder / 'config.json'} names custom code (auto_map: {_short(config['auto_map'])}); "
+                               "gmn never runs code from a model folder")
+    return config
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hf_class(folder: Path, config: dict, transformers):
+    """The model class config.json's ``architectures`` names: a transformers class of the
+    config's own model type (never a fallback to ``AutoModel``)."""
+    from transformers import CONFIG_MAPPING, PreTrainedModel
+
+    where = folder / "config.json"
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ModelFolderError(f"{where}: model_type {_short(model_type)} is not one transformers "
+                               f"{transformers.__version__} implements")
+    names = config.get("architectures")
+    if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
+        raise ModelFolderError(f"{where}: architectures must name one model class as a list of one string, "
+                               f"got {_short(names)}")
+    name = names[0]
+    cls = getattr(transformers, name, None) if name.isidentifier() and not name.startswith("_") else None
+    if not isinstance(cls, type) or not issubclass(cls, PreTrainedModel) or cls.__name__ != name:
+        raise ModelFolderError(f"{where}: architectures names {name!r}, not a model class of transformers "
+                               f"{transformers.__version__}")
+    expected = CONFIG_MAPPING[model_type]
+    if getattr(cls, "config_class", None) is not expected:
+        theirs = getattr(getattr(cls, "config_class", None), "model_type", None)
+        raise ModelFolderError(f"{where}: architectures names {name!r}, a model of type {theirs!r}, but "
+                               f"model_type is {model_type!r}")
+    return cls
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files transformers will read (one file, or the shards its index lists,
+    each inside the folder)."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+            names = sorted({str(s) for s in shards})
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise ModelFolderError(f"{index} is not an index of shards ({type(err).__name__})") from None
+        files = []
+        for name in names:
+            path = (folder / name).resolve()
+            if not path.is_relative_to(folder.resolve()) or not path.is_file() or path.suffix != ".safetensors":
+                raise ModelFolderError(f"{index} lists shard {name!r}, not a safetensors file in {folder}")
+            files.append(path)
+        return files
+    if single.is_file():
+        return [single]
+    raise ModelFolderError(f"{folder}: no model.safetensors (gmn reads no pickled .bin checkpoints; "
+                           "save with save_pretrained(..., safe_serialization=True))")
+
+
+#: safetensors dtype names by kind (the rest are integers)
+_ST_KINDS = {"F": "floating-point", "BF": "floating-point", "C": "complex", "BOOL": "boolean"}
+
+
+def _st_kind(dtype: str) -> str:
+    if dtype == "BOOL":
+        return "boolean"
+    return next((kind for prefix, kind in _ST_KINDS.items() if dtype.startswith(prefix)), "integer")
+
+
+def _hf_file_tensors(files: list[Path]) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Shapes and dtype kinds of the tensors the files hold, by name (their headers only)."""
+    from safetensors import SafetensorError, safe_open
+
+    out: dict[str, tuple[int, ...]] = {}
+    kinds: dict[str, str] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    part = f.get_slice(key)
+                    out[key] = tuple(part.get_shape())
+                    kinds[key] = _st_kind(part.get_dtype())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ModelFolderError(f"{path}: not a readable safetensors file ({_short(str(err))})") from None
+    return out, kinds
+
+
+def _names(keys, limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def hf_model(folder: Path) -> tuple[nn.Module, tuple | None]:
     """A Hugging Face model folder (``save_pretrained``: config.json and safetensors weights),
     built offline with its weights, and an example input for its main input (None when gmn
-    cannot guess one: give ``--input-shape``)."""
-    if not list(folder.glob("*.safetensors")):
-        raise ValueError(f"{folder}: no safetensors weights (gmn reads no pickled .bin checkpoints; "
-                         "save with save_pretrained(..., safe_serialization=True))")
+    cannot guess one: give ``--input-shape``).
+
+    The one place gmn opens model folders. Nothing in the folder runs, prompts or waits
+    (``trust_remote_code=False``, configs with ``auto_map`` refused, stdin closed to it); the
+    class is the one ``architectures`` names, for the config's own type; the parameter count
+    is bounded against free memory on a model built on the meta device, before anything is
+    allocated; and every parameter comes from the files (missing, unexpected or mismatched
+    tensors are one line naming them). transformers' load report and progress bars are
+    silenced: gmn's line is the only one."""
     try:
         import transformers
     except ImportError:
         raise ValueError("a Hugging Face model folder needs transformers (pip install transformers)") from None
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    names = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, names[0], None) if names else None
-    cls = cls or transformers.AutoModel
-    kwargs = {"attn_implementation": "eager"}
-    if hasattr(config, "experts_implementation"):
-        kwargs["experts_implementation"] = "batched_mm"  # fused experts as plain batched products
-    model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **kwargs).eval()
+    folder = Path(folder)
+    raw = _hf_config(folder)
+    cls = _hf_class(folder, raw, transformers)
+    files = _hf_weight_files(folder)
+    file_tensors, file_kinds = _hf_file_tensors(files)
+    with _quiet_transformers():
+        try:
+            config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as err:
+            raise ModelFolderError(f"{folder / 'config.json'}: transformers refuses it ({_short(str(err), 160)})") \
+                from None
+        kwargs = {"attn_implementation": "eager"}
+        if hasattr(config, "experts_implementation"):
+            kwargs["experts_implementation"] = "batched_mm"  # fused experts as plain batched products
+        _check_size_and_tensors(folder, cls, config, file_tensors, file_kinds)
+        model, info = _load_strict(folder, cls, config, kwargs)
+    problems = []
+    for kind, keys in (("missing from the files", info["missing"]), ("unexpected", info["unexpected"]),
+                       ("of mismatched shape", info["mismatched"])):
+        if keys:
+            problems.append(f"{len(keys)} tensors {kind} ({_names(keys)})")
+    if problems:
+        raise ModelFolderError(f"{folder}: its weights do not fit {cls.__name__}: " + "; ".join(problems)
+                               + "; gmn converts only models whose every parameter comes from the files")
+    model.eval()
     model.config.use_cache = False
     return model, _hf_example(model)
+
+
+def _check_size_and_tensors(folder: Path, cls, config, file_tensors: dict[str, tuple[int, ...]],
+                            file_kinds: dict[str, str]) -> None:
+    """Before anything is allocated: the model's parameter count (built on the meta device)
+    against free memory, and the files' tensors against the model's where the names match
+    directly (so a file missing most of a model is refused without building it)."""
+    from converters.limits import check_parameters
+
+    try:
+        with torch.device("meta"):
+            meta = cls(config)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is counted from its files
+        meta = None
+    state = meta.state_dict() if meta is not None else {}
+    # transformers casts what it loads to the model's dtype: a tensor may only fill one of its own
+    # kind (a quantised file, cast, would load as nonsense). A file tensor is matched to the model's
+    # by name, with the base model's prefix added or removed; an integer, boolean or complex one
+    # that matches none is refused unless it is a buffer transformers drops (old position_ids)
+    prefix = f"{getattr(cls, 'base_model_prefix', '') or '-'}."
+    for key, kind in file_kinds.items():
+        target = next((k for k in (key, prefix + key, key.removeprefix(prefix)) if k in state), None)
+        if target is not None and _kind(state[target]) == kind or target is None and (
+                kind == "floating-point" or meta is not None and key.endswith(("position_ids", "inv_freq"))):
+            continue
+        raise ModelFolderError(f"{folder}: tensor {key!r} is {kind} in the files, "
+                               f"{_kind(state[target]) if target else 'absent'} in {cls.__name__}; gmn does not "
+                               "cast across kinds (a quantised checkpoint?)")
+    if meta is None:
+        count = sum(math.prod(s) for s in file_tensors.values())
+        check_parameters(count, f"{folder}")
+        return
+    tied = set(getattr(meta, "all_tied_weights_keys", None) or {})
+    count = sum(t.numel() for k, t in state.items() if k not in tied)
+    check_parameters(count, f"{folder} ({cls.__name__})")
+    wrong = [k for k, t in state.items() if k in file_tensors and tuple(t.shape) != file_tensors[k]]
+    if wrong:
+        k = wrong[0]
+        raise ModelFolderError(f"{folder}: {len(wrong)} tensors of the files do not fit {cls.__name__}'s shapes "
+                               f"(first: {k} is {file_tensors[k]} in the files, {tuple(state[k].shape)} in the model)")
+    held = sum(math.prod(s) for s in file_tensors.values())
+    if held < count:  # the files cannot cover the model, whatever names they use
+        missing = [k for k in state if k not in tied and k not in file_tensors]
+        named = f" (e.g. {_names(missing)})" if missing else ""
+        raise ModelFolderError(f"{folder}: its safetensors hold {held:,} values, {cls.__name__} needs {count:,}: "
+                               f"tensors are missing{named}; gmn converts only models whose every parameter comes "
+                               "from the files")
+
+
+def _load_strict(folder: Path, cls, config, kwargs: dict):
+    """``from_pretrained`` with the raw loading report: transformers drops keys it is told to
+    ignore (``_keys_to_ignore_on_load_missing``) from its report and initialises them at random;
+    gmn records the missing keys before that."""
+    from transformers import PreTrainedModel
+
+    seen: dict[str, set] = {}
+    adjust = PreTrainedModel.__dict__.get("_adjust_missing_and_unexpected_keys")
+
+    def record(self, loading_info):
+        seen["missing"] = set(loading_info.missing_keys)
+        return adjust(self, loading_info)
+
+    if adjust is not None:
+        PreTrainedModel._adjust_missing_and_unexpected_keys = record
+    stdin = sys.stdin
+    sys.stdin = io.StringIO("")  # whatever asks, nothing answers
+    try:
+        model, info = cls.from_pretrained(folder, config=config, local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False, output_loading_info=True, **kwargs)
+    except (ValueError, OSError, RuntimeError, TypeError, KeyError, EOFError) as err:
+        raise ModelFolderError(f"{folder}: transformers cannot load it as {cls.__name__} "
+                               f"({_short(str(err).splitlines()[0] if str(err) else type(err).__name__, 160)})") \
+            from None
+    finally:
+        sys.stdin = stdin
+        if adjust is not None:
+            PreTrainedModel._adjust_missing_and_unexpected_keys = adjust
+    missing = set(info.get("missing_keys") or ()) | seen.get("missing", set())
+    # a BatchNorm's step counter is no weight (eval mode never reads it); old files lack it
+    missing = {k for k in missing if not k.endswith("num_batches_tracked")}
+    return model, {"missing": missing, "unexpected": set(info.get("unexpected_keys") or ()),
+                   "mismatched": {str(k[0]) if isinstance(k, tuple) else str(k)
+                                  for k in info.get("mismatched_keys") or ()}}
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' warnings, load report and progress bars off (gmn prints one line)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _hf_example(model: nn.Module) -> tuple | None:

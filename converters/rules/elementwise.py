@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, broadcast_axes, narrow_axes
+from ..tensor_info import TensorInfo, broadcast_axes, compact, distinct_ids, narrow_axes
 from ..vocab import EdgeType, NodeType
-from .common import affine, bias_edges, pair, varies
+from .common import affine, bias_edges, lookup, pair, varies
 from .shape import VIEW_OPS
 
 ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
@@ -22,9 +24,12 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
     name = op_name(node.target)
     shape = ctx.shape()
     a, b = ctx.info(node.args[0]), ctx.info(node.args[1])
-    if a is None or b is None:  # with a Python number: structure unchanged
+    if a is None or b is None:  # with a Python number
         x = a if a is not None else b
-        return x if x is not None else nonneuron(shape)
+        if x is None:
+            return nonneuron(shape)
+        number = node.args[1] if a is not None else node.args[0]
+        return with_number(ctx, name, x, number, first=a is not None)
     additive = name in ADDITIVE
     if a.param is not None and b.param is not None:
         a = ctx.materialise(a)
@@ -54,8 +59,43 @@ def binary(ctx: Context, node: Node) -> TensorInfo:
     if a.has_neurons or b.has_neurons:
         x, c = (a, b) if a.has_neurons else (b, a)
         const_node = node.args[1] if a.has_neurons else node.args[0]
-        return _with_nonneuron(ctx, x, c, shape, ctx.tag(const_node), ctx.const_value(const_node))
+        return _with_nonneuron(ctx, x, c, shape, ctx.tag(const_node), ctx.const_value(const_node),
+                               name=name, first=a.has_neurons)
     return nonneuron(shape, a, b)
+
+
+def _identity(name: str, number, first: bool) -> bool:
+    """Whether ``x op number`` is ``x`` (adding 0, multiplying or dividing by 1)."""
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        return False
+    if name in ("aten.add", "aten.add_") or (first and name in ("aten.sub", "aten.sub_")):
+        return number == 0
+    if name in ("aten.mul", "aten.mul_") or (first and name in ("aten.div", "aten.div_")):
+        return number == 1
+    return False
+
+
+def with_number(ctx: Context, name: str, x: TensorInfo, code: object, first: bool = True) -> TensorInfo:
+    """``x op c`` for one number ``c`` (a Python number, or a constant tensor holding one value).
+
+    The result is not ``x``: ``a(2 * h) + b(h)`` with ``a(h) + b(h)``'s graph let ``a`` and ``b``
+    swap (the outputs changed by 0.23). Neurons get new ``ACTIVATION`` nodes whose edge position
+    codes the op, the number and its side; a parameter becomes a computed weight
+    (``rules.weight_norm.computed``); adding 0 or multiplying by 1 changes nothing."""
+    if _identity(name, code, first):
+        return x
+    key = (name.removesuffix("_"), repr(code), first)
+    if x.param is not None:
+        from .weight_norm import computed  # a function of each scalar of the parameter
+        return computed(ctx, x, ("elementwise",) + key, None)
+    if not x.has_neurons:
+        return x
+    variant = zlib.crc32(repr(key).encode()) % (2**31 - 1) + 1
+    nodes = torch.unique(distinct_ids(x.ids))
+    new = ctx.new_neurons(nodes.numel(), NodeType.ACTIVATION, ctx.depth(x))
+    ctx.builder.edges(nodes, new, EdgeType.ACTIVATION, variant)
+    ids = lookup(compact(x.ids), nodes, new, ctx.builder.num_nodes).expand(x.ids.shape)
+    return TensorInfo(ids, x.pos, routes=x.routes)
 
 
 def _layer_without_bias(ctx: Context, x_node, x: TensorInfo, p: TensorInfo, shape: tuple[int, ...]):
@@ -94,7 +134,7 @@ def _compact_pair(ids: torch.Tensor, flat: torch.Tensor, shape: tuple[int, ...])
 
 
 def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int, ...], tag: int,
-                    value: torch.Tensor | None = None) -> TensorInfo:
+                    value: torch.Tensor | None = None, name: str | None = None, first: bool = True) -> TensorInfo:
     """Neurons combined with a tensor that is no neuron's.
 
     A statistic of the input (a norm's variance, routing weights) leaves the neurons as
@@ -110,6 +150,15 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
         value = value.reshape(cshape)
     fixed = [d for d in range(len(shape)) if cshape[d] > 1 and varies(xb, d)
              and (value is None or value.shape != cshape or _differs(value, d))]
+    if c.const and not fixed and name is not None:
+        x = TensorInfo(xb, x.pos.broadcast_to(shape), routes=x.routes)
+        # a constant the same on every channel (a scale held in a tensor, a mask over tokens) still
+        # changes the neurons: coded like a Python number, by its value where it is known
+        if value is not None and value.numel() and bool((value == value.reshape(-1)[0]).all()):
+            return with_number(ctx, name, x, value.reshape(-1)[0].item(), first)
+        code = ("constant", tag) if value is None else (
+            "constant", tuple(value.shape), zlib.crc32(value.detach().cpu().contiguous().numpy().tobytes()))
+        return with_number(ctx, name, x, code, first)
     if not c.const or not fixed:
         return TensorInfo(xb, x.pos.broadcast_to(shape), routes=x.routes)
     sizes = [shape[d] if d in fixed else 1 for d in range(len(shape))]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-from ..context import Context
+from ..context import Context, nonneuron
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo, channel_ids, distinct_ids
 from ..vocab import EdgeType, NodeType
 from .common import affine, varies
+from .weight_norm import computed, standardised
 
 
 def _channel_view(p: TensorInfo | None, ndim: int, dim: int) -> TensorInfo | None:
@@ -59,11 +60,30 @@ def _keep_buffers(ctx: Context, out: TensorInfo, buffers: list[Node | None]) -> 
              "aten._native_batch_norm_legit", "aten.native_batch_norm")
 def batch_norm(ctx: Context, node: Node) -> TensorInfo | list[TensorInfo]:
     x, w, b = (ctx.info(a) for a in node.args[:3])
+    if x is not None and x.param is not None:  # a weight computed from a parameter (BiT's standardisation)
+        out = _standardised(ctx, node, x, w, b)
+        if isinstance(node.meta["val"], (tuple, list)):
+            return [out] + [nonneuron(tuple(v.shape)) for v in node.meta["val"][1:]]
+        return out
     out = _norm(ctx, x, w, b, 1)
     _keep_buffers(ctx, out, list(node.args[3:5]))
     if isinstance(node.meta["val"], (tuple, list)):
         return [out] + [ctx.info(None) for _ in node.meta["val"][1:]]
     return out
+
+
+def _standardised(ctx: Context, node: Node, x: TensorInfo, w, b) -> TensorInfo:
+    """Batch statistics of a parameter, per channel (axis 1), without an affine: every channel
+    standardised alike (weight standardisation). Running statistics or an affine make the
+    channels' functions differ: a function nobody proved row-wise (its layer is pinned)."""
+    name = op_name(node.target)
+    a = list(node.args)
+    training = {"aten.batch_norm": 5, "aten._native_batch_norm_legit": 5 if len(a) > 7 else 3,
+                "aten.native_batch_norm": 5}.get(name)
+    if training is None or len(a) <= training or a[training] is not True or w is not None or b is not None:
+        return computed(ctx, x, None, None)
+    eps = a[-1] if name != "aten.batch_norm" else a[7]
+    return standardised(ctx, x, 1, ("standardise", repr(eps)))
 
 
 @register_op("aten.layer_norm", "aten.native_layer_norm")

@@ -10,9 +10,9 @@ from torch.fx import Node
 
 from ..context import Context, dependencies, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, no_neurons, positions, repeat_shadow, reshape_shadow
+from ..tensor_info import TensorInfo, channel_ids, compact, no_neurons, positions, repeat_shadow, reshape_shadow
 from ..vocab import EdgeType, NodeType
-from .common import fibers_to_nodes, varies
+from .common import fibers_to_nodes, lookup, varies
 
 IDENTITY = (
     "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.to", "aten._to_copy",
@@ -65,7 +65,68 @@ def shape_op(ctx: Context, node: Node) -> TensorInfo:
     x = ctx.info(node.args[0])
     if x is None:
         return nonneuron(ctx.shape())
-    return x.map(_shape_fn(ctx, node))
+    out = x.map(_shape_fn(ctx, node))
+    key = _selection_key(node, x)
+    return selection_view(ctx, x, out, key) if key is not None else out
+
+
+#: Edge positions of selection views start here (far from concatenation places and kernel offsets).
+SELECTION_POS = 1 << 24
+
+
+def selection_view(ctx: Context, x: TensorInfo, out: TensorInfo, key: object) -> TensorInfo:
+    """``out``, part of the positions of ``x`` (a token, a slice, rows an index picked), as new
+    neurons, one per neuron of ``out``, each fed by its neuron with an edge whose position names
+    the selection.
+
+    A neuron stands for its channel at every position. Without this, ``a(h[:, 0]) + b(h[:, 1])``
+    is ``a(h) + b(h)`` in the graph, and swapping the look-alike heads ``a`` and ``b`` passes for
+    a symmetry; so did swapping Switch Transformers' experts, each of which reads the tokens its
+    router sent it. Equal selections get equal codes (the same tensor); a selection by an index
+    computed from the inputs or from neurons (``key`` None) gets a code of its own: it may pick
+    other rows on another input, so it is like no other."""
+    if key is None or key[0] == "data":
+        key = ("data", len(ctx.selections))
+    code = ctx.selections.setdefault(key, len(ctx.selections) + 1)
+    ids = compact(out.ids)
+    src = torch.unique(ids[ids >= 0])
+    if not src.numel():
+        return out
+    nodes = ctx.new_neurons(src.numel(), NodeType.MERGE, ctx.depth(x))
+    ctx.builder.edges(src, nodes, EdgeType.MERGE, SELECTION_POS + code)
+    return replace(out, ids=lookup(ids, src, nodes, ctx.builder.num_nodes).expand(out.ids.shape))
+
+
+def _position_axis(x: TensorInfo, dim: int) -> bool:
+    """Whether axis ``dim`` of a tensor with neurons holds positions (tokens, pixels, the batch):
+    the same neurons all along it. (Shadows are broadcasts there, so which positions a tensor
+    holds is not written anywhere else.)"""
+    if x.param is not None or not x.has_neurons or x.ids.shape[dim] <= 1:
+        return False
+    return not varies(x.ids, dim)
+
+
+def _selection_key(node: Node, x: TensorInfo) -> tuple | None:
+    """A key naming the positions a slice/select/narrow takes along a position axis, or None
+    when it takes all of them in order (or acts on channels, or ``x`` has no neurons)."""
+    name = op_name(node.target)
+    if name not in ("aten.slice", "aten.select", "aten.narrow") or x.param is not None or not x.has_neurons:
+        return None
+    args = list(node.args[1:])
+    dim = (args[0] if args else node.kwargs.get("dim", 0)) % x.ids.dim()
+    if not _position_axis(x, dim):
+        return None
+    size = x.ids.shape[dim]
+    if name == "aten.select":
+        return ("select", dim - x.ids.dim(), args[1] % size)
+    if name == "aten.narrow":
+        start, length = args[1] % size, args[2]
+        return None if (start == 0 and length >= size) else ("slice", dim - x.ids.dim(), start, start + length, 1)
+    start, end, step = (args + [None, None, None, 1])[1:4]
+    start, end, step = slice(start, end, step).indices(size)
+    if start == 0 and end >= size and step == 1:
+        return None
+    return ("slice", dim - x.ids.dim(), start, end, step)
 
 
 @register_op(*SPLIT)
@@ -76,10 +137,38 @@ def split(ctx: Context, node: Node) -> list[TensorInfo]:
     fn = _shape_fn(ctx, node)
     parts = [fn(t) for t in (x.ids, x.pos)] + ([fn(x.flat)] if x.flat is not None else [])
     n = len(parts[0])
-    return [
+    out = [
         replace(x, ids=parts[0][i], pos=parts[1][i], flat=parts[2][i] if x.flat is not None else None)
         for i in range(n)
     ]
+    dim = _split_dim(node) % x.ids.dim()
+    if n <= 1 or not _position_axis(x, dim):
+        return out
+    # parts along a position axis are selections: each its own (by where it starts and ends)
+    starts = torch.tensor([0] + [int(p.shape[dim]) for p in parts[0]]).cumsum(0).tolist()
+    name = op_name(node.target)
+    keys = [("select", dim - x.ids.dim(), i) if name == "aten.unbind"
+            else ("slice", dim - x.ids.dim(), starts[i], starts[i + 1], 1) for i in range(n)]
+    return [selection_view(ctx, x, part, key) for part, key in zip(out, keys)]
+
+
+def _split_dim(node: Node) -> int:
+    """The axis a split/chunk/unbind cuts (``unbind(x, dim=0)``, ``split(x, sizes, dim=0)``)."""
+    if op_name(node.target) == "aten.unbind":
+        return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+
+
+@register_op("aten.copy", "aten.copy_")
+def copy(ctx: Context, node: Node) -> TensorInfo:
+    """``dst.copy_(src)``: ``src``'s elements, broadcast to ``dst``'s shape (``dst``'s values are
+    gone; the frontend writes the result back into the tensor ``dst`` is a view of)."""
+    src, shape = ctx.info(node.args[1]), ctx.shape()
+    if src is None:
+        return nonneuron(shape)
+    if src.param is not None:
+        src = ctx.materialise(src)
+    return replace(src, ids=src.ids.broadcast_to(shape), pos=src.pos.broadcast_to(shape))
 
 
 #: Padding ops that copy the input's own elements into the border, and their mode
@@ -221,7 +310,34 @@ def index(ctx: Context, node: Node) -> TensorInfo:
         known = real is not None
         zeros = real if known else torch.zeros(ctx.shape(node.args[2]), dtype=torch.long)
         fn = lambda t: node.target(t, dim, zeros)  # noqa: E731
-    if not known and any(varies(x.ids, d) for d in dims):
-        raise ctx.fail("data-dependent gather across neurons; register a module rule for this module")
+    across = [d for d in dims if varies(x.ids, d)]
+    if not known and across:
+        return _chosen_among(ctx, node, x, across)
     # constant indices (relative-position tables) are applied to the shadows as they are
-    return x.map(fn)
+    out = x.map(fn)
+    picked = [d for d in dims if _position_axis(x, d)]
+    if not picked:
+        return out
+    if not known:  # rows picked by an index computed from the inputs or from neurons
+        return selection_view(ctx, x, out, None)
+    whole = [r is None or (r.dim() == 1 and r.numel() == x.ids.shape[d] and torch.equal(r, torch.arange(r.numel())))
+             for d, r in zip(dims, real if name == "aten.index" else [real])]
+    if all(whole):
+        return out
+    key = ("index", name, tuple(d - x.ids.dim() for d in dims),
+           tuple(tuple(r.reshape(-1).tolist()) + tuple(r.shape) for r in (real if name == "aten.index" else [real])
+                 if r is not None))
+    return selection_view(ctx, x, out, key)
+
+
+def _chosen_among(ctx: Context, node: Node, x: TensorInfo, across: list[int]) -> TensorInfo:
+    """``scores.gather(1, topk_indices)``: values picked among the neurons of one axis by an index
+    computed from data. Like top-k's values, they are no neuron's, and remember the neurons they
+    were chosen among (``routes``), so a scatter back over that axis ties them to those neurons."""
+    dim = across[0]
+    if len(across) > 1 or any(varies(x.ids, d) for d in range(x.ids.dim()) if d != dim):
+        raise ctx.fail("data-dependent gather across neurons of several axes; register a module rule "
+                       "for this module")
+    index_args = node.args[1] if op_name(node.target) == "aten.index" else [node.args[2]]
+    index = [ctx.info(a) for a in index_args if isinstance(a, Node)]
+    return replace(nonneuron(ctx.shape(), x, *index), routes=channel_ids(x.ids, dim))

@@ -16,6 +16,8 @@ the other axes, which permutations only reorder.
 from __future__ import annotations
 
 import math
+import zlib
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -85,3 +87,76 @@ def _determines(key: Tensor, k: Tensor) -> bool:
     if key.numel() == 0:
         return True
     return torch.unique(torch.stack([key, k]), dim=1).shape[1] == torch.unique(key).numel()
+
+
+# Weights computed from a parameter -------------------------------------------------------------
+#
+# ``conv2d(x, standardise(w))`` (BiT), ``linear(x, 2 * w)``: the layer's edges hold the parameter's
+# scalars, so a symmetry moves ``w``; the model computes ``f(w)``. That is sound when ``f``
+# commutes with every move the graph can make of ``w``'s scalars: ``f`` is elementwise, or acts on
+# groups of scalars (rows) alike and symmetrically (statistics over the group, then elementwise),
+# and a symmetry maps groups onto groups. The tensor keeps the parameter (``TensorInfo.computed``
+# says how it was computed); the op that finally makes edges from it gets a marker
+# (``mark_computed``): a ``NORM_GROUP`` node joined to the neurons the edges feed, its edge
+# position coding the function and how its groups sit on the edges (per output neuron, per input
+# neuron, per edge, one group), so a layer computing ``f(w)`` is never taken for one reading ``w``
+# or computing another function. Any other function, or groups that fit no such pattern, pin the
+# layer's neurons at both ends: then every scalar stays where it is.
+
+
+def computed(ctx: Context, x: TensorInfo, code: tuple, groups: Tensor | None) -> TensorInfo:
+    """``x`` (a parameter, or a tensor already computed from one) passed through a function coded
+    by ``code``; ``groups``: a group id per scalar of the parameter for a function that acts on
+    groups alike and symmetrically (standardisation of rows), ``None`` for an elementwise one.
+    ``code`` ``None``: a function nobody proved row-wise (its layer is pinned)."""
+    before = x.computed or ((), ())
+    if code is None or before[1] is None:
+        return replace(x, computed=(before[0] + (("opaque",),), None))
+    parts = before[1] + ((groups,) if groups is not None else ())
+    return replace(x, computed=(before[0] + (code,), parts))
+
+
+def standardised(ctx: Context, x: TensorInfo, channel_dim: int, code: tuple) -> TensorInfo:
+    """A parameter normalised per channel along ``channel_dim`` with statistics over the rest
+    (``batch_norm(w.reshape(1, out, -1), training=True)`` without an affine)."""
+    n = ctx.param_tensor(x.param).numel()
+    flat = x.flat.movedim(channel_dim, 0)
+    rows = flat.reshape(flat.shape[0], -1)
+    groups = torch.full((n,), -1, dtype=torch.long)
+    groups[rows] = torch.arange(rows.shape[0]).view(-1, 1).expand_as(rows)
+    # every scalar once: each element of the result is a function of its own scalar's group
+    if rows.numel() != n or torch.unique(rows).numel() != n:
+        return computed(ctx, x, None, None)
+    return computed(ctx, x, code, groups)
+
+
+def mark_computed(ctx: Context, info: TensorInfo, blocks: list) -> None:
+    """Edges an op made from a computed weight: mark the neurons they feed (see above)."""
+    code, parts = info.computed
+    ends = []
+    kinds = []
+    for block in blocks:
+        src, dst, pos = block.columns()
+        ends += [src, dst]
+        scalar = torch.arange(block.size) if block.flat is None else block.flat.reshape(-1)
+        if parts is None:
+            kinds.append(None)
+            continue
+        for groups in parts:
+            g = groups[scalar]
+            kind = next((k for k, key in (("output", dst), ("input", src), ("edge", src * (dst.max() + 1) + dst),
+                                          ("one", torch.zeros_like(g)))
+                         if _determines(key, g) and _determines(g, key)), None)
+            kinds.append(kind)
+    if not blocks:
+        return
+    ends = torch.cat([e.reshape(-1) for e in ends])
+    if any(k is None for k in kinds):
+        ctx.builder.pin(ends, f"{info.param} is used through a function of it that is not proven "
+                              f"row-wise ({code}) in {ctx.path() or '<top level>'}")
+        return
+    key = repr((code, tuple(kinds)))
+    variant = zlib.crc32(key.encode()) % (2**31 - 1) + 1
+    marker = ctx.new_neurons(1, NodeType.NORM_GROUP, 0)
+    dst = torch.unique(torch.cat([b.columns()[1].reshape(-1) for b in blocks]))
+    ctx.builder.edges(marker.expand(dst.numel()), dst, EdgeType.NORM_GROUP, variant)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 import converters
 from converters import ConversionError, ParameterGraph, ParamIndex
+from converters.limits import check_archive
 
 from ..cli_checks import note, write_atomic
 from ..zoo import Zoo
@@ -159,6 +160,10 @@ class ZooDataset(Dataset):
         """A cache written by :meth:`_write_cache` for exactly this content, checksum and values checked."""
         where = f"the zoo's cache {path}"
         fix = "remove it to convert the zoo again"
+        try:  # a bomb or an archive beyond free memory is refused before torch.load inflates it
+            check_archive(path)
+        except ConversionError as err:
+            raise ValueError(f"{where}: {str(err).removeprefix(f'{path}: ')}; {fix}") from None
         try:
             payload = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as err:  # noqa: BLE001 - a corrupt file fails in many ways; torch's advice is not passed on

@@ -12,19 +12,27 @@ import numpy as np
 
 from converters.io import atomic_write
 
-from ..data import ZooDataset, split_by_run
+from ..data import Split, ZooDataset, split_by_run
 from ..zoo import build_zoo
+from .nfn_baseline import MODES as NFN_METHODS
+from .nfn_baseline import fit_nfn
+from .probe_baseline import fit_probe
 from .property import METHODS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
 
 
 def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConfig, test_families: tuple[str, ...] = (),
-                out_dir: Path | None = None, progress: bool = True) -> tuple[list[MethodResult], dict[str, str]]:
+                out_dir: Path | None = None, progress: bool = True,
+                split: Split | str | Path | None = None) -> tuple[list[MethodResult], dict[str, str]]:
     """Every method on one split grouped by run (``config.seed`` draws the split and the
-    initialisation); returns results and the methods skipped (why)."""
+    initialisation), or on ``split`` (a :class:`Split`, or a published split file: see
+    :func:`gmn.zoo.formats.split_by_index_file`; ``config.seed`` then draws the initialisation
+    only); returns results and the methods skipped (why)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    split = split_by_run(dataset.run, dataset.family, seed=config.seed, test_families=test_families)
+    split = _fixed_split(dataset, split, test_families)
+    if split is None:
+        split = split_by_run(dataset.run, dataset.family, seed=config.seed, test_families=test_families)
     results, skipped = [], {}
     for method in methods:
         if method == "statnn":
@@ -34,9 +42,28 @@ def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConf
                 results.append(fit_flat_mlp(dataset, split, config, out_dir, progress))
             except ValueError as err:
                 skipped["mlp"] = str(err)
+        elif method in NFN_METHODS or method == "probe":
+            try:
+                results.append(fit_nfn(dataset, split, method, config, out_dir, progress) if method in NFN_METHODS
+                               else fit_probe(dataset, split, config, out_dir, progress))
+            except ValueError as err:  # no nfn package, no MLP/CNN layout, inputs that are not real
+                skipped[method] = str(err)
         else:
             results.append(fit_metanetwork(dataset, split, method, config, out_dir, progress))
     return results, skipped
+
+
+def _fixed_split(dataset: ZooDataset, split: Split | str | Path | None, test_families: tuple[str, ...]) -> Split | None:
+    """``split`` as member indices (a split file read against ``dataset``), or None for a split by run."""
+    if split is None:
+        return None
+    if test_families:
+        raise ValueError("a given split and test_families both choose the test part: give one")
+    if isinstance(split, Split):
+        return split
+    from ..zoo.formats import split_by_index_file
+
+    return split_by_index_file(dataset, split)
 
 
 def _spread(values: list[float]) -> str:
@@ -89,14 +116,19 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
                        backend: str = "process", zoo: str | Path | None = None,
                        methods: tuple[str, ...] = ("statnn", "mlp", "pna", "gmn"),
                        targets: tuple[str, ...] = ("test_acc", "gap"), test_families: tuple[str, ...] = (),
-                       config: TrainConfig | None = None, progress: bool = True, seeds: int = 1) -> str:
+                       config: TrainConfig | None = None, progress: bool = True, seeds: int = 1,
+                       split: Split | str | Path | None = None) -> str:
     """Build (or resume) the zoo, run every method with ``seeds`` seeds (``config.seed``,
     ``config.seed + 1``, ...: each its own split and initialisation), write
     ``property.{txt,json,png}`` to ``out`` and return the table (mean ± std over seeds).
-    ``zoo`` uses an existing zoo folder instead of building."""
+    ``zoo`` uses an existing zoo folder instead of building; ``split`` (with ``zoo``: a
+    :class:`Split` or a published split file, ``splits/<name>.json``) is every seed's split
+    (the seeds then vary the initialisation only)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:  # before the zoo is built
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if split is not None and (zoo is None or test_families):
+        raise ValueError("a given split needs an existing zoo (zoo=...) and no test_families")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = config or TrainConfig()
@@ -104,21 +136,26 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
         zoo = out / f"zoo-{preset}-{dataset}"
         build_zoo(zoo, preset, runs, dataset, epochs, workers=workers, backend=backend, progress=progress).close()
     data = ZooDataset(zoo, targets, progress=progress)
+    fixed = _fixed_split(data, split, test_families)  # read once, checked before any method runs
     title = (f"{len(data)} checkpoints of {len(set(data.run.tolist()))} runs, {len(set(data.family))} families "
-             f"({Path(zoo).name}), {seeds} seed{'s' if seeds > 1 else ''} (split and initialisation)"
+             f"({Path(zoo).name}), {seeds} seed{'s' if seeds > 1 else ''} "
+             + ("(split and initialisation)" if fixed is None else
+                f"(initialisation; split {split if isinstance(split, (str, Path)) else 'given'})")
              + (f", test families held out: {', '.join(test_families)}" if test_families else ""))
     per_seed, skipped = [], {}
     for seed in range(config.seed, config.seed + seeds):
         seeded = replace(config, seed=seed)
         # training state resumes only for the same zoo, targets, split and settings
-        key = json.dumps([str(Path(zoo).resolve()), len(data), targets, test_families, seeded.__dict__],
+        key = json.dumps([str(Path(zoo).resolve()), len(data), targets, test_families, seeded.__dict__]
+                         + ([] if fixed is None else [[t.tolist() for t in (fixed.train, fixed.val, fixed.test)]]),
                          sort_keys=True)
         state_dir = out / "checkpoints" / hashlib.sha1(key.encode()).hexdigest()[:12]
-        results, skipped = run_methods(data, methods, seeded, test_families, state_dir, progress)
+        results, skipped = run_methods(data, methods, seeded, test_families, state_dir, progress, split=fixed)
         per_seed.append(results)
     table = format_table(per_seed, skipped, title)
     atomic_write(out / "property.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
     report = {"zoo": str(zoo), "members": len(data), "config": config.__dict__, "seeds": seeds, "skipped": skipped,
+              "split": "by run" if fixed is None else str(split) if isinstance(split, (str, Path)) else "given",
               "results": [{"method": r.method, "seed": config.seed + i, "scores": r.scores, "seconds": r.seconds,
                            "history": r.history, "pred": np.asarray(r.pred).tolist(),
                            "true": np.asarray(r.true).tolist()} for i, results in enumerate(per_seed) for r in results]}

@@ -28,7 +28,7 @@ from ..models import GraphMetanetwork
 from ..probes import batch_features, member_probe_features
 
 METANETWORKS = ("gmn", "pna", "scale_gmn")
-METHODS = ("statnn", "mlp", *METANETWORKS)
+METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *METANETWORKS)  # nfn_*, probe: tasks/*_baseline.py
 
 
 def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -171,6 +171,9 @@ class _Trainer:
     def _resume(self) -> None:
         if self.path is None or not self.path.is_file():
             return
+        from converters.limits import check_archive  # a state file on disk is checked like any archive
+
+        check_archive(self.path)
         saved = torch.load(self.path, weights_only=True, map_location=self.config.device)
         self.model.load_state_dict(saved.pop("model"))
         self.opt.load_state_dict(saved.pop("opt"))

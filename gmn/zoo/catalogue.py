@@ -85,11 +85,17 @@ class Catalogue:
     def claim(self, **settings) -> dict[str, object]:
         """Record the zoo's build settings; a folder built with other settings is refused
         rather than mixed. Returns the settings recorded before."""
+        old = self.check_claim(**settings)
+        self.set_meta(**settings)
+        return old
+
+    def check_claim(self, **settings) -> dict[str, object]:
+        """:meth:`claim`'s check without the write (the settings then go with :meth:`add_runs`'s
+        ``meta``, in its transaction). Returns the settings recorded before."""
         old = self.meta()
         clash = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
         if clash:
             raise ValueError(f"{self.root} holds a zoo built with other settings (old, new): {clash}")
-        self.set_meta(**settings)
         return old
 
     def done(self) -> set[str]:
@@ -99,10 +105,14 @@ class Catalogue:
         """Insert a run and its checkpoints in one transaction (replacing an earlier record)."""
         self.add_runs([run])
 
-    def add_runs(self, runs: list[dict]) -> None:
-        """Insert runs and their checkpoints in one transaction: a killed process leaves all of
-        them catalogued or none (earlier records of the same runs are replaced)."""
+    def add_runs(self, runs: list[dict], meta: dict[str, object] | None = None) -> None:
+        """Insert runs and their checkpoints, and ``meta`` settings, in one transaction: a killed
+        process leaves all of them catalogued or none (earlier records of the same runs are
+        replaced)."""
         with self._named(), self.db:
+            if meta:
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                    [(k, json.dumps(v)) for k, v in meta.items()])
             for run in runs:
                 self._insert(run)
 

@@ -117,7 +117,15 @@ class PatchTransformer(nn.Module):
 
 
 def build(arch: dict, input_shape: tuple[int, ...], classes: int) -> nn.Module:
-    """The module of architecture spec ``arch`` for inputs of shape ``(C, *spatial)``."""
+    """The module of architecture spec ``arch`` for inputs of shape ``(C, *spatial)``; counted on
+    the meta device first, and refused when it cannot fit in free memory (``converters.limits``)."""
+    from converters.limits import check_module
+
+    check_module(lambda: _build(arch, input_shape, classes), f"architecture {arch}")
+    return _build(arch, input_shape, classes)
+
+
+def _build(arch: dict, input_shape: tuple[int, ...], classes: int) -> nn.Module:
     channels, spatial = input_shape[0], input_shape[1:]
     dims, family = len(spatial), arch["family"]
     if family == "mlp":

@@ -19,26 +19,37 @@ from .families import build
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors: safetensors, or ``torch.load(weights_only=True)`` (never pickle).
-    A file that is neither (a pickle with code, a corrupt file) gets a ``ValueError`` naming it."""
+    A file that is neither (a pickle with code, a corrupt file), a zip archive whose entries
+    would inflate beyond reason or free memory (checked before ``torch.load`` reads them), or a
+    checkpoint with complex tensors (no gmn model holds them; casting would drop the imaginary
+    part) gets a ``ValueError`` naming the file."""
+    from converters.limits import check_archive
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            state = load_file(str(path))  # safetensors checks every offset against the file's size
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-        # torch's message suggests weights_only=False: never pass that on
-        raise ValueError(f"{path}: not a plain checkpoint of tensors (gmn never unpickles code): "
-                         f"{type(err).__name__}") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state_dict (a mapping of names to tensors)")
+    else:
+        check_archive(path, legacy=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+            # torch's message suggests weights_only=False: never pass that on
+            raise ValueError(f"{path}: not a plain checkpoint of tensors (gmn never unpickles code): "
+                             f"{type(err).__name__}") from err
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path} holds no state_dict (a mapping of names to tensors)")
+    complex_ = [k for k, v in state.items() if v.is_complex()]
+    if complex_:
+        raise ValueError(f"{path}: tensor {complex_[0]!r} is complex ({state[complex_[0]].dtype}); gmn models are "
+                         "real and will not drop the imaginary part")
     return state
 
 
@@ -153,32 +164,18 @@ def _check_onnx(path: Path, where: str) -> None:
         raise ValueError(f"{where}: {path} is not a valid ONNX model ({type(err).__name__}: {text[:300]})") from None
 
 
-def _check_fits(state: dict[str, torch.Tensor], expected: dict[str, tuple], path: Path, where: str) -> None:
-    """A checkpoint's tensors against its architecture's: names and shapes, in one line."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} shape mismatches (first: {k} is {tuple(state[k].shape)} in the file, "
-                     f"{expected[k]} in the architecture)")
-    if missing:
-        parts.append(f"{len(missing)} tensors missing (first: {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-    raise ValueError(f"{where}: {path.name} does not fit its architecture: " + "; ".join(parts))
+def _fits(path: Path, spec: dict, allow: tuple[str, ...], models: dict, where: str) -> None:
+    """Load checkpoint ``path`` into a module of ``spec`` (one built per spec): names, shapes and
+    dtype kinds checked by ``cli_models.load_state``, the one place that does, in one line."""
+    from ..cli_models import load_state
 
-
-def _expected(spec: dict, allow: tuple[str, ...], cache: dict) -> dict[str, tuple]:
-    """Names and shapes of the tensors a checkpoint of ``spec`` holds (one module built per spec)."""
     key = repr(spec)
-    if key not in cache:
-        model, _ = architecture(spec, None, frozenset(allow), f"architecture {spec}")
-        cache[key] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return cache[key]
+    if key not in models:
+        models[key], _ = architecture(spec, None, frozenset(allow), f"architecture {spec}")
+    try:
+        load_state(models[key], path)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def import_folder(folder: str | Path, targets: str | Path, arch: str | None = None,
@@ -206,7 +203,7 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
         raise ValueError(f"{targets} needs a header with a 'path' column")
     runs: dict[str, dict] = {}
     seen: dict[tuple[str, int], int] = {}
-    shapes: dict[str, dict[str, tuple]] = {}
+    models: dict[str, nn.Module] = {}
     allow = (arch,) if arch and ":" in arch else ()
     for i, row in enumerate(rows, start=2):
         where = f"row {i} of {targets}"
@@ -221,7 +218,7 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
         if spec["family"] == "onnx":
             _check_onnx(path, where)
         else:  # refuse an unreadable checkpoint, or one of another architecture, now, not at training time
-            _check_fits(load_weights(path), _expected(spec, allow, shapes), path, where)
+            _fits(path, spec, allow, models, where)
         run_id = row.get("run") or rel
         try:
             epoch = int(row.get("epoch") or len(runs.get(run_id, {}).get("checkpoints", [])))

@@ -64,6 +64,14 @@ HF: dict[str, tuple[str, dict, str]] = {
     "qwen2_moe": ("qwen2_moe", dict(LLAMA_LIKE, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=12,
                                     shared_expert_intermediate_size=20), "lm"),
     "qwen3_moe": ("qwen3_moe", dict(LLAMA_LIKE, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=12), "lm"),
+    # routing variants (issue 33): top-1, group-limited top-k with shared experts and sigmoid scores
+    "qwen3_moe_top1": ("qwen3_moe", dict(LLAMA_LIKE, num_experts=3, num_experts_per_tok=1, moe_intermediate_size=12,
+                                         norm_topk_prob=False), "lm"),
+    "deepseek_v3_grouped": ("deepseek_v3", dict(TEXT, num_key_value_heads=2, n_routed_experts=4,
+                                                num_experts_per_tok=2, n_group=2, topk_group=1,
+                                                moe_intermediate_size=8, first_k_dense_replace=1, q_lora_rank=8,
+                                                kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4,
+                                                v_head_dim=8, n_shared_experts=1), "lm"),
     "olmoe": ("olmoe", dict(LLAMA_LIKE, num_experts=3, num_experts_per_tok=2), "lm"),
     # encoders
     "bert": ("bert", dict(TEXT), "enc"),
@@ -103,7 +111,19 @@ HF: dict[str, tuple[str, dict, str]] = {
     "switch": ("switch_transformers", dict(vocab_size=64, d_model=16, d_kv=8, d_ff=24, num_layers=2,
                                            num_decoder_layers=2, num_heads=2, num_experts=2,
                                            relative_attention_num_buckets=8, decoder_start_token_id=0,
-                                           encoder_sparse_step=2, decoder_sparse_step=2), "s2s"),
+                                           encoder_sparse_step=2, decoder_sparse_step=2), "s2s_long"),
+    # capacity-limited top-1 routing: 4 experts, at most 16 tokens each (none dropped) or 2 (most dropped);
+    # a long input reaches every expert, so the eager trace reads every parameter
+    "switch_experts4": ("switch_transformers", dict(vocab_size=64, d_model=16, d_kv=8, d_ff=24, num_layers=1,
+                                                    num_decoder_layers=1, num_heads=2, num_experts=4,
+                                                    expert_capacity=16, relative_attention_num_buckets=8,
+                                                    decoder_start_token_id=0, encoder_sparse_step=1,
+                                                    decoder_sparse_step=1), "s2s_long"),
+    "switch_dropping": ("switch_transformers", dict(vocab_size=64, d_model=16, d_kv=8, d_ff=24, num_layers=1,
+                                                    num_decoder_layers=1, num_heads=2, num_experts=4,
+                                                    expert_capacity=2, relative_attention_num_buckets=8,
+                                                    decoder_start_token_id=0, encoder_sparse_step=1,
+                                                    decoder_sparse_step=1), "s2s_long"),
     # vision
     "vit": ("vit", dict(VISION), "image"),
     "deit": ("deit", dict(VISION), "image"),
@@ -185,6 +205,9 @@ def hf_inputs(kind: str, config) -> tuple:
         return (ids,)
     if kind == "s2s":
         return (ids, None, ids[:, :5])  # input_ids, attention_mask, decoder_input_ids
+    if kind == "s2s_long":
+        long = torch.randint(3, 60, (1, 32), generator=gen)
+        return (long, None, long[:, :16])
     if kind in ("image", "image32"):
         side = 16 if kind == "image" else 32
         return (torch.randn(1, 3, side, side, generator=gen, dtype=torch.float64),)

@@ -20,9 +20,27 @@ def perturb(model: nn.Module, seed: int = 0, dtype: torch.dtype = torch.float64)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
         for name, b in model.named_buffers():
-            if b.is_floating_point() and b.numel() and ("running_var" in name or "running_mean" in name):
+            # running statistics, and the per-expert routing bias of aux-loss-free balancing (DeepSeek-V3)
+            if b.is_floating_point() and b.numel() and any(
+                    k in name for k in ("running_var", "running_mean", "e_score_correction_bias")):
                 b.add_(torch.rand(b.shape, generator=gen, dtype=b.dtype) * 0.5)
     return model
+
+
+def fresh_inputs(inputs: tuple, seed: int) -> tuple:
+    """Inputs like ``inputs`` (same shapes and dtypes) with new values: token ids drawn in the
+    range the originals span, floats from a normal distribution; ``None`` stays."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+
+    def fresh(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.is_floating_point():
+            return torch.randn(t.shape, generator=gen, dtype=t.dtype) * t.std().clamp(min=1e-3) + t.mean()
+        if t.dtype == torch.bool:
+            return t
+        return torch.randint(int(t.min()), int(t.max()) + 1, t.shape, generator=gen, dtype=t.dtype)
+    return tuple(fresh(t) for t in inputs)
 
 
 def flat_output(out) -> torch.Tensor:

@@ -123,7 +123,13 @@ def test_class_token_and_positions_are_parameters_with_structure():
     (_, dst), etype, pos = _edges_of(g, "pos_embed")
     assert bool((etype == EdgeType.SHIFT).all())
     assert pos.unique().numel() == model.pos_embed.shape[1]  # one position per token
-    assert int((g.node_type == NodeType.MERGE).sum()) == 8  # class token merged with patches
+    # class token merged with patches: one MERGE node per channel fed by concatenation edges
+    # (the pooled class token, ``x[:, 0]``, is a selection: its MERGE edges carry SELECTION_POS on)
+    from converters.rules.shape import SELECTION_POS
+
+    concat = (g.edge_type == EdgeType.MERGE) & (g.edge_pos < SELECTION_POS)
+    assert g.edge_index[1, concat].unique().numel() == 8
+    assert bool((g.node_type[g.edge_index[1, concat]] == NodeType.MERGE).all())
 
 
 def test_partially_used_parameter_keeps_every_slot():

@@ -274,3 +274,161 @@ def test_whole_branches_swap_with_their_running_statistics():
     swaps = [seed for seed in range(12)
              if bool(torch.isin(symmetry.random_symmetry(g, seed=seed, return_maps=True)[1][left], right).all())]
     assert swaps  # the swap is offered (and _sound checked the outputs under every seed)
+
+
+class HeadsOnTokens(nn.Module):
+    """Two look-alike heads reading different tokens: by a constant slice, or by rows an index
+    computed from the input picked (an expert's tokens). Swapping the heads is no symmetry."""
+
+    def __init__(self, by_index: bool):
+        super().__init__()
+        self.by_index = by_index
+        self.inp, self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        if self.by_index:
+            rows = (x[0, :, 0] > 0).nonzero().squeeze(1)
+            return self.a(h[:, rows]).sum(1) + self.b(h).sum(1)
+        return self.a(h[:, 0]) + self.b(h[:, 1])
+
+
+@pytest.mark.parametrize("by_index", [False, True])
+def test_heads_reading_different_positions_are_not_swapped(by_index):
+    torch.manual_seed(0)
+    x = _x(1, 5, 4)
+    x[0, :2, 0] = torch.tensor([1.0, -1.0])  # the index picks some rows, not all
+    g, moved = _sound(HeadsOnTokens(by_index), x)
+    # a constant slice keeps the shared layer's units free; rows picked by a data-dependent index
+    # pin what they were picked from (the check cannot tell how the index used its inputs)
+    assert bool(moved.any()) != by_index
+
+
+class ExpertLoop(nn.Module):
+    """Top-1 routing written as a Python loop over the experts that got tokens (eager trace)."""
+
+    def __init__(self, experts: int = 3):
+        super().__init__()
+        self.router = nn.Linear(4, experts)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 4)) for _ in range(experts))
+
+    def forward(self, x):
+        choice = self.router(x).argmax(-1).reshape(-1)
+        flat, out = x.reshape(-1, 4), torch.zeros_like(x.reshape(-1, 4))
+        for e in choice.unique():
+            rows = (choice == e).nonzero().squeeze(1)
+            out.index_add_(0, rows, self.experts[int(e)](flat[rows]))
+        return out.reshape(x.shape)
+
+
+def test_an_expert_loop_is_sound_on_fresh_inputs():
+    """Experts reached by the example move nowhere else; where one went unread every neuron
+    is pinned (another input may reach it); either way every symmetry holds on new inputs."""
+    from foreign.harness import fresh_inputs
+
+    torch.manual_seed(0)
+    for tokens, all_read in ((64, True), (1, False)):
+        model = perturb(ExpertLoop())
+        x = _x(1, tokens, 4)
+        g = converters.from_torch(model, x)
+        pinned_all = bool((g.node_index >= 0).all())
+        assert pinned_all != all_read
+        for seed in range(3):
+            moved = rebuilt(model, symmetry.random_symmetry(g, seed=seed))
+            for fresh in [(x,)] + [fresh_inputs((x,), i) for i in range(3)]:
+                with torch.no_grad():
+                    torch.testing.assert_close(moved(*fresh), model(*fresh), rtol=1e-10, atol=1e-10)
+
+
+class CopyIntoSlices(nn.Module):
+    """Keys built by copying two projections into slices of an empty tensor (DeepSeek's MLA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k1, self.k2 = nn.Linear(4, 6), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        k = x.new_empty(*x.shape[:-1], 6)
+        k[..., :4].copy_(self.k1(x))
+        k[..., 4:].copy_(self.k2(x))
+        return torch.softmax(self.q(x) @ k.transpose(-1, -2), -1) @ x
+
+
+def test_in_place_writes_through_views_reach_their_base():
+    g, moved = _sound(CopyIntoSlices(), _x(1, 5, 4))
+    assert bool(moved.any())
+
+
+def _sound_on_fresh(model: nn.Module, x, seeds: int = 6) -> tuple[object, torch.Tensor]:
+    """``_sound``, and every symmetry also checked on 3 fresh inputs; returns the graph and
+    which hidden neurons moved."""
+    from foreign.harness import fresh_inputs
+
+    model = perturb(model)
+    g = converters.from_torch(model, x)
+    moved = torch.zeros(g.num_nodes, dtype=torch.bool)
+    for seed in range(seeds):
+        g2, pi, _ = symmetry.random_symmetry(g, seed=seed, return_maps=True)
+        other = rebuilt(model, g2)
+        for inputs in [(x,)] + [fresh_inputs((x,), i) for i in range(3)]:
+            with torch.no_grad():
+                torch.testing.assert_close(other(*inputs), model(*inputs), rtol=1e-10, atol=1e-10)
+        moved |= pi != torch.arange(g.num_nodes)
+    return g, moved & (g.node_type == int(NodeType.HIDDEN))
+
+
+class ScaledTwin(nn.Module):
+    """``a(s * h) + b(h)``: a graph that takes ``s * h`` for ``h`` lets ``a`` and ``b`` swap (the
+    outputs changed by 0.23). The scale is a Python number or a constant tensor of one number."""
+
+    def __init__(self, tensor: bool):
+        super().__init__()
+        self.l0, self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+        self.tensor = tensor
+
+    def forward(self, x):
+        h = torch.relu(self.l0(x))
+        s = torch.tensor(2.0, dtype=x.dtype) if self.tensor else 2.0
+        return self.a(h * s) + self.b(h)
+
+
+@pytest.mark.parametrize("tensor", [False, True])
+def test_a_number_times_neurons_is_not_the_neurons(tensor):
+    _, moved = _sound_on_fresh(ScaledTwin(tensor), _x(5, 3))
+    assert bool(moved.any())  # units inside each layer still move
+
+
+class StandardisedConvs(nn.Module):
+    """Two parallel convolutions of one shape on one input, summed: one weight-standardised
+    (BiT, timm's StdConv: ``batch_norm`` of the weight's rows), one plain; then a linear layer
+    whose weight is ``2 * w``, beside one reading its weight as it is. Swapping a layer that
+    computes its weight with one that does not is no symmetry."""
+
+    def __init__(self, running: bool = False):
+        super().__init__()
+        self.ws, self.plain = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.l2, self.l1 = nn.Linear(4, 5), nn.Linear(4, 5)
+        self.out = nn.Linear(5, 2)
+        self.running = running
+        self.register_buffer("mean", torch.randn(4))
+        self.register_buffer("var", torch.rand(4) + 0.5)
+
+    def forward(self, x):
+        w = self.ws.weight
+        if self.running:  # per-row constants that differ: a function nobody proved row-wise
+            w = F.batch_norm(w.reshape(1, 4, -1), self.mean, self.var, training=False, eps=1e-5).reshape_as(w)
+        else:
+            w = F.batch_norm(w.reshape(1, 4, -1), None, None, training=True, momentum=0.0, eps=1e-5).reshape_as(w)
+        h = torch.relu(F.conv2d(x, w, self.ws.bias, padding=1) + self.plain(x)).mean((2, 3))
+        return self.out(torch.relu(F.linear(h, self.l2.weight * 2.0, self.l2.bias) + self.l1(h)))
+
+
+def test_weights_computed_from_parameters_move_with_their_rows():
+    g, moved = _sound_on_fresh(StandardisedConvs(), _x(2, 3, 6, 6), seeds=8)
+    assert not g.param_index.pins
+    assert bool(moved.any())
+
+
+def test_a_weight_computed_by_an_unproven_function_pins_its_layer():
+    g, _ = _sound_on_fresh(StandardisedConvs(running=True), _x(2, 3, 6, 6), seeds=8)
+    assert any("not proven row-wise" in p for p in g.param_index.pins)

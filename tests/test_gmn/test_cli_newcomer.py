@@ -69,7 +69,7 @@ def test_checkpoints_of_other_sizes_and_json_architectures(tmp_path, capsys):
     g = converters.load_graph(tmp_path / "g.pt")
     assert int(g.num_param_edges) == sum(p.numel() for p in A.ResNet18(width=16, classes=10).parameters())
     assert "does not take these arguments" in _error(capsys, ["convert", str(path), "--arch", '{"name": "resnet18", '
-                                                              '"depth": 3}', "-o", str(tmp_path / "g.pt")])
+                                                              '"depth": 3}', "-o", str(tmp_path / "g2.pt")])
     assert "name its architecture with --arch" in _error(capsys, ["convert", str(path), "-o", str(tmp_path / "h.pt")])
 
 

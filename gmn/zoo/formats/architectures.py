@@ -114,14 +114,26 @@ class HSGNet(nn.Module):
         return self.linears[-1](x)
 
 
+def _valid_fits(side: int, depth: int, kernel: int, stride: int) -> bool:
+    """Whether ``depth`` unpadded convolutions leave at least one pixel of a ``side`` image."""
+    for _ in range(depth):
+        side = (side - kernel) // stride + 1
+        if side < 1:
+            return False
+    return True
+
+
 def build_published(arch: dict, input_shape: tuple[int, ...] | None = None, classes: int | None = None) -> nn.Module:
     """The module of a published-zoo spec; ``input_shape``/``classes`` of a data set, when the
     spec (one a zoo build wrote) does not carry them."""
     family = arch["family"]
     if family == "small-cnn-zoo":
-        channels = (arch.get("input_shape") or input_shape)[0]
-        return SmallCNNZooNet(channels, arch.get("classes", classes), arch["depth"], arch["width"], arch["kernel"],
-                              arch["stride"], arch["padding"], arch["act"], arch.get("dropout", 0.0))
+        shape = arch.get("input_shape") or input_shape
+        padding = arch["padding"]
+        if padding == "auto":  # the preset: the zoo's 'valid' where the image allows it (MNIST), 'same' on digits
+            padding = "valid" if _valid_fits(min(shape[1:]), arch["depth"], arch["kernel"], arch["stride"]) else "same"
+        return SmallCNNZooNet(shape[0], arch.get("classes", classes), arch["depth"], arch["width"], arch["kernel"],
+                              arch["stride"], padding, arch["act"], arch.get("dropout", 0.0))
     if family == "siren-inr":
         return SirenINR(arch["sizes"], arch["w0"], arch.get("offset", 0.0))
     if family == "hsg-net":

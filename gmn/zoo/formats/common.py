@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ...cli_checks import write_atomic
 from ...data.splits import Split
 from ..catalogue import METRICS, Catalogue
 from ..generate import save_checkpoint
@@ -49,10 +50,13 @@ def write_checkpoint(out: Path, rel: str, state: dict[str, torch.Tensor]) -> str
 
 def catalogue_runs(out: Path, runs: list[dict], replace: bool, settings: dict) -> Zoo:
     """Catalogue ``runs`` (checkpoint files already written) in the zoo at ``out``; runs it holds
-    already are refused unless ``replace``. A zoo imported from another source is refused."""
+    already are refused unless ``replace``. A zoo imported from another source is refused.
+    The runs and the zoo's ``settings`` go in one transaction (``Catalogue.add_runs``, as in
+    ``gmn zoo import``): an import that fails or is killed midway catalogues nothing, and its
+    rerun is not refused."""
     catalogue = Catalogue(out)
     try:
-        catalogue.claim(**settings)
+        catalogue.check_claim(**settings)
         clash = sorted({r["run_id"] for r in runs} & catalogue.done())
         if clash and not replace:
             raise ValueError(f"{out} already holds runs {', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}; "
@@ -62,11 +66,7 @@ def catalogue_runs(out: Path, runs: list[dict], replace: bool, settings: dict) -
                 ckpt.setdefault("extra", {})
                 for m in METRICS:
                     ckpt.setdefault(m, None)
-        if hasattr(catalogue, "add_runs"):  # all runs in one transaction
-            catalogue.add_runs(runs)
-        else:
-            for run in runs:
-                catalogue.add_run(run)
+        catalogue.add_runs(runs, meta=settings)  # one transaction: all runs (and the settings) or none
     finally:
         catalogue.close()
     return Zoo(out)
@@ -77,8 +77,29 @@ def write_split(out: Path, name: str, parts: dict[str, list[str]], definition: s
     order (a path listed twice is kept twice: the anchor's split is reproduced, not cleaned)."""
     path = out / SPLITS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"definition": definition, **{p: parts.get(p, []) for p in PARTS}}))
+    text = json.dumps({"definition": definition, **{p: parts.get(p, []) for p in PARTS}})
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))  # the old split or the new, never half
     return path
+
+
+def read_split(path: str | Path) -> dict[str, list[str]]:
+    """A split file's parts (``train``, ``val``, ``test``: lists of checkpoint paths), refused
+    in one line naming the file when it is too large to be one, not JSON, or not of that shape."""
+    from converters.limits import MAX_JSON_BYTES, check_file_size
+
+    path = Path(path)
+    try:
+        check_file_size(path, MAX_JSON_BYTES, "split file")
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"{path}: not a readable split file ({str(err).removeprefix(f'{path}: ')})") from None
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(p), list) for p in PARTS):
+        raise FormatError(f"{path}: not a split file (a JSON object of lists 'train', 'val' and 'test')")
+    for part in PARTS:
+        bad = [p for p in spec[part] if not isinstance(p, str)]
+        if bad:
+            raise FormatError(f"{path}: '{part}' lists {bad[0]!r}, not a checkpoint path")
+    return {p: spec[p] for p in PARTS}
 
 
 def split_by_index_file(data, path: str | Path) -> Split:
@@ -91,12 +112,7 @@ def split_by_index_file(data, path: str | Path) -> Split:
         root = getattr(getattr(data, "zoo", None), "root", None)
         if root is not None and not path.is_absolute():
             path = confined(Path(root), str(Path(SPLITS) / path) if path.suffix else f"{SPLITS}/{path}.json")
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise FormatError(f"{path}: not a readable split file ({err})") from None
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(p), list) for p in PARTS):
-        raise FormatError(f"{path}: a split file holds lists 'train', 'val' and 'test'")
+    spec = read_split(path)
     where = {m["path"]: i for i, m in enumerate(data.members)}
     out = []
     for part in PARTS:
