@@ -410,12 +410,27 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="a Python architecture the zoo's catalogue may name (never imported otherwise)")
 
 
+def _recipe_options(p: argparse.ArgumentParser) -> None:
+    """How the property metanetwork reads a checkpoint (``gmn train`` and ``gmn bench property``;
+    the defaults are the recipe of benchmarks/results/property/ablation.txt)."""
+    p.add_argument("--pool", default="mean+attn", type=checks.pools,
+                   help=f"graph readout's edge pools: {', '.join(checks.POOLS)} joined by +")
+    p.add_argument("--probes", default=16, type=checks.nonnegative_int,
+                   help="every neuron also sees its activations on this many fixed random inputs (0: weights only)")
+    p.add_argument("--raw-values", action="store_true",
+                   help="weights as they are, not divided by their tensor's training-set standard deviation")
+    p.add_argument("--value-scale", default=4.0, type=checks.positive_float,
+                   help="frequency scale of the edge values' Fourier features")
+
+
 def _config(args):
     from .tasks.property import TrainConfig
 
+    recipe = {"pool": args.pool, "probes": args.probes, "normalise": not args.raw_values,
+              "value_scale": args.value_scale} if hasattr(args, "pool") else {}
     return TrainConfig(epochs=args.train_epochs, patience=args.patience, lr=args.lr, batch_size=args.batch_size,
                        hidden=args.hidden, layers=args.layers, aggr=args.aggr, seed=args.seed, device=args.device,
-                       amp=not args.no_amp)
+                       amp=not args.no_amp, **recipe)
 
 
 def _train_parser(sub) -> None:
@@ -429,6 +444,7 @@ def _train_parser(sub) -> None:
                    help="processes on this machine (torchrun; gloo or NCCL)")
     p.add_argument("--split", type=checks.split_file, metavar="FILE", help=SPLIT_HELP)
     _train_options(p)
+    _recipe_options(p)
     checks.add_force(p)
     p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in ("model.safetensors", "result.json")],
                                                       [], []))
@@ -509,6 +525,7 @@ def _bench_parser(sub) -> None:
                    help="seeds (each its own split and initialisation): mean ± std")
     p.add_argument("--split", type=checks.split_file, metavar="FILE", help=SPLIT_HELP + "; needs --zoo")
     _train_options(p)
+    _recipe_options(p)
     checks.add_force(p)
     # the main job: a zoo the metanetworks train to convergence on in minutes on 2 cores
     p.set_defaults(handler=_bench_property, runs=160, train_epochs=30, lr=3e-3,

@@ -128,6 +128,18 @@ def aggregations(text: str) -> str:
     return text
 
 
+POOLS = ("mean", "max", "sum", "attn", "tensor")
+
+
+def pools(text: str) -> str:
+    """The graph readout's edge pools: some of ``POOLS`` joined by '+', each once."""
+    parts = text.split("+")
+    if not all(p in POOLS for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(POOLS)} or several joined by + "
+                                         f"(e.g. mean+attn), each once")
+    return text
+
+
 def folder(text: str) -> str:
     """A folder to write into: refused when the path is an existing file."""
     if Path(text).exists() and not Path(text).is_dir():

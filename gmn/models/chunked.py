@@ -67,6 +67,8 @@ def chunked_forward(net: GraphMetanetwork, g, chunk_size: int = 1 << 20) -> Tens
     """
     if net.kind != "gmn":
         raise ValueError(f"chunked passes support kind='gmn', not {net.kind!r}")
+    if net.readout == "graph" and net.pools != ("mean",):
+        raise ValueError(f"chunked passes pool edges by their mean only, not {'+'.join(net.pools)!r}")
     if getattr(g, "batch", None) is not None and int(g.num_param_edges.numel()) > 1:
         raise ValueError("chunked passes take one graph, not a batch")
     device = next(net.parameters()).device
@@ -97,7 +99,8 @@ def chunked_forward(net: GraphMetanetwork, g, chunk_size: int = 1 << 20) -> Tens
     for _, _, src, dst, parts in edges:
         edge_sum += _states(net, h, layers, src, dst, parts).sum(0)
     pooled = torch.cat([h[-1].mean(0), h[-1].max(0).values, edge_sum / max(edges.num_edges, 1)])
-    return net.head(pooled.unsqueeze(0))
+    pooled = pooled.unsqueeze(0)
+    return net.head(pooled if net.readout_norm is None else net.readout_norm(pooled))
 
 
 def _node_view(g, device: torch.device):

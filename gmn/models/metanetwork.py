@@ -37,7 +37,7 @@ class GraphMetanetwork(nn.Module):
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
                  out_dim: int = 1, aggr: str = "mean", node_features: int = 0, pool: str = "mean",
-                 value_scale: float = 4.0):
+                 value_scale: float = 4.0, readout_norm: bool = False):
         super().__init__()
         if kind not in KINDS or readout not in READOUTS:
             raise ValueError(f"kind must be one of {KINDS} and readout one of {READOUTS}")
@@ -52,6 +52,10 @@ class GraphMetanetwork(nn.Module):
         self.tensors = TensorPool(hidden) if "tensor" in self.pools else None
         width = (2 + len(self.pools) + ("tensor" in self.pools)) * hidden if readout == "graph" else hidden
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+        # pooled states of models of one family differ by little against their common part (an
+        # average over many exchangeable neurons); standardising each feature over the batch puts
+        # the differences, which are all the head can use, at unit scale
+        self.readout_norm = nn.BatchNorm1d(width) if readout_norm and readout == "graph" else None
 
     def forward(self, g, values: Tensor | None = None, node_features: Tensor | None = None) -> Tensor:
         """Outputs for graph (or batch) ``g``; ``values`` replaces ``g.edge_value`` (all edges);
@@ -77,7 +81,7 @@ class GraphMetanetwork(nn.Module):
         edge_batch = batch[g.edge_index[0]]
         pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max"),
                             *(self._pool(g, e, edge_batch, size, p) for p in self.pools)], -1)
-        return self.head(pooled)
+        return self.head(pooled if self.readout_norm is None else self.readout_norm(pooled))
 
     def _pool(self, g, e: Tensor, index: Tensor, size: int, how: str) -> Tensor:
         if how == "tensor":

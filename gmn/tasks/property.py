@@ -137,6 +137,7 @@ class TrainConfig:
     pool: str = "mean"  #: the graph readout's reductions of node and edge states, e.g. "mean+max"
     value_scale: float = 4.0  #: frequency scale of the edge values' Fourier features
     probes: int = 0  #: every neuron also sees its activations on this many fixed random inputs
+    readout_norm: bool = False  #: pooled graph features standardised over the batch (BatchNorm)
 
 
 def graph_metanetwork(config: TrainConfig, kind: str, out_dim: int,
@@ -144,6 +145,7 @@ def graph_metanetwork(config: TrainConfig, kind: str, out_dim: int,
     """The graph-readout metanetwork ``config`` describes (``node_features`` default: its probes)."""
     return GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=out_dim,
                             aggr=config.aggr, pool=config.pool, value_scale=config.value_scale,
+                            readout_norm=config.readout_norm,
                             node_features=config.probes if node_features is None else node_features)
 
 

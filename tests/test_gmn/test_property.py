@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from converters.vocab import NodeType
 from gmn.data import ZooDataset, split_by_run
 from gmn.tasks import TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn, metrics
 from gmn.tasks.property import statnn_features
@@ -56,3 +57,27 @@ def test_interrupted_training_resumes(data, tmp_path):
     assert len(resumed.history) == 4
     assert [h["train_loss"] for h in resumed.history[:2]] == [h["train_loss"] for h in full.history[:2]]
     assert (tmp_path / "b" / "gmn.jsonl").read_text().count("\n") == 4
+
+
+def test_the_recipe_learns_and_probe_features_follow_the_members(data):
+    """Normalised values, attention pooling, a standardised readout and probe features: the
+    loss falls, and each member's probe features are its own model's pre-activations."""
+    from gmn.probes import member_probe_features
+    from gmn.tasks.property import probe_inputs
+
+    ds, split = data
+    config = TrainConfig(epochs=30, hidden=16, layers=2, lr=3e-3, batch_size=4, patience=100, normalise=True,
+                         pool="mean+attn", probes=4, readout_norm=True)
+    result = fit_metanetwork(ds, split, "gmn", config, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.7 * losses[0] and np.isfinite(result.pred).all()
+    inputs = probe_inputs(ds, 4)
+    assert inputs.shape[0] == 4 and torch.equal(inputs, probe_inputs(ds, 4))  # fixed by the seed
+    features = member_probe_features(ds, inputs, torch.tensor([0, 1]))
+    model, _ = ds.model(0)
+    logits = model(inputs)
+    template = ds.templates[ds.arch_keys[0]]
+    output = (template.node_type == int(NodeType.OUTPUT)).nonzero().squeeze(1)
+    output = output[template.node_index[output].argsort()]  # in the order of the logits
+    torch.testing.assert_close(features[0][output].T, torch.asinh(logits), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(features[0], features[1])
