@@ -156,9 +156,8 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
         # changes the neurons: coded like a Python number, by its value where it is known
         if value is not None and value.numel() and bool((value == value.reshape(-1)[0]).all()):
             return with_number(ctx, name, x, value.reshape(-1)[0].item(), first)
-        code = ("constant", tag) if value is None else (
-            "constant", tuple(value.shape), zlib.crc32(value.detach().cpu().contiguous().numpy().tobytes()))
-        return with_number(ctx, name, x, code, first)
+        # by which constant it is (a causal mask's values change with the input's length; the graph must not)
+        return with_number(ctx, name, x, ("constant", tag), first)
     if not c.const or not fixed:
         return TensorInfo(xb, x.pos.broadcast_to(shape), routes=x.routes)
     sizes = [shape[d] if d in fixed else 1 for d in range(len(shape))]

@@ -365,12 +365,13 @@ def _sound_on_fresh(model: nn.Module, x, seeds: int = 6) -> tuple[object, torch.
     from foreign.harness import fresh_inputs
 
     model = perturb(model)
+    x = x if isinstance(x, tuple) else (x,)
     g = converters.from_torch(model, x)
     moved = torch.zeros(g.num_nodes, dtype=torch.bool)
     for seed in range(seeds):
         g2, pi, _ = symmetry.random_symmetry(g, seed=seed, return_maps=True)
         other = rebuilt(model, g2)
-        for inputs in [(x,)] + [fresh_inputs((x,), i) for i in range(3)]:
+        for inputs in [x] + [fresh_inputs(x, i) for i in range(3)]:
             with torch.no_grad():
                 torch.testing.assert_close(other(*inputs), model(*inputs), rtol=1e-10, atol=1e-10)
         moved |= pi != torch.arange(g.num_nodes)
@@ -432,3 +433,54 @@ def test_weights_computed_from_parameters_move_with_their_rows():
 def test_a_weight_computed_by_an_unproven_function_pins_its_layer():
     g, _ = _sound_on_fresh(StandardisedConvs(running=True), _x(2, 3, 6, 6), seeds=8)
     assert any("not proven row-wise" in p for p in g.param_index.pins)
+
+
+class AlibiAttention(nn.Module):
+    """Bloom's scores: ``alibi.baddbmm(q, k^T, beta=1, alpha=1/sqrt(d))`` with ALiBi built from the
+    input (a per-head slope times each key's position, counted along a mask): the heads differ by
+    their slope, so swapping them is no symmetry; channels inside a head still are."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+        self.register_buffer("slopes", torch.tensor([0.5, 0.25]))
+
+    def forward(self, x, mask):
+        b, t, _ = x.shape
+        mask = mask.to(x.dtype)  # an input: ALiBi is no constant
+        alibi = (self.slopes.view(1, 2, 1).to(x.dtype) * (mask.cumsum(-1) - 1).view(b, 1, t)).reshape(b * 2, 1, t)
+
+        def heads(h):
+            return h.view(b, t, 2, 4).transpose(1, 2).reshape(b * 2, t, 4)
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        scores = alibi.baddbmm(q, k.transpose(1, 2), beta=1.0, alpha=0.5).softmax(-1)
+        return self.o((scores @ v).view(b, 2, t, 4).transpose(1, 2).reshape(b, t, 8))
+
+
+def test_alibi_scores_keep_each_head_and_move_its_channels():
+    g, moved = _sound_on_fresh(AlibiAttention(), (_x(1, 5, 6), torch.ones(1, 5, dtype=torch.bool)), seeds=8)
+    assert not g.param_index.pins
+    assert bool(moved.any())
+
+
+class BlockGates(nn.Module):
+    """RecurrentGemma's RG-LRU gates: ``baddbmm(b[:, None, :], x_blocks, W)`` with a 3-D weight,
+    one dense layer per block of channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(3, 6), nn.Linear(6, 2)
+        self.w = nn.Parameter(torch.randn(2, 3, 3))
+        self.b = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x):
+        h = self.inp(x)
+        n, t, _ = h.shape
+        blocks = h.reshape(n * t, 2, 3).permute(1, 0, 2)
+        gate = torch.sigmoid(torch.baddbmm(self.b[:, None, :], blocks, self.w).transpose(0, 1).reshape(n, t, 6))
+        return self.out(h * gate)
+
+
+def test_block_diagonal_gates_move_with_their_blocks():
+    g, moved = _sound_on_fresh(BlockGates(), _x(2, 4, 3), seeds=8)
+    assert bool(moved.any())
