@@ -15,7 +15,7 @@ from .common import affine, bias_edges, lookup, pair, varies
 from .shape import VIEW_OPS
 
 ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
-MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.div", "aten.div_")
+MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.multiply", "aten.multiply_", "aten.div", "aten.div_")
 ORDERED = ("aten.sub", "aten.sub_", "aten.rsub", "aten.div", "aten.div_")
 
 
@@ -70,7 +70,7 @@ def _identity(name: str, number, first: bool) -> bool:
         return False
     if name in ("aten.add", "aten.add_") or (first and name in ("aten.sub", "aten.sub_")):
         return number == 0
-    if name in ("aten.mul", "aten.mul_") or (first and name in ("aten.div", "aten.div_")):
+    if name in MULTIPLICATIVE[:4] or (first and name in ("aten.div", "aten.div_")):
         return number == 1
     return False
 

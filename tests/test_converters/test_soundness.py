@@ -484,3 +484,26 @@ class BlockGates(nn.Module):
 def test_block_diagonal_gates_move_with_their_blocks():
     g, moved = _sound_on_fresh(BlockGates(), _x(2, 4, 3), seeds=8)
     assert bool(moved.any())
+
+
+class DynamicConv(nn.Module):
+    """ConvBERT's span-based dynamic convolution: ``unfold`` (``aten.im2col``) gives each channel
+    at every window offset, weighted by per-token kernel taps from a linear layer. Swapping two
+    taps with their rows of the kernel layer is no symmetry: each tap weights its own offset."""
+
+    def __init__(self):
+        super().__init__()
+        self.v, self.k, self.o = nn.Linear(4, 6), nn.Linear(4, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        taps = self.k(x).softmax(-1).reshape(b, t, 3, 1)
+        u = F.unfold(self.v(x).transpose(1, 2).unsqueeze(-1), kernel_size=[3, 1], padding=[1, 0])
+        u = u.transpose(1, 2).reshape(b, t, 6, 3)
+        return self.o(torch.matmul(u, taps).squeeze(-1))
+
+
+def test_unfolded_windows_keep_their_offsets():
+    g, moved = _sound_on_fresh(DynamicConv(), _x(2, 5, 4), seeds=8)
+    assert not g.param_index.pins
+    assert bool(moved.any())
