@@ -218,11 +218,11 @@ class ThreeOperandEinsum(nn.Module):
     def forward(self, x):
         h = self.inp(x)
         q, k = F.elu(self.q(h)) + 1, F.elu(self.k(h)) + 1
-        return self.o(torch.einsum("bnd,bne,bme->bmd", q, k, self.v(h)))
+        return self.o(torch.einsum("...nd,...ne,...me->...md", q, k, self.v(h)))
 
 
 def test_pinned_neurons_survive_clean_up():
-    """Three operands are not lowered: all are pinned, and the pins on the activations of the
+    """An ellipsis is not lowered: all operands are pinned, and the pins on the activations of the
     operands the result does not name must survive the removal of dead structure."""
     g, _ = _sound(ThreeOperandEinsum(), _x(1, 5, 4), seeds=8)
     assert any("einsum" in p for p in g.param_index.pins)
@@ -506,4 +506,25 @@ class DynamicConv(nn.Module):
 def test_unfolded_windows_keep_their_offsets():
     g, moved = _sound_on_fresh(DynamicConv(), _x(2, 5, 4), seeds=8)
     assert not g.param_index.pins
+    assert bool(moved.any())
+
+
+class LinearAttentionEinsum(nn.Module):
+    """Performer-style linear attention, ``einsum("bnd,bne,bme->bmd", q, k, v)`` with positive
+    feature maps: folded into ``(q^T k)`` and its product with ``v``. Query and key channels meet
+    pairwise (``CONTRACT_PAIR``), so they move only together; value channels move alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.inp, self.o = (nn.Linear(4, 4) for _ in range(5))
+
+    def forward(self, x):
+        h = self.inp(x)
+        q, k = F.elu(self.q(h)) + 1, F.elu(self.k(h)) + 1
+        return self.o(torch.einsum("bnd,bne,bme->bmd", q, k, self.v(h)))
+
+
+def test_three_operand_einsum_is_folded_not_pinned():
+    g, moved = _sound_on_fresh(LinearAttentionEinsum(), _x(1, 5, 4), seeds=8)
+    assert g.param_index.pins == ()
     assert bool(moved.any())
