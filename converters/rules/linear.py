@@ -10,7 +10,7 @@ from ..context import Context
 from ..registry import op_name, register_op
 from ..tensor_info import TensorInfo
 from ..vocab import EdgeType, NodeType
-from .common import bias_edges, dense_edges, varies, whole
+from .common import bias_edges, dense_edges, pair, varies, whole
 
 
 def _dense(ctx: Context, x: TensorInfo, w: TensorInfo, transposed: bool, bias, in_dim: int, out_dim: int):
@@ -18,6 +18,14 @@ def _dense(ctx: Context, x: TensorInfo, w: TensorInfo, transposed: bool, bias, i
         x = ctx.materialise(x)
     depth = ctx.depth(x)
     out = dense_edges(ctx, x, in_dim, w, transposed, EdgeType.LINEAR, depth)
+    if bias is not None and bias.param is None and bias.has_neurons:
+        # a bias with neurons (parameters concatenated, WavLM's ``cat(q_bias, k_bias, v_bias)``, or
+        # activations): ``x W^T + b`` is the layer's outputs summed with ``b``'s neurons
+        shape = ctx.shape()
+        layer = ctx.neurons_along(out, shape, out_dim)
+        ids = pair(ctx, layer.ids, bias.ids.broadcast_to(shape), NodeType.SUM, EdgeType.RESIDUAL,
+                   ctx.depth(layer, bias))
+        return TensorInfo(ids, layer.pos)
     bias_edges(ctx, bias, out, depth)
     if bias is None:
         ctx.unbiased[ctx.node] = (out, out_dim)

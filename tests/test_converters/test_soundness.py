@@ -528,3 +528,33 @@ def test_three_operand_einsum_is_folded_not_pinned():
     g, moved = _sound_on_fresh(LinearAttentionEinsum(), _x(1, 5, 4), seeds=8)
     assert g.param_index.pins == ()
     assert bool(moved.any())
+
+
+class GatedBiasAttention(nn.Module):
+    """WavLM's attention: ``F.multi_head_attention_forward`` with separate projection weights and
+    their biases concatenated (a bias that is no single parameter), and a relative-position bias
+    gated per head and query by the hidden states, passed as the attention mask (a ``baddbmm``
+    with neurons)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(5))
+        self.gate = nn.Linear(2, 1)
+        self.rel = nn.Parameter(torch.randn(2, 5, 5))
+
+    def forward(self, x):
+        h = self.inp(x)  # (tokens, batch, 4)
+        t, b, _ = h.shape
+        g = torch.sigmoid(self.gate(h.view(t, b, 2, 2))).permute(1, 2, 0, 3)  # (b, heads, t, 1)
+        bias = (g * self.rel.unsqueeze(0)).reshape(b * 2, t, t)
+        out, _ = F.multi_head_attention_forward(
+            h, h, h, 4, 2, torch.empty([0]), torch.cat((self.q.bias, self.k.bias, self.v.bias)), None, None,
+            False, 0.0, self.o.weight, self.o.bias, False, None, need_weights=True, attn_mask=bias,
+            use_separate_proj_weight=True, q_proj_weight=self.q.weight, k_proj_weight=self.k.weight,
+            v_proj_weight=self.v.weight)
+        return out
+
+
+def test_gated_position_bias_and_concatenated_biases():
+    g, moved = _sound_on_fresh(GatedBiasAttention(), _x(5, 1, 4), seeds=8)
+    assert bool(moved.any())
