@@ -115,3 +115,43 @@ def _attention(ctx: Context, node: Node) -> TensorInfo:
     heads = torch.unique(distinct_ids(scores.ids))
     ctx.builder.set_activation(heads, Activation.SOFTMAX)
     return contract(ctx, scores, v, tuple(q.ids.shape[:-1]) + (v.ids.shape[-1],))
+
+
+@register_op("aten.baddbmm")
+def baddbmm(ctx: Context, node: Node) -> TensorInfo:
+    """``beta * input + alpha * (b1 @ b2)``. With a 3-D parameter ``b2``: one dense layer per
+    block, ``input`` its bias (``linear.batched_dense``). Otherwise a contraction (Bloom's ALiBi
+    scores: ``alibi.baddbmm(q, k^T)``) plus ``input``: neurons are summed; a tensor without
+    neurons (ALiBi's per-head slopes times key positions, computed from the attention mask) is
+    taken to differ along every axis where the scores' neurons do, so each head keeps its role
+    (``POSITIONAL`` nodes), as a per-head constant does, and its channels still move.
+    ``alpha`` and ``beta`` other than 1 code the result (``elementwise.with_number``)."""
+    from .elementwise import _with_nonneuron, with_number
+    from .linear import batched_dense
+
+    inp, b1, b2 = (ctx.info(a) for a in node.args[:3])
+    beta = node.kwargs.get("beta", node.args[3] if len(node.args) > 3 else 1)
+    alpha = node.kwargs.get("alpha", node.args[4] if len(node.args) > 4 else 1)
+    shape = ctx.shape()
+    if b2 is not None and b2.param is not None and (b1 is None or b1.param is None) and b2.flat.dim() == 3:
+        if inp is not None and inp.param is None and inp.has_neurons:
+            raise ctx.fail("batched product plus neurons")
+        out = batched_dense(ctx, b1, b2, inp if inp is not None and (inp.param is not None or inp.has_neurons)
+                            else None)
+        return with_number(ctx, "aten.mul", out, ("baddbmm", repr(alpha), repr(beta)))
+    if any(i is not None and i.param is not None for i in (b1, b2)):
+        raise ctx.fail("baddbmm with a parameter that is not a 3-D right factor")
+    prod = with_number(ctx, "aten.mul", contract(ctx, b1, b2, shape), alpha)
+    if inp is None or beta == 0:
+        return prod
+    if inp.param is not None:
+        inp = ctx.materialise(inp)
+    inp = with_number(ctx, "aten.mul", inp, beta)
+    if not prod.has_neurons:
+        return inp if inp.has_neurons else nonneuron(shape, inp, prod)
+    if inp.has_neurons:
+        from .common import pair
+        ids = pair(ctx, inp.ids.broadcast_to(shape), prod.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(inp, prod))
+        return TensorInfo(ids, prod.pos.broadcast_to(shape))
+    bias = TensorInfo(inp.ids, inp.pos, const=True, routes=inp.routes, taint=inp.taint)
+    return _with_nonneuron(ctx, prod, bias, shape, ctx.tag(node.args[0]), ctx.const_value(node.args[0]), "aten.add")

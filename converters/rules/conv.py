@@ -59,3 +59,37 @@ def conv(ctx: Context, node: Node) -> TensorInfo:
     if b is None:
         ctx.unbiased[ctx.node] = (out, 1)
     return ctx.neurons_along(out, ctx.shape(), 1)
+
+
+@register_op("aten.im2col")
+def im2col(ctx: Context, node: Node) -> TensorInfo:
+    """``unfold``: each channel's values at every offset of a sliding window, column
+    ``c * K + k`` holding channel ``c`` shifted by window offset ``k`` (ConvBERT's span-based
+    dynamic convolution). Each offset is a selection of positions (``shape.selection_view``):
+    channel ``c`` at offset ``k`` is a new neuron fed by ``c``'s, the edge naming the window and
+    the offset, so a later product with per-offset weights (the dynamic kernel) cannot swap
+    offsets; channels move together at every offset."""
+    from ..context import nonneuron
+    from ..tensor_info import channel_ids, fresh_pos
+    from .common import varies
+    from .shape import selection_view
+
+    x = ctx.info(node.args[0])
+    kernel, dilation, padding, stride = (tuple(int(v) for v in a) for a in node.args[1:5])
+    shape = ctx.shape()
+    if x is not None and x.param is not None:
+        x = ctx.materialise(x)
+    if x is None or not x.has_neurons:
+        return nonneuron(shape, x)
+    cdim = 1 if x.ids.dim() == 4 else 0
+    if any(varies(x.ids, d) for d in range(x.ids.dim()) if d != cdim):
+        raise ctx.fail("im2col of maps whose neurons change with the position")
+    chans = channel_ids(x.ids, cdim)
+    zero = torch.zeros((), dtype=torch.long).expand(chans.shape)
+    window = math.prod(kernel)
+    cols = [selection_view(ctx, x, TensorInfo(chans, zero), ("im2col", kernel, dilation, padding, stride, k)).ids
+            for k in range(window)]
+    ids = torch.stack(cols, 1).reshape(-1)
+    view = [1] * len(shape)
+    view[cdim] = ids.numel()
+    return TensorInfo(ids.view(view).expand(shape), fresh_pos(shape, cdim))

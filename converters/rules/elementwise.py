@@ -15,7 +15,7 @@ from .common import affine, bias_edges, lookup, pair, varies
 from .shape import VIEW_OPS
 
 ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
-MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.div", "aten.div_")
+MULTIPLICATIVE = ("aten.mul", "aten.mul_", "aten.multiply", "aten.multiply_", "aten.div", "aten.div_")
 ORDERED = ("aten.sub", "aten.sub_", "aten.rsub", "aten.div", "aten.div_")
 
 
@@ -70,7 +70,7 @@ def _identity(name: str, number, first: bool) -> bool:
         return False
     if name in ("aten.add", "aten.add_") or (first and name in ("aten.sub", "aten.sub_")):
         return number == 0
-    if name in ("aten.mul", "aten.mul_") or (first and name in ("aten.div", "aten.div_")):
+    if name in MULTIPLICATIVE[:4] or (first and name in ("aten.div", "aten.div_")):
         return number == 1
     return False
 
@@ -156,9 +156,8 @@ def _with_nonneuron(ctx: Context, x: TensorInfo, c: TensorInfo, shape: tuple[int
         # changes the neurons: coded like a Python number, by its value where it is known
         if value is not None and value.numel() and bool((value == value.reshape(-1)[0]).all()):
             return with_number(ctx, name, x, value.reshape(-1)[0].item(), first)
-        code = ("constant", tag) if value is None else (
-            "constant", tuple(value.shape), zlib.crc32(value.detach().cpu().contiguous().numpy().tobytes()))
-        return with_number(ctx, name, x, code, first)
+        # by which constant it is (a causal mask's values change with the input's length; the graph must not)
+        return with_number(ctx, name, x, ("constant", tag), first)
     if not c.const or not fixed:
         return TensorInfo(xb, x.pos.broadcast_to(shape), routes=x.routes)
     sizes = [shape[d] if d in fixed else 1 for d in range(len(shape))]

@@ -22,7 +22,7 @@ IDENTITY = (
 SHAPE = (
     "aten.view", "aten._unsafe_view", "aten.reshape", "aten.permute", "aten.transpose",
     "aten.t", "aten.flatten", "aten.unflatten", "aten.unsqueeze", "aten.squeeze",
-    "aten.expand", "aten.slice", "aten.select", "aten.narrow", "aten.repeat", "aten.flip",
+    "aten.expand", "aten.broadcast_to", "aten.slice", "aten.select", "aten.narrow", "aten.repeat", "aten.flip",
     "aten.roll", "aten.movedim", "aten.swapaxes", "aten.view_as", "aten.expand_as",
     "aten.repeat_interleave", "aten.unfold", "aten.diagonal", "aten.tile", "aten.reshape_as",
     "aten.numpy_T", "aten.mT", "aten.adjoint", "aten.pixel_shuffle", "aten.pixel_unshuffle",

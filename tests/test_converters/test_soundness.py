@@ -218,11 +218,11 @@ class ThreeOperandEinsum(nn.Module):
     def forward(self, x):
         h = self.inp(x)
         q, k = F.elu(self.q(h)) + 1, F.elu(self.k(h)) + 1
-        return self.o(torch.einsum("bnd,bne,bme->bmd", q, k, self.v(h)))
+        return self.o(torch.einsum("...nd,...ne,...me->...md", q, k, self.v(h)))
 
 
 def test_pinned_neurons_survive_clean_up():
-    """Three operands are not lowered: all are pinned, and the pins on the activations of the
+    """An ellipsis is not lowered: all operands are pinned, and the pins on the activations of the
     operands the result does not name must survive the removal of dead structure."""
     g, _ = _sound(ThreeOperandEinsum(), _x(1, 5, 4), seeds=8)
     assert any("einsum" in p for p in g.param_index.pins)
@@ -365,12 +365,13 @@ def _sound_on_fresh(model: nn.Module, x, seeds: int = 6) -> tuple[object, torch.
     from foreign.harness import fresh_inputs
 
     model = perturb(model)
+    x = x if isinstance(x, tuple) else (x,)
     g = converters.from_torch(model, x)
     moved = torch.zeros(g.num_nodes, dtype=torch.bool)
     for seed in range(seeds):
         g2, pi, _ = symmetry.random_symmetry(g, seed=seed, return_maps=True)
         other = rebuilt(model, g2)
-        for inputs in [(x,)] + [fresh_inputs((x,), i) for i in range(3)]:
+        for inputs in [x] + [fresh_inputs(x, i) for i in range(3)]:
             with torch.no_grad():
                 torch.testing.assert_close(other(*inputs), model(*inputs), rtol=1e-10, atol=1e-10)
         moved |= pi != torch.arange(g.num_nodes)
@@ -432,3 +433,128 @@ def test_weights_computed_from_parameters_move_with_their_rows():
 def test_a_weight_computed_by_an_unproven_function_pins_its_layer():
     g, _ = _sound_on_fresh(StandardisedConvs(running=True), _x(2, 3, 6, 6), seeds=8)
     assert any("not proven row-wise" in p for p in g.param_index.pins)
+
+
+class AlibiAttention(nn.Module):
+    """Bloom's scores: ``alibi.baddbmm(q, k^T, beta=1, alpha=1/sqrt(d))`` with ALiBi built from the
+    input (a per-head slope times each key's position, counted along a mask): the heads differ by
+    their slope, so swapping them is no symmetry; channels inside a head still are."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+        self.register_buffer("slopes", torch.tensor([0.5, 0.25]))
+
+    def forward(self, x, mask):
+        b, t, _ = x.shape
+        mask = mask.to(x.dtype)  # an input: ALiBi is no constant
+        alibi = (self.slopes.view(1, 2, 1).to(x.dtype) * (mask.cumsum(-1) - 1).view(b, 1, t)).reshape(b * 2, 1, t)
+
+        def heads(h):
+            return h.view(b, t, 2, 4).transpose(1, 2).reshape(b * 2, t, 4)
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        scores = alibi.baddbmm(q, k.transpose(1, 2), beta=1.0, alpha=0.5).softmax(-1)
+        return self.o((scores @ v).view(b, 2, t, 4).transpose(1, 2).reshape(b, t, 8))
+
+
+def test_alibi_scores_keep_each_head_and_move_its_channels():
+    g, moved = _sound_on_fresh(AlibiAttention(), (_x(1, 5, 6), torch.ones(1, 5, dtype=torch.bool)), seeds=8)
+    assert not g.param_index.pins
+    assert bool(moved.any())
+
+
+class BlockGates(nn.Module):
+    """RecurrentGemma's RG-LRU gates: ``baddbmm(b[:, None, :], x_blocks, W)`` with a 3-D weight,
+    one dense layer per block of channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(3, 6), nn.Linear(6, 2)
+        self.w = nn.Parameter(torch.randn(2, 3, 3))
+        self.b = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x):
+        h = self.inp(x)
+        n, t, _ = h.shape
+        blocks = h.reshape(n * t, 2, 3).permute(1, 0, 2)
+        gate = torch.sigmoid(torch.baddbmm(self.b[:, None, :], blocks, self.w).transpose(0, 1).reshape(n, t, 6))
+        return self.out(h * gate)
+
+
+def test_block_diagonal_gates_move_with_their_blocks():
+    g, moved = _sound_on_fresh(BlockGates(), _x(2, 4, 3), seeds=8)
+    assert bool(moved.any())
+
+
+class DynamicConv(nn.Module):
+    """ConvBERT's span-based dynamic convolution: ``unfold`` (``aten.im2col``) gives each channel
+    at every window offset, weighted by per-token kernel taps from a linear layer. Swapping two
+    taps with their rows of the kernel layer is no symmetry: each tap weights its own offset."""
+
+    def __init__(self):
+        super().__init__()
+        self.v, self.k, self.o = nn.Linear(4, 6), nn.Linear(4, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        taps = self.k(x).softmax(-1).reshape(b, t, 3, 1)
+        u = F.unfold(self.v(x).transpose(1, 2).unsqueeze(-1), kernel_size=[3, 1], padding=[1, 0])
+        u = u.transpose(1, 2).reshape(b, t, 6, 3)
+        return self.o(torch.matmul(u, taps).squeeze(-1))
+
+
+def test_unfolded_windows_keep_their_offsets():
+    g, moved = _sound_on_fresh(DynamicConv(), _x(2, 5, 4), seeds=8)
+    assert not g.param_index.pins
+    assert bool(moved.any())
+
+
+class LinearAttentionEinsum(nn.Module):
+    """Performer-style linear attention, ``einsum("bnd,bne,bme->bmd", q, k, v)`` with positive
+    feature maps: folded into ``(q^T k)`` and its product with ``v``. Query and key channels meet
+    pairwise (``CONTRACT_PAIR``), so they move only together; value channels move alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.inp, self.o = (nn.Linear(4, 4) for _ in range(5))
+
+    def forward(self, x):
+        h = self.inp(x)
+        q, k = F.elu(self.q(h)) + 1, F.elu(self.k(h)) + 1
+        return self.o(torch.einsum("bnd,bne,bme->bmd", q, k, self.v(h)))
+
+
+def test_three_operand_einsum_is_folded_not_pinned():
+    g, moved = _sound_on_fresh(LinearAttentionEinsum(), _x(1, 5, 4), seeds=8)
+    assert g.param_index.pins == ()
+    assert bool(moved.any())
+
+
+class GatedBiasAttention(nn.Module):
+    """WavLM's attention: ``F.multi_head_attention_forward`` with separate projection weights and
+    their biases concatenated (a bias that is no single parameter), and a relative-position bias
+    gated per head and query by the hidden states, passed as the attention mask (a ``baddbmm``
+    with neurons)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(5))
+        self.gate = nn.Linear(2, 1)
+        self.rel = nn.Parameter(torch.randn(2, 5, 5))
+
+    def forward(self, x):
+        h = self.inp(x)  # (tokens, batch, 4)
+        t, b, _ = h.shape
+        g = torch.sigmoid(self.gate(h.view(t, b, 2, 2))).permute(1, 2, 0, 3)  # (b, heads, t, 1)
+        bias = (g * self.rel.unsqueeze(0)).reshape(b * 2, t, t)
+        out, _ = F.multi_head_attention_forward(
+            h, h, h, 4, 2, torch.empty([0]), torch.cat((self.q.bias, self.k.bias, self.v.bias)), None, None,
+            False, 0.0, self.o.weight, self.o.bias, False, None, need_weights=True, attn_mask=bias,
+            use_separate_proj_weight=True, q_proj_weight=self.q.weight, k_proj_weight=self.k.weight,
+            v_proj_weight=self.v.weight)
+        return out
+
+
+def test_gated_position_bias_and_concatenated_biases():
+    g, moved = _sound_on_fresh(GatedBiasAttention(), _x(5, 1, 4), seeds=8)
+    assert bool(moved.any())
