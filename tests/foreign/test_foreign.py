@@ -36,14 +36,6 @@ FLOAT32_ONLY = {"mixtral", "qwen2_moe", "qwen3_moe", "qwen3_moe_top1", "olmoe", 
 
 #: routing variants whose eager traces are slow (about 90 s each on 2 cores): GMN_EXTENDED=1 runs them
 EXTENDED_ONLY = {"switch_experts4", "switch_dropping"}
-#: the fresh-input check cost up to 26 s of one core per model (measured alone, 2 cores shared: a
-#: symmetry, a copy of the model, six forward passes), 322 s over all 110: more than CI can take.
-#: The default run checks the models whose traces follow their input (Switch's capacity-limited
-#: routing and the expert loop, both eager; group-limited DeepSeek-V3) and one cheap model of each
-#: kind (top-1 fused MoE, decoder, encoder, audio encoder-decoder, vision transformer, CNN, LSTM,
-#: GRU seq2seq, ALiBi); GMN_EXTENDED=1 checks every model
-FRESH_DEFAULT = {"switch", "loop_moe", "deepseek_v3_grouped", "qwen3_moe_top1", "gpt2", "bert", "speech_to_text",
-                 "deit", "resnet", "lstm", "seq2seq_gru", "bloom"}
 
 
 def _build(name):
@@ -103,8 +95,6 @@ def test_symmetries_hold_on_fresh_inputs(converted):
     example's control flow; a data-dependent index or routing must not be taken as fixed): one
     random symmetry, checked on 3 fresh inputs besides the traced one."""
     name, model, x, g = converted
-    if name not in FRESH_DEFAULT and os.environ.get("GMN_EXTENDED") != "1":
-        pytest.skip("fresh-input check of every model: GMN_EXTENDED=1 (the default run checks a subset)")
     tol = 1e-5 if name in FLOAT32_ONLY else 1e-6 if name in FLOAT32_INSIDE else 1e-9
     inputs = [fresh_inputs(x, seed) for seed in range(3)]
     # the model's outputs first: a run refreshes the weights the deprecated weight_norm hook computes
