@@ -9,9 +9,9 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import op_name, register_op
-from ..tensor_info import TensorInfo, broadcast_axes, compact, distinct_ids, narrow_axes
+from ..tensor_info import TensorInfo, broadcast_axes, compact, distinct_ids, narrow_axes, positions
 from ..vocab import EdgeType, NodeType
-from .common import affine, bias_edges, lookup, pair, varies
+from .common import affine, bias_edges, channel_neurons, lookup, pair, varies
 from .shape import VIEW_OPS
 
 ADDITIVE = ("aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub")
@@ -231,9 +231,19 @@ def index_add(ctx: Context, node: Node) -> TensorInfo:
     shape = ctx.shape()
     if source is None or not source.has_neurons:
         return base if base is not None else nonneuron(shape)
-    if varies(source.ids, dim % source.ids.dim()):
-        raise ctx.fail("index_add of rows with different neurons")
-    rows = source.map(lambda t: t.narrow(dim, 0, 1).expand(shape))
+    dim %= source.ids.dim()
+    if varies(source.ids, dim):
+        # rows of different neurons (JetMoE's attention experts, each expert's rows in turn): each
+        # place along the other axes gets a MERGE node fed by every neuron its rows hold, the
+        # row's place on the edge (``channel_neurons``); which row lands where is the index's, so
+        # an index computed from neurons pins them (the soundness check)
+        merged = source.map(lambda t: t.movedim(dim, -1).reshape(-1, t.shape[dim]).t())
+        nodes = channel_neurons(ctx, merged, 1)
+        other = [s for d, s in enumerate(source.ids.shape) if d != dim]
+        ids = nodes.reshape(other).unsqueeze(dim).expand(shape)
+        rows = TensorInfo(ids, positions(ids))
+    else:
+        rows = source.map(lambda t: t.narrow(dim, 0, 1).expand(shape))
     if base is None or not base.has_neurons:
         return rows
     ids = pair(ctx, base.ids.broadcast_to(shape), rows.ids, NodeType.SUM, EdgeType.RESIDUAL, ctx.depth(base, rows))

@@ -558,3 +558,23 @@ class GatedBiasAttention(nn.Module):
 def test_gated_position_bias_and_concatenated_biases():
     g, moved = _sound_on_fresh(GatedBiasAttention(), _x(5, 1, 4), seeds=8)
     assert bool(moved.any())
+
+
+class RowsOfTwoLayers(nn.Module):
+    """``index_add`` of rows from two layers (JetMoE's mixture of attention heads gives each
+    expert's rows in turn): the first two tokens through ``a``, the rest through ``b``, added back
+    in another order. ``a`` and ``b`` read different tokens, so they are not interchangeable."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.o = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        rows = torch.cat([self.a(x[:2]), torch.relu(self.b(x[2:]))])
+        order = torch.tensor([4, 0, 3, 1, 2])
+        return self.o(torch.zeros(5, 4, dtype=x.dtype).index_add(0, order, rows))
+
+
+def test_index_add_of_rows_of_different_layers():
+    g, moved = _sound_on_fresh(RowsOfTwoLayers(), _x(5, 3), seeds=8)
+    assert bool(moved.any())
