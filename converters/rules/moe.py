@@ -70,7 +70,12 @@ def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list
     infos = [ctx.info(n) for n in inputs]
     hidden = next((i for i in infos if i is not None and i.has_neurons), None)
     routed = next((i for i in infos if i is not None and i.routes is not None), None)
-    if hidden is None or routed is None:
+    # routing weights that do not say which router neuron chose which expert (PhiMoE's sparsemixer
+    # masks and re-normalises its scores): the neurons they were computed from are pinned, and so is
+    # each expert's output (experts stay; their units still move inside each expert)
+    # (one without taint depends only on inputs and pinned neurons: the check pinned what it lost)
+    tainted = next((i for i in infos if i is not None and not i.has_neurons and i.param is None), None)
+    if hidden is None or (routed is None and tainted is None):
         raise ctx.fail(f"fused experts {path}: cannot find hidden states and router weights")
     if getattr(module, "has_post_expert_norm", False) or not getattr(module, "has_gate", True):
         raise ctx.fail(f"fused experts {path}: only gated experts without a norm after each expert have a rule")
@@ -103,8 +108,14 @@ def fused_experts(ctx: Context, module: torch.nn.Module, path: str, inputs: list
     else:
         ctx.builder.param_edges(down, mid.view(n_exp, 1, inter), y.view(n_exp, d, 1), EdgeType.LINEAR)
     _expert_bias(ctx, module, f"{down}_bias", y, depth + 2)
-    weighted = pair(ctx, routed.routes.view(n_exp, 1), y.view(n_exp, d), NodeType.PRODUCT,
-                    EdgeType.PRODUCT, depth + 3)
+    if routed is None:
+        reason = f"fused experts {path}: routing weights without routes"
+        reads = [i.taint.reshape(-1) for i in infos if i is not None and not i.has_neurons and i.taint is not None]
+        ctx.builder.pin(torch.cat(reads + [y.reshape(-1)]), reason)
+        weighted = y.view(n_exp, d)
+    else:
+        weighted = pair(ctx, routed.routes.view(n_exp, 1), y.view(n_exp, d), NodeType.PRODUCT,
+                        EdgeType.PRODUCT, depth + 3)
     out = ctx.new_neurons(d, NodeType.SUM, depth + 4)
     ctx.builder.edges(weighted.reshape(-1), out.repeat(n_exp), EdgeType.RESIDUAL)
     return ctx.neurons_along(out, ctx.shape(output), -1)

@@ -578,3 +578,38 @@ class RowsOfTwoLayers(nn.Module):
 def test_index_add_of_rows_of_different_layers():
     g, moved = _sound_on_fresh(RowsOfTwoLayers(), _x(5, 3), seeds=8)
     assert bool(moved.any())
+
+
+class _FusedExperts(nn.Module):
+    def __init__(self, e: int = 3, d: int = 4, i: int = 5):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(e, 2 * i, d))
+        self.down_proj = nn.Parameter(torch.randn(e, d, i))
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x, weights):
+        gate, up = torch.einsum("ejd,nd->enj", self.gate_up_proj, x).chunk(2, dim=-1)
+        y = torch.einsum("edi,eni->end", self.down_proj, self.act_fn(gate) * up)
+        return (weights.t().unsqueeze(-1) * y).sum(0)
+
+
+class MaskedRouting(nn.Module):
+    """Fused experts whose routing weights do not say which router neuron chose which expert
+    (PhiMoE's sparsemixer masks and renormalises its scores; here a hard top-1 one-hot): experts
+    stay, the router is pinned, the units inside each expert move."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.router, self.experts, self.o = nn.Linear(3, 4), nn.Linear(4, 3), _FusedExperts(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        p = self.router(h)
+        w = torch.zeros_like(p).scatter(-1, p.argmax(-1, keepdim=True), 1.0)  # hard top-1: no neurons
+        return self.o(self.experts(h, w))
+
+
+def test_fused_experts_with_weights_that_lost_their_routes():
+    g, moved = _sound_on_fresh(MaskedRouting(), _x(6, 3), seeds=8)
+    assert any("routing weights without routes" in p for p in g.param_index.pins)
+    assert bool(moved.any())
