@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx import Node
 from tqdm.auto import tqdm
 
@@ -273,7 +274,9 @@ def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorIn
     if node.name in constants:
         ctx.values[node] = constants[node.name].clone()
         return nonneuron(shape, None)
-    if node.name not in user_inputs:  # lifted constants
+    if node.name not in user_inputs:  # lifted constants (an ONNX file's initializers, run eagerly: real values)
+        if not isinstance(val, FakeTensor):
+            ctx.values[node] = val
         return nonneuron(shape, None)
     if val.is_floating_point() and val.dim() >= 1:
         dim = 1 if (has_conv and val.dim() >= 3) else -1
