@@ -30,6 +30,8 @@ class Context:
         self.values: dict[Node, Tensor] = {}  #: real values of constant tensors (see ``evaluate``)
         #: code of each selection of positions taken from neurons (``rules.shape.selection_view``)
         self.selections: dict[object, int] = {}
+        #: storage of an ONNX file's constants: their recorded values are the file's, not an input's
+        self.file_constants: set[int] = set()
         self._stale = False
         #: run once every op is converted, for rules that tie what they made to the edges
         #: later ops make (weight norm's gains to the neurons its weight feeds)

@@ -137,6 +137,9 @@ def _unique_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, s
 def _walk(ctx: Context, model: nn.Module, program: RecordedProgram, params: dict[str, Tensor],
           aliases: dict[str, str], progress: bool = False) -> None:
     graph = program.graph
+    consts = getattr(model, "constants", None)  # the ONNX frontend's module keeps the file's constants here
+    ctx.file_constants = {v.data_ptr() for v in consts.values() if isinstance(v, Tensor) and v.numel()} \
+        if isinstance(consts, dict) and type(model).__module__ == "converters.onnx_frontend" else set()
     has_conv = any(n.op == "call_function" and op_name(n.target) in CONV_OPS for n in graph.nodes)
     user_inputs = set(program.user_inputs)
     regions = _module_regions(ctx, model, graph)
@@ -274,8 +277,10 @@ def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorIn
     if node.name in constants:
         ctx.values[node] = constants[node.name].clone()
         return nonneuron(shape, None)
-    if node.name not in user_inputs:  # lifted constants (an ONNX file's initializers, run eagerly: real values)
-        if not isinstance(val, FakeTensor):
+    if node.name not in user_inputs:  # lifted constants
+        # an ONNX file's constants (the eager run records them as tensors made outside its ops) hold
+        # the file's values; other tensors made outside an eager run's ops may come from its data
+        if not isinstance(val, FakeTensor) and val.numel() and val.data_ptr() in ctx.file_constants:
             ctx.values[node] = val
         return nonneuron(shape, None)
     if val.is_floating_point() and val.dim() >= 1:
