@@ -85,8 +85,7 @@ def with_number(ctx: Context, name: str, x: TensorInfo, code: object, first: boo
     if _identity(name, code, first):
         return x
     if isinstance(code, (int, float)) and not isinstance(code, bool):
-        # one code for 2, 2.0 and an ONNX file's float32 2.0 (its parity with the PyTorch model)
-        code = float(torch.tensor(float(code), dtype=torch.float32))
+        code = float(code)  # one code for 2, 2.0 and an ONNX file's float32 2.0; never two numbers in one
     key = (name.removesuffix("_"), repr(code), first)
     if x.param is not None:
         from .weight_norm import computed  # a function of each scalar of the parameter
