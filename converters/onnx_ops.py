@@ -225,17 +225,28 @@ def leaky_relu(i, a):
     return F.leaky_relu(i[0], a.get("alpha", 0.01))
 
 
+def prelu_slope_shape(x: tuple[int, ...], slope: tuple[int, ...], opset: int) -> tuple[int, ...]:
+    """The shape PRelu's ``slope`` broadcasts with against an input of shape ``x``.
+
+    Opsets 1-6 apply a 1-D slope of C values along the channel axis of an (N, C, ...) input:
+    it is read as (C, 1, ..., 1), as onnxruntime and onnx2torch do. Later opsets broadcast it
+    unidirectionally (numpy-style), where a per-channel slope is spelled (C, 1, ..., 1) in the
+    file. The op and its allocation (:data:`SIZES`) both use this shape."""
+    x, slope = tuple(x), tuple(slope)
+    if opset < 7 and len(x) >= 2 and len(slope) == 1 and slope[0] == x[1]:
+        return slope + (1,) * (len(x) - 2)
+    return slope
+
+
 @onnx_op("PRelu")
 def prelu(i, a):
     x, slope = i[0], i[1]
+    shape = prelu_slope_shape(x.shape, slope.shape, a["_opset"])
     channels = x.shape[1] if x.dim() >= 2 else 1
-    # opsets 1-6 apply a 1-D slope along the channel axis; later ones broadcast numpy-style,
-    # where a per-channel slope is spelled (C, 1, ..., 1)
-    per_channel = x.dim() >= 2 and slope.numel() == channels and (
-        (a["_opset"] < 7 and slope.dim() == 1) or tuple(slope.shape) == (channels,) + (1,) * (x.dim() - 2))
-    if slope.numel() == 1 or per_channel:
+    if slope.numel() == 1 or (x.dim() >= 2 and shape == (channels,) + (1,) * (x.dim() - 2)):
         return F.prelu(x, slope.reshape(-1))
-    return torch.where(x >= 0, x, x * slope)  # any other broadcast: written out (the converter pins it)
+    # any other broadcast: written out (the converter pins it)
+    return torch.where(x >= 0, x, x * slope.reshape(shape))
 
 
 #: ONNX pad modes as torch's
@@ -576,6 +587,11 @@ def _broadcast(i, a) -> int:
     return math.prod(torch.broadcast_shapes(*shapes)) if shapes else 0
 
 
+def _prelu_size(i, a) -> int:
+    x, slope = _shape(i[0]), _shape(i[1])
+    return math.prod(torch.broadcast_shapes(x, prelu_slope_shape(x, slope, a["_opset"])))
+
+
 def _fold(i, a) -> int:
     """Sum, Max, Min: one broadcast result per input after the first."""
     return _broadcast(i, a) * max(sum(isinstance(t, Tensor) for t in i) - 1, 1)
@@ -706,7 +722,8 @@ def _concat_size(i, a) -> int:
 #: any one input holds.
 SIZES: dict[str, Callable] = {
     **dict.fromkeys(("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "LessOrEqual",
-                     "GreaterOrEqual", "And", "Or", "Where", "PRelu"), _broadcast),
+                     "GreaterOrEqual", "And", "Or", "Where"), _broadcast),
+    "PRelu": _prelu_size,
     **dict.fromkeys(("Sum", "Max", "Min"), _fold),
     "MatMul": _matmul_size, "Gemm": _gemm_size, "Gather": _gather_size, "GatherND": _gather_nd_size,
     "Expand": _expand_size, "Tile": _tile_size, "ConstantOfShape": _constant_of_shape_size,

@@ -325,6 +325,23 @@ def test_every_onnx_op_declares_its_size():
     assert not set(onnx_ops.SIZES) & onnx_ops.NO_LARGER
 
 
+def test_prelu_size_reads_the_slope_as_the_op_does():
+    """Opsets 1-6 apply a 1-D slope along the channel axis ((C,) against (N, C, L) with C != L):
+    the size check must broadcast it as the op does, not numpy-style."""
+    slope = torch.rand(3)
+    for shape, opset in (((2, 3, 4), 6), ((2, 3, 4, 5), 6), ((2, 3), 6), ((2, 3), 13)):
+        x = torch.randn(shape)
+        attrs = {"_opset": opset, "_outputs": 1, "_op": "PRelu"}
+        out = onnx_ops.ONNX_OPS["PRelu"]([x, slope], attrs)
+        assert onnx_ops.allocation("PRelu", [x, slope], attrs) == out.numel() == x.numel()
+        assert torch.equal(out, torch.nn.functional.prelu(x, slope))
+    x, slope = torch.randn(2, 3, 4), torch.rand(4)  # opset 7+: numpy-style, along the last axis
+    attrs = {"_opset": 13, "_outputs": 1, "_op": "PRelu"}
+    out = onnx_ops.ONNX_OPS["PRelu"]([x, slope], attrs)
+    assert onnx_ops.allocation("PRelu", [x, slope], attrs) == out.numel()
+    assert torch.equal(out, torch.where(x >= 0, x, x * slope))
+
+
 # --- .pt archives that inflate ----------------------------------------------------------------
 def _rezip(src: Path, dst: Path, inflate_entry: int, method: int) -> None:
     """``src`` (a torch.save archive) rewritten with ``method``; its data entry replaced by
