@@ -51,7 +51,7 @@ def inr_classification(args, out: Path) -> str:
     for seed in range(args.seeds):
         split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=seed)
         config = TrainConfig(epochs=args.train_epochs, hidden=args.hidden, layers=args.layers, lr=args.lr,
-                             batch_size=32, patience=10, seed=seed, device=args.device)
+                             batch_size=32, patience=10, seed=seed, device=args.device, readout_norm=True)
         scores["gmn"].append(fit_classifier(ds, split, "gmn", config, out / "state" / f"inr-cls-{seed}").accuracy)
         scores["gmn+probes"].append(fit_classifier(ds, split, "gmn", config, out / "state" / f"inr-probes-{seed}",
                                                    probes=probes).accuracy)

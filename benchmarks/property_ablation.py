@@ -22,7 +22,8 @@ from gmn.data import ZooDataset, split_by_run
 from gmn.tasks.property import TrainConfig, fit_metanetwork, fit_statnn
 
 #: the main job's metanetwork settings before this ablation (gmn bench property's defaults then)
-BASE = {"epochs": 30, "lr": 3e-3, "hidden": 32, "layers": 3, "patience": 10}
+BASE = {"epochs": 30, "lr": 3e-3, "hidden": 32, "layers": 3, "patience": 10, "normalise": False, "pool": "mean",
+        "probes": 0}
 
 
 def _variant(text: str) -> tuple[str, dict]:
@@ -77,7 +78,7 @@ def format_table(rows: list[dict], targets: list[str], members: int, zoo: str) -
     stat = {(r["seed"]): r for r in rows if r["variant"] == "statnn"}
     names = list(dict.fromkeys(r["variant"] for r in rows))
     cells = "".join(f"{t + ' tau':>18}{'- statnn':>11}" for t in targets)
-    head = f"{'variant':<22}{'seeds':>6}{cells}{'s/seed':>8}"
+    head = f"{'variant':<27}{'seeds':>6}{cells}{'s/seed':>8}"
     lines = [f"{members} checkpoints ({zoo}); base {json.dumps(BASE)}", head, "-" * len(head)]
     for name in names:
         mine = [r for r in rows if r["variant"] == name and r["seed"] in stat]
@@ -87,7 +88,7 @@ def format_table(rows: list[dict], targets: list[str], members: int, zoo: str) -
             diffs = [r["scores"][t]["tau"] - stat[r["seed"]]["scores"][t]["tau"] for r in mine]
             spread = f"{np.mean(taus):.3f}±{np.std(taus, ddof=1) if len(taus) > 1 else 0:.3f}"
             cells += f"{spread:>18}{np.mean(diffs):>+11.3f}"
-        lines.append(f"{name:<22}{len(mine):>6}{cells}{np.mean([r['seconds'] for r in mine]):>8.0f}")
+        lines.append(f"{name:<27}{len(mine):>6}{cells}{np.mean([r['seconds'] for r in mine]):>8.0f}")
     settings = {r["variant"]: r["settings"] for r in rows if r["settings"] is not None}
     lines += ["", "variants (TrainConfig over the base):"] + [f"  {n}: {json.dumps(s)}" for n, s in settings.items()]
     return "\n".join(lines)

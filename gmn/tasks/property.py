@@ -133,8 +133,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  #: bf16 autocast on CUDA
-    normalise: bool = False  #: parameter edges divided by their tensor's training-set std
-    pool: str = "mean"  #: the graph readout's reductions of node and edge states, e.g. "mean+max"
+    normalise: bool = True  #: parameter edges divided by their tensor's training-set std
+    pool: str = "mean+attn"  #: the graph readout's edge pools (GraphMetanetwork's ``pool``)
     value_scale: float = 4.0  #: frequency scale of the edge values' Fourier features
     probes: int = 0  #: every neuron also sees its activations on this many fixed random inputs
     readout_norm: bool = False  #: pooled graph features standardised over the batch (BatchNorm)

@@ -115,11 +115,14 @@ def test_inr_classifier_learns_labels_and_refuses_non_class_targets(inr_zoo):
         fit_classifier(ZooDataset(inr_zoo, targets=("psnr",), progress=False), split, config=config, progress=False)
 
 
-def test_inr_classifier_with_probe_features_fits_the_labels(inr_zoo):
+def test_inr_classifier_fits_the_labels_with_a_standardised_readout(inr_zoo):
+    """SIRENs' pooled states differ by ~1 % between models: without standardising the pooled
+    vector over the batch the training loss stayed near ln 10 (1.42 here after 60 epochs);
+    with it the classifier fits the training labels, from weights alone and with probes."""
     ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
     split = split_by_run(ds.run, ds.family, fractions=(0.15, 0.2), seed=0)
-    config = TrainConfig(epochs=60, hidden=32, layers=2, lr=3e-3, batch_size=8, patience=100)
+    config = TrainConfig(epochs=60, hidden=32, layers=2, lr=3e-3, batch_size=8, patience=100, readout_norm=True)
     plain = fit_classifier(ds, split, config=config, progress=False)
     probed = fit_classifier(ds, split, config=config, progress=False, probes=coordinates(14))
-    # what each SIREN draws on the 14x14 grid sits on its output neuron: the labels are learnt far faster
-    assert probed.history[-1]["train_loss"] < 0.2 * plain.history[-1]["train_loss"]
+    for result in (plain, probed):
+        assert result.history[-1]["train_loss"] < 0.05 * result.history[0]["train_loss"]
