@@ -24,7 +24,7 @@ class AttentionPool(nn.Module):
         if hidden % heads:
             raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
         self.heads = heads
-        self.score = nn.Linear(hidden, heads)
+        self.score = nn.Linear(hidden, heads, bias=False)  # a bias cancels in the softmax: it would learn noise
         self.value = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, index: Tensor, size: int) -> Tensor:
