@@ -20,6 +20,8 @@ from pathlib import Path
 
 from converters.io import atomic_write
 
+from .models.metanetwork import POOLS
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line naming the option and the problem (exit 2), not a
@@ -119,25 +121,21 @@ def names(text: str) -> str:
 AGGREGATIONS = ("mean", "sum", "max", "min")
 
 
-def aggregations(text: str) -> str:
-    """One reduction or several joined by '+', each of ``AGGREGATIONS`` once."""
-    parts = text.split("+")
-    if not all(p in AGGREGATIONS for p in parts) or len(set(parts)) != len(parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(AGGREGATIONS)} or several joined by + "
-                                         f"(e.g. mean+max), each once")
-    return text
+def _joined(choices: tuple[str, ...], example: str) -> Callable[[str], str]:
+    """A check of names from ``choices`` joined by '+', each once (e.g. ``example``)."""
+    def check(text: str) -> str:
+        parts = text.split("+")
+        if not all(p in choices for p in parts) or len(set(parts)) != len(parts):
+            raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(choices)} or several joined by + "
+                                             f"(e.g. {example}), each once")
+        return text
+    return check
 
 
-POOLS = ("mean", "max", "sum", "attn", "tensor")
-
-
-def pools(text: str) -> str:
-    """The graph readout's edge pools: some of ``POOLS`` joined by '+', each once."""
-    parts = text.split("+")
-    if not all(p in POOLS for p in parts) or len(set(parts)) != len(parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: give {', '.join(POOLS)} or several joined by + "
-                                         f"(e.g. mean+attn), each once")
-    return text
+#: one GMN neighbourhood reduction or several joined by '+'
+aggregations = _joined(AGGREGATIONS, "mean+max")
+#: the graph readout's edge pools joined by '+'
+pools = _joined(POOLS, "mean+attn")
 
 
 def folder(text: str) -> str:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Split, ZooDataset
-from .property import MethodResult, TrainConfig, _standardiser, _Trainer
+from .property import MethodResult, TrainConfig, _standardiser, _Trainer, minibatch_epoch
 
 MODES = {"nfn_np": "NP", "nfn_hnp": "HNP"}
 #: their predict-generalization recipe (nfnet/hnp_inv.yaml, head_cls/mlp.yaml, main.yaml)
@@ -201,16 +201,11 @@ def fit_nfn(dataset: ZooDataset, split: Split, method: str = "nfn_hnp", config: 
             return torch.cat([net(_select(x, part.to(device))) for part in rows.split(8 * batch_size)])
 
     def train_epoch() -> float:
-        total = 0.0
-        order = split.train[torch.randperm(len(split.train))]
-        for batch in order.split(batch_size):
+        def loss_of(batch: Tensor) -> Tensor:
             batch = batch.to(device)
-            loss = F.mse_loss(net(_select(x, batch)), y[batch])
-            trainer.opt.zero_grad()
-            loss.backward()
-            trainer.opt.step()
-            total += loss.item() * len(batch)
-        return total / len(split.train)
+            return F.mse_loss(net(_select(x, batch)), y[batch])
+
+        return minibatch_epoch(trainer, split.train, batch_size, loss_of)
 
     def val_loss() -> float:
         return float(F.mse_loss(predict(split.val), y[split.val.to(device)]))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 import converters
 
 from ..data import Split, ZooDataset
-from .property import MethodResult, TrainConfig, _standardiser, _Trainer
+from .property import MethodResult, TrainConfig, _standardiser, _Trainer, minibatch_epoch
 
 PROBES = 32  #: probe inputs per input shape
 LATENT = 32  #: size of a probe's latent code
@@ -139,13 +139,8 @@ def fit_probe(dataset: ZooDataset, split: Split, config: TrainConfig | None = No
             return torch.cat([run(part) for part in rows.split(2 * config.batch_size)])
 
     def train_epoch() -> float:
-        total = 0.0
-        order = split.train[torch.randperm(len(split.train))]
-        for batch in order.split(config.batch_size):
-            loss = F.mse_loss(run(batch), y[batch.to(device)])
-            trainer.step(loss)
-            total += loss.item() * len(batch)
-        return total / len(split.train)
+        return minibatch_epoch(trainer, split.train, config.batch_size,
+                               lambda b: F.mse_loss(run(b), y[b.to(device)]), clip=1.0)
 
     def val_loss() -> float:
         return float(F.mse_loss(predict(split.val), y[split.val.to(device)]))

@@ -163,11 +163,12 @@ class _Trainer:
         self.state = {"epoch": 0, "best": float("inf"), "bad": 0, "history": [],
                       "best_model": {k: v.clone() for k, v in model.state_dict().items()}}
 
-    def step(self, loss: Tensor, clip: float = 1.0) -> None:
-        """One optimiser step on ``loss``, gradients clipped to norm ``clip``."""
+    def step(self, loss: Tensor, clip: float | None = 1.0) -> None:
+        """One optimiser step on ``loss``, gradients clipped to norm ``clip`` (None: not clipped)."""
         self.opt.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.opt.step()
 
     def _resume(self) -> None:
@@ -214,6 +215,17 @@ class _Trainer:
         bar.close()
         self.model.load_state_dict(self.state["best_model"])
         self.model.eval()
+
+
+def minibatch_epoch(trainer: _Trainer, rows: Tensor, batch_size: int, loss_of, clip: float | None = None) -> float:
+    """One epoch over ``rows`` in a random order, ``batch_size`` at a time, one
+    :meth:`_Trainer.step` each; returns the mean of ``loss_of(batch)`` over the rows."""
+    total = 0.0
+    for batch in rows[torch.randperm(len(rows))].split(batch_size):
+        loss = loss_of(batch)
+        trainer.step(loss, clip)
+        total += loss.item() * len(batch)
+    return total / len(rows)
 
 
 def _distributed() -> tuple[int, int]:
@@ -314,15 +326,7 @@ def fit_flat_mlp(dataset: ZooDataset, split: Split, config: TrainConfig | None =
                         nn.Linear(4 * config.hidden, config.hidden), nn.ReLU(), nn.Linear(config.hidden, y.size(1)))
 
     def train_epoch() -> float:
-        total = 0.0
-        order = split.train[torch.randperm(len(split.train))]
-        for batch in order.split(config.batch_size):
-            loss = F.mse_loss(net(x[batch]), y[batch])
-            trainer.opt.zero_grad()
-            loss.backward()
-            trainer.opt.step()
-            total += loss.item() * len(batch)
-        return total / len(split.train)
+        return minibatch_epoch(trainer, split.train, config.batch_size, lambda b: F.mse_loss(net(x[b]), y[b]))
 
     def val_loss() -> float:
         with torch.no_grad():
