@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 import converters
 from gmn.data import ZooDataset
-from gmn.merging import canonicalise, recompute_batchnorm
 from gmn.tasks.canonical_generation import fit_canonical_generator
 from gmn.tasks.generation import (
     accuracies,
@@ -43,6 +42,7 @@ from gmn.tasks.generation import (
     with_noise,
 )
 from gmn.tasks.property import TrainConfig
+from gmn.weightspace.merging import canonicalise, recompute_batchnorm
 from gmn.zoo import build_zoo, datasets
 
 NOISE = (0.05, 0.1, 0.25, 0.5)

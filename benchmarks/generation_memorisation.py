@@ -41,7 +41,6 @@ from tqdm import tqdm
 import converters
 from converters.vocab import NodeType
 from converters.writer import STRUCTURAL
-from gmn.alignment import align
 from gmn.nn import EdgeEncoder, GMNConv, NodeEncoder, scatter
 from gmn.nn.features import sinusoidal
 from gmn.tasks.generation import (
@@ -54,6 +53,7 @@ from gmn.tasks.generation import (
     with_noise,
 )
 from gmn.tasks.property import TrainConfig
+from gmn.weightspace.alignment import align
 from gmn.zoo import datasets
 
 TIMES = (0.1, 0.2, 0.4, 0.6)

@@ -29,9 +29,9 @@ from torch import nn
 from tqdm import tqdm
 
 import converters
-from gmn import merging
-from gmn.alignment import align
 from gmn.architectures import ResNet50, TinyTransformer, ViT
+from gmn.weightspace import merging
+from gmn.weightspace.alignment import align
 from gmn.zoo import datasets
 from gmn.zoo.families import MLPNet
 

@@ -1,4 +1,4 @@
-"""Speed of random symmetries (``gmn.symmetry.random_symmetry``) on graphs of real size.
+"""Speed of random symmetries (``gmn.weightspace.symmetry.random_symmetry``) on graphs of real size.
 
 The first call on a graph builds its structure plan (tie nodes, edge index, the stable colour
 refinement, the sorted edge keys) and samples; later calls on the same structure (augmentation

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -31,9 +32,9 @@ from tqdm.auto import tqdm
 
 import converters
 from converters import ConversionError, ParameterGraph, ParamIndex
+from converters.io import atomic_write
 from converters.limits import check_archive
 
-from ..cli_checks import note, write_atomic
 from ..zoo import Zoo
 from ..zoo.catalogue import METRICS
 
@@ -151,9 +152,9 @@ class ZooDataset(Dataset):
         payload = self._payload(key)
         try:
             path.parent.mkdir(exist_ok=True)
-            write_atomic(path, lambda tmp: torch.save(payload, tmp))
+            atomic_write(path, lambda tmp: torch.save(payload, tmp))
         except OSError as err:
-            note(f"cannot write the zoo's cache {path} ({err.strerror or err}); the converted zoo is kept in memory "
+            _note(f"cannot write the zoo's cache {path} ({err.strerror or err}); the converted zoo is kept in memory "
                  f"(converted again next time)")
 
     def _read_cache(self, path: Path, key: str) -> None:
@@ -300,3 +301,8 @@ def _positions(items: list[str], order: list[str]) -> list[int]:
 def _detached(g: ParameterGraph) -> ParameterGraph:
     """The graph without live objects (the traced module), as it would be loaded from disk."""
     return converters.graph_from_dict(converters.graph_to_dict(g))
+
+
+def _note(message: str) -> None:
+    """One line on stderr that does not stop the work (the command line's notes look the same)."""
+    print(f"gmn: note: {message}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 A ReLU neuron v may be rescaled (in-edges times s, out-edges over s, s > 0) and a tanh
 neuron sign-flipped (s = -1) without changing the function; which neurons allow it comes
-from the activation recorded in the graph (:func:`gmn.symmetry.scalable_neurons`,
-:func:`gmn.symmetry.flippable_neurons`). In topological order, each such neuron gets
+from the activation recorded in the graph (:func:`gmn.weightspace.symmetry.scalable_neurons`,
+:func:`gmn.weightspace.symmetry.flippable_neurons`). In topological order, each such neuron gets
 
 .. math::
     s_v = \\lVert (w_{uv} s_u)_{u \\to v} \\rVert \\ \\text{(scale)}, \\qquad
@@ -23,7 +23,7 @@ from torch import Tensor
 from converters import edge_kinds
 from converters.writer import PARAMETER
 
-from ..symmetry import flippable_neurons, scalable_neurons
+from ..weightspace.symmetry import flippable_neurons, scalable_neurons
 from .scatter import scatter
 
 

@@ -1,7 +1,7 @@
 """Weight generation in a canonical frame: align the zoo, flow-match its flattened weights.
 
 The recipe of the weight generators that produce working models (DeepWeightFlow, p-diff),
-for every architecture :mod:`gmn.alignment` aligns, with no permutation spec:
+for every architecture :mod:`gmn.weightspace.alignment` aligns, with no permutation spec:
 
 1. **Canonicalise.** Every checkpoint of one architecture is aligned to one reference by
    weight matching (residual streams, heads, experts and tied weights included), so one
@@ -22,7 +22,7 @@ for every architecture :mod:`gmn.alignment` aligns, with no permutation spec:
    (``c``: the standardised accuracy, dropped at random for classifier-free guidance), and
    samples integrate ``dw/dt = (D(w_t, t, c) - w_t) / (1 - t)`` from noise with Heun's method.
 4. **Decode** and write back through the reference's parameter graph; BatchNorm statistics may
-   be recomputed on data afterwards (:func:`gmn.merging.recompute_batchnorm`).
+   be recomputed on data afterwards (:func:`gmn.weightspace.merging.recompute_batchnorm`).
 
 A flat denoiser is not equivariant: the frame breaks the symmetry first, which is what lets it
 learn how the weights of a network go together (``benchmarks/generation_memorisation.py``: a
@@ -43,8 +43,8 @@ from torch import Tensor, nn
 import converters
 from converters import ParameterGraph
 
-from ..merging import _float_buffers, canonicalise
 from ..nn.features import sinusoidal
+from ..weightspace.merging import _float_buffers, canonicalise
 from .generation import (
     clean_to_velocity,
     condition_embedding,
@@ -185,7 +185,7 @@ def fit_canonical_generator(graphs: Sequence[ParameterGraph], targets: Tensor | 
     ``batch_size`` draws, ``hidden`` width, ``layers`` residual blocks, ``lr``; the loss at
     fixed noise on all checkpoints picks the best epoch. Resumes from ``out_dir``.
     ``components``: see the module docstring; ``aligned``: the graphs share one frame already
-    (a zoo canonicalised once with :func:`gmn.merging.canonicalise`), so they are not aligned again."""
+    (a zoo canonicalised once with :func:`gmn.weightspace.merging.canonicalise`), so they are not aligned again."""
     config = config or TrainConfig(epochs=40, patience=40, lr=1e-3, batch_size=64, hidden=512, layers=3,
                                    weight_decay=0.0)
     torch.manual_seed(config.seed)

@@ -37,11 +37,11 @@ from torch_geometric.loader import DataLoader
 import converters
 from converters.writer import STRUCTURAL
 
-from ..alignment import align, aligned_distance
 from ..data import ZooDataset, state_values
 from ..models import node_graphs
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder
 from ..nn.features import sinusoidal
+from ..weightspace.alignment import align, aligned_distance
 from .property import TrainConfig, _Trainer
 
 PREDICTIONS = ("velocity", "clean")

@@ -5,7 +5,6 @@ from .catalogue import Catalogue
 from .datasets import TaskData
 from .families import FAMILIES, PRESETS, build
 from .generate import build_zoo
-from .zoo import Zoo, import_folder, load_weights
+from .zoo import Zoo, import_folder
 
-__all__ = ["FAMILIES", "PRESETS", "Catalogue", "TaskData", "Zoo", "build", "build_zoo", "import_folder",
-           "load_weights"]
+__all__ = ["FAMILIES", "PRESETS", "Catalogue", "TaskData", "Zoo", "build", "build_zoo", "import_folder"]

@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..cli_checks import write_atomic
+from converters.io import atomic_write
+
 from . import datasets
 from .catalogue import Catalogue
 from .families import PRESETS
@@ -35,7 +36,7 @@ BACKENDS = ("process", "ray")
 def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
     """Write a safetensors checkpoint atomically (a crash leaves the old file or none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp))
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp))
 
 
 def plan(preset: str, runs: int, dataset: str, epochs: int, checkpoint_epochs: tuple[int, ...],

@@ -5,52 +5,16 @@ from __future__ import annotations
 import csv
 import importlib
 import math
-import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..architectures import BUILTIN
+from ..checkpoints import load_state, load_weights, parse_arch
 from . import datasets
 from .catalogue import FILENAME, METRICS, Catalogue
 from .families import build
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors: safetensors, or ``torch.load(weights_only=True)`` (never pickle).
-    A file that is neither (a pickle with code, a corrupt file), a zip archive whose entries
-    would inflate beyond reason or free memory (checked before ``torch.load`` reads them), or a
-    checkpoint with complex tensors (no gmn model holds them; casting would drop the imaginary
-    part) gets a ``ValueError`` naming the file."""
-    from converters.limits import check_archive
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))  # safetensors checks every offset against the file's size
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    else:
-        check_archive(path, legacy=False)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-            # torch's message suggests weights_only=False: never pass that on
-            raise ValueError(f"{path}: not a plain checkpoint of tensors (gmn never unpickles code): "
-                             f"{type(err).__name__}") from err
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path} holds no state_dict (a mapping of names to tensors)")
-    complex_ = [k for k, v in state.items() if v.is_complex()]
-    if complex_:
-        raise ValueError(f"{path}: tensor {complex_[0]!r} is complex ({state[complex_[0]].dtype}); gmn models are "
-                         "real and will not drop the imaginary part")
-    return state
 
 
 def confined(root: Path, relative: str) -> Path:
@@ -166,9 +130,7 @@ def _check_onnx(path: Path, where: str) -> None:
 
 def _fits(path: Path, spec: dict, allow: tuple[str, ...], models: dict, where: str) -> None:
     """Load checkpoint ``path`` into a module of ``spec`` (one built per spec): names, shapes and
-    dtype kinds checked by ``cli_models.load_state``, the one place that does, in one line."""
-    from ..cli_models import load_state
-
+    dtype kinds checked by ``checkpoints.load_state``, the one place that does, in one line."""
     key = repr(spec)
     if key not in models:
         models[key], _ = architecture(spec, None, frozenset(allow), f"architecture {spec}")
@@ -263,8 +225,6 @@ def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, 
     if arch in BUILTIN:
         return {"family": "builtin", "name": arch}
     if arch and arch.lstrip().startswith("{"):
-        from ..cli_models import parse_arch
-
         spec = parse_arch(arch)
         if spec["family"] != "builtin":
             raise ValueError("--arch JSON for an import names a built-in with arguments ({\"name\": ..., ...})")

@@ -188,7 +188,7 @@ def test_attention_heads_move(name):
 def test_alignment_undoes_a_symmetry(converted):
     """Weight matching finds the inverse of a random symmetry exactly, with no spec: residual
     streams, heads, GQA groups, experts, recurrent units and tied embeddings included."""
-    from gmn.alignment import align
+    from gmn.weightspace.alignment import align
 
     name, model, x, g = converted
     moved = symmetry.random_symmetry(g, seed=1)
@@ -208,7 +208,7 @@ def test_free_groups_are_symmetries(converted):
     """The groups alignment matches by coordinate descent (free: every permutation of their
     units a symmetry) are: each permuted alone is an automorphism, and all permuted at once
     leave the float64 outputs unchanged."""
-    from gmn.alignment import _template
+    from gmn.weightspace.alignment import _template
 
     name, model, x, g = converted
     fg = _template(g).free

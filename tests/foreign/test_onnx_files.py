@@ -144,7 +144,7 @@ def test_zoo_file_free_groups_are_symmetries(zoo_file):
     """The groups alignment matches by coordinate descent (free: every permutation of their units
     a symmetry) are: three of them, each permuted alone, are automorphisms, and all of them
     permuted at once leave the float64 outputs unchanged."""
-    from gmn.alignment import _template
+    from gmn.weightspace.alignment import _template
 
     name, _, _, noisy = zoo_file
     fg = _template(noisy).free

@@ -161,7 +161,7 @@ def _hf_correct(model, folder: Path) -> None:
 
 
 def test_hugging_face_folders_never_run_code_and_never_invent_weights(gpt2_folder, tmp_path_factory, monkeypatch):
-    from gmn.cli_models import hf_model
+    from gmn.checkpoints import hf_model
 
     base = tmp_path_factory.mktemp("hf-probes")
     marker = base / "MARKER"
@@ -367,7 +367,7 @@ def _forge_size(path: Path, size: int) -> None:
 
 
 def test_inflating_archives_are_refused_before_torch_load(tmp_path_factory):
-    from gmn.zoo import load_weights
+    from gmn.checkpoints import load_weights
 
     base = tmp_path_factory.mktemp("zip")
     weights = {"0.weight": torch.randn(8, 4), "0.bias": torch.randn(8)}

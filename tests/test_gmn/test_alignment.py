@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import converters
-from gmn.alignment import activation_matching, align, aligned_distance, weight_matching
 from gmn.architectures import MLP, ResNet18, TinyTransformer, ViT
-from gmn.symmetry import random_symmetry
+from gmn.weightspace.alignment import activation_matching, align, aligned_distance, weight_matching
+from gmn.weightspace.symmetry import random_symmetry
 from gmn.zoo.families import build
 
 CNN = {"family": "cnn", "depth": 3, "width": 8, "kernel": 3, "act": "relu", "dropout": 0.0}

@@ -12,11 +12,11 @@ from torch import nn
 
 import converters
 from gmn.data import ZooDataset, split_by_run
-from gmn.symmetry import random_symmetry
 from gmn.tasks import TrainConfig
 from gmn.tasks.benchmark import run_methods
 from gmn.tasks.nfn_baseline import InvariantNFN, fit_nfn, nfn_layout
 from gmn.tasks.probe_baseline import ProbeNet, fit_probe
+from gmn.weightspace.symmetry import random_symmetry
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import torch
 
 import converters
 from gmn.data import state_values
-from gmn.merging import recompute_batchnorm
-from gmn.symmetry import random_symmetry
 from gmn.tasks import TrainConfig
 from gmn.tasks.canonical_generation import CanonicalGenerator, fit_canonical_generator, flat_rows
 from gmn.tasks.generation import accuracies
+from gmn.weightspace.merging import recompute_batchnorm
+from gmn.weightspace.symmetry import random_symmetry
 from gmn.zoo import datasets
 from gmn.zoo.families import build
 from gmn.zoo.train import train_run

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import converters
 from gmn.cli import main
-from gmn.symmetry import random_symmetry
+from gmn.weightspace.symmetry import random_symmetry
 from gmn.zoo import datasets
 from gmn.zoo.families import build
 

@@ -74,9 +74,9 @@ def test_checkpoints_of_other_sizes_and_json_architectures(tmp_path, capsys):
 
 
 def test_graphml_limit_names_the_flag(tmp_path, capsys, monkeypatch):
-    import gmn.cli
+    import gmn.cli.convert
 
-    monkeypatch.setattr(gmn.cli, "GRAPHML_EDGES", 1000)
+    monkeypatch.setattr(gmn.cli.convert, "GRAPHML_EDGES", 1000)
     err = _error(capsys, ["inspect", "cnn", "--graphml", str(tmp_path / "g.graphml")])
     assert "--graphml writes graphs of up to 1,000 edges" in err and "gmn convert -o" in err
     assert not (tmp_path / "g.graphml").exists()

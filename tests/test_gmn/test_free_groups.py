@@ -8,9 +8,9 @@ from models import SharedTwice
 
 import converters
 from converters import with_values
-from gmn.alignment import _template, weight_matching
 from gmn.architectures import ResNet18, TinyTransformer, ViT
-from gmn.symmetry import permute_values, random_symmetry
+from gmn.weightspace.alignment import _template, weight_matching
+from gmn.weightspace.symmetry import permute_values, random_symmetry
 from gmn.zoo.families import build
 
 CNN = {"family": "cnn", "depth": 3, "width": 8, "kernel": 3, "act": "relu", "dropout": 0.0}

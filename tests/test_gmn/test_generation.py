@@ -5,7 +5,6 @@ import torch
 
 import converters
 from gmn.data import ZooDataset
-from gmn.symmetry import random_symmetry
 from gmn.tasks import TrainConfig
 from gmn.tasks.generation import (
     WeightGenerator,
@@ -18,6 +17,7 @@ from gmn.tasks.generation import (
     steps_to_accuracy,
     with_noise,
 )
+from gmn.weightspace.symmetry import random_symmetry
 from gmn.zoo import datasets
 from gmn.zoo.families import build
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import converters
-from gmn import cli_checks
+from converters.io import atomic_write
 from gmn.architectures import BUILTIN
 from gmn.cli import main
 from gmn.data import ZooDataset, state_values
@@ -269,7 +269,7 @@ def test_a_failed_write_leaves_the_old_file_intact(tmp_path_factory, written, fa
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt if failure == "interrupt" else OSError) as caught:
-        cli_checks.write_atomic(path, write)
+        atomic_write(path, write)
     if failure != "interrupt":
         assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     assert (path.read_bytes() == b"old contents") if existed else not path.exists()
@@ -297,12 +297,12 @@ def test_full_disk_during_convert_and_graphml_is_one_line_naming_the_file(tmp_pa
 
 
 def test_internal_errors_say_what_and_where(tmp_path, capsys, monkeypatch):
-    import gmn.cli
+    import gmn.cli.convert
 
     def broken(*args, **kwargs):
         return [][1]
 
-    monkeypatch.setattr(gmn.cli, "load_target", broken)
+    monkeypatch.setattr(gmn.cli.convert, "load_target", broken)
     line = _one_error(capsys, ["inspect", "some-model.onnx"])
     assert "IndexError: list index out of range" in line and "tests/test_gmn/test_hostile_cli.py" in line
     assert "gmn inspect some-model.onnx" in line
@@ -310,7 +310,7 @@ def test_internal_errors_say_what_and_where(tmp_path, capsys, monkeypatch):
     def oom(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(gmn.cli, "load_target", oom)
+    monkeypatch.setattr(gmn.cli.convert, "load_target", oom)
     line = _one_error(capsys, ["convert", "big.onnx", "-o", str(tmp_path / "g.pt")])
     assert "out of memory" in line and "big.onnx" in line
     OUTCOMES["internal error named"] += 2
@@ -608,7 +608,7 @@ def test_a_read_only_zoo_trains_from_memory(tmp_path, capsys, monkeypatch):
     def read_only(path, write):
         raise OSError(f"could not write {path}: PermissionError: [Errno 13] Permission denied")
 
-    monkeypatch.setattr(zoo_dataset, "write_atomic", read_only)
+    monkeypatch.setattr(zoo_dataset, "atomic_write", read_only)
     monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # the catalogue opens with mode=ro
     ds = ZooDataset(folder, progress=False)
     err = capsys.readouterr().err

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import converters
-from gmn import merging
 from gmn.activations import neuron_activations
 from gmn.architectures import MLP, ResNet18, TinyTransformer
-from gmn.symmetry import random_symmetry
+from gmn.weightspace import merging
+from gmn.weightspace.symmetry import random_symmetry
 
 
 def _mlp(seed: int):

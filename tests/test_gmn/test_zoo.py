@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import converters
-from gmn.zoo import FAMILIES, Zoo, build, build_zoo, datasets, import_folder, load_weights
+from gmn.checkpoints import load_weights
+from gmn.zoo import FAMILIES, Zoo, build, build_zoo, datasets, import_folder
 from gmn.zoo.families import PRESETS, sample_arch
 from gmn.zoo.generate import plan
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ...cli_checks import write_atomic
+from converters.io import atomic_write
+
 from ...data.splits import Split
 from ..catalogue import METRICS, Catalogue
 from ..generate import save_checkpoint
@@ -78,7 +79,7 @@ def write_split(out: Path, name: str, parts: dict[str, list[str]], definition: s
     path = out / SPLITS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"definition": definition, **{p: parts.get(p, []) for p in PARTS}})
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text))  # the old split or the new, never half
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # the old split or the new, never half
     return path
 
 

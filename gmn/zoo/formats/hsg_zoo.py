@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ...checkpoints import load_weights
 from ..catalogue import METRICS
-from ..zoo import Zoo, load_weights
+from ..zoo import Zoo
 from .common import FormatError, catalogue_runs, finite, metrics, number, write_checkpoint, write_split
 
 #: HSG-AIML def_net.py: per convolution (in from the config, out, kernel, max-pooled), the

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..zoo import Zoo, confined, load_weights
+from ...checkpoints import load_weights
+from ..zoo import Zoo, confined
 from .common import FormatError, catalogue_runs, finite, write_checkpoint, write_split
 
 W0 = 30.0  #: both sets' frequency (DWSNets ``Siren(w0=30.0)``, NFN ``first/hidden_omega_0=30``)

@@ -1,6 +1,6 @@
 """Neuron groups every permutation of which is a symmetry, and weight matching over them.
 
-A tied group of colour classes (:func:`gmn.alignment._tied_groups`: a layer's neurons with the
+A tied group of colour classes (:func:`gmn.weightspace.alignment._tied_groups`: a layer's neurons with the
 BatchNorm, residual sums and norms tied to them; an untied class is a group of one class) is
 *free* when every permutation of its units, all other nodes fixed, maps the structure onto
 itself. With no repeated edges and no shared scalar touching it, that holds exactly when every
@@ -10,7 +10,7 @@ and every block inside the group joins each unit to itself (``m`` edges), or to 
 unit (``m (m - 1)``), or both. The counts are of exact integer keys, so this is a proof, not a
 heuristic. The free groups are Git Re-Basin's permutation groups ``P_i``, found instead of
 written; since automorphisms compose, any choice of one permutation per free group is a
-symmetry (when every class is free, :mod:`gmn.alignment` uses it without a further check).
+symmetry (when every class is free, :mod:`gmn.weightspace.alignment` uses it without a further check).
 
 Every block touching a free group is then a dense tensor ``(|C|, |D|, labels)`` (a kernel's
 positions are labels), and weight matching is Ainsworth et al.'s coordinate descent: for each
@@ -20,7 +20,7 @@ group in turn, the linear assignment that maximises
     \\sum_{\\text{blocks}} \\langle W_A, P_C W_B P_D^\\top \\rangle
 
 with the permutations of the other groups held, until no group improves. Classes that are not
-free (attention heads, experts) keep the match of the guided search (:mod:`gmn.alignment`).
+free (attention heads, experts) keep the match of the guided search (:mod:`gmn.weightspace.alignment`).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _positions(colors: Tensor, group: Tensor, unit: Tensor) -> Tensor:
 
 def free_groups(plan, n: int, group: Tensor, unit: Tensor, src: Tensor, dst: Tensor, edges: EdgeBlocks,
                 weighted: int, shared: Tensor) -> FreeGroups:
-    """The free groups of a structure (``plan``: :func:`gmn.symmetry._plan`; ``group``/``unit``:
+    """The free groups of a structure (``plan``: :func:`gmn.weightspace.symmetry._plan`; ``group``/``unit``:
     the tied groups; ``edges``: the edge blocks of its stable colouring; ``shared``: edges whose
     value another edge shares, whose ends are never free)."""
     colors = plan.start[0][:n]

@@ -10,7 +10,7 @@ exactly that coordinate descent. The classes that are not free (queries and keys
 permutations must respect heads; experts) are matched by a guided automorphism search: the
 permutations allowed are the automorphisms of the structure, and the search that
 finds a random one (individualisation and colour refinement on two copies of the structure,
-:mod:`gmn.symmetry`) finds a *good* one when each individualisation step, instead of a random
+:mod:`gmn.weightspace.symmetry`) finds a *good* one when each individualisation step, instead of a random
 matching of a colour class of copy A with the same class of copy B, takes the linear assignment
 that maximises the weight similarity:
 
@@ -596,7 +596,7 @@ def _weight_matching(reference, g, iterations, keep_residual_stream, seed):
 
 
 def _activation_matching(reference, g, inputs, iterations, keep_residual_stream, seed):
-    from .activations import neuron_activations
+    from ..activations import neuron_activations
 
     _check_template(reference, g)
     t = _template(g)

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from converters.io import atomic_write
+from ..architectures import BUILTIN
+from ..models.metanetwork import POOLS
 
-from .models.metanetwork import POOLS
+ARCH_HELP = (f"architecture of a checkpoint: a built-in name ({', '.join(BUILTIN)}), a built-in with arguments as "
+             "JSON ('{\"name\": \"resnet18\", \"width\": 16, \"classes\": 10}'), a zoo family as JSON "
+             "('{\"family\": \"cnn\", \"depth\": 3, ...}') or module:attr (imported from the current folder)")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -215,29 +216,3 @@ def _identity(path: str | Path) -> tuple[int, int] | str:
         return st.st_dev, st.st_ino
     except OSError:
         return str(Path(path).resolve())
-
-
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then ``os.replace`` onto it (the old
-    file stays intact when anything fails); a failure is one line naming the file."""
-    path = Path(path)
-    try:
-        atomic_write(path, write)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as err:  # noqa: BLE001 - torch's "unexpected pos" on a full disk names no file
-        raise OSError(f"could not write {path}: {type(err).__name__}: {err}{_free(path)}; "
-                      f"{'the old file is unchanged' if path.exists() else 'nothing was written'}") from err
-
-
-def _free(path: Path) -> str:
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        return ""
-    return f" ({free / 2**20:.1f} MiB free on its disk)" if free < 2**30 else ""
-
-
-def note(message: str) -> None:
-    """One line on stderr that does not stop the command."""
-    print(f"gmn: note: {message}", file=sys.stderr)

@@ -2,7 +2,7 @@
 same-initialisation merges of fine-tunes.
 
 Models of one architecture trained from different seeds sit in different permutation frames;
-averaging them needs :func:`gmn.alignment.align` first (Ainsworth et al. 2023), and then the
+averaging them needs :func:`gmn.weightspace.alignment.align` first (Ainsworth et al. 2023), and then the
 merged model's activations shrink ("variance collapse"), which Jordan et al. 2023 (REPAIR)
 undo per neuron: the merged neuron's pre-activation is rescaled and shifted to the
 interpolation of the endpoints' means and standard deviations,
@@ -31,7 +31,7 @@ import converters
 from converters import ParameterGraph, with_values
 from converters.vocab import EdgeType
 
-from .activations import neuron_activations
+from ..activations import neuron_activations
 from .alignment import align, same_template
 
 METHODS = ("average", "task-arithmetic", "ties", "dare")

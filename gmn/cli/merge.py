@@ -14,9 +14,11 @@ import torch
 
 import converters
 from converters import ConversionError, ParameterGraph
+from converters.io import atomic_write
 
-from . import cli_checks as checks
-from .cli_models import ARCH_HELP, build_arch, load_state, parse_arch
+from ..checkpoints import build_arch, load_state, parse_arch
+from . import checks
+from .checks import ARCH_HELP
 
 WRITABLE = (".safetensors", ".onnx", ".pt")
 
@@ -114,13 +116,13 @@ def _data(name: str, arch: str | None = None):
     """The packaged data set ``name``, its inputs shaped as a built-in ``arch`` takes them (the
     built-in MLP takes digits' 8x8 images as 64 flat values); refused in one line, before any
     work, when their channels cannot be the built-in's."""
-    from .zoo import datasets
+    from ..zoo import datasets
 
     data = datasets.load(name)
     spec = parse_arch(arch) if arch else None
     if spec is None or spec["family"] != "builtin":
         return data
-    from .architectures import BUILTIN
+    from ..architectures import BUILTIN
 
     wanted = tuple(BUILTIN[spec["name"]][1]().shape[1:])  # the built-in's own example, batch dropped
     have = tuple(data.input_shape)
@@ -137,16 +139,16 @@ def write_model(g: ParameterGraph, path: str) -> None:
     written atomically."""
     out = Path(path)
     if out.suffix == ".safetensors":
-        from .zoo.generate import save_checkpoint
+        from ..zoo.generate import save_checkpoint
 
         save_checkpoint(converters.to_state_dict(g), out)
     elif out.suffix == ".onnx":
         import onnx
 
         proto = converters.to_onnx(g, converters.parameter_values(g))
-        checks.write_atomic(out, lambda tmp: onnx.save(proto, tmp))
+        atomic_write(out, lambda tmp: onnx.save(proto, tmp))
     else:
-        checks.write_atomic(out, lambda tmp: converters.save_graph(g, tmp))
+        atomic_write(out, lambda tmp: converters.save_graph(g, tmp))
 
 
 def _inputs(args, data) -> tuple:
@@ -154,7 +156,7 @@ def _inputs(args, data) -> tuple:
 
 
 def _aligned(args, a: ParameterGraph, b: ParameterGraph, data) -> ParameterGraph:
-    from .alignment import align
+    from ..weightspace.alignment import align
 
     inputs = _inputs(args, data) if args.match == "activations" else None
     return align(a, b, args.iterations, args.keep_residual_stream, inputs)
@@ -183,7 +185,7 @@ def _align(args) -> int:
 
 
 def _merge(args) -> int:
-    from . import merging
+    from ..weightspace import merging
 
     if len(args.models) < 2 and args.method == "average":
         raise ValueError("merge needs two or more models")
@@ -220,7 +222,7 @@ def _merge(args) -> int:
 
 
 def _barrier(args) -> int:
-    from . import merging
+    from ..weightspace import merging
 
     data = _data(args.data, args.arch)
     a, b = load_model(args.a, args.arch, data), load_model(args.b, args.arch, data)
@@ -246,8 +248,8 @@ def _barrier(args) -> int:
         lines.append(f"{name:<18}{bar['loss']:>14.4f}{bar['accuracy']:>13.4f}{mid['loss']:>10.4f}{mid['accuracy']:>9.4f}")
     table = "\n".join(lines)
     print(table)
-    checks.write_atomic(out / "barrier.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
-    checks.write_atomic(out / "barrier.json", lambda tmp: Path(tmp).write_text(json.dumps(
+    atomic_write(out / "barrier.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
+    atomic_write(out / "barrier.json", lambda tmp: Path(tmp).write_text(json.dumps(
         {"a": args.a, "b": args.b, "data": args.data, "match": args.match, "seconds": seconds, "curves": curves},
         indent=1)))
     _plot(curves, out / "barrier.png")
@@ -274,5 +276,5 @@ def _plot(curves: dict, path: Path) -> None:
         ax.set_ylabel(label)
     axes[0].legend()
     fig.tight_layout()
-    checks.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

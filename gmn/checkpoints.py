@@ -1,7 +1,7 @@
-"""What the command line accepts as a model: ``--arch`` (a built-in name, JSON of a built-in
+"""Models from what a user names: an architecture spec (a built-in name, JSON of a built-in
 with arguments or of a zoo family, or ``module:attr`` from the current folder), checkpoints
 checked against it in one line, and Hugging Face model folders (``config.json`` +
-safetensors, read offline)."""
+safetensors, read offline). The command line, the zoo and the data sets all load through here."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import importlib
 import io
 import json
 import math
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -18,11 +19,6 @@ import torch
 from torch import nn
 
 from .architectures import BUILTIN
-from .zoo.zoo import load_weights
-
-ARCH_HELP = (f"architecture of a checkpoint: a built-in name ({', '.join(BUILTIN)}), a built-in with arguments as "
-             "JSON ('{\"name\": \"resnet18\", \"width\": 16, \"classes\": 10}'), a zoo family as JSON "
-             "('{\"family\": \"cnn\", \"depth\": 3, ...}') or module:attr (imported from the current folder)")
 
 
 def parse_arch(text: str) -> dict:
@@ -100,6 +96,42 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
     except KeyError as err:
         raise ValueError(f"--arch JSON of family {family!r} lacks {err}") from None
     return model, (torch.randn(2, *input_shape),)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors: safetensors, or ``torch.load(weights_only=True)`` (never pickle).
+    A file that is neither (a pickle with code, a corrupt file), a zip archive whose entries
+    would inflate beyond reason or free memory (checked before ``torch.load`` reads them), or a
+    checkpoint with complex tensors (no gmn model holds them; casting would drop the imaginary
+    part) gets a ``ValueError`` naming the file."""
+    from converters.limits import check_archive
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))  # safetensors checks every offset against the file's size
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    else:
+        check_archive(path, legacy=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+            # torch's message suggests weights_only=False: never pass that on
+            raise ValueError(f"{path}: not a plain checkpoint of tensors (gmn never unpickles code): "
+                             f"{type(err).__name__}") from err
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path} holds no state_dict (a mapping of names to tensors)")
+    complex_ = [k for k, v in state.items() if v.is_complex()]
+    if complex_:
+        raise ValueError(f"{path}: tensor {complex_[0]!r} is complex ({state[complex_[0]].dtype}); gmn models are "
+                         "real and will not drop the imaginary part")
+    return state
 
 
 def load_state(model: nn.Module, path: Path) -> None:
@@ -419,13 +451,3 @@ def _hf_example(model: nn.Module) -> tuple | None:
         side = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         return (torch.randn(1, getattr(config, "num_channels", 3), side, side),)
     return None
-
-
-def check_output(path: str, suffixes: tuple[str, ...]) -> Path:
-    """The output path, refused before any work when its kind or folder is wrong."""
-    out = Path(path)
-    if out.suffix not in suffixes:
-        raise ValueError(f"{path}: the output must end in {' or '.join(suffixes)}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: no such folder for the output")
-    return out

