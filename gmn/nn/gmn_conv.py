@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scatter import scatter
@@ -40,11 +39,18 @@ class GMNConv(nn.Module):
     def message(self, h: Tensor, e: Tensor, src: Tensor, dst: Tensor) -> Tensor:
         """``z`` of the given edges (any subset: chunked passes call this per chunk)."""
         a, b = self.node_proj(h).chunk(2, dim=-1)
-        # index_select, not a[src]: its backward is an index_add, not a sorting index_put
-        return F.relu(a.index_select(0, src) + b.index_select(0, dst) + e)
+        # index_select, not a[src]: its backward is an index_add, not a sorting index_put. The
+        # sums and the ReLU go in place (no backward here needs the overwritten values), so the
+        # step holds two E x d tensors at once, not four: edges dominate a large graph's memory
+        z = a.index_select(0, src)
+        z += b.index_select(0, dst)
+        z += e
+        return z.relu_()
 
     def update_edges(self, e: Tensor, z: Tensor) -> Tensor:
-        return e + self.edge_out(z)
+        out = self.edge_out(z)
+        out += e  # in place: the linear layer's backward needs its input, not its output
+        return out
 
     def update_nodes(self, h: Tensor, messages: list[Tensor]) -> Tensor:
         """``messages``: each reduction of ``z`` along edges, then each against them."""

@@ -152,3 +152,16 @@ def test_forget_reports_the_class_and_the_others(zoo, tmp_path, capsys):
         for key in ("class_3_acc_before", "class_3_acc_after", "other_acc_before", "other_acc_after"):
             assert 0.0 <= row[key] <= 1.0
     assert (out / rows[0]["file"]).stat().st_mode & 0o044 == 0o044  # readable by others
+
+
+def test_the_distribution_has_a_name_of_its_own():
+    """``gmn`` on PyPI is another project: the distribution is graph-metanetworks, installs the
+    ``gmn`` command and both import packages."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "graph-metanetworks" and project["scripts"] == {"gmn": "gmn.cli:main"}
+    dist = importlib.metadata.distribution("graph-metanetworks")
+    assert [(e.name, e.value) for e in dist.entry_points if e.group == "console_scripts"] == [("gmn", "gmn.cli:main")]
