@@ -1,0 +1,112 @@
+"""``gmn predict``: a metanetwork ``gmn train`` wrote, applied to checkpoints of any format gmn reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import checks
+
+#: checkpoint files that need an architecture (``--arch``, or one the model recognises)
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="predict the targets of checkpoints with a model gmn train wrote")
+    p.add_argument("model", help="the model gmn train wrote: its --out folder or its model.safetensors")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoints: .safetensors/.pt (of an architecture of the training zoo, or with --arch), "
+                        "ONNX files, saved graphs, Hugging Face model folders, built-in names")
+    p.add_argument("--arch", help=checks.ARCH_HELP + "; default: the training zoo's architecture whose tensors the "
+                                                      "checkpoint holds")
+    p.add_argument("--input-shape", type=checks.shape,
+                   help="example input shape for --arch (default: the training zoo's), e.g. 1,1,8,8")
+    p.add_argument("--allow-module", action="append", default=[], metavar="MODULE:ATTR",
+                   help="a Python architecture of the training zoo the model may import (never otherwise)")
+    p.add_argument("-o", "--output", type=checks.output_file(".csv"),
+                   help="also write the predictions as CSV (path, then <target>_pred per target)")
+    checks.add_force(p)
+    p.set_defaults(handler=_predict, outputs=lambda a: ([a.output] if a.output else [], [],
+                                                        [a.model, *a.checkpoints]))
+
+
+def _predict(args) -> int:
+    import sys
+
+    from ..tasks.property import load_predictor
+    from .train import write_predictions
+
+    allow = tuple(args.allow_module) + ((args.arch,) if args.arch and ":" in args.arch
+                                        and not args.arch.lstrip().startswith("{") else ())
+    predictor = load_predictor(args.model, allow)
+    graphs = [_graph(target, args, predictor) for target in args.checkpoints]
+    pred = predictor.predict(graphs, list(args.checkpoints))
+    for target, g in zip(args.checkpoints, graphs):
+        if predictor.unseen(g):
+            print(f"gmn: note: {target}: an architecture the metanetwork never trained on (it trained on "
+                  f"{', '.join(predictor.zoo.get('families', []))}): a prediction outside what it learned",
+                  file=sys.stderr)
+    print(_table(args.checkpoints, predictor.targets, pred))
+    if args.output:
+        write_predictions(Path(args.output), list(args.checkpoints), predictor.targets, pred)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _table(names: list[str], targets: tuple[str, ...], pred) -> str:
+    width = max(len("checkpoint"), *(len(n) for n in names)) + 2
+    lines = [f"{'checkpoint':<{width}}" + "".join(f"{t:>14}" for t in targets)]
+    lines += [f"{name:<{width}}" + "".join(f"{float(v):>14.4f}" for v in row) for name, row in zip(names, pred)]
+    return "\n".join(lines)
+
+
+def _zoo_architecture(path: Path, predictor) -> list:
+    """``[architecture]`` when ``path`` is a checkpoint of the training zoo (its catalogue names
+    the architecture: activations and other settings no tensor shows), else ``[]``."""
+    from ..data import architecture_key
+    from ..zoo import Zoo
+
+    root = Path(predictor.zoo.get("path", ""))
+    if not path.resolve().is_relative_to(root) or not (root / "catalogue.sqlite").is_file():
+        return []
+    zoo = Zoo(root)
+    try:
+        relative = str(path.resolve().relative_to(root))
+        member = next((m for m in zoo.members(include_diverged=True) if m["path"] == relative), None)
+    finally:
+        zoo.catalogue.close()
+    if member is None:
+        return []
+    return [a for a in predictor.architectures if a.key == architecture_key(member)]
+
+
+def _graph(target: str, args, predictor):
+    """The parameter graph of one checkpoint. A checkpoint file without ``--arch`` is built as
+    the training zoo's architecture whose tensor names and shapes it holds; a zoo-family
+    ``--arch`` takes the zoo's input shape."""
+    import converters
+    from converters import ConversionError
+
+    from ..checkpoints import load_state, load_weights, parse_arch
+    from .convert import load_target
+
+    path = Path(target)
+    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and args.arch is None:
+        try:
+            return converters.load_graph(path)  # a saved graph (.pt)
+        except ConversionError:
+            pass
+        found = _zoo_architecture(path, predictor) or predictor.match(load_weights(path))
+        if len(found) != 1:
+            what = "none" if not found else f"{len(found)} ({'; '.join(json.dumps(a.spec) for a in found)})"
+            raise ValueError(f"{target}: its tensors fit {what} of the metanetwork's training architectures; "
+                             f"name its architecture with --arch")
+        model, example = predictor.module(found[0])
+        load_state(model, path)
+        return converters.from_torch(model.eval(), example)
+    input_shape = args.input_shape
+    if args.arch and input_shape is None and predictor.input_shape is not None:
+        spec = parse_arch(args.arch)
+        if spec["family"] not in ("builtin", "module"):  # a zoo family: sized by the zoo's data
+            input_shape = (2, *predictor.input_shape)
+    return load_target(target, args.arch, input_shape, "float")
