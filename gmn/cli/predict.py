@@ -33,12 +33,12 @@ def add_parsers(sub) -> None:
 def _predict(args) -> int:
     import sys
 
+    from ..checkpoints import parse_arch
     from ..tasks.property import load_predictor
-    from .train import write_predictions
+    from .train import allowed_modules, write_predictions
 
-    allow = tuple(args.allow_module) + ((args.arch,) if args.arch and ":" in args.arch
-                                        and not args.arch.lstrip().startswith("{") else ())
-    predictor = load_predictor(args.model, allow)
+    module = (args.arch,) if args.arch and parse_arch(args.arch)["family"] == "module" else ()
+    predictor = load_predictor(args.model, allowed_modules(args) + module)  # --arch module:attr allows it too
     graphs = [_graph(target, args, predictor) for target in args.checkpoints]
     pred = predictor.predict(graphs, list(args.checkpoints))
     for target, g in zip(args.checkpoints, graphs):
@@ -87,7 +87,7 @@ def _graph(target: str, args, predictor):
     import converters
     from converters import ConversionError
 
-    from ..checkpoints import load_state, load_weights, parse_arch
+    from ..checkpoints import load_state, load_weights
     from .convert import load_target
 
     path = Path(target)
@@ -104,9 +104,19 @@ def _graph(target: str, args, predictor):
         model, example = predictor.module(found[0])
         load_state(model, path)
         return converters.from_torch(model.eval(), example)
-    input_shape = args.input_shape
-    if args.arch and input_shape is None and predictor.input_shape is not None:
-        spec = parse_arch(args.arch)
-        if spec["family"] not in ("builtin", "module"):  # a zoo family: sized by the zoo's data
-            input_shape = (2, *predictor.input_shape)
-    return load_target(target, args.arch, input_shape, "float")
+    return load_target(target, args.arch, _input_shape(target, args, predictor), "float")
+
+
+def _input_shape(target: str, args, predictor) -> tuple[int, ...] | None:
+    """``--input-shape``; else, for a zoo family or module:attr (``--arch`` or the target
+    itself), a batch of two of the training zoo's inputs; else None (the model's own example)."""
+    from ..checkpoints import parse_arch
+
+    text = args.arch or (None if Path(target).exists() else target)
+    if args.input_shape or text is None or predictor.input_shape is None:
+        return args.input_shape
+    try:
+        family = parse_arch(text)["family"]
+    except ValueError:  # not an architecture: load_target says what it is not
+        return None
+    return None if family == "builtin" else (2, *predictor.input_shape)
