@@ -81,30 +81,40 @@ def _zoo_architecture(path: Path, predictor) -> list:
 
 
 def _graph(target: str, args, predictor):
-    """The parameter graph of one checkpoint. A checkpoint file without ``--arch`` is built as
-    the training zoo's architecture whose tensor names and shapes it holds; a zoo-family
-    ``--arch`` takes the zoo's input shape."""
+    """The parameter graph of one checkpoint: a saved graph as saved; a checkpoint file with
+    ``--arch`` as that architecture (a zoo family or module:attr at the zoo's input shape),
+    without it as the training zoo's architecture that the zoo's catalogue names for it or whose
+    tensor names and shapes it holds; anything else as ``gmn convert`` reads it."""
     import converters
     from converters import ConversionError
 
-    from ..checkpoints import load_state, load_weights
     from .convert import load_target
 
     path = Path(target)
-    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and args.arch is None:
+    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
         try:
-            return converters.load_graph(path)  # a saved graph (.pt)
+            return converters.load_graph(path)  # a saved graph carries its architecture (--arch is for the others)
         except ConversionError:
             pass
-        found = _zoo_architecture(path, predictor) or predictor.match(load_weights(path))
-        if len(found) != 1:
-            what = "none" if not found else f"{len(found)} ({'; '.join(json.dumps(a.spec) for a in found)})"
-            raise ValueError(f"{target}: its tensors fit {what} of the metanetwork's training architectures; "
-                             f"name its architecture with --arch")
-        model, example = predictor.module(found[0])
-        load_state(model, path)
-        return converters.from_torch(model.eval(), example)
+        if args.arch is None:
+            return _zoo_checkpoint(path, predictor)
     return load_target(target, args.arch, _input_shape(target, args, predictor), "float")
+
+
+def _zoo_checkpoint(path: Path, predictor):
+    """A checkpoint of one of the training zoo's architectures, as a graph."""
+    import converters
+
+    from ..checkpoints import load_state, load_weights
+
+    found = _zoo_architecture(path, predictor) or predictor.match(load_weights(path))
+    if len(found) != 1:
+        what = "none" if not found else f"{len(found)} ({'; '.join(json.dumps(a.spec) for a in found)})"
+        raise ValueError(f"{path}: its tensors fit {what} of the metanetwork's training architectures; "
+                         f"name its architecture with --arch")
+    model, example = predictor.module(found[0])
+    load_state(model, path)
+    return converters.from_torch(model.eval(), example)
 
 
 def _input_shape(target: str, args, predictor) -> tuple[int, ...] | None:
