@@ -56,7 +56,8 @@ def train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--allow-module", action="append", default=[], metavar="MODULE:ATTR",
-                   help="a Python architecture the zoo's catalogue may name (never imported otherwise)")
+                   help="a Python architecture the zoo's catalogue may name, imported from the current folder "
+                        "(never imported otherwise)")
 
 
 def _recipe_options(p: argparse.ArgumentParser) -> None:
