@@ -415,7 +415,8 @@ def _architectures(dataset: ZooDataset, split: Split, stds: dict[str, Tensor] | 
         first = dataset.members[members[0]]
         scales = None
         if stds is not None and key in stds and key in trained:
-            scales = torch.stack([stds[key][offset] for _, _, offset in template.param_index.params])
+            scales = torch.tensor([float(stds[key][offset]) if math.prod(shape) else 1.0  # an empty tensor: none
+                                   for _, shape, offset in template.param_index.params])
         out.append(Architecture(key, first["arch"], first.get("dataset"), structure_fingerprint(template),
                                 _tensor_shapes(template.param_index),
                                 sorted({dataset.family[i] for i in members}), key in trained, scales))
