@@ -46,11 +46,21 @@ def _predict(args) -> int:
             print(f"gmn: note: {target}: an architecture the metanetwork never trained on (it trained on "
                   f"{', '.join(predictor.zoo.get('families', []))}): a prediction outside what it learned",
                   file=sys.stderr)
+    print(_describe(predictor))
     print(_table(args.checkpoints, predictor.targets, pred))
     if args.output:
         write_predictions(Path(args.output), list(args.checkpoints), predictor.targets, pred)
         print(f"wrote {args.output}")
     return 0
+
+
+def _describe(predictor) -> str:
+    """One line: what model this is, what it learned from and how well it did on its test part."""
+    zoo, scores = predictor.zoo, predictor.scores
+    taus = ", ".join(f"{t} {scores[t]['tau']:.3f}" for t in predictor.targets if t in scores)
+    return (f"{predictor.kind} metanetwork (gmn {predictor.gmn_version}) trained on {zoo.get('members')} checkpoints "
+            f"of {zoo.get('path')} ({', '.join(zoo.get('families', []))}); test tau {taus} "
+            f"on {zoo.get('split', {}).get('test')} test checkpoints")
 
 
 def _table(names: list[str], targets: tuple[str, ...], pred) -> str:
