@@ -56,6 +56,7 @@ def test_predict_reproduces_training_test_predictions(trained, tiny_zoo, tmp_pat
     assert main(["predict", str(trained), *paths, "-o", str(out)]) == 0
     table = capsys.readouterr().out
     assert all(Path(p).name in table for p in paths) and "test_acc" in table
+    assert f"trained on {len(data)} checkpoints" in table and f"on {len(rows)} test checkpoints" in table
     predicted = _rows(out)
     assert [p["path"] for p in predicted] == paths
     for row, p in zip(rows, predicted):
