@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def _predict(args) -> int:
 
     module = (args.arch,) if args.arch and parse_arch(args.arch)["family"] == "module" else ()
     predictor = load_predictor(args.model, allowed_modules(args) + module)  # --arch module:attr allows it too
+    _zoo_keys.cache_clear()  # the zoo's catalogue is read once per command, never from an earlier one
     graphs = [_graph(target, args, predictor) for target in args.checkpoints]
     pred = predictor.predict(graphs, list(args.checkpoints))
     for target, g in zip(args.checkpoints, graphs):
@@ -73,21 +75,27 @@ def _table(names: list[str], targets: tuple[str, ...], pred) -> str:
 def _zoo_architecture(path: Path, predictor) -> list:
     """``[architecture]`` when ``path`` is a checkpoint of the training zoo (its catalogue names
     the architecture: activations and other settings no tensor shows), else ``[]``."""
+    root = Path(predictor.zoo.get("path", ""))
+    if not root.is_absolute() or not path.resolve().is_relative_to(root):
+        return []
+    key = _zoo_keys(str(root)).get(str(path.resolve().relative_to(root)))
+    return [a for a in predictor.architectures if a.key == key] if key else []
+
+
+@functools.cache
+def _zoo_keys(root: str) -> dict[str, str]:
+    """The zoo's checkpoints (paths in the zoo) and their architecture keys, read once; none
+    when the folder holds no zoo any more."""
     from ..data import architecture_key
     from ..zoo import Zoo
 
-    root = Path(predictor.zoo.get("path", ""))
-    if not path.resolve().is_relative_to(root) or not (root / "catalogue.sqlite").is_file():
-        return []
+    if not (Path(root) / "catalogue.sqlite").is_file():
+        return {}
     zoo = Zoo(root)
     try:
-        relative = str(path.resolve().relative_to(root))
-        member = next((m for m in zoo.members(include_diverged=True) if m["path"] == relative), None)
+        return {m["path"]: architecture_key(m) for m in zoo.members(include_diverged=True)}
     finally:
         zoo.catalogue.close()
-    if member is None:
-        return []
-    return [a for a in predictor.architectures if a.key == architecture_key(member)]
 
 
 def _graph(target: str, args, predictor):
