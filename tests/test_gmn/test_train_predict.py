@@ -123,6 +123,19 @@ def test_what_the_model_cannot_read_is_one_line(trained, tmp_path, capsys):
     assert "not a gmn metanetwork" in _error(capsys, ["predict", str(ckpt), "cnn"])
     torch.save({"w": torch.randn(3)}, tmp_path / "pickle.pt")
     assert "not a gmn metanetwork" in _error(capsys, ["predict", str(tmp_path / "pickle.pt"), "cnn"])
+    from safetensors import safe_open
+
+    with safe_open(str(trained / "model.safetensors"), framework="pt") as f:
+        meta, tensors = json.loads(f.metadata()["gmn"]), {k: f.get_tensor(k) for k in f.keys()}
+    edited = tmp_path / "edited.safetensors"
+    for change, message in (({"config": {**meta["config"], "width": 3}}, "malformed gmn predictor"),
+                            ({"format_version": 99}, "this gmn reads format 1"),
+                            ({"format": "other"}, "not a gmn metanetwork")):
+        save_file(tensors, str(edited), metadata={"gmn": json.dumps({**meta, **change})})
+        assert message in _error(capsys, ["predict", str(edited), "cnn"])
+    del tensors["target.std"]
+    save_file(tensors, str(edited), metadata={"gmn": json.dumps(meta)})
+    assert "malformed gmn predictor (KeyError: 'target.std')" in _error(capsys, ["predict", str(edited), "cnn"])
     # an architecture it never saw that cannot take the zoo's inputs (probe features need them)
     assert "probe inputs of shape (1, 8, 8)" in _error(capsys, ["predict", str(trained), "resnet18"])
     mlp = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
