@@ -1,5 +1,5 @@
 """The ``gmn`` command line, one module per command group: ``convert`` (``inspect``, ``convert``),
-``zoo`` (``zoo build|import|info``), ``train`` (``train``, ``bench property``), ``weights``
+``zoo`` (``zoo build|import|info``), ``train`` (``train``, ``bench property``), ``predict``, ``weights``
 (``edit``, ``generate``), ``merge`` (``align``, ``merge``, ``barrier``); ``checks`` holds what every
 command checks before any work. This module assembles the parser and turns every failure into one
 line."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import checks, convert, merge, train, weights, zoo
+from . import checks, convert, merge, predict, train, weights, zoo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_parsers(sub)
     zoo.add_parsers(sub)
     train.add_parsers(sub)
+    predict.add_parsers(sub)
     weights.add_parsers(sub, train.train_options)
     merge.add_parsers(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -119,8 +120,8 @@ def _inputs(args) -> str:
     if args is None or not hasattr(args, "command"):
         return ""
     words = [args.command, getattr(args, "action", None)]
-    for key in ("model", "a", "b", "models", "base", "zoo", "root", "folder") + (("targets",) if args.command == "zoo"
-                                                                                else ()):
+    keys = ("model", "a", "b", "models", "base", "zoo", "root", "folder", "checkpoints")
+    for key in keys + (("targets",) if args.command == "zoo" else ()):
         value = getattr(args, key, None)
         words += value if isinstance(value, list) else [value]
     return ", while running gmn " + " ".join(str(w) for w in words if w)

@@ -56,7 +56,8 @@ def train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--allow-module", action="append", default=[], metavar="MODULE:ATTR",
-                   help="a Python architecture the zoo's catalogue may name (never imported otherwise)")
+                   help="a Python architecture the zoo's catalogue may name, imported from the current folder "
+                        "(never imported otherwise)")
 
 
 def _recipe_options(p: argparse.ArgumentParser) -> None:
@@ -100,8 +101,23 @@ def _train_parser(sub) -> None:
     train_options(p)
     _recipe_options(p)
     checks.add_force(p)
-    p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in ("model.safetensors", "result.json")],
-                                                      [], []))
+    p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in TRAIN_OUTPUTS], [], []))
+
+
+#: what ``gmn train`` writes into its --out folder (besides state/, the resumable training state)
+TRAIN_OUTPUTS = ("model.safetensors", "result.json", "test_predictions.csv")
+
+
+def allowed_modules(args) -> tuple[str, ...]:
+    """``--allow-module`` paths, each imported now from the current folder (as ``zoo import``
+    and ``--arch`` find them), so a mistyped one is one line before any work."""
+    from ..checkpoints import import_attr
+
+    for name in args.allow_module:
+        if ":" not in name:
+            raise ValueError(f"--allow-module {name!r}: give module:attr, as the zoo's catalogue names it")
+        import_attr(name)
+    return tuple(args.allow_module)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -114,10 +130,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _train(args) -> int:
-    import json
     import os
-
-    from safetensors.torch import save_file
 
     from ..data import ZooDataset, split_by_run
     from ..tasks.property import fit_metanetwork
@@ -135,12 +148,13 @@ def _train(args) -> int:
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(args.device)
         torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    allow = allowed_modules(args)
     if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
-        data = ZooDataset(args.zoo, _split(args.targets), allow_modules=tuple(args.allow_module))
+        data = ZooDataset(args.zoo, _split(args.targets), allow_modules=allow)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
-        data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=tuple(args.allow_module))
+        data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=allow)
     if args.split:  # the zoo's published split (checked against the catalogue in _preflight)
         split = split_by_index_file(data, args.split)
     else:
@@ -148,21 +162,52 @@ def _train(args) -> int:
     out = Path(args.out)
     result = fit_metanetwork(data, split, args.kind, config(args), out / "state", progress=rank == 0)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        from converters.limits import check_archive
-
-        saved = out / "state" / f"{args.kind}.pt"
-        check_archive(saved)  # a file on disk (another process may have left it): checked before torch.load
-        state = torch.load(saved, weights_only=True)["best_model"]
-        tensors = {k: v.contiguous().cpu() for k, v in state.items()}
-        atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
-        text = json.dumps({"scores": result.scores, "history": result.history, "world_size": world}, indent=1)
-        atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(text))
-        for target, score in result.scores.items():
-            print(f"{args.kind} {target}: " + "  ".join(f"{k} {v:.4f}" for k, v in score.items()))
+        _write_training(out, args, data, split, result, world)
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _write_training(out: Path, args, data, split, result, world: int) -> None:
+    """The trained model (self-describing: ``gmn predict`` applies it), the scores and history,
+    and the test checkpoints' true and predicted targets, each written atomically."""
+    import json
+    import sys
+
+    from ..tasks.property import save_predictor
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_predictor(result.predictor, out / "model.safetensors")
+    text = json.dumps({"kind": args.kind, "scores": result.scores, "history": result.history, "world_size": world,
+                       "test_checkpoints": len(split.test), "zoo": result.predictor.zoo}, indent=1)
+    atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(text))
+    paths = [str(Path(args.zoo) / data.members[i]["path"]) for i in split.test.tolist()]
+    write_predictions(out / "test_predictions.csv", paths, result.targets, result.pred, result.true)
+    for target, score in result.scores.items():
+        print(f"{args.kind} {target}: " + "  ".join(f"{k} {v:.4f}" for k, v in score.items())
+              + f"  ({len(split.test)} test checkpoints)")
+    from ..tasks.benchmark import small_test_warning
+
+    warning = small_test_warning(len(split.test))
+    if warning:
+        print(f"gmn: {warning}", file=sys.stderr)
+    print(f"wrote {out / 'model.safetensors'} (gmn predict applies it), result.json and test_predictions.csv")
+
+
+def write_predictions(path: Path, paths: list[str], targets: tuple[str, ...], pred, true=None) -> None:
+    """A CSV of one row per checkpoint: its path, then per target ``<target>_pred`` (and
+    ``<target>_true`` before it when ``true`` is given), floats to 9 digits (float32 exact)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", *(f"{t}_{kind}" for t in targets for kind in (("true", "pred") if true is not None
+                                                                          else ("pred",)))])
+    for i, name in enumerate(paths):
+        cells = [[true[i][j], pred[i][j]] if true is not None else [pred[i][j]] for j in range(len(targets))]
+        writer.writerow([name, *(f"{float(v):.9g}" for pair in cells for v in pair)])
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue()))
 
 
 def _bench_parser(sub) -> None:
@@ -196,7 +241,8 @@ def _bench_property(args) -> int:
     settings = config(args)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets),
-                               _split(args.test_families), settings, seeds=args.seeds, split=args.split)
+                               _split(args.test_families), settings, seeds=args.seeds, split=args.split,
+                               allow_modules=allowed_modules(args))
     print(table)
     print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
     return 0

@@ -41,7 +41,8 @@ from ..zoo.catalogue import METRICS
 CACHE_VERSION = 2  #: the cache's layout; a cache of another version is never read
 
 
-def _arch_key(member: dict) -> str:
+def architecture_key(member: dict) -> str:
+    """A catalogue member's architecture as a key: members with one key share one graph."""
     if member["arch"]["family"] == "onnx":
         return "onnx:" + member["path"]
     arch = {k: v for k, v in member["arch"].items() if k != "dropout"}  # identity in eval: same graph
@@ -83,7 +84,7 @@ class ZooDataset(Dataset):
         runs = sorted({m["run_id"] for m in self.members})
         self.run = torch.tensor(_positions([m["run_id"] for m in self.members], runs))
         self.family = [m["family"] for m in self.members]
-        self.arch_keys = [_arch_key(m) for m in self.members]
+        self.arch_keys = [architecture_key(m) for m in self.members]
         self._load(cache, progress)
 
     def _target(self, member: dict, name: str) -> float:
@@ -120,9 +121,19 @@ class ZooDataset(Dataset):
                                         f"({err.strerror or err})") from None
         return digest.hexdigest()
 
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the zoo's listing (run, epoch, path, architecture) and every checkpoint's
+        bytes: the same for the same checkpoints, another for any change."""
+        if self._content_hash is None:
+            self._content_hash = self._cache_key()
+        return self._content_hash
+
     def _load(self, cache: bool, progress: bool) -> None:
+        self._content_hash = None
         if cache:
             folder, key = self._cache_dir(), self._cache_key()
+            self._content_hash = key
             path = folder / f"graphs-{key[:32]}.pt"
             if path.is_symlink():
                 raise ValueError(f"{path} is a link: the zoo's cache is never read through a link; remove it")

@@ -1,7 +1,18 @@
-"""Tasks on zoos: property prediction and weight editing."""
+"""Tasks on zoos: property prediction (and applying a trained predictor) and weight editing."""
 
 from .editing import EditResult, WeightEditor, fit_editor
-from .property import METHODS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn, metrics
+from .property import (
+    METHODS,
+    MethodResult,
+    Predictor,
+    TrainConfig,
+    fit_flat_mlp,
+    fit_metanetwork,
+    fit_statnn,
+    load_predictor,
+    metrics,
+    save_predictor,
+)
 
-__all__ = ["METHODS", "EditResult", "MethodResult", "TrainConfig", "WeightEditor", "fit_editor", "fit_flat_mlp",
-           "fit_metanetwork", "fit_statnn", "metrics"]
+__all__ = ["METHODS", "EditResult", "MethodResult", "Predictor", "TrainConfig", "WeightEditor", "fit_editor",
+           "fit_flat_mlp", "fit_metanetwork", "fit_statnn", "load_predictor", "metrics", "save_predictor"]

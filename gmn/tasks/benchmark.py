@@ -71,39 +71,76 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f}±{float(np.std(values, ddof=1)):.3f}"
 
 
+#: fewer test checkpoints than this and a Kendall tau says little: its standard error (no
+#: correlation) is sqrt(2(2n+5) / (9n(n-1))), 0.13 at 30, 0.64 at 3 (where tau can only be
+#: -1, -1/3, 1/3 or 1)
+MIN_TEST = 30
+
+
+def tau_standard_error(n: int) -> float:
+    """Kendall tau's standard error for ``n`` pairs of uncorrelated values."""
+    return float(np.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))) if n > 1 else float("inf")
+
+
+def small_test_warning(n: int) -> str | None:
+    """One line when ``n`` test checkpoints are too few for the scores to mean much."""
+    if n >= MIN_TEST:
+        return None
+    return (f"warning: {n} test checkpoint{'s' if n != 1 else ''} per seed: Kendall tau's standard error is about "
+            f"{tau_standard_error(n):.2f} (sqrt(2(2n+5)/(9n(n-1)))), so scores below {MIN_TEST} test checkpoints "
+            f"(error {tau_standard_error(MIN_TEST):.2f}) are mostly noise; use a bigger zoo")
+
+
+def _counts(values: list[int]) -> str:
+    return str(values[0]) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
 def format_table(runs: list[list[MethodResult]], skipped: dict[str, str] | None = None, title: str = "") -> str:
     """One row per method: each score as mean ± standard deviation over the seeds' runs
-    (``runs[seed][method]``), and the mean seconds per seed."""
+    (``runs[seed][method]``), the test checkpoints per seed, and the mean seconds per seed;
+    below :data:`MIN_TEST` test checkpoints a warning line says how little the scores mean."""
     targets = runs[0][0].targets
-    head = f"{'method':<10}" + "".join(f"{t + ' tau':>20}{'R2':>14}{'MAE':>16}" for t in targets) + f"{'s/seed':>9}"
+    head = (f"{'method':<10}" + "".join(f"{t + ' tau':>20}{'R2':>14}{'MAE':>16}" for t in targets)
+            + f"{'n test':>8}{'s/seed':>9}")
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for i, first in enumerate(runs[0]):
         per_seed = [seed[i] for seed in runs]
         cells = "".join(f"{_spread([r.scores[t]['tau'] for r in per_seed]):>20}"
                         f"{_spread([r.scores[t]['r2'] for r in per_seed]):>14}"
                         f"{_spread([r.scores[t]['mae'] for r in per_seed]):>16}" for t in targets)
-        lines.append(f"{first.method:<10}{cells}{np.mean([r.seconds for r in per_seed]):>9.1f}")
+        count = _counts([len(r.true) for r in per_seed])
+        lines.append(f"{first.method:<10}{cells}{count:>8}{np.mean([r.seconds for r in per_seed]):>9.1f}")
     for method, why in (skipped or {}).items():
         lines.append(f"{method:<10}  skipped: {why}")
-    return "\n".join(lines)
+    warning = small_test_warning(min(len(r.true) for seed in runs for r in seed))
+    return "\n".join(lines + ([warning] if warning else []))
 
 
-def plot(results: list[MethodResult], path: Path, target: int = 0, title: str = "") -> None:
-    """Predicted against true values of one target, one panel per method (PNG)."""
+def plot(runs: list[list[MethodResult]], path: Path, title: str = "", first_seed: int = 0) -> None:
+    """Predicted against true values (PNG): one row per target, one panel per method, every
+    seed's test checkpoints in its own colour (``runs[seed][method]``), each seed's tau and
+    test count in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.4), squeeze=False)
-    for ax, r in zip(axes[0], results):
-        true, pred = r.true[:, target], r.pred[:, target]
-        ax.scatter(true, pred, s=6, alpha=0.6)
-        low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-        ax.plot([low, high], [low, high], "k--", lw=0.8)
-        ax.set_title(f"{r.method}  tau={r.scores[r.targets[target]]['tau']:.3f}", fontsize=9)
-        ax.set_xlabel(f"true {r.targets[target]}")
-    axes[0][0].set_ylabel("predicted")
+    methods, targets = runs[0], runs[0][0].targets
+    fig, axes = plt.subplots(len(targets), len(methods), figsize=(3.4 * len(methods), 3.3 * len(targets)),
+                             squeeze=False)
+    for row, target in enumerate(targets):
+        for col, first in enumerate(methods):
+            ax, per_seed = axes[row][col], [seed[col] for seed in runs]
+            for s, r in enumerate(per_seed):
+                ax.scatter(r.true[:, row], r.pred[:, row], s=8, alpha=0.6,
+                           label=f"seed {first_seed + s}: tau {r.scores[target]['tau']:.2f}, n {len(r.true)}")
+            values = np.concatenate([np.concatenate([r.true[:, row], r.pred[:, row]]) for r in per_seed])
+            low, high = float(values.min()), float(values.max())
+            ax.plot([low, high], [low, high], "k--", lw=0.8)
+            ax.set_title(f"{first.method}: tau {_spread([r.scores[target]['tau'] for r in per_seed])}", fontsize=9)
+            ax.set_xlabel(f"true {target}")
+            ax.set_ylabel(f"predicted {target}")
+            ax.legend(fontsize=6, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -117,13 +154,14 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
                        methods: tuple[str, ...] = ("statnn", "mlp", "pna", "gmn"),
                        targets: tuple[str, ...] = ("test_acc", "gap"), test_families: tuple[str, ...] = (),
                        config: TrainConfig | None = None, progress: bool = True, seeds: int = 1,
-                       split: Split | str | Path | None = None) -> str:
+                       split: Split | str | Path | None = None, allow_modules: tuple[str, ...] = ()) -> str:
     """Build (or resume) the zoo, run every method with ``seeds`` seeds (``config.seed``,
     ``config.seed + 1``, ...: each its own split and initialisation), write
     ``property.{txt,json,png}`` to ``out`` and return the table (mean ± std over seeds).
     ``zoo`` uses an existing zoo folder instead of building; ``split`` (with ``zoo``: a
     :class:`Split` or a published split file, ``splits/<name>.json``) is every seed's split
-    (the seeds then vary the initialisation only)."""
+    (the seeds then vary the initialisation only). ``allow_modules``: Python ``module:attr``
+    architectures the zoo's catalogue may name (see :class:`~gmn.zoo.Zoo`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:  # before the zoo is built
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
@@ -135,7 +173,7 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
     if zoo is None:
         zoo = out / f"zoo-{preset}-{dataset}"
         build_zoo(zoo, preset, runs, dataset, epochs, workers=workers, backend=backend, progress=progress).close()
-    data = ZooDataset(zoo, targets, progress=progress)
+    data = ZooDataset(zoo, targets, progress=progress, allow_modules=allow_modules)
     fixed = _fixed_split(data, split, test_families)  # read once, checked before any method runs
     title = (f"{len(data)} checkpoints of {len(set(data.run.tolist()))} runs, {len(set(data.family))} families "
              f"({Path(zoo).name}), {seeds} seed{'s' if seeds > 1 else ''} "
@@ -157,11 +195,12 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
     report = {"zoo": str(zoo), "members": len(data), "config": config.__dict__, "seeds": seeds, "skipped": skipped,
               "split": "by run" if fixed is None else str(split) if isinstance(split, (str, Path)) else "given",
               "results": [{"method": r.method, "seed": config.seed + i, "scores": r.scores, "seconds": r.seconds,
+                           "test_checkpoints": len(r.true),
                            "history": r.history, "pred": np.asarray(r.pred).tolist(),
                            "true": np.asarray(r.true).tolist()} for i, results in enumerate(per_seed) for r in results]}
     atomic_write(out / "property.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     try:
-        plot(per_seed[0], out / "property.png", title=title + " (first seed)")
+        plot(per_seed, out / "property.png", title=title, first_seed=config.seed)
     except ImportError:
         table += "\n(no plot: pip install matplotlib)"
     return table

@@ -8,7 +8,10 @@ R^2 and MAE on the test part.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from converters.io import save_atomic
 
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
-from ..probes import batch_features, member_probe_features
+from ..probes import batch_features, member_probe_features, probe_features
 
 METANETWORKS = ("gmn", "pna", "scale_gmn")
 METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *METANETWORKS)  # nfn_*, probe: tasks/*_baseline.py
@@ -50,6 +53,7 @@ class MethodResult:
     targets: tuple[str, ...]
     seconds: float
     history: list[dict] = field(default_factory=list)
+    predictor: Predictor | None = None  #: the trained metanetwork, ready to apply (metanetworks only)
 
     @property
     def scores(self) -> dict[str, dict[str, float]]:
@@ -256,8 +260,8 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
     device = torch.device(config.device)
     mean, std = mean.to(device), std.to(device)
     net = graph_metanetwork(config, kind, dataset.y.size(1)).to(device)
-    features = member_probe_features(dataset, probe_inputs(dataset, config.probes, config.seed)) \
-        if config.probes else None
+    inputs = probe_inputs(dataset, config.probes, config.seed) if config.probes else None
+    features = member_probe_features(dataset, inputs) if inputs is not None else None
     stds = dataset.parameter_std(split.train) if config.normalise else None
 
     def run(module: nn.Module, batch) -> Tensor:
@@ -303,8 +307,12 @@ def fit_metanetwork(dataset: ZooDataset, split: Split, kind: str = "gmn", config
     trainer = _Trainer(kind, net, config, Path(out_dir) if out_dir is not None else None, progress and rank == 0,
                        writes=writes)
     trainer.fit(train_epoch, val_loss)
-    return MethodResult(kind, predict(split.test).numpy(), dataset.y[split.test].numpy(), dataset.target_names,
-                        time.perf_counter() - start, trainer.state["history"])
+    result = MethodResult(kind, predict(split.test).numpy(), dataset.y[split.test].numpy(), dataset.target_names,
+                          time.perf_counter() - start, trainer.state["history"])
+    result.predictor = Predictor(copy.deepcopy(net).cpu(), kind, config, dataset.target_names, mean.cpu(), std.cpu(),
+                                 _architectures(dataset, split, stds), inputs,
+                                 _zoo_record(dataset, split), result.scores)
+    return result
 
 
 def fit_flat_mlp(dataset: ZooDataset, split: Split, config: TrainConfig | None = None,
@@ -339,3 +347,279 @@ def fit_flat_mlp(dataset: ZooDataset, split: Split, config: TrainConfig | None =
         pred = net(x[split.test]) * y_std + y_mean
     return MethodResult("mlp", pred.numpy(), dataset.y[split.test].numpy(), dataset.target_names,
                         time.perf_counter() - start, trainer.state["history"])
+
+
+# --- a trained metanetwork, saved and applied ------------------------------------------------
+
+#: what ``save_predictor`` writes into the safetensors header (``__metadata__["gmn"]``)
+PREDICTOR_FORMAT = "gmn-property-predictor"
+PREDICTOR_VERSION = 1
+#: graph attributes a metanetwork reads (a converted graph carries more: they are left behind)
+_GRAPH_KEYS = ("edge_index", "edge_type", "edge_pos", "edge_value", "node_type", "node_depth", "node_index",
+               "node_act", "num_param_edges", "num_tied_edges", "tied_slot", "param_index")
+
+
+def structure_fingerprint(g) -> str:
+    """A hash of a single graph's structure (nodes, edges, their types, depths, indices,
+    activations and positions, and the parameter shapes), not of its values or parameter
+    names: a checkpoint converted from PyTorch, its ONNX export and its saved graph share it."""
+    digest = hashlib.sha256(b"gmn structure 1")
+    for key in ("node_type", "node_depth", "node_index", "node_act", "edge_index", "edge_type", "edge_pos",
+                "num_param_edges", "num_tied_edges", "tied_slot"):
+        t = getattr(g, key).detach().to(torch.int64).contiguous()
+        digest.update(f"{key}{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes())
+    digest.update(json.dumps([list(shape) for _, shape, _ in g.param_index.params]).encode())
+    return digest.hexdigest()
+
+
+def _tensor_shapes(index) -> dict[str, list[int]]:
+    """A checkpoint's tensors by name and shape (parameters, tied names, buffers), as the
+    architecture's state_dict holds them."""
+    shapes = {name: list(shape) for name, shape, _ in index.params}
+    shapes.update({alias: shapes[name] for alias, name in index.aliases.items() if name in shapes})
+    shapes.update({name: list(b.shape) for name, b in index.buffers.items()})
+    return shapes
+
+
+@dataclass
+class Architecture:
+    """An architecture of the training zoo, as a predictor keeps it: the catalogue's spec and
+    data set (to rebuild it), its structure's fingerprint, its checkpoints' tensor shapes (to
+    recognise a checkpoint without ``--arch``), the zoo families it held, whether any training
+    member had it, and the per-tensor value scales learned from those members (None without
+    value normalisation, or when no training member had it: its values are then read unscaled,
+    as in training)."""
+
+    key: str  #: :func:`gmn.data.architecture_key` of its members
+    spec: dict
+    dataset: str | None
+    fingerprint: str
+    tensors: dict[str, list[int]]
+    families: list[str]
+    trained: bool
+    scales: Tensor | None = None
+
+    def record(self) -> dict:
+        return {"key": self.key, "spec": self.spec, "dataset": self.dataset, "fingerprint": self.fingerprint,
+                "tensors": self.tensors, "families": self.families, "trained": self.trained}
+
+
+def _architectures(dataset: ZooDataset, split: Split, stds: dict[str, Tensor] | None) -> list[Architecture]:
+    """Every architecture of ``dataset``, with one scale per parameter tensor (the training
+    statistics ``standardised_values`` divided by)."""
+    trained = {dataset.arch_keys[i] for i in split.train.tolist()}
+    out = []
+    for key, template in dataset.templates.items():
+        members = [i for i, k in enumerate(dataset.arch_keys) if k == key]
+        first = dataset.members[members[0]]
+        scales = None
+        if stds is not None and key in stds and key in trained:
+            scales = torch.tensor([float(stds[key][offset]) if math.prod(shape) else 1.0  # an empty tensor: none
+                                   for _, shape, offset in template.param_index.params])
+        out.append(Architecture(key, first["arch"], first.get("dataset"), structure_fingerprint(template),
+                                _tensor_shapes(template.param_index),
+                                sorted({dataset.family[i] for i in members}), key in trained, scales))
+    return out
+
+
+def _zoo_record(dataset: ZooDataset, split: Split) -> dict:
+    """Which zoo the model learned from: its folder, a hash of its listing and checkpoints, its
+    size and families, and the size of each part of the split."""
+    return {"path": str(dataset.zoo.root.resolve()), "content_sha256": dataset.content_hash,
+            "members": len(dataset), "families": sorted(set(dataset.family)),
+            "split": {part: len(getattr(split, part)) for part in ("train", "val", "test")}}
+
+
+class Predictor:
+    """A trained property metanetwork with everything needed to apply it to new checkpoints:
+    its settings (``config``, ``kind``), the targets and their training mean and standard
+    deviation, the zoo's architectures (value scales, structure), the probe inputs, a record
+    of the zoo and its test scores. Written by :func:`save_predictor` (``gmn train``), read by
+    :func:`load_predictor`, applied by :meth:`predict` (``gmn predict``)."""
+
+    def __init__(self, net: GraphMetanetwork, kind: str, config: TrainConfig, targets: tuple[str, ...], mean: Tensor,
+                 std: Tensor, architectures: list[Architecture], probe_inputs: Tensor | None, zoo: dict,
+                 scores: dict, gmn_version: str | None = None, allow_modules: tuple[str, ...] = ()):
+        from .. import __version__
+
+        self.net, self.kind, self.config, self.targets = net.eval(), kind, config, tuple(targets)
+        self.mean, self.std, self.architectures = mean, std, architectures
+        self.probe_inputs, self.zoo, self.scores = probe_inputs, zoo, scores
+        self.gmn_version = gmn_version or __version__
+        self.allow_modules = tuple(allow_modules)  #: Python architectures it may import to compute probe features
+        self._by_fingerprint = {a.fingerprint: a for a in architectures}
+        self._templates: dict[str, tuple[nn.Module, object]] = {}
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape (without batch) of the inputs its probe features were computed on."""
+        return None if self.probe_inputs is None else tuple(self.probe_inputs.shape[1:])
+
+    def architecture(self, g) -> Architecture | None:
+        """The training zoo's architecture of graph ``g`` (None: one the model never saw)."""
+        return self._by_fingerprint.get(structure_fingerprint(g))
+
+    def match(self, tensors: dict[str, Tensor]) -> list[Architecture]:
+        """The zoo's architectures whose checkpoints hold exactly these tensor names and shapes
+        (a BatchNorm's step counter aside)."""
+        def shapes(d: dict) -> dict:
+            return {k: list(v) for k, v in d.items() if not k.endswith("num_batches_tracked")}
+
+        have = shapes({k: t.shape for k, t in tensors.items()})
+        return [a for a in self.architectures if a.spec.get("family") != "onnx" and shapes(a.tensors) == have]
+
+    def module(self, arch: Architecture) -> tuple[nn.Module, Tensor]:
+        """A fresh module of a zoo architecture and an example input (a Python ``module:attr``
+        only when it is in ``allow_modules``)."""
+        from ..zoo.zoo import architecture
+
+        return architecture(arch.spec, arch.dataset, frozenset(self.allow_modules), "the metanetwork's training zoo")
+
+    def _template(self, arch: Architecture):
+        """The zoo architecture's module and graph (converted once), for probe features."""
+        if arch.fingerprint not in self._templates:
+            import converters
+
+            module, example = self.module(arch)
+            self._templates[arch.fingerprint] = module.eval(), converters.from_torch(module.eval(), example)
+        return self._templates[arch.fingerprint]
+
+    def _features(self, g, arch: Architecture | None, where: str) -> Tensor:
+        """Probe features of ``g``: through its zoo architecture's module, or for an
+        architecture the model never saw through the PyTorch module ``g`` was converted from."""
+        import converters
+
+        values = converters.parameter_values(g).float()
+        if arch is not None and arch.spec.get("family") != "onnx":
+            module, template = self._template(arch)
+        else:
+            module, template = getattr(g, "model", None), g
+            if not isinstance(module, nn.Module) or module.__class__.__name__ == "OnnxModule":
+                raise ValueError(f"{where}: an architecture this metanetwork never saw, and its probe features "
+                                 f"({self.config.probes} inputs of shape {self.input_shape}) need the PyTorch module: "
+                                 f"give the checkpoint with --arch")
+        try:
+            return torch.asinh(probe_features(template, module, self.probe_inputs, values))
+        except Exception as err:  # noqa: BLE001 - a model that cannot take the probe inputs fails in many ways
+            raise ValueError(f"{where}: its model cannot run on the metanetwork's probe inputs of shape "
+                             f"{self.input_shape} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); an "
+                             f"architecture this metanetwork never saw needs the training zoo's inputs") from None
+
+    def _values(self, g, arch: Architecture | None) -> Tensor:
+        """Edge values as in training: parameter edges divided by their tensor's scale."""
+        values = g.edge_value.float()
+        if not self.config.normalise or arch is None or arch.scales is None:
+            return values  # as training reads an architecture no training member had
+        numels = torch.tensor([math.prod(shape) for _, shape, _ in g.param_index.params])
+        scale = arch.scales.repeat_interleave(numels)
+        return values / torch.cat([scale, torch.ones(values.numel() - scale.numel())])
+
+    def unseen(self, g) -> bool:
+        """Whether the model never trained on ``g``'s architecture."""
+        arch = self.architecture(g)
+        return arch is None or not arch.trained
+
+    @torch.no_grad()
+    def predict(self, graphs: list, names: list[str] | None = None, batch_size: int = 64) -> np.ndarray:
+        """``len(graphs) x targets`` predictions for single parameter graphs (any origin:
+        PyTorch, ONNX, saved graphs), in the targets' own units. ``names`` (one per graph)
+        name a graph in errors."""
+        from torch_geometric.data import Batch
+
+        from converters import ParameterGraph
+
+        names = names or [f"graph {i}" for i in range(len(graphs))]
+        rows, out = [], []
+        for g, where in zip(graphs, names):
+            arch = self.architecture(g)
+            clean = ParameterGraph(**{k: getattr(g, k) for k in _GRAPH_KEYS})
+            features = self._features(g, arch, where) if self.config.probes else None
+            rows.append((clean, self._values(g, arch), features))
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            batch = Batch.from_data_list([r[0] for r in part])
+            features = torch.cat([r[2] for r in part]) if self.config.probes else None
+            out.append(self.net(batch, torch.cat([r[1] for r in part]), features).float() * self.std + self.mean)
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.targets)), dtype=np.float32)
+
+
+def save_predictor(predictor: Predictor, path: str | Path) -> None:
+    """Write ``predictor`` to one safetensors file, atomically: the metanetwork's weights, the
+    targets' scaling, the per-tensor value scales and the probe inputs as tensors; its kind,
+    settings, targets, architectures, training zoo, test scores and gmn version as JSON in the
+    header (never pickle)."""
+    from safetensors.torch import save_file
+
+    from converters.io import atomic_write
+
+    p = predictor
+    tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in p.net.state_dict().items()}
+    tensors["target.mean"], tensors["target.std"] = p.mean.contiguous(), p.std.contiguous()
+    if p.probe_inputs is not None:
+        tensors["probe.inputs"] = p.probe_inputs.contiguous()
+    for i, arch in enumerate(p.architectures):
+        if arch.scales is not None:
+            tensors[f"scale.{i}"] = arch.scales.contiguous()
+    config = {k: v for k, v in p.config.__dict__.items() if k not in ("device", "amp")}
+    meta = {"format": PREDICTOR_FORMAT, "format_version": PREDICTOR_VERSION, "gmn_version": p.gmn_version,
+            "kind": p.kind, "config": config, "targets": list(p.targets),
+            "target_scaling": {t: {"mean": float(p.mean[i]), "std": float(p.std[i])} for i, t in enumerate(p.targets)},
+            "architectures": [a.record() for a in p.architectures], "input_shape": p.input_shape,
+            "zoo": p.zoo, "scores": p.scores}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gmn": json.dumps(meta)}))
+
+
+def load_predictor(path: str | Path, allow_modules: tuple[str, ...] = ()) -> Predictor:
+    """A :class:`Predictor` from a file :func:`save_predictor` wrote (or the ``gmn train``
+    folder holding ``model.safetensors``). Anything else (another safetensors file, a
+    pickle, a newer format) is refused in one line naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    where = f"{path}: not a gmn metanetwork"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (gmn train writes model.safetensors in its --out folder)") \
+            from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{where} (not a readable safetensors file: {str(err)[:120]})") from None
+    try:
+        meta = json.loads(header["gmn"])
+        if meta["format"] != PREDICTOR_FORMAT:
+            raise KeyError("format")
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ValueError(f"{where} (its header has no gmn predictor record; gmn train writes one)") from None
+    if meta.get("format_version") != PREDICTOR_VERSION:
+        raise ValueError(f"{path}: a gmn predictor of format {meta.get('format_version')!r}; this gmn reads "
+                         f"format {PREDICTOR_VERSION}")
+    try:
+        return _predictor_from(meta, tensors, allow_modules)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: a malformed gmn predictor ({type(err).__name__}: {str(err)[:160]})") from None
+
+
+def _predictor_from(meta: dict, tensors: dict[str, Tensor], allow_modules: tuple[str, ...]) -> Predictor:
+    if meta["kind"] not in METANETWORKS:
+        raise ValueError(f"unknown metanetwork kind {meta['kind']!r}")
+    config = TrainConfig(**meta["config"])
+    targets = tuple(meta["targets"])
+    net = graph_metanetwork(config, meta["kind"], len(targets))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")})
+    architectures = [Architecture(a["key"], a["spec"], a["dataset"], a["fingerprint"], a["tensors"], a["families"],
+                                  bool(a["trained"]), tensors[f"scale.{i}"] if a["trained"] and config.normalise
+                                  else None)
+                     for i, a in enumerate(meta["architectures"])]
+    mean, std = tensors["target.mean"], tensors["target.std"]
+    if mean.shape != (len(targets),) or std.shape != (len(targets),):
+        raise ValueError(f"target scaling of shape {tuple(mean.shape)} for {len(targets)} targets")
+    inputs = tensors.get("probe.inputs")
+    if (inputs is None) != (config.probes == 0) or inputs is not None and inputs.size(0) != config.probes:
+        raise ValueError(f"{config.probes} probes, probe inputs {None if inputs is None else tuple(inputs.shape)}")
+    return Predictor(net, meta["kind"], config, targets, mean, std, architectures, inputs, meta["zoo"],
+                     meta["scores"], meta["gmn_version"], allow_modules)

@@ -571,10 +571,13 @@ def test_train_checks_the_state_it_reads_back(tmp_path, capsys, monkeypatch):
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(limits, "check_archive", spy)
+    monkeypatch.setattr("gmn.data.zoo_dataset.check_archive", spy)  # the zoo's cache, read by the second run
     loads = _loads(monkeypatch)
     out = tmp_path / "o"
-    assert main(["train", str(folder), "--targets", "test_acc", "--out", str(out), "--train-epochs", "1",
-                 "--hidden", "8", "--layers", "1", "--device", "cpu"]) == 0
+    args = ["train", str(folder), "--targets", "test_acc", "--out", str(out), "--train-epochs", "1", "--hidden", "8",
+            "--layers", "1", "--device", "cpu"]
+    assert main(args) == 0
+    assert main([*args, "--force"]) == 0  # resumes: reads the state the first run left
     capsys.readouterr()
     state = out / "state" / "gmn.pt"
     assert state in loads and state in checked  # every file torch.load reads is checked first
