@@ -158,8 +158,9 @@ def test_the_distribution_has_a_name_of_its_own():
     """``gmn`` on PyPI is another project: the distribution is graph-metanetworks, installs the
     ``gmn`` command and both import packages."""
     import importlib.metadata
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     assert project["name"] == "graph-metanetworks" and project["scripts"] == {"gmn": "gmn.cli:main"}
