@@ -272,8 +272,12 @@ def _merge(args) -> int:
     data = _data(args.data, args.arch)
     graphs = [load_model(m, args.arch, data) for m in args.models]
     batches = _batchnorm_batches(graphs[0], args, data)  # refused before any work when they cannot be recomputed
-    for name, g in zip(args.models, graphs):
-        _score(g, data, f"input {name}")
+    scored = _unrunnable(graphs[0], data) is None
+    if scored:
+        for name, g in zip(args.models, graphs):
+            _score(g, data, f"input {name}")
+    else:
+        print(f"not evaluated on {data.name}: {_unrunnable(graphs[0], data)}")
     if args.method == "average":
         if not args.no_align:
             graphs = [graphs[0]] + [_aligned(args, graphs[0], g, data) for g in graphs[1:]]
@@ -287,7 +291,8 @@ def _merge(args) -> int:
     if args.repair:  # after the BatchNorm statistics: REPAIR measures the model as it will run
         merged = merging.repair(merged, graphs, _inputs(args, data), args.weights)
         print(f"REPAIR corrected {len(merging.repairable(merged, _inputs(args, data)))} neurons")
-    _score(merged, data, "merged model")
+    if scored:
+        _score(merged, data, "merged model")
     write_model(merged, args.output, _provenance(args, args.models[0], merged,
                                                  [*args.models, *([args.base] if args.base else [])]))
     print(f"wrote {args.output}")

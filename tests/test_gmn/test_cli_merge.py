@@ -257,3 +257,67 @@ def test_batchnorm_without_a_runnable_model_is_refused(tmp_path, capsys):
     assert main(["merge", *paths, "-o", str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err
     assert "BatchNorm" in err and "saved graph" in err and not (tmp_path / "m.pt").exists()
+
+
+# --- every format in every command (issue 37) ------------------------------------------------
+
+def _gpt2_folders(tmp_path) -> list:
+    transformers = pytest.importorskip("transformers")
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+        model = transformers.GPT2LMHeadModel(config)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)  # every weight perturbed, LayerNorms included
+        model.save_pretrained(tmp_path / f"gpt{seed}")
+        folders.append(str(tmp_path / f"gpt{seed}"))
+    return folders
+
+
+def test_hugging_face_folders_align_and_merge_into_folders_transformers_loads(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from gmn.checkpoints import load_graph, read_provenance
+    from gmn.weightspace.alignment import align
+    from gmn.weightspace.merging import interpolate
+
+    a, b = _gpt2_folders(tmp_path)
+    x = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(5))
+    assert main(["align", a, b, "-o", str(tmp_path / "aligned")]) == 0
+    assert main(["merge", a, b, "-o", str(tmp_path / "merged")]) == 0
+    assert "not evaluated on digits" in capsys.readouterr().out
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    with torch.no_grad():  # aligned: B's function in A's frame; merged: the in-memory merge, exactly
+        torch.testing.assert_close(load(tmp_path / "aligned").eval()(x).logits, load(b).eval()(x).logits,
+                                   rtol=1e-5, atol=1e-5)
+        ga, gb = load_graph(a), load_graph(b)
+        expected = converters.functional_call(interpolate([ga, align(ga, gb)]), None, x).logits
+        torch.testing.assert_close(load(tmp_path / "merged").eval()(x).logits, expected, rtol=0, atol=1e-6)
+    record = read_provenance(tmp_path / "merged")
+    assert record["arch"]["model_type"] == "gpt2" and set(record["sources"]) == {a, b}
+    assert record["command"][:2] == ["gmn", "merge"]
+    assert main(["merge", a, b, "-o", str(tmp_path / "merged")]) == 2  # an output folder is never replaced
+    assert "--force" in capsys.readouterr().err
+
+
+def test_a_folder_output_of_no_hugging_face_model_is_refused(tmp_path, capsys):
+    a, b = _pair(tmp_path)
+    assert main(["merge", a, b, "--arch", json.dumps(ARCH), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no Hugging Face model" in err and not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))  # no half-written folder left behind
+
+
+def test_written_checkpoints_carry_their_provenance(tmp_path):
+    import hashlib
+
+    from gmn.checkpoints import read_provenance
+
+    a, b = _pair(tmp_path)
+    out = tmp_path / "aligned.safetensors"
+    assert main(["align", a, b, "--arch", json.dumps(ARCH), "-o", str(out)]) == 0
+    record = read_provenance(out)
+    assert record["arch"] == ARCH
+    assert record["sources"] == {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (a, b)}
+    assert record["command"] == ["gmn", "align", a, b, "--arch", json.dumps(ARCH), "-o", str(out)]
