@@ -65,6 +65,28 @@ def import_attr(name: str):
         raise ValueError(f"cannot import {name!r} from the current folder or the installed packages: {err}") from None
 
 
+def _is_example(value) -> bool:
+    return isinstance(value, torch.Tensor) or (isinstance(value, tuple) and bool(value)
+                                                and all(isinstance(v, torch.Tensor) for v in value))
+
+
+def module_from(name: str) -> tuple[nn.Module, tuple | None]:
+    """The module ``module:attr`` names and its example inputs (None when it gives none): an
+    ``nn.Module``, or a function returning one or ``(module, example input)``. Anything else
+    (a PEFT factory's ``(base, adapter)``, a config) is refused in one line saying so."""
+    obj = import_attr(name)
+    made = obj if isinstance(obj, nn.Module) or not callable(obj) else obj()
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module) and _is_example(made[1]):
+        return made[0], made[1] if isinstance(made[1], tuple) else (made[1],)
+    if not isinstance(made, nn.Module):
+        got = (f"a tuple of {', '.join(type(v).__name__ for v in made)}" if isinstance(made, tuple)
+               else f"a {type(made).__name__}")
+        raise ValueError(f"{name} gave {got}; a module:attr must be an nn.Module, or a function returning one or "
+                         "(module, example input); for a PEFT model return get_peft_model(...)'s model itself, "
+                         "not (base, adapter)")
+    return made, None
+
+
 def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
                classes: int = 10) -> tuple[nn.Module, tuple | None]:
     """A fresh module of ``spec`` and its default example inputs (None where there is none:
@@ -80,12 +102,7 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
         except TypeError as err:
             raise ValueError(f"built-in {spec['name']!r} does not take these arguments: {err}") from None
     if family == "module":
-        obj = import_attr(spec["name"])
-        model = obj if isinstance(obj, nn.Module) else obj()
-        if isinstance(model, tuple):  # a factory may return (model, example input)
-            model, example = model
-            return model, example if isinstance(example, tuple) else (example,)
-        return model, None
+        return module_from(spec["name"])
     from .zoo.families import build
 
     if input_shape is None:
