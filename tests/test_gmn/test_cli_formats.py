@@ -57,8 +57,8 @@ def test_a_factory_that_returns_base_and_adapter_is_refused_at_import(tmp_path, 
     for i in range(2):
         save_file(base().state_dict(), folder / f"m{i}.safetensors")
     targets = _csv(folder, ["m0.safetensors", "m1.safetensors"])
-    err = _error(capsys, ["zoo", "import", str(folder), "--targets", targets, "--arch", "userpkg_peft.nets:with_adapter",
-                          "--input-shape", "4"])
+    err = _error(capsys, ["zoo", "import", str(folder), "--targets", targets,
+                          "--arch", "userpkg_peft.nets:with_adapter", "--input-shape", "4"])
     assert "a tuple of Sequential, Sequential" in err and "must be an nn.Module" in err and "PEFT" in err
     assert main(["zoo", "import", str(folder), "--targets", targets, "--arch", "userpkg_peft.nets:base",
                  "--input-shape", "4"]) == 0
