@@ -16,7 +16,7 @@ import converters
 from converters import ParameterGraph
 from converters.io import atomic_write
 
-from ..checkpoints import is_hf_model, load_graph, parse_arch, provenance, save_hf_folder
+from ..checkpoints import is_hf_folder, is_hf_model, load_graph, parse_arch, provenance, save_hf_folder
 from . import checks
 from .checks import ARCH_HELP
 
@@ -32,6 +32,9 @@ def model_output(text: str) -> str:
     out = Path(text)
     if out.suffix or out.is_file():
         return checks.output_file(*WRITABLE)(text)
+    if out.is_dir() and not is_hf_folder(out):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a Hugging Face model folder; name a file (ending "
+                                         f"in {' or '.join(WRITABLE)}) or a new folder")
     if not out.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{out.parent}: no such folder for the output {text}")
     return text
