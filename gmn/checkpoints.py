@@ -226,6 +226,14 @@ def _hf_config(folder: Path) -> dict:
     return config
 
 
+def hf_config(folder: Path) -> dict:
+    """A model folder's config.json as data (checked as ``hf_model`` checks it), without the
+    fields that name no architecture (versions, dtype): equal for folders of one architecture."""
+    config = _hf_config(Path(folder))
+    unnamed = ("transformers_version", "torch_dtype", "dtype", "_name_or_path")
+    return {k: v for k, v in config.items() if k not in unnamed}
+
+
 def _short(value, limit: int = 80) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -321,8 +321,8 @@ def _edit(args) -> int:
 
 def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
-    for r in rows[:20]:
-        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    for r in rows[:20]:  # the architecture is in the JSON file: a Hugging Face config is no line
+        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "arch"))
     if has_accuracy:
         key = "test_acc_after" if "test_acc_after" in rows[0] else "test_acc"
         mean = sum(r[key] for r in rows) / len(rows)

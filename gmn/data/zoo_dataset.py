@@ -44,7 +44,11 @@ CACHE_VERSION = 2  #: the cache's layout; a cache of another version is never re
 OWN_ARCHITECTURE = ("onnx", "huggingface")
 
 
-def _arch_key(member: dict) -> str:
+def _arch_key(member: dict, zoo: Zoo) -> str:
+    if member["arch"]["family"] == "huggingface":  # one architecture per config: members of one config share it
+        from ..checkpoints import hf_config
+
+        return json.dumps([{"family": "huggingface", "config": hf_config(zoo.path(member))}, None], sort_keys=True)
     if member["arch"]["family"] in OWN_ARCHITECTURE:
         return f"{member['arch']['family']}:{member['path']}"
     arch = {k: v for k, v in member["arch"].items() if k != "dropout"}  # identity in eval: same graph
@@ -86,7 +90,7 @@ class ZooDataset(Dataset):
         runs = sorted({m["run_id"] for m in self.members})
         self.run = torch.tensor(_positions([m["run_id"] for m in self.members], runs))
         self.family = [m["family"] for m in self.members]
-        self.arch_keys = [_arch_key(m) for m in self.members]
+        self.arch_keys = [_arch_key(m, self.zoo) for m in self.members]
         self._load(cache, progress)
 
     def _target(self, member: dict, name: str) -> float:

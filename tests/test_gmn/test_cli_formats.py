@@ -2,6 +2,7 @@
 (issue 37): ONNX files and model folders against a named architecture, module:attr factories
 that return no module, Hugging Face model folders as zoo members."""
 
+import json
 import warnings
 
 import pytest
@@ -85,3 +86,25 @@ def test_hugging_face_folders_are_zoo_members(tmp_path, capsys):
                                model.state_dict()["transformer.h.0.attn.c_attn.weight"])
     err = _error(capsys, ["zoo", "import", str(tmp_path), "--targets", targets, "--arch", "cnn", "--replace"])
     assert "gpt0 does not fit --arch cnn" in err
+
+
+def test_generate_writes_hugging_face_members_back_as_model_folders(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from gmn.checkpoints import read_provenance
+
+    names = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(vocab_size=32, n_embd=8, n_layer=1, n_head=2, n_positions=8)
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / f"gpt{seed}")
+        names.append(f"gpt{seed}")
+    assert main(["zoo", "import", str(tmp_path), "--targets", _csv(tmp_path, names)]) == 0
+    out = tmp_path / "gen"
+    assert main(["generate", str(tmp_path), "--out", str(out), "--count", "1", "--steps", "2", "--train-epochs", "1",
+                 "--hidden", "8"]) == 0
+    row = json.loads((out / "generated.json").read_text())[0]
+    assert row["file"] == "generated-000" and row["arch"]["config"]["model_type"] == "gpt2"
+    assert row["nearest_training"] in names and row["nearest_distance"] > 0
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(out / "generated-000", output_loading_info=True)
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])  # every weight from us
+    assert read_provenance(out / "generated-000")["arch"] == row["arch"]
