@@ -16,7 +16,7 @@ import converters
 from converters import ParameterGraph
 from converters.io import atomic_write
 
-from ..checkpoints import is_hf_folder, is_hf_model, load_graph, parse_arch, provenance, save_hf_folder
+from ..checkpoints import hf_config, is_hf_folder, load_graph, parse_arch, provenance, save_hf_folder
 from . import checks
 from .checks import ARCH_HELP
 
@@ -119,17 +119,15 @@ def load_model(target: str, arch: str | None, data) -> ParameterGraph:
     return load_graph(target, arch, tuple(data.input_shape), data.classes, example)
 
 
-def _arch_record(target: str, arch: str | None, g: ParameterGraph):
-    """The architecture a written checkpoint records: ``--arch`` as data, an ONNX file's or a
-    Hugging Face config's identity, or None (a saved graph)."""
+def _arch_record(target: str, arch: str | None):
+    """The architecture a written checkpoint records: ``--arch`` as data, an ONNX file's name,
+    a model folder's config, or None (a saved graph)."""
     if arch:
         return parse_arch(arch)
     if Path(target).suffix == ".onnx":
         return {"family": "onnx", "file": Path(target).name}
-    model = getattr(g, "model", None)
-    if is_hf_model(model):
-        return {"family": "huggingface", "model_type": model.config.model_type,
-                "architectures": list(model.config.architectures or [])}
+    if is_hf_folder(Path(target)):  # as a zoo keys its model folders
+        return {"family": "huggingface", "config": hf_config(Path(target))}
     return None
 
 
@@ -235,8 +233,8 @@ def _distance(a: ParameterGraph, b: ParameterGraph) -> float:
     return float((va - vb).norm() / va.norm().clamp_min(1e-12))
 
 
-def _provenance(args, target: str, g: ParameterGraph, sources: list[str]) -> dict[str, str]:
-    return provenance(_arch_record(target, args.arch, g), ["gmn", *args.argv], sources)
+def _provenance(args, target: str, sources: list[str]) -> dict[str, str]:
+    return provenance(_arch_record(target, args.arch), ["gmn", *args.argv], sources)
 
 
 def _align(args) -> int:
@@ -247,7 +245,7 @@ def _align(args) -> int:
     seconds = time.perf_counter() - start
     print(f"relative distance to A: {_distance(a, b):.4f} before, {_distance(a, aligned):.4f} after "
           f"({args.match} matching, {seconds:.2f} s)")
-    write_model(aligned, args.output, _provenance(args, args.b, b, [args.a, args.b]))
+    write_model(aligned, args.output, _provenance(args, args.b, [args.a, args.b]))
     print(f"wrote {args.output}")
     return 0
 
@@ -296,8 +294,7 @@ def _merge(args) -> int:
         print(f"REPAIR corrected {len(merging.repairable(merged, _inputs(args, data)))} neurons")
     if scored:
         _score(merged, data, "merged model")
-    write_model(merged, args.output, _provenance(args, args.models[0], merged,
-                                                 [*args.models, *([args.base] if args.base else [])]))
+    write_model(merged, args.output, _provenance(args, args.models[0], [*args.models, args.base]))
     print(f"wrote {args.output}")
     return 0
 

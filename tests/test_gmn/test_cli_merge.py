@@ -295,7 +295,7 @@ def test_hugging_face_folders_align_and_merge_into_folders_transformers_loads(tm
         expected = converters.functional_call(interpolate([ga, align(ga, gb)]), None, x).logits
         torch.testing.assert_close(load(tmp_path / "merged").eval()(x).logits, expected, rtol=0, atol=1e-6)
     record = read_provenance(tmp_path / "merged")
-    assert record["arch"]["model_type"] == "gpt2" and set(record["sources"]) == {a, b}
+    assert record["arch"]["config"]["model_type"] == "gpt2" and set(record["sources"]) == {a, b}
     assert record["command"][:2] == ["gmn", "merge"]
     assert main(["merge", a, b, "-o", str(tmp_path / "merged")]) == 2  # an output folder is never replaced
     assert "--force" in capsys.readouterr().err
