@@ -159,7 +159,7 @@ def split_file(text: str) -> str:
             return text  # a name: the zoo's splits/<name>.json, resolved with the zoo
         raise argparse.ArgumentTypeError(f"{text} does not exist (a split file, or the name of one in the zoo's "
                                          f"splits/ folder)")
-    from .zoo.formats.common import read_split
+    from ..zoo.formats.common import read_split
 
     try:
         read_split(path)
