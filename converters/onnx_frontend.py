@@ -306,7 +306,11 @@ def _is_parameter(value: Tensor) -> bool:
 class _Scope(nn.Module):
     """A module path of the model the file was exported from. Running a node inside its
     scopes lets the tracer see the module stack (as for PyTorch models), so module rules
-    such as fused experts apply to ONNX files too."""
+    such as fused experts apply to ONNX files too. It holds the path's tensors, but its
+    output is whichever node ran first in it, not a layer's output: ``is_scope`` tells
+    activation hooks (``gmn.activations``) to leave it alone."""
+
+    is_scope = True
 
     def forward(self, fn):
         return fn()
@@ -377,6 +381,15 @@ class OnnxModule(nn.Module):
         self.output_names = [o.name for o in graph.output]
         self.attrs = [_attributes(n) for n in self.nodes]
         self.scopes = [self._scopes(n) for n in self.nodes]
+        #: state_dict keys of every BatchNormalization's (running mean, running variance): in
+        #: train mode the node updates them in place (``recompute_batchnorm`` reads this)
+        self.batchnorm_statistics = [(self.onnx_names[n.input[3]], self.onnx_names[n.input[4]])
+                                     for n in self.nodes if n.op_type == "BatchNormalization"
+                                     and n.input[3] in self.onnx_names and n.input[4] in self.onnx_names]
+        #: the running statistics' update share in train mode (torch's ``momentum``); None: each
+        #: node's own ``momentum`` attribute
+        self.batchnorm_momentum: float | None = None
+        self.eval()  # a file is a model for inference, as a converted PyTorch model is traced
 
     @staticmethod
     def _constant(node: onnx.NodeProto) -> Tensor:
@@ -474,6 +487,8 @@ class OnnxModule(nn.Module):
             args = [env[i] for i in node.input]
             op = ONNX_OPS[node.op_type]
             extra = {**attrs, "_outputs": len(node.output), "_op": node.op_type, "_opset": self.opset}
+            if node.op_type == "BatchNormalization":
+                extra.update(_training=self.training, _momentum=self.batchnorm_momentum)
             try:
                 with _disable_current_modes():  # sizes are read, not recorded as ops of the model
                     count = allocation(node.op_type, args, extra)
@@ -526,8 +541,9 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     except Exception as err:
         raise ConversionError(f"invalid ONNX model: {type(err).__name__}: {err}") from err
     g.onnx = proto
+    where = "" if isinstance(source, onnx.ModelProto) else f"{source}: "  # one line per file, naming it
     for message in optimizer_signs(proto, g):
-        warnings.warn(message, OptimizedOnnxWarning, stacklevel=2)
+        warnings.warn(where + message, OptimizedOnnxWarning, stacklevel=2)
     return g
 
 
@@ -536,6 +552,9 @@ class OptimizedOnnxWarning(UserWarning):
 
 
 _GENERATED_NAME = re.compile(r"val_\d+")
+#: what the legacy TorchScript exporter (``dynamo=False``) names the tensors it makes: a
+#: convolution with BatchNorm folded in becomes ``onnx::Conv_54``
+_LEGACY_NAME = re.compile(r"onnx::\w+_\d+")
 _EXPORT_ADVICE = "export with torch.onnx.export(..., dynamo=True, optimize=False) for the model's own parameters"
 
 
@@ -561,6 +580,13 @@ def optimizer_signs(proto: onnx.ModelProto, g: ParameterGraph) -> list[str]:
         v = values[offset: offset + math.prod(shape)]
         if v.numel() >= 4 and _mask_like(v):
             masks.append(name)
+    legacy = [name for name, _, _ in g.param_index.params if _LEGACY_NAME.fullmatch(name)]
+    if legacy:
+        signs.append(f"{len(legacy)} parameter(s) have names the legacy exporter (torch.onnx.export(..., "
+                     f"dynamo=False)) made up ({', '.join(legacy[:3])}{', ...' if len(legacy) > 3 else ''}): it folds "
+                     "BatchNorm into the convolutions before it, so their weights are not the trained ones and "
+                     "BatchNorm statistics cannot be recomputed (merge, barrier and align average folded weights); "
+                     f"{_EXPORT_ADVICE}")
     if generated:
         signs.append(f"{len(generated)} parameter(s) have names an ONNX optimizer made up ({', '.join(generated[:3])}"
                      f"{', ...' if len(generated) > 3 else ''}): equal weights may have been merged and transposes "

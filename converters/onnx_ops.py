@@ -112,7 +112,14 @@ def conv_transpose(i, a):
 # --- normalisation ---------------------------------------------------------------
 @onnx_op("BatchNormalization")
 def batch_norm(i, a):
-    return F.batch_norm(i[0], i[3], i[4], i[1], i[2], False, 0.0, a.get("epsilon", 1e-5))
+    """Inference normalises with the running statistics. In train mode (``_training``, the
+    module's mode, as ``nn.BatchNorm`` reads it) the batch's statistics normalise and the
+    running ones are updated in place by ``_momentum`` in torch's sense (the new batch's
+    share); without it, by the node's own ``momentum`` (ONNX's: the share kept, 0.9 by default)."""
+    momentum = a.get("_momentum")
+    if momentum is None:
+        momentum = 1.0 - a.get("momentum", 0.9)
+    return F.batch_norm(i[0], i[3], i[4], i[1], i[2], a.get("_training", False), momentum, a.get("epsilon", 1e-5))
 
 
 @onnx_op("InstanceNormalization")

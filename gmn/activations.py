@@ -75,6 +75,8 @@ def neuron_activations(g: ParameterGraph, values: Tensor | None, inputs: tuple) 
         pname = f"{mname}.weight" if mname else "weight"
         if pname not in names or not isinstance(getattr(module, "weight", None), Tensor):
             continue
+        if getattr(module, "is_scope", False):  # an ONNX module path: its output is no layer's
+            continue
         placed = _output_nodes(g, pname)
         if placed is None:
             continue

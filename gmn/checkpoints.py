@@ -65,6 +65,28 @@ def import_attr(name: str):
         raise ValueError(f"cannot import {name!r} from the current folder or the installed packages: {err}") from None
 
 
+def _is_example(value) -> bool:
+    return isinstance(value, torch.Tensor) or (isinstance(value, tuple) and bool(value)
+                                                and all(isinstance(v, torch.Tensor) for v in value))
+
+
+def module_from(name: str) -> tuple[nn.Module, tuple | None]:
+    """The module ``module:attr`` names and its example inputs (None when it gives none): an
+    ``nn.Module``, or a function returning one or ``(module, example input)``. Anything else
+    (a PEFT factory's ``(base, adapter)``, a config) is refused in one line saying so."""
+    obj = import_attr(name)
+    made = obj if isinstance(obj, nn.Module) or not callable(obj) else obj()
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module) and _is_example(made[1]):
+        return made[0], made[1] if isinstance(made[1], tuple) else (made[1],)
+    if not isinstance(made, nn.Module):
+        got = (f"a tuple of {', '.join(type(v).__name__ for v in made)}" if isinstance(made, tuple)
+               else f"a {type(made).__name__}")
+        raise ValueError(f"{name} gave {got}; a module:attr must be an nn.Module, or a function returning one or "
+                         "(module, example input); for a PEFT model return get_peft_model(...)'s model itself, "
+                         "not (base, adapter)")
+    return made, None
+
+
 def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
                classes: int = 10) -> tuple[nn.Module, tuple | None]:
     """A fresh module of ``spec`` and its default example inputs (None where there is none:
@@ -80,12 +102,7 @@ def build_arch(spec: dict, input_shape: tuple[int, ...] | None = None,
         except TypeError as err:
             raise ValueError(f"built-in {spec['name']!r} does not take these arguments: {err}") from None
     if family == "module":
-        obj = import_attr(spec["name"])
-        model = obj if isinstance(obj, nn.Module) else obj()
-        if isinstance(model, tuple):  # a factory may return (model, example input)
-            model, example = model
-            return model, example if isinstance(example, tuple) else (example,)
-        return model, None
+        return module_from(spec["name"])
     from .zoo.families import build
 
     if input_shape is None:
@@ -207,6 +224,14 @@ def _hf_config(folder: Path) -> dict:
         raise ModelFolderError(f"{folder / 'config.json'} names custom code (auto_map: {_short(config['auto_map'])}); "
                                "gmn never runs code from a model folder")
     return config
+
+
+def hf_config(folder: Path) -> dict:
+    """A model folder's config.json as data (checked as ``hf_model`` checks it), without the
+    fields that name no architecture (versions, dtype): equal for folders of one architecture."""
+    config = _hf_config(Path(folder))
+    unnamed = ("transformers_version", "torch_dtype", "dtype", "_name_or_path")
+    return {k: v for k, v in config.items() if k not in unnamed}
 
 
 def _short(value, limit: int = 80) -> str:
@@ -451,3 +476,139 @@ def _hf_example(model: nn.Module) -> tuple | None:
         side = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         return (torch.randn(1, getattr(config, "num_channels", 3), side, side),)
     return None
+
+
+#: checkpoint suffixes: read without --arch they are no saved graphs, and the refusal says so
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def load_module(target: str | Path, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
+                classes: int = 10) -> tuple[nn.Module, tuple | None]:
+    """The module (weights loaded) that ``target`` names and its default example inputs (None
+    where gmn cannot guess them): a Hugging Face model folder, a checkpoint file with ``arch``,
+    or, when no file has that name, a built-in name, its JSON or ``module:attr`` (fresh
+    weights). ``input_shape`` (no batch) and ``classes`` size zoo families."""
+    path = Path(target)
+    if is_hf_folder(path):
+        return hf_model(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder without config.json: give a file, a Hugging Face model folder, "
+                         f"a built-in name ({', '.join(BUILTIN)}) or module:attr")
+    if path.is_file():
+        if arch is None:
+            raise ValueError(f"{path.name} is a checkpoint: name its architecture with --arch "
+                             f"(built-in: {', '.join(BUILTIN)}; JSON or module:attr)")
+        spec = parse_arch(arch)
+        model, default = build_arch(spec, input_shape, spec.get("classes", classes))
+        load_state(model, path)
+        return model, default
+    text = str(target)
+    if text in BUILTIN or text.lstrip().startswith("{") or ":" in text:
+        spec = parse_arch(text)
+        return build_arch(spec, input_shape, spec.get("classes", classes))
+    raise FileNotFoundError(f"{text!r}: no such file or folder, and no built-in model ({', '.join(BUILTIN)}) or "
+                            "module:attr")
+
+
+def load_graph(target: str | Path, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
+               classes: int = 10, example: tuple | None = None, progress: bool = False):
+    """Any model gmn reads, as a parameter graph: an ONNX file, a saved graph (``gmn convert``'s
+    .pt, no ``arch``), a checkpoint with ``arch``, a Hugging Face model folder, a built-in name
+    (or its JSON) or ``module:attr``. Every command reads models through here. The graph
+    carries its runnable model (``g.model``), except a saved graph's. ``example`` (inputs to
+    trace with) defaults to the model's own; ``input_shape`` has no batch dimension."""
+    import converters
+    from converters import ConversionError
+
+    path = Path(target)
+    if path.suffix == ".onnx":
+        return converters.from_onnx(path, progress=progress)
+    if path.is_file() and arch is None:
+        try:
+            return converters.load_graph(path)
+        except ConversionError as err:
+            if path.suffix in CHECKPOINT_SUFFIXES:
+                raise ConversionError(f"{err}; if {path.name} is a checkpoint, name its architecture with --arch "
+                                      f"(built-in: {', '.join(BUILTIN)}; JSON or module:attr)") from None
+            raise
+    model, default = load_module(target, arch, input_shape, classes)
+    example = example if example is not None and not is_hf_folder(path) else default
+    if example is None:
+        raise ValueError(f"{target}: gmn cannot guess this model's inputs; give --input-shape (e.g. 1,3,32,32)")
+    return converters.from_torch(model.eval(), example, progress=progress)
+
+
+def is_hf_model(model: object) -> bool:
+    """A transformers model (``save_pretrained`` writes it back as a model folder)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+
+
+def save_hf_folder(model: nn.Module, state: dict[str, torch.Tensor], folder: str | Path,
+                   metadata: dict[str, str] | None = None) -> None:
+    """``model``'s config with weights ``state`` as a Hugging Face model folder (config.json and
+    model.safetensors, the ``save_pretrained`` layout, no custom code), written into a fresh
+    folder beside ``folder`` and moved into place: an interrupted write leaves no half folder.
+    ``metadata`` goes into the safetensors header (provenance)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    if not is_hf_model(model):
+        raise ValueError(f"{folder}: an output without a suffix is a Hugging Face model folder, and this model is "
+                         "no Hugging Face model; name a file (.safetensors, .onnx or .pt)")
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        generation = getattr(model, "generation_config", None)
+        if generation is not None and getattr(model, "can_generate", lambda: False)():
+            generation.save_pretrained(tmp)
+        keep = set(model.state_dict())  # transformers' own keys; tied copies are written once
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+        tensors = {k: v.detach().contiguous() for k, v in state.items() if k in keep and k not in tied}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
+        if folder.exists():
+            if not is_hf_folder(folder):  # --force replaces a model folder, never another folder
+                raise ValueError(f"{folder} exists and is no Hugging Face model folder (no config.json): "
+                                 "gmn will not replace it")
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder's files (name and content, sorted: a model folder)."""
+    import hashlib
+
+    digest, path = hashlib.sha256(), Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(arch, command: list[str], sources: list[str | Path] = ()) -> dict[str, str]:
+    """What a written checkpoint carries in its safetensors header: ``gmn.arch`` (the
+    architecture spec as JSON, as ``--arch`` or a zoo catalogue gives it), ``gmn.command`` (the
+    command line, JSON) and ``gmn.sources`` (JSON: each source file's SHA-256 by its path)."""
+    return {"gmn.arch": json.dumps(arch, sort_keys=True), "gmn.command": json.dumps(list(command)),
+            "gmn.sources": json.dumps({str(s): file_sha256(s) for s in sources if s and Path(s).exists()})}
+
+
+def read_provenance(path: str | Path) -> dict:
+    """A checkpoint's provenance (``provenance``), decoded; empty for a file that has none."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    file = path / "model.safetensors" if path.is_dir() else path
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+    return {k.removeprefix("gmn."): json.loads(v) for k, v in meta.items() if k.startswith("gmn.")}

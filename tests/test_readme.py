@@ -118,6 +118,7 @@ def _user_files(root: Path) -> None:
 
     config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
     transformers.GPT2LMHeadModel(config).save_pretrained(root / "my-model")
+    transformers.GPT2LMHeadModel(config).save_pretrained(root / "my-model-2")  # another seed: a pair to merge
 
 
 @pytest.fixture(scope="module")

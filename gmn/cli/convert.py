@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
 import converters
-from converters import ConversionError, ParameterGraph
+from converters import ParameterGraph
 from converters.io import atomic_write
 
-from ..architectures import BUILTIN
-from ..checkpoints import build_arch, hf_model, is_hf_folder, load_state, parse_arch
+from ..checkpoints import load_graph
 from ..summary import summary
 from . import checks
 
@@ -40,43 +38,12 @@ def _shape(text: str | tuple[int, ...]) -> tuple[int, ...]:
         raise ValueError(f"--input-shape {text!r} is not a comma list of integers (e.g. 1,3,32,32)") from None
 
 
-def _module(target: str, arch: str | None, input_shape: str | tuple | None) -> tuple[torch.nn.Module, tuple | None]:
-    """The module (weights loaded) and default example inputs that ``target`` names."""
-    path = Path(target)
-    batchless = _shape(input_shape)[1:] if input_shape else None
-    if is_hf_folder(path):
-        return hf_model(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder without config.json: give a file, a Hugging Face model folder, "
-                         f"a built-in name ({', '.join(BUILTIN)}) or module:attr")
-    if path.is_file():
-        spec = parse_arch(arch)
-        model, default = build_arch(spec, batchless, spec.get("classes", 10))
-        load_state(model, path)
-        return model, default
-    if target in BUILTIN or target.lstrip().startswith("{") or ":" in target:
-        spec = parse_arch(target)
-        return build_arch(spec, batchless, spec.get("classes", 10))
-    raise ValueError(f"{target!r}: no such file or folder, and no built-in model ({', '.join(BUILTIN)}) or "
-                     "module:attr")
-
-
 def load_target(target: str, arch: str | None, input_shape: str | tuple | None, dtype: str) -> ParameterGraph:
-    """A parameter graph from an ONNX file, a saved graph, a checkpoint + ``--arch``, a Hugging
-    Face model folder, a built-in name (or its JSON with arguments) or module:attr."""
-    path = Path(target)
-    if path.suffix == ".onnx":
-        return converters.from_onnx(path, progress=True)
-    if path.is_file() and arch is None:
-        try:
-            return converters.load_graph(path)
-        except ConversionError as err:
-            if path.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
-                raise ConversionError(f"{err}; if {path.name} is a checkpoint, name its architecture with --arch "
-                                      f"(built-in: {', '.join(BUILTIN)}; JSON or module:attr)") from None
-            raise
-    model, default = _module(target, arch, input_shape)
-    return converters.from_torch(model.eval(), _example(input_shape, dtype, default), progress=True)
+    """A parameter graph of anything gmn reads (``gmn.checkpoints.load_graph``), traced with
+    ``--input-shape``/``--input-dtype`` inputs when given."""
+    shape = _shape(input_shape) if input_shape else None
+    example = _example(input_shape, dtype, None) if shape else None
+    return load_graph(target, arch, shape[1:] if shape else None, example=example, progress=True)
 
 
 def add_parsers(sub) -> None:

@@ -13,33 +13,56 @@ from pathlib import Path
 import torch
 
 import converters
-from converters import ConversionError, ParameterGraph
+from converters import ParameterGraph
 from converters.io import atomic_write
 
-from ..checkpoints import build_arch, load_state, parse_arch
+from ..checkpoints import hf_config, is_hf_folder, load_graph, parse_arch, provenance, save_hf_folder
 from . import checks
 from .checks import ARCH_HELP
 
 WRITABLE = (".safetensors", ".onnx", ".pt")
+MODELS = "checkpoints (with --arch), ONNX files, Hugging Face model folders or saved graphs"
+OUTPUTS = (f"{', '.join(WRITABLE)}; a path without a suffix writes a Hugging Face model folder "
+           "(Hugging Face models only)")
+
+
+def model_output(text: str) -> str:
+    """``-o``: a file of a kind gmn writes, or a path without a suffix (a Hugging Face model
+    folder), in a folder that exists."""
+    out = Path(text)
+    if out.suffix or out.is_file():
+        return checks.output_file(*WRITABLE)(text)
+    if out.is_dir() and not is_hf_folder(out):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a Hugging Face model folder; name a file (ending "
+                                         f"in {' or '.join(WRITABLE)}) or a new folder")
+    if not out.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{out.parent}: no such folder for the output {text}")
+    return text
+
+
+def _outputs(output: str, inputs: list) -> tuple[list, list, list]:
+    """The output policy's (files, folders, inputs): a suffix-less output is a folder."""
+    folder = not Path(output).suffix
+    if folder and any(i and Path(i).resolve() == Path(output).resolve() for i in inputs):
+        raise ValueError(f"{output} is one of this command's inputs; write the result elsewhere")
+    return ([], [output], inputs) if folder else ([output], [], inputs)
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("align", help="permute model B's neurons to match model A (same function, A's frame)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("a", help="reference model: checkpoint (with --arch), ONNX file or saved graph")
+    p.add_argument("a", help=f"reference model: {MODELS}")
     p.add_argument("b", help="model to align, of the same architecture")
-    p.add_argument("-o", "--output", required=True, type=checks.output_file(*WRITABLE),
-                   help=f"aligned B ({', '.join(WRITABLE)})")
+    p.add_argument("-o", "--output", required=True, type=model_output, help=f"aligned B ({OUTPUTS})")
     _model_options(p)
     _match_options(p)
     checks.add_force(p)
-    p.set_defaults(handler=_align, outputs=lambda a: ([a.output], [], [a.a, a.b]))
+    p.set_defaults(handler=_align, outputs=lambda a: _outputs(a.output, [a.a, a.b]))
 
     p = sub.add_parser("merge", help="merge models of one architecture into one",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("models", nargs="+", help="two or more models (checkpoints with --arch, ONNX files, saved graphs)")
-    p.add_argument("-o", "--output", required=True, type=checks.output_file(*WRITABLE),
-                   help=f"merged model ({', '.join(WRITABLE)})")
+    p.add_argument("models", nargs="+", help=f"two or more models: {MODELS}")
+    p.add_argument("-o", "--output", required=True, type=model_output, help=f"merged model ({OUTPUTS})")
     p.add_argument("--method", default="average", choices=("average", "task-arithmetic", "ties", "dare"),
                    help="average: align to the first model, then interpolate; the others merge fine-tunes of --base")
     p.add_argument("--base", help="the common base model of fine-tunes (task-arithmetic, ties, dare)")
@@ -56,11 +79,11 @@ def add_parsers(sub) -> None:
     _model_options(p)
     _match_options(p)
     checks.add_force(p)
-    p.set_defaults(handler=_merge, outputs=lambda a: ([a.output], [], [*a.models, a.base]))
+    p.set_defaults(handler=_merge, outputs=lambda a: _outputs(a.output, [*a.models, a.base]))
 
     p = sub.add_parser("barrier", help="loss and accuracy along the interpolation path, before and after alignment",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("a", help="one end of the path: checkpoint (with --arch) or ONNX file")
+    p.add_argument("a", help=f"one end of the path: {MODELS} (not a saved graph: the path is run)")
     p.add_argument("b", help="the other end, of the same architecture")
     p.add_argument("--out", default="gmn-barrier", type=checks.folder,
                    help="folder for barrier.txt, barrier.json and barrier.png")
@@ -88,28 +111,24 @@ def _match_options(p: argparse.ArgumentParser) -> None:
                    help="rounds of coordinate descent and guided search at most")
 
 
-def _architecture(arch: str, data) -> tuple[torch.nn.Module, tuple]:
-    """(module, example inputs) for ``--arch``: zoo families and module:attr get ``--data``'s inputs."""
-    spec = parse_arch(arch)
-    model, example = build_arch(spec, tuple(data.input_shape), data.classes)
-    return model, example if spec["family"] == "builtin" else (data.x_train[:2],)
-
-
 def load_model(target: str, arch: str | None, data) -> ParameterGraph:
-    """A model as a parameter graph: an ONNX file, a saved graph, or a checkpoint with ``arch``."""
-    path = Path(target)
-    if not path.is_file():
-        raise FileNotFoundError(f"{target}: no such file")
-    if path.suffix == ".onnx":
-        return converters.from_onnx(path)
-    if arch is None:
-        try:
-            return converters.load_graph(path)
-        except ConversionError as err:
-            raise ValueError(f"{err}; if {path.name} is a checkpoint, name its architecture with --arch") from None
-    model, example = _architecture(arch, data)
-    load_state(model, path)
-    return converters.from_torch(model.eval(), example)
+    """A model as a parameter graph (``gmn.checkpoints.load_graph``: every format gmn reads);
+    a zoo family or module:attr ``--arch`` is traced on ``--data``'s inputs."""
+    spec = parse_arch(arch) if arch else None
+    example = (data.x_train[:2],) if spec is not None and spec["family"] != "builtin" else None
+    return load_graph(target, arch, tuple(data.input_shape), data.classes, example)
+
+
+def _arch_record(target: str, arch: str | None):
+    """The architecture a written checkpoint records: ``--arch`` as data, an ONNX file's name,
+    a model folder's config, or None (a saved graph)."""
+    if arch:
+        return parse_arch(arch)
+    if Path(target).suffix == ".onnx":
+        return {"family": "onnx", "file": Path(target).name}
+    if is_hf_folder(Path(target)):  # as a zoo keys its model folders
+        return {"family": "huggingface", "config": hf_config(Path(target))}
+    return None
 
 
 def _data(name: str, arch: str | None = None):
@@ -134,21 +153,68 @@ def _data(name: str, arch: str | None = None):
     return data
 
 
-def write_model(g: ParameterGraph, path: str) -> None:
-    """``g`` as a checkpoint (.safetensors), ONNX file (graphs read from ONNX) or saved graph (.pt),
-    written atomically."""
+def write_model(g: ParameterGraph, path: str, metadata: dict[str, str] | None = None) -> None:
+    """``g`` as a checkpoint (.safetensors), ONNX file (graphs read from ONNX), saved graph
+    (.pt) or, for a path without a suffix, a Hugging Face model folder (models read from one),
+    written atomically; checkpoints and ONNX files carry ``metadata`` (provenance)."""
     out = Path(path)
     if out.suffix == ".safetensors":
         from ..zoo.generate import save_checkpoint
 
-        save_checkpoint(converters.to_state_dict(g), out)
+        save_checkpoint(converters.to_state_dict(g), out, metadata)
     elif out.suffix == ".onnx":
         import onnx
 
         proto = converters.to_onnx(g, converters.parameter_values(g))
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **(metadata or {})})
         atomic_write(out, lambda tmp: onnx.save(proto, tmp))
+    elif not out.suffix:
+        save_hf_folder(getattr(g, "model", None), converters.to_state_dict(g), out, metadata)
     else:
         atomic_write(out, lambda tmp: converters.save_graph(g, tmp))
+
+
+def _unrunnable(g: ParameterGraph, data) -> str | None:
+    """Why the graph's model cannot be evaluated on ``--data`` (None when it can)."""
+    if getattr(g, "model", None) is None:
+        return "a saved graph carries no runnable model"
+    try:
+        with torch.no_grad():
+            out = converters.functional_call(g, None, data.x_test[:2])
+    except Exception as err:  # noqa: BLE001 - any model that cannot take the inputs fails in its own way
+        return f"the model does not take {data.name} inputs of shape {tuple(data.input_shape)} ({type(err).__name__})"
+    if not isinstance(out, torch.Tensor) or out.shape != (2, data.classes):
+        return f"the model's output on {data.name} inputs is not ({data.classes},) class scores"
+    return None
+
+
+def _score(g: ParameterGraph, data, what: str) -> float | None:
+    """Print the model's test loss and accuracy on ``--data`` (or why it cannot be scored)."""
+    from ..weightspace import merging
+
+    why = _unrunnable(g, data)
+    if why is not None:
+        print(f"{what}: not evaluated on {data.name} ({why})")
+        return None
+    loss, acc = merging.evaluate(g, data.x_test, data.y_test)
+    print(f"{what} on {data.name} test: loss {loss:.4f}, accuracy {acc:.4f}")
+    return acc
+
+
+def _batchnorm_batches(g: ParameterGraph, args, data) -> list[tuple] | None:
+    """``--data`` batches to recompute the model's BatchNorm statistics on; None without
+    BatchNorm. A model with BatchNorm whose statistics cannot be recomputed (no runnable model,
+    inputs that do not fit) is refused in one line: averaged statistics give a wrong model."""
+    from ..weightspace import merging
+
+    pairs = merging.batchnorm_statistics(g)
+    if not pairs:
+        return None
+    why = _unrunnable(g, data)
+    if why is not None:
+        raise ValueError(f"the models have {len(pairs)} BatchNorm layers, whose statistics must be recomputed on "
+                         f"data after merging, and {why}; give --data the models take, or checkpoints with --arch")
+    return [(x,) for x in data.x_train[: args.samples].split(128)]
 
 
 def _inputs(args, data) -> tuple:
@@ -167,8 +233,8 @@ def _distance(a: ParameterGraph, b: ParameterGraph) -> float:
     return float((va - vb).norm() / va.norm().clamp_min(1e-12))
 
 
-def _has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def _provenance(args, target: str, sources: list[str]) -> dict[str, str]:
+    return provenance(_arch_record(target, args.arch), ["gmn", *args.argv], sources)
 
 
 def _align(args) -> int:
@@ -179,14 +245,12 @@ def _align(args) -> int:
     seconds = time.perf_counter() - start
     print(f"relative distance to A: {_distance(a, b):.4f} before, {_distance(a, aligned):.4f} after "
           f"({args.match} matching, {seconds:.2f} s)")
-    write_model(aligned, args.output)
+    write_model(aligned, args.output, _provenance(args, args.b, [args.a, args.b]))
     print(f"wrote {args.output}")
     return 0
 
 
-def _merge(args) -> int:
-    from ..weightspace import merging
-
+def _check_weights(args) -> None:
     if len(args.models) < 2 and args.method == "average":
         raise ValueError("merge needs two or more models")
     if args.weights is not None:
@@ -196,27 +260,41 @@ def _merge(args) -> int:
             raise ValueError(f"--weights gives {len(args.weights)} weights for {len(args.models)} models")
         if abs(sum(args.weights)) < 1e-12:
             raise ValueError(f"--weights {','.join(map(str, args.weights))} sum to 0: they cannot be normalised")
+
+
+def _merge(args) -> int:
+    from ..weightspace import merging
+
+    _check_weights(args)
+    if args.method != "average" and args.base is None:
+        raise ValueError(f"--method {args.method} merges fine-tunes of one base model: give --base")
+    if args.repair and args.method != "average":
+        raise ValueError("--repair corrects interpolations (--method average), not task-vector merges")
     data = _data(args.data, args.arch)
     graphs = [load_model(m, args.arch, data) for m in args.models]
+    batches = _batchnorm_batches(graphs[0], args, data)  # refused before any work when they cannot be recomputed
+    scored = _unrunnable(graphs[0], data) is None
+    if scored:
+        for name, g in zip(args.models, graphs):
+            _score(g, data, f"input {name}")
+    else:
+        print(f"not evaluated on {data.name}: {_unrunnable(graphs[0], data)}")
     if args.method == "average":
-        weights = args.weights
         if not args.no_align:
             graphs = [graphs[0]] + [_aligned(args, graphs[0], g, data) for g in graphs[1:]]
-        merged = merging.interpolate(graphs, weights)
-        if args.repair:
-            merged = merging.repair(merged, graphs, _inputs(args, data), weights)
+        merged = merging.interpolate(graphs, args.weights)
     else:
-        if args.base is None:
-            raise ValueError(f"--method {args.method} merges fine-tunes of one base model: give --base")
         base = load_model(args.base, args.arch, data)
         merged = merging.task_vector_merge(base, graphs, args.method, args.scale, args.density, args.seed)
-    if isinstance(getattr(merged, "model", None), torch.nn.Module) and _has_batchnorm(merged.model):
-        merged = merging.recompute_batchnorm(merged, [(x,) for x in data.x_train[: args.samples].split(128)])
+    if batches is not None:
+        merged = merging.recompute_batchnorm(merged, batches)
         print(f"recomputed BatchNorm statistics on {min(args.samples, len(data.y_train))} {args.data} inputs")
-    if getattr(merged, "model", None) is not None:
-        loss, acc = merging.evaluate(merged, data.x_test, data.y_test)
-        print(f"merged model on {args.data} test: loss {loss:.4f}, accuracy {acc:.4f}")
-    write_model(merged, args.output)
+    if args.repair:  # after the BatchNorm statistics: REPAIR measures the model as it will run
+        merged = merging.repair(merged, graphs, _inputs(args, data), args.weights)
+        print(f"REPAIR corrected {len(merging.repairable(merged, _inputs(args, data)))} neurons")
+    if scored:
+        _score(merged, data, "merged model")
+    write_model(merged, args.output, _provenance(args, args.models[0], [*args.models, args.base]))
     print(f"wrote {args.output}")
     return 0
 
@@ -226,18 +304,19 @@ def _barrier(args) -> int:
 
     data = _data(args.data, args.arch)
     a, b = load_model(args.a, args.arch, data), load_model(args.b, args.arch, data)
-    if getattr(a, "model", None) is None:
-        raise ValueError("barrier runs the models: give checkpoints with --arch or ONNX files, not saved graphs")
+    why = _unrunnable(a, data)
+    if why is not None:
+        raise ValueError(f"barrier runs the models on --data {args.data}, and {why}")
+    batches = _batchnorm_batches(a, args, data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    batches = [(x,) for x in data.x_train[: args.samples].split(128)] if _has_batchnorm(a.model) else None
     inputs = _inputs(args, data)
     start = time.perf_counter()
     aligned = _aligned(args, a, b, data)
     seconds = time.perf_counter() - start
     curves = {"naive": merging.interpolation_path(a, b, data.x_test, data.y_test, args.points, batches),
               "aligned": merging.interpolation_path(a, aligned, data.x_test, data.y_test, args.points, batches)}
-    if batches is None:
+    if batches is None and len(inputs[0]) > 1 and merging.repairable(a, inputs):
         curves["aligned + REPAIR"] = merging.interpolation_path(a, aligned, data.x_test, data.y_test, args.points,
                                                                 repair_inputs=inputs)
     lines = [f"{args.a} -> {args.b} on {args.data} test ({args.match} matching in {seconds:.2f} s"

@@ -93,7 +93,7 @@ def _zoo_keys(root: str) -> dict[str, str]:
         return {}
     zoo = Zoo(root)
     try:
-        return {m["path"]: architecture_key(m) for m in zoo.members(include_diverged=True)}
+        return {m["path"]: architecture_key(m, zoo) for m in zoo.members(include_diverged=True)}
     finally:
         zoo.catalogue.close()
 

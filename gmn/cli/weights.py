@@ -16,6 +16,8 @@ from torch import Tensor, nn
 import converters
 from converters.io import atomic_write
 
+from ..checkpoints import provenance
+from ..zoo.catalogue import FILENAME
 from ..zoo.generate import save_checkpoint
 from . import checks
 
@@ -76,11 +78,21 @@ def _common(p: argparse.ArgumentParser, train_options) -> None:
     checks.add_force(p)
 
 
-def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example: Tensor, onnx: bool) -> None:
-    """``path``.safetensors (and ``path``.onnx, batch dimension dynamic), each written atomically."""
-    save_checkpoint(state, path.with_suffix(".safetensors"))
+def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example: Tensor, onnx: bool,
+                metadata: dict[str, str] | None = None) -> str:
+    """``path``.safetensors (and ``path``.onnx, batch dimension dynamic), each written atomically
+    with ``metadata`` (provenance) in its header; a Hugging Face model is written back as a
+    model folder ``path`` (config.json + model.safetensors). Returns the written name."""
+    from ..checkpoints import is_hf_model, save_hf_folder
+
+    if is_hf_model(module):
+        if onnx:
+            raise ValueError("--onnx exports the zoo families; a Hugging Face model is written as a model folder")
+        save_hf_folder(module, state, path, metadata)
+        return path.name
+    save_checkpoint(state, path.with_suffix(".safetensors"), metadata)
     if not onnx:
-        return
+        return path.with_suffix(".safetensors").name
     check_onnx_export(onnx)
     import onnx as onnx_lib
 
@@ -88,6 +100,7 @@ def write_model(module: nn.Module, state: dict[str, Tensor], path: Path, example
     program = torch.onnx.export(module.eval(), (example,), dynamo=True, optimize=False, verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))  # any batch size
     atomic_write(path.with_suffix(".onnx"), lambda tmp: onnx_lib.save(program.model_proto, tmp))
+    return path.with_suffix(".safetensors").name
 
 
 def _accuracy(module: nn.Module, template, values: Tensor, data) -> float:
@@ -151,7 +164,8 @@ def _generate(args) -> int:
                          "vit, moe)")
     out = Path(args.out)
     sample = _canonical_samples if args.generator == "canonical" else _gmn_samples
-    module, example, graphs = sample(args, ds, arch or json.loads(common)[0], data, out)
+    arch = arch or json.loads(common)[0]
+    module, example, graphs, trained = sample(args, ds, arch, data, out)
     if args.recompute_batchnorm:
         from ..weightspace.merging import recompute_batchnorm
 
@@ -160,12 +174,33 @@ def _generate(args) -> int:
             g.model = module
         graphs = [recompute_batchnorm(g, batches) for g in graphs]
     report = []
+    record = provenance(arch, ["gmn", *args.argv], [ds.zoo.root / FILENAME])
     for i, g in enumerate(graphs):
-        write_model(module, converters.to_state_dict(g), out / f"generated-{i:03d}", example, args.onnx)
+        name = write_model(module, converters.to_state_dict(g), out / f"generated-{i:03d}", example, args.onnx,
+                           record)
         acc = None if data is None else _accuracy(module, g, converters.parameter_values(g), data)
-        report.append({"file": f"generated-{i:03d}.safetensors", "test_acc": acc})
+        report.append({"file": name, "test_acc": acc, "arch": arch, **_nearest(g, ds, trained)})
     _report(out / "generated.json", report, "generated", data is not None)
     return 0
+
+
+def _nearest(g, ds, members: list[int]) -> dict:
+    """The training checkpoint closest to a sample, after aligning it to the sample (its
+    permutation frame is arbitrary): ``|w - align(w, m)| / |w|``; a sample near one checkpoint
+    is a copy, not a new model. None for an architecture the generator never trained on."""
+    from ..weightspace.alignment import aligned_distance, same_template
+
+    best: tuple[float, str] | None = None
+    for i in members:
+        member = ds.get(i)
+        if not same_template(g, member):
+            continue
+        d = aligned_distance(g, member)
+        if best is None or d < best[0]:
+            best = (d, ds.members[i]["path"])
+    if best is None:
+        return {"nearest_training": None, "nearest_distance": None}
+    return {"nearest_training": best[1], "nearest_distance": best[0]}
 
 
 def _canonical_samples(args, ds, arch: dict, data, out: Path):
@@ -181,7 +216,7 @@ def _canonical_samples(args, ds, arch: dict, data, out: Path):
     gen = fit_canonical_generator([ds.get(i) for i in members], ds.y[members, 0], args.config, out_dir=state)
     module, example = ds.arch_modules()[keys[0]]
     return module, example, gen.sample(args.count, steps=args.steps, target=args.target, guidance=args.guidance,
-                                       seed=args.seed)
+                                       seed=args.seed), members
 
 
 def _gmn_samples(args, ds, arch: dict, data, out: Path):
@@ -203,7 +238,7 @@ def _gmn_samples(args, ds, arch: dict, data, out: Path):
         template = converters.from_torch(module, (example,))
     values = gen.sample(template, args.count, steps=args.steps, target=args.target, guidance=args.guidance,
                         seed=args.seed)
-    return module, example, [converters.with_values(template, v) for v in values]
+    return module, example, [converters.with_values(template, v) for v in values], train.tolist()
 
 
 def _objective(args, ds, member):
@@ -266,9 +301,10 @@ def _edit(args) -> int:
         module, example = modules[ds.arch_keys[i]]
         state = converters.to_state_dict(graph, values)
         name = f"{member['run_id']}-e{member['epoch']}"
-        write_model(module, state, out / "edited" / name, example, args.onnx)
+        record = provenance(member["arch"], ["gmn", *args.argv], [ds.zoo.path(member)])
+        written = write_model(module, state, out / "edited" / name, example, args.onnx, record)
         before = converters.to_state_dict(graph)
-        report.append({"file": f"edited/{name}.safetensors", "source": member["path"],
+        report.append({"file": f"edited/{written}", "source": member["path"], "arch": member["arch"],
                        "objective_before": float(objective([torch.func.functional_call(module, before, (inputs,))],
                                                            torch.tensor([i]))),
                        "objective_after": float(objective([torch.func.functional_call(module, state, (inputs,))],
@@ -285,12 +321,20 @@ def _edit(args) -> int:
 
 def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
-    for r in rows[:20]:
-        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    for r in rows[:20]:  # the architecture is in the JSON file: a Hugging Face config is no line
+        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "arch"))
     if has_accuracy:
         key = "test_acc_after" if "test_acc_after" in rows[0] else "test_acc"
         mean = sum(r[key] for r in rows) / len(rows)
-        print(f"{len(rows)} {what} models, mean test accuracy {mean:.4f}")
+        if "test_acc_before" in rows[0]:  # an edit: what it changed, not only where it ended
+            before = sum(r["test_acc_before"] for r in rows) / len(rows)
+            print(f"{len(rows)} {what} models, mean test accuracy {before:.4f} before, {mean:.4f} after")
+        else:
+            print(f"{len(rows)} {what} models, mean test accuracy {mean:.4f}")
+        near = [r["nearest_distance"] for r in rows if r.get("nearest_distance") is not None]
+        if near:
+            print(f"  relative distance to the nearest training checkpoint (aligned): min {min(near):.4f}, "
+                  f"median {sorted(near)[len(near) // 2]:.4f}")
         for k in (k for k in rows[0] if k.endswith("_before") and k.startswith(("class_", "other_"))):
             before, after = (sum(r[k.replace("_before", w)] for r in rows) / len(rows) for w in ("_before", "_after"))
             print(f"  mean {k.removesuffix('_before')}: {before:.4f} before, {after:.4f} after")

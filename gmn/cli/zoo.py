@@ -35,7 +35,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=_zoo_build)
     p = zoo.add_parser("import", help="catalogue a folder of checkpoints with a CSV of targets, or read a published "
                                       "zoo (--format)")
-    p.add_argument("folder", help="folder of checkpoints (.safetensors, .pt, .onnx); the zoo is catalogued there")
+    p.add_argument("folder", help="folder of checkpoints (.safetensors, .pt, .onnx, Hugging Face model folders); the "
+                                  "zoo is catalogued there")
     p.add_argument("--targets", help="CSV with a path column and target columns (without --format)")
     p.add_argument("--format", choices=("small-cnn-zoo", "siren-inr", "hsg-zoo"),
                    help="a published zoo: Unterthiner's Small CNN Zoo, the DWSNets/NFN SIREN sets, an HSG model zoo "
@@ -44,7 +45,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--split-file", help="with --format: NFN's permutation file (small-cnn-zoo) or DWSNets' "
                                         "mnist_splits.json (siren-inr); the split goes to splits/<name>.json")
     p.add_argument("--steps", help="with --format small-cnn-zoo: comma list of steps to import (default: all)")
-    p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column)")
+    p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column); "
+                                  "ONNX files and model folders, which carry their own, are checked against it")
     p.add_argument("--input-shape", type=checks.shape, help="input shape without batch for module:attr, e.g. 3,32,32")
     p.add_argument("--replace", action="store_true", help="replace runs the zoo already holds")
     p.set_defaults(handler=_zoo_import)

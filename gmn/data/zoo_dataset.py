@@ -35,16 +35,23 @@ from converters import ConversionError, ParameterGraph, ParamIndex
 from converters.io import atomic_write
 from converters.limits import check_archive
 
+from ..checkpoints import file_sha256
 from ..zoo import Zoo
 from ..zoo.catalogue import METRICS
 
 CACHE_VERSION = 2  #: the cache's layout; a cache of another version is never read
+#: member families that carry their own architecture: each file or folder is converted itself
+OWN_ARCHITECTURE = ("onnx", "huggingface")
 
 
-def architecture_key(member: dict) -> str:
+def architecture_key(member: dict, zoo: Zoo) -> str:
     """A catalogue member's architecture as a key: members with one key share one graph."""
-    if member["arch"]["family"] == "onnx":
-        return "onnx:" + member["path"]
+    if member["arch"]["family"] == "huggingface":  # one architecture per config: members of one config share it
+        from ..checkpoints import hf_config
+
+        return json.dumps([{"family": "huggingface", "config": hf_config(zoo.path(member))}, None], sort_keys=True)
+    if member["arch"]["family"] in OWN_ARCHITECTURE:
+        return f"{member['arch']['family']}:{member['path']}"
     arch = {k: v for k, v in member["arch"].items() if k != "dropout"}  # identity in eval: same graph
     return json.dumps([arch, member["dataset"]], sort_keys=True)
 
@@ -84,7 +91,7 @@ class ZooDataset(Dataset):
         runs = sorted({m["run_id"] for m in self.members})
         self.run = torch.tensor(_positions([m["run_id"] for m in self.members], runs))
         self.family = [m["family"] for m in self.members]
-        self.arch_keys = [architecture_key(m) for m in self.members]
+        self.arch_keys = [architecture_key(m, self.zoo) for m in self.members]
         self._load(cache, progress)
 
     def _target(self, member: dict, name: str) -> float:
@@ -113,9 +120,8 @@ class ZooDataset(Dataset):
         for member, key in zip(self.members, self.arch_keys):
             digest.update(json.dumps([member["run_id"], member["epoch"], member["path"], key]).encode())
             path = self.zoo.path(member)
-            try:
-                with open(path, "rb") as f:
-                    digest.update(hashlib.file_digest(f, "sha256").digest())
+            try:  # a file's SHA-256, or a model folder's (its files, by name)
+                digest.update(bytes.fromhex(file_sha256(path)))
             except OSError as err:
                 raise FileNotFoundError(f"checkpoint {member['path']} of {self.zoo.root}: cannot read {path} "
                                         f"({err.strerror or err})") from None
@@ -204,8 +210,10 @@ class ZooDataset(Dataset):
         """The member's parameter values and its checkpoint (read once: buffers come from it too)."""
         path = self.zoo.path(member)  # confined to the zoo folder, like every read
         where = str(path)
-        if member["arch"]["family"] == "onnx":
-            g = converters.from_onnx(path)
+        if member["arch"]["family"] in OWN_ARCHITECTURE:
+            from ..checkpoints import load_graph
+
+            g = load_graph(path)
             self.templates[key] = _detached(g)
             return converters.parameter_values(g), g.param_index.buffers
         if key not in self.templates:

@@ -33,10 +33,12 @@ from .train import train_run
 BACKENDS = ("process", "ray")
 
 
-def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a safetensors checkpoint atomically (a crash leaves the old file or none)."""
+def save_checkpoint(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors checkpoint atomically (a crash leaves the old file or none);
+    ``metadata`` (strings) goes into its header (``gmn.checkpoints.provenance``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp))
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp,
+                                             metadata=metadata))
 
 
 def plan(preset: str, runs: int, dataset: str, epochs: int, checkpoint_epochs: tuple[int, ...],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from ..architectures import BUILTIN
-from ..checkpoints import load_state, load_weights, parse_arch
+from ..checkpoints import hf_model, is_hf_folder, load_graph, load_state, load_weights, module_from, parse_arch
 from . import datasets
 from .catalogue import FILENAME, METRICS, Catalogue
 from .families import build
@@ -57,6 +56,9 @@ class Zoo:
     def model(self, member: dict) -> tuple[nn.Module, torch.Tensor]:
         """A fresh module of the member's architecture (weights not loaded) and an example input."""
         where = f"run {member['run_id']} of {self.root}"
+        if member["arch"].get("family") == "huggingface":  # the folder's config.json is the architecture
+            model, example = hf_model(self.path(member))
+            return model, example[0] if example else None
         try:
             return architecture(member["arch"], member.get("dataset"), self.allow_modules, where)
         except (KeyError, TypeError) as err:  # an edited catalogue's spec lacks or mistypes a field
@@ -77,8 +79,7 @@ def architecture(arch: dict, dataset: str | None, allow_modules=frozenset(), whe
         if name not in allow_modules:
             raise ValueError(f"{where} names the Python architecture {name!r}; a zoo never imports code its catalogue "
                              f"names: allow it explicitly (allow_modules=({name!r},), or --allow-module {name})")
-        module, attr = name.split(":", 1)
-        model = getattr(importlib.import_module(module), attr)()
+        model, _ = module_from(name)
         return model, torch.randn(2, *arch["input_shape"])
     if family in ("small-cnn-zoo", "siren-inr", "hsg-net"):  # gmn.zoo.formats: the published zoos
         from .formats import published_model
@@ -90,6 +91,8 @@ def architecture(arch: dict, dataset: str | None, allow_modules=frozenset(), whe
         return Siren(arch["hidden"], arch["depth"]), coordinates()
     if family == "onnx":
         raise ValueError("ONNX members carry their own architecture: convert the file itself")
+    if family == "huggingface":
+        raise ValueError("Hugging Face members carry their own architecture (config.json): load the folder itself")
     if family is None or family == "builtin":
         raise ValueError(f"{where} has an unknown architecture {arch!r}")
     data = datasets.load(dataset)
@@ -142,7 +145,7 @@ def _fits(path: Path, spec: dict, allow: tuple[str, ...], models: dict, where: s
 
 def import_folder(folder: str | Path, targets: str | Path, arch: str | None = None,
                   input_shape: tuple[int, ...] | None = None, replace: bool = False) -> Zoo:
-    """Catalogue a folder of PyTorch or ONNX checkpoints with a CSV of targets as a zoo.
+    """Catalogue a folder of PyTorch or ONNX checkpoints or model folders with a CSV of targets as a zoo.
 
     The CSV has a ``path`` column (relative to ``folder``), optionally ``run`` (checkpoints
     of one training run share it; splits never separate them), ``epoch``, ``family`` and
@@ -150,8 +153,11 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
     other name; finite numbers or empty). ``arch=`` gives one architecture for all rows: a
     built-in name, or a Python ``module:attr`` (with ``input_shape``) — only ever from the
     caller, never from the CSV, and loading such a zoo later needs ``Zoo(..., allow_modules=...)``.
-    Every checkpoint is opened before anything is written: PyTorch ones are checked against
-    their architecture (names and shapes), ONNX ones parsed and checked. Runs already in the
+    A ``path`` may also be a Hugging Face model folder (config.json + safetensors): like an ONNX
+    file it carries its own architecture. Every member is opened before anything is written:
+    PyTorch checkpoints are checked against their architecture (names and shapes), ONNX files
+    parsed and checked, model folders built offline; an ONNX file or folder for which an
+    architecture is named must have that architecture's parameter shapes. Runs already in the
     zoo are never replaced unless ``replace``. Nothing is written when a row is refused, and
     all runs are catalogued in one transaction (a killed import leaves all or none).
     """
@@ -174,12 +180,17 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
             path = confined(folder, rel)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: no file {path}")
-        spec = _arch_spec(row.get("arch") or None, arch, input_shape, path, where)
-        if spec["family"] == "onnx":
-            _check_onnx(path, where)
+        if not (path.is_file() or is_hf_folder(path)):
+            raise FileNotFoundError(f"{where}: no file or Hugging Face model folder {path}")
+        named = _arch_spec(row.get("arch") or None, arch, input_shape, path, where)
+        spec = _own_arch(path)
+        if spec is not None:  # an ONNX file or model folder: checked against the named architecture too
+            _check_own(path, spec, named, allow, models, where)
+        elif named is None:
+            raise ValueError(f"{where}: {path.name} needs an architecture (an 'arch' column or arch=; built-in: "
+                             f"{', '.join(BUILTIN)})")
         else:  # refuse an unreadable checkpoint, or one of another architecture, now, not at training time
+            spec = named
             _fits(path, spec, allow, models, where)
         run_id = row.get("run") or rel
         try:
@@ -189,7 +200,7 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
         if (run_id, epoch) in seen:
             raise ValueError(f"{where}: run {run_id!r} epoch {epoch} already given in row {seen[run_id, epoch]}")
         seen[run_id, epoch] = i
-        family = row.get("family") or spec.get("name") or "onnx"
+        family = row.get("family") or spec.get("name") or spec["family"]
         run = runs.setdefault(run_id, {"run_id": run_id, "family": family, "arch": spec, "hparams": {},
                                        "status": "imported", "checkpoints": []})
         if run["arch"] != spec:
@@ -213,10 +224,45 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
     return Zoo(folder, allow_modules=allow)
 
 
-def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, where: str) -> dict:
-    """The architecture of one CSV row, as data: ONNX, a built-in name, or the caller's module path."""
+def _own_arch(path: Path) -> dict | None:
+    """The architecture of a member that carries its own (ONNX file, model folder), else None."""
     if path.suffix == ".onnx":
         return {"family": "onnx"}
+    if is_hf_folder(path):
+        return {"family": "huggingface"}
+    return None
+
+
+def _check_own(path: Path, spec: dict, named: dict | None, allow: tuple[str, ...], models: dict, where: str) -> None:
+    """An ONNX file or model folder is read now (parsed, checked, built offline); with an
+    architecture named for it (``--arch`` or an arch column), its parameters' shapes must be
+    that architecture's, as a checkpoint's must (else the mismatch surfaced only at training)."""
+    if spec["family"] == "onnx":
+        _check_onnx(path, where)
+        if named is None:
+            return
+    try:
+        own = load_graph(path)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if named is None:
+        return
+    key = repr(named)
+    if key not in models:
+        models[key], _ = architecture(named, None, frozenset(allow), f"architecture {named}")
+    model = models[key]
+    want = sorted(tuple(t.shape) for t in model.parameters())
+    have = sorted(tuple(shape) for _, shape, _ in own.param_index.params)
+    if want != have:
+        extra = sorted(set(have) - set(want)) or sorted(set(want) - set(have))
+        raise ValueError(f"{where}: {path.name} does not fit --arch {named.get('name', named)}: it has {len(have)} "
+                         f"parameter tensors, the architecture {len(want)}"
+                         + (f" (first shape only one has: {extra[0]})" if extra else " of other shapes"))
+
+
+def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, where: str) -> dict | None:
+    """The architecture named for one CSV row, as data (None when none is): a built-in name,
+    its JSON, or the caller's module path."""
     if row_arch is not None:
         if row_arch in BUILTIN:
             return {"family": "builtin", "name": row_arch}
@@ -233,5 +279,6 @@ def _arch_spec(row_arch: str | None, arch: str | None, input_shape, path: Path, 
         if input_shape is None:
             raise ValueError("a module:attr architecture needs input_shape")
         return {"family": "module", "name": arch, "input_shape": list(input_shape)}
-    raise ValueError(f"{where}: {path.name} needs an architecture (an 'arch' column or arch=; built-in: "
-                     f"{', '.join(BUILTIN)})")
+    if arch:
+        parse_arch(arch)  # an unknown name: refused in parse_arch's words
+    return None

@@ -116,3 +116,46 @@ def test_generate_defaults_depend_on_the_generator(tiny_zoo, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         main(["generate", str(tiny_zoo), "--out", str(tmp_path), "--generator", generator, "--hidden", "8"])
     assert seen["config"].hidden == 8
+
+
+def test_generated_checkpoints_name_their_architecture_and_nearest_training_checkpoint(resnet_zoo, tmp_path, capsys):
+    import converters
+    from gmn.checkpoints import file_sha256, read_provenance
+    from gmn.weightspace.alignment import aligned_distance
+
+    out = tmp_path / "gen"
+    assert main(["generate", str(resnet_zoo), "--out", str(out), "--count", "2", "--steps", "2",
+                 "--train-epochs", "1", "--hidden", "16"]) == 0
+    assert "nearest training checkpoint" in capsys.readouterr().out
+    report = json.loads((out / "generated.json").read_text())
+    zoo = Zoo(resnet_zoo)
+    member = next(m for m in zoo.members() if m["path"] == report[1]["nearest_training"])
+    assert report[1]["arch"] == member["arch"]
+    record = read_provenance(out / "generated-001.safetensors")
+    assert record["arch"] == member["arch"] and record["command"][:2] == ["gmn", "generate"]
+    assert list(record["sources"].values()) == [file_sha256(resnet_zoo / "catalogue.sqlite")]
+    model, example = zoo.model(member)
+    graphs = []
+    for state in (load_file(out / "generated-001.safetensors"), zoo.weights(member)):
+        model.load_state_dict(state)
+        graphs.append(converters.from_torch(model.eval(), (example,)))
+    assert report[1]["nearest_distance"] == pytest.approx(aligned_distance(*graphs), rel=1e-4)
+    others = [m for m in zoo.members() if m["path"] != member["path"]]
+    for m in others:  # nearest: no other training checkpoint is closer
+        model.load_state_dict(zoo.weights(m))
+        other = converters.from_torch(model.eval(), (example,))
+        assert aligned_distance(graphs[0], other) >= report[1]["nearest_distance"] - 1e-6
+
+
+def test_accuracy_edit_prints_the_means_before_and_after(tiny_zoo, tmp_path, capsys):
+    from gmn.checkpoints import read_provenance
+
+    out = tmp_path / "edit"
+    assert main(["edit", str(tiny_zoo), "--out", str(out), *SMALL]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "edited.json").read_text())
+    before = sum(r["test_acc_before"] for r in report) / len(report)
+    after = sum(r["test_acc_after"] for r in report) / len(report)
+    assert f"mean test accuracy {before:.4f} before, {after:.4f} after" in text
+    record = read_provenance(out / report[0]["file"])
+    assert record["arch"] == report[0]["arch"] and list(record["sources"]) == [str(tiny_zoo / report[0]["source"])]
