@@ -1,28 +1,42 @@
-"""converters: PyTorch / ONNX models <-> parameter graphs. Never imports ``gmn``."""
+"""converters: PyTorch / ONNX models <-> parameter graphs. Never imports ``gmn``.
 
-from .graph import ConversionError, ParameterGraph, ParamIndex
-from .io import graph_from_dict, graph_to_dict, load_graph, save_graph
-from .registry import register_module, register_op
-from .torch_frontend import from_torch
-from .vocab import Activation, EdgeType, NodeType
-from .writer import edge_kinds, functional_call, parameter_edge_mask, parameter_values, to_state_dict, with_values
+Names load on first use (PEP 562): the graph type is a PyG ``Data`` and the ONNX frontend needs
+``onnx``, together seconds of imports that a command which only writes a file or prints its help
+should not pay.
+"""
 
-#: the ONNX frontend imports ``onnx`` (about a second); it loads when first used
-_ONNX_NAMES = ("OptimizedOnnxWarning", "from_onnx", "load_onnx", "to_onnx")
+from __future__ import annotations
+
+import importlib
+
+#: each public name and the module that defines it
+_SOURCES = {
+    "ConversionError": "errors",
+    "ParameterGraph": "graph", "ParamIndex": "graph",
+    "graph_from_dict": "io", "graph_to_dict": "io", "load_graph": "io", "save_graph": "io",
+    "register_module": "registry", "register_op": "registry",
+    "from_torch": "torch_frontend",
+    "Activation": "vocab", "EdgeType": "vocab", "NodeType": "vocab",
+    "edge_kinds": "writer", "functional_call": "writer", "parameter_edge_mask": "writer", "parameter_values": "writer",
+    "to_state_dict": "writer", "with_values": "writer",
+    "OptimizedOnnxWarning": "onnx_frontend", "from_onnx": "onnx_frontend", "load_onnx": "onnx_frontend",
+    "to_onnx": "onnx_frontend",
+}
 
 
 def __getattr__(name: str):
-    if name in _ONNX_NAMES:
-        from . import onnx_frontend
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module 'converters' has no attribute {name!r}")
+    if source == "registry":  # the built-in rules first, so that a user's rule for the same op overrides them
+        importlib.import_module(".rules", __name__)
+    value = getattr(importlib.import_module(f".{source}", __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
 
-        return getattr(onnx_frontend, name)
-    raise AttributeError(f"module 'converters' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
 
 
-__all__ = [
-    "Activation", "ConversionError", "EdgeType", "NodeType", "ParamIndex", "ParameterGraph",
-    "edge_kinds", "parameter_edge_mask",
-    "OptimizedOnnxWarning", "from_onnx", "from_torch", "functional_call", "load_graph", "load_onnx", "parameter_values",
-    "register_module", "to_onnx",
-    "register_op", "save_graph", "graph_from_dict", "graph_to_dict", "to_state_dict", "with_values",
-]
+__all__ = sorted(_SOURCES)

@@ -17,11 +17,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from .errors import ConversionError
 from .vocab import Activation, EdgeType, NodeType
-
-
-class ConversionError(ValueError):
-    """A model (or file) cannot be turned into a parameter graph; the message says why."""
 
 
 @dataclass(frozen=True)

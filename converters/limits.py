@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .graph import ConversionError
+from .errors import ConversionError
 
 #: Peak memory of a conversion per byte of tensor data: the tensors, torch's copies, the graph's
 #: edge arrays (index, value, type, position per scalar). Measured: ResNet-50 (103 MB of

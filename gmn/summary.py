@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import networkx as nx
+from typing import TYPE_CHECKING
+
 import torch
 
-from converters import ParameterGraph
 from converters.vocab import Activation, EdgeType, NodeType
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from converters import ParameterGraph
 
 
 def _counts(values: torch.Tensor, enum) -> list[tuple[str, int]]:
@@ -40,6 +45,8 @@ def to_networkx(g: ParameterGraph, max_edges: int = 1_000_000) -> nx.MultiDiGrap
     if g.edge_index.size(1) > max_edges:
         raise ValueError(f"graph has {g.edge_index.size(1)} edges; networkx export is for graphs "
                          f"under {max_edges} (raise max_edges to force)")
+    import networkx as nx
+
     out = nx.MultiDiGraph()
     for i in range(g.num_nodes):
         out.add_node(i, type=int(g.node_type[i]), depth=int(g.node_depth[i]),

@@ -5,6 +5,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# torch_geometric imports torch._dynamo, whose logging handlers bind the sys.stderr of the moment.
+# gmn loads it on first use (not with `import gmn`), which in a test would be capsys's stream,
+# closed by the next test ("--- Logging error ---"); load it while stderr is the real one.
+import torch_geometric  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):

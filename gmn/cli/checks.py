@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..architectures import BUILTIN
-from ..models.metanetwork import POOLS
+from ..choices import POOLS
 
 ARCH_HELP = (f"architecture of a checkpoint: a built-in name ({', '.join(BUILTIN)}), a built-in with arguments as "
              "JSON ('{\"name\": \"resnet18\", \"width\": 16, \"classes\": 10}'), a zoo family as JSON "

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 import converters
-from converters import ParameterGraph
-from converters.io import atomic_write
+from converters.files import atomic_write
 
 from ..checkpoints import load_graph
 from ..summary import summary
 from . import checks
+
+if TYPE_CHECKING:
+    from converters import ParameterGraph
 
 GRAPHML_EDGES = 1_000_000  #: networkx holds every edge as a Python dict: larger graphs take minutes and GiB
 

@@ -9,16 +9,19 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 import converters
-from converters import ParameterGraph
-from converters.io import atomic_write
+from converters.files import atomic_write
 
 from ..checkpoints import hf_config, is_hf_folder, load_graph, parse_arch, provenance, save_hf_folder
 from . import checks
 from .checks import ARCH_HELP
+
+if TYPE_CHECKING:
+    from converters import ParameterGraph
 
 WRITABLE = (".safetensors", ".onnx", ".pt")
 MODELS = "checkpoints (with --arch), ONNX files, Hugging Face model folders or saved graphs"

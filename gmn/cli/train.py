@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from converters.io import atomic_write
+from converters.files import atomic_write
 
+from ..choices import KINDS
 from . import checks
 from .zoo import zoo_options
 
@@ -91,7 +92,7 @@ def add_parsers(sub) -> None:
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a metanetwork on a zoo (--nproc N: N processes, DDP)")
     p.add_argument("zoo", help="zoo folder")
-    p.add_argument("--kind", default="gmn", choices=("gmn", "pna", "scale_gmn"), help="metanetwork layers")
+    p.add_argument("--kind", default="gmn", choices=KINDS, help="metanetwork layers")
     p.add_argument("--out", default="gmn-train", type=checks.folder,
                    help="folder for the model, log and test predictions")
     p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="split and initialisation seed")
@@ -211,7 +212,7 @@ def write_predictions(path: Path, paths: list[str], targets: tuple[str, ...], pr
 
 
 def _bench_parser(sub) -> None:
-    from ..tasks.property import METHODS
+    from ..choices import METHODS
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     p = bench.add_parser("property", help="build a zoo, predict accuracy from weights, print the table")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import converters
-from converters.io import atomic_write
+from converters.files import atomic_write
 
 from ..checkpoints import provenance
 from ..zoo.catalogue import FILENAME

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 import converters
 from converters import ConversionError, ParameterGraph, ParamIndex
-from converters.io import atomic_write
+from converters.files import atomic_write
 from converters.limits import check_archive
 
 from ..checkpoints import file_sha256

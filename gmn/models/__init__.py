@@ -1,5 +1,6 @@
 """Metanetworks: models that read parameter graphs."""
 
-from .metanetwork import KINDS, READOUTS, GraphMetanetwork, node_graphs
+from ..choices import KINDS, READOUTS
+from .metanetwork import GraphMetanetwork, node_graphs
 
 __all__ = ["KINDS", "READOUTS", "GraphMetanetwork", "node_graphs"]

@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..choices import KINDS, POOLS, READOUTS
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
 from ..nn.attention_pool import AttentionPool
 from ..nn.tensor_pool import TensorPool
-
-KINDS = ("gmn", "pna", "scale_gmn")
-READOUTS = ("graph", "node", "edge")
-POOLS = ("mean", "max", "sum", "attn", "tensor")
 
 
 def node_graphs(g) -> Tensor:

@@ -1,8 +1,8 @@
 """Tasks on zoos: property prediction (and applying a trained predictor) and weight editing."""
 
+from ..choices import METHODS
 from .editing import EditResult, WeightEditor, fit_editor
 from .property import (
-    METHODS,
     MethodResult,
     Predictor,
     TrainConfig,

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.io import atomic_write
+from converters.files import atomic_write
 
+from ..choices import METHODS
 from ..data import Split, ZooDataset, split_by_run
 from ..zoo import build_zoo
 from .nfn_baseline import MODES as NFN_METHODS
 from .nfn_baseline import fit_nfn
 from .probe_baseline import fit_probe
-from .property import METHODS, MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
+from .property import MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
 
 
 def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConfig, test_families: tuple[str, ...] = (),

@@ -26,12 +26,10 @@ from tqdm.auto import tqdm
 
 from converters.io import save_atomic
 
+from ..choices import KINDS
 from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
 from ..probes import batch_features, member_probe_features, probe_features
-
-METANETWORKS = ("gmn", "pna", "scale_gmn")
-METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *METANETWORKS)  # nfn_*, probe: tasks/*_baseline.py
 
 
 def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -551,7 +549,7 @@ def save_predictor(predictor: Predictor, path: str | Path) -> None:
     header (never pickle)."""
     from safetensors.torch import save_file
 
-    from converters.io import atomic_write
+    from converters.files import atomic_write
 
     p = predictor
     tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in p.net.state_dict().items()}
@@ -605,7 +603,7 @@ def load_predictor(path: str | Path, allow_modules: tuple[str, ...] = ()) -> Pre
 
 
 def _predictor_from(meta: dict, tensors: dict[str, Tensor], allow_modules: tuple[str, ...]) -> Predictor:
-    if meta["kind"] not in METANETWORKS:
+    if meta["kind"] not in KINDS:
         raise ValueError(f"unknown metanetwork kind {meta['kind']!r}")
     config = TrainConfig(**meta["config"])
     targets = tuple(meta["targets"])

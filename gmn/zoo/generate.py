@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from converters.io import atomic_write
+from converters.files import atomic_write
 
 from . import datasets
 from .catalogue import Catalogue

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import converters
-from converters.io import atomic_write
+from converters.files import atomic_write
 from gmn.architectures import BUILTIN
 from gmn.cli import main
 from gmn.data import ZooDataset, state_values

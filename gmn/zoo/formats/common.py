@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from converters.io import atomic_write
+from converters.files import atomic_write
 
 from ...data.splits import Split
 from ..catalogue import METRICS, Catalogue

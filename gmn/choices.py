@@ -1,0 +1,9 @@
+"""The names a user chooses among (metanetwork kinds, readouts and pools, property-prediction
+methods), in one place that imports nothing: the command line checks its options against them
+before it loads the libraries that implement them."""
+
+KINDS = ("gmn", "pna", "scale_gmn")  #: metanetwork layers (gmn.models.GraphMetanetwork's kind)
+READOUTS = ("graph", "node", "edge")
+POOLS = ("mean", "max", "sum", "attn", "tensor")  #: a graph readout's edge pools, joined by +
+#: gmn bench property's methods: weight statistics, baselines (nfn_*, probe: gmn/tasks/*_baseline.py), metanetworks
+METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *KINDS)
