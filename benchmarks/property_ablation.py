@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.io import atomic_write
+from converters.files import atomic_write
 from gmn.data import ZooDataset, split_by_run
 from gmn.tasks.property import TrainConfig, fit_metanetwork, fit_statnn
 
