@@ -60,6 +60,7 @@ def from_torch(
         buffer_nodes=dict(builder.buffer_nodes),
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
         pins=tuple(builder.pins),
+        constant_buffers=tuple(sorted(ctx.read_buffers & set(buffers))),
     )
     graph = ParameterGraph(num_nodes=data["node_type"].numel(), param_index=index, **data)
     graph.nonfinite = torch.tensor([_count_nonfinite(data["edge_value"][: int(data["num_param_edges"])])])
@@ -273,6 +274,7 @@ def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorIn
     if node.name in to_buffer:
         ctx.buffer_names[node] = to_buffer[node.name]
         ctx.values[node] = ctx.buffer_values.get(to_buffer[node.name])
+        ctx.sources[node] = frozenset((to_buffer[node.name],))
         return nonneuron(shape, None)
     if node.name in constants:
         ctx.values[node] = constants[node.name].clone()
