@@ -571,7 +571,7 @@ def structure(proto: onnx.ModelProto) -> list[tuple[str, object]]:
     refusal): opsets, inputs and outputs, initializers' names, shapes and dtypes, and every node
     (op, inputs, outputs, attributes; a tensor attribute by its shape and dtype)."""
     graph = proto.graph
-    items: list[tuple[str, object]] = [("the opsets", sorted((o.domain, o.version) for o in proto.opset_import))]
+    items: list[tuple[str, object]] = [("the opset list", sorted((o.domain, o.version) for o in proto.opset_import))]
     items += [(f"input {i.name!r}", i.type.SerializeToString(deterministic=True)) for i in graph.input]
     items += [(f"output {o.name!r}", o.type.SerializeToString(deterministic=True)) for o in graph.output]
     items += [(f"initializer {t.name!r}", (tuple(t.dims), t.data_type)) for t in graph.initializer]
