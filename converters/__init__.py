@@ -3,7 +3,7 @@
 from .graph import ConversionError, ParameterGraph, ParamIndex
 from .io import graph_from_dict, graph_to_dict, load_graph, save_graph
 from .registry import register_module, register_op
-from .templates import Signature, TemplateMismatch, Templates, from_state_dict, module_key, signature
+from .templates import Signature, TemplateMismatch, Templates, from_state_dict, module_key, signature, state_values
 from .torch_frontend import from_torch
 from .vocab import Activation, EdgeType, NodeType
 from .writer import edge_kinds, functional_call, parameter_edge_mask, parameter_values, to_state_dict, with_values
@@ -26,5 +26,5 @@ __all__ = [
     "OptimizedOnnxWarning", "from_onnx", "from_torch", "functional_call", "load_graph", "load_onnx", "parameter_values",
     "register_module", "to_onnx",
     "register_op", "save_graph", "Signature", "TemplateMismatch", "Templates", "from_state_dict", "module_key",
-    "signature", "graph_from_dict", "graph_to_dict", "to_state_dict", "with_values",
+    "signature", "state_values", "graph_from_dict", "graph_to_dict", "to_state_dict", "with_values",
 ]

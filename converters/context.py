@@ -32,6 +32,7 @@ class Context:
         #: graph depends on them, so they are structure (``ParamIndex.constant_buffers``)
         self.sources: dict[Node, frozenset[str]] = {}
         self.read_buffers: set[str] = set()
+        self.flat = torch.arange(0)  #: ``arange`` of the largest parameter (``from_torch`` sets it)
         #: code of each selection of positions taken from neurons (``rules.shape.selection_view``)
         self.selections: dict[object, int] = {}
         #: storage of an ONNX file's constants: their recorded values are the file's, not an input's

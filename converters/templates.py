@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,29 +68,44 @@ def check_state_dict(index: ParamIndex, state: Mapping[str, object], where: str 
     """Refuse (:class:`TemplateMismatch`, one line naming the first difference) a state dict
     whose keys, shapes or dtypes differ from the template's, whose tied names hold different
     values, or whose constant buffers (``ParamIndex.constant_buffers``) hold other values."""
-    expected = layout(index)
-    for key, kind, shape, dtype in expected:
-        if key not in state:
-            raise TemplateMismatch(f"{where}: no {kind.split(' ')[0]} {key!r}, which the template's architecture has")
-        t = state[key]
+    for key, kind, shape, dtype in _expected(index):
+        t = state.get(key)
         if not isinstance(t, Tensor):
+            if key not in state:
+                raise TemplateMismatch(f"{where}: no {kind} {key!r}, which the template's architecture has")
             raise TemplateMismatch(f"{where}: {key!r} is a {type(t).__name__}, not a tensor")
-        if tuple(t.shape) != shape:
-            raise TemplateMismatch(f"{where}: {key!r} has shape {tuple(t.shape)}; the template's is {shape}")
-        if _dtype(t) != dtype:
-            raise TemplateMismatch(f"{where}: {key!r} is {_dtype(t)}; the template's is {dtype}")
-    known = set(index.state_keys)
-    extra = next((k for k in state if k not in known), None)
-    if extra is not None:
+        if t.shape != shape:
+            raise TemplateMismatch(f"{where}: {key!r} has shape {tuple(t.shape)}; the template's is {tuple(shape)}")
+        if t.dtype != dtype:
+            raise TemplateMismatch(f"{where}: {key!r} is {_dtype(t)}; the template's is {str(dtype)[6:]}")
+    if len(state) != len(index.state_keys):  # every key of the template is there: the rest are extra
+        known = set(index.state_keys)
+        extra = next(k for k in state if k not in known)
         raise TemplateMismatch(f"{where}: {extra!r} is not in the template's architecture (another architecture?)")
     for key, name in index.aliases.items():
-        if key in known and not _same(state[key], state[name]):
+        if key in state and not _same(state[key], state[name]):
             raise TemplateMismatch(f"{where}: {key!r} and {name!r} hold different values; the template ties them "
                                    "(one parameter)")
     for key in index.constant_buffers:
         if not _same(state[key], index.buffers[key]):
             raise TemplateMismatch(f"{where}: buffer {key!r} holds other values than the template's, and the "
                                    "conversion read them as constants (structure): convert this checkpoint itself")
+
+
+_EXPECTED: dict[int, tuple[ParamIndex, list]] = {}
+
+
+def _expected(index: ParamIndex) -> list[tuple[str, str, torch.Size, torch.dtype]]:
+    """:func:`layout` with torch's own shapes and dtypes (fast to compare), kept per index: one
+    template serves many checkpoints."""
+    held = _EXPECTED.get(id(index))
+    if held is None or held[0] is not index:
+        if len(_EXPECTED) > 64:
+            _EXPECTED.clear()
+        rows = [(k, kind.split(" ")[0], torch.Size(shape), getattr(torch, dtype))
+                for k, kind, shape, dtype in layout(index)]
+        held = _EXPECTED[id(index)] = (index, rows)
+    return held[1]
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -109,26 +125,42 @@ def from_state_dict(template: ParameterGraph, state_dict: Mapping[str, Tensor],
     and shapes cannot show wiring (:class:`Templates` finds the template from the module)."""
     index = template.param_index
     check_state_dict(index, state_dict, where)
-    value = torch.empty_like(template.edge_value)
+    old = template.edge_value
+    value = torch.empty_like(old)
     p, t = int(template.num_param_edges), int(template.num_tied_edges)
-    for name, shape, offset in index.params:
-        n = template_numel(shape)
-        value[offset: offset + n].view(shape).copy_(state_dict[name].detach())
-    torch.index_select(value[:p], 0, template.tied_slot, out=value[p: p + t])
-    value[p + t:] = template.edge_value[p + t:]  # structural edges carry the template's constants
+    with torch.no_grad():  # values are data here; no autograd bookkeeping per tensor
+        _write_parameters(index, state_dict, value[:p])
+        if t:
+            torch.index_select(value[:p], 0, template.tied_slot, out=value[p: p + t])
+        value[p + t:] = old[p + t:]  # structural edges carry the template's constants
+        # copies: a state dict often holds a live module's own buffers, which change in place
+        buffers = {k: state_dict[k].cpu().clone() for k in index.buffers}
     g = copy.copy(template)  # PyG's copy: a new store holding the same tensors
     g.edge_value = value
-    buffers = {k: state_dict[k].detach().cpu().clone() for k in index.buffers}
     g.param_index = dataclasses.replace(index, buffers=buffers)
     g.nonfinite = torch.tensor([_count_nonfinite(value[:p])])
     return g
 
 
-def template_numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+def state_values(template: ParameterGraph, state_dict: Mapping[str, Tensor], where: str = "checkpoint") -> Tensor:
+    """A checkpoint's parameters as one vector in graph order, checked as :func:`from_state_dict`
+    checks it (``parameter_values`` of its graph, without making the graph)."""
+    check_state_dict(template.param_index, state_dict, where)
+    out = torch.empty(int(template.num_param_edges), dtype=template.edge_value.dtype)
+    with torch.no_grad():
+        _write_parameters(template.param_index, state_dict, out)
+    return out
+
+
+def _write_parameters(index: ParamIndex, state_dict: Mapping[str, Tensor], out: Tensor) -> None:
+    """Each parameter straight into its slice of ``out`` (cast to its dtype; no other copy): one
+    ``cat`` when every parameter already has ``out``'s dtype and device."""
+    tensors = [state_dict[name] for name, _, _ in index.params]
+    if all(x.dtype == out.dtype and x.device == out.device for x in tensors):
+        torch.cat([x.reshape(-1) for x in tensors], out=out)
+        return
+    for (_, shape, offset), x in zip(index.params, tensors):
+        out[offset: offset + math.prod(shape)].view(shape).copy_(x)
 
 
 # --- signature: what a template depends on ------------------------------------------------------

@@ -47,6 +47,9 @@ def from_torch(
     buffers = {k: v.detach().cpu().clone() for k, v in state.items() if k not in params and k not in aliases}
     builder = GraphBuilder({k: v.detach().cpu() for k, v in params.items()})
     ctx = Context(builder)
+    # parameters' flat indices are views of one arange of the largest parameter's size, made
+    # for this conversion and freed with it (8 bytes per scalar of that parameter)
+    ctx.flat = torch.arange(max((p.numel() for p in params.values()), default=0))
     # every buffer's value, non-persistent ones too (index tables often are)
     ctx.buffer_values = {**{k: v.detach().cpu() for k, v in model.named_buffers()}, **buffers}
     _walk(ctx, model, program, params, aliases, progress)
@@ -264,7 +267,7 @@ def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorIn
     to_param, to_buffer, constants = program.to_param, program.to_buffer, program.constants
     if node.name in to_param:
         name = aliases.get(to_param[node.name], to_param[node.name])
-        flat = _arange(val.numel()).view(val.shape)
+        flat = ctx.flat[: val.numel()].view(val.shape)
         ctx.whole_flat[name] = flat
         none = nonneuron(tuple(val.shape))
         return TensorInfo(none.ids, none.pos, param=name, flat=flat)
@@ -301,17 +304,6 @@ def _apply(ctx: Context, node: Node):
     if rule is not None:
         return rule(ctx, node)
     return unknown_op(ctx, node, name)
-
-
-_ARANGE = torch.arange(0)
-
-
-def _arange(n: int) -> Tensor:
-    """``arange(n)`` as a view of one shared buffer: parameters' flat indices cost nothing."""
-    global _ARANGE
-    if _ARANGE.numel() < n:
-        _ARANGE = torch.arange(max(n, 2 * _ARANGE.numel()))
-    return _ARANGE[:n]
 
 
 @dataclass

@@ -64,7 +64,7 @@ def test_a_checkpoint_of_the_wrong_shape_is_named(tmp_path, tiny_zoo):
     state = load_file(root / member["path"])
     state["head.weight"] = state["head.weight"][:5]
     save_file(state, root / member["path"])
-    with pytest.raises(converters.ConversionError, match="head.weight has shape"):
+    with pytest.raises(converters.ConversionError, match="'head.weight' has shape"):
         ZooDataset(root, progress=False)
 
 
