@@ -240,10 +240,11 @@ _SKIP = frozenset({"training", "_parameters", "_buffers", "_modules", "_non_pers
                    "_backward_pre_hooks"})
 
 
-def _canonical(value, depth: int = 0):
+def _canonical(value, memo: dict[int, object], depth: int = 0):
     """A hashable description of a module attribute: plain values as themselves, containers
-    item by item, tensors by their bytes, plain objects by their class and attributes, and
-    anything else (functions, classes, objects without attributes) by identity."""
+    item by item, tensors by their bytes, plain objects (a model's config) by their class and
+    attributes, anything else (functions, classes, callables) by identity. ``memo``: objects
+    described in this key already (every module of a Hugging Face model holds one config)."""
     if isinstance(value, _PLAIN):
         return value
     if depth > 6:
@@ -253,14 +254,17 @@ def _canonical(value, depth: int = 0):
         return ("tensor", t.dtype, tuple(t.shape), hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().data
                                                                   if t.numel() else b"").hexdigest())
     if isinstance(value, (list, tuple)):
-        return (type(value), tuple(_canonical(v, depth + 1) for v in value))
+        return (type(value), tuple(_canonical(v, memo, depth + 1) for v in value))
     if isinstance(value, (set, frozenset)):
-        return (type(value), frozenset(_canonical(v, depth + 1) for v in value))
+        return (type(value), frozenset(_canonical(v, memo, depth + 1) for v in value))
     if isinstance(value, Mapping):
-        return (type(value), tuple((_canonical(k, depth + 1), _canonical(v, depth + 1)) for k, v in value.items()))
+        return (type(value), tuple((_canonical(k, memo, depth + 1), _canonical(v, memo, depth + 1))
+                                   for k, v in value.items()))
     if isinstance(value, nn.Module) or isinstance(value, _CODE) or callable(value) or not hasattr(value, "__dict__"):
         return _Same(value)
-    return (type(value), _canonical(vars(value), depth + 1))
+    if id(value) not in memo:
+        memo[id(value)] = (type(value), _canonical(vars(value), memo, depth + 1))
+    return memo[id(value)]
 
 
 def module_key(model: nn.Module, example_inputs: Tensor | tuple, tracer: str = "auto") -> tuple:
@@ -269,15 +273,16 @@ def module_key(model: nn.Module, example_inputs: Tensor | tuple, tracer: str = "
     buffers by value), which parameters are tied, the state dict's layout and the inputs' shapes
     and dtypes. Equal keys give equal graphs up to the persistent buffers a conversion reads as
     constants (checked by :func:`from_state_dict`); a forward that reads global state is not seen."""
+    memo: dict[int, object] = {}
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    inputs = tuple((tuple(a.shape), a.dtype) if isinstance(a, Tensor) else _canonical(a) for a in args)
-    modules = tuple((path, type(m), _canonical({k: v for k, v in vars(m).items() if k not in _SKIP}))
+    inputs = tuple((tuple(a.shape), a.dtype) if isinstance(a, Tensor) else _canonical(a, memo) for a in args)
+    modules = tuple((path, type(m), _canonical({k: v for k, v in vars(m).items() if k not in _SKIP}, memo))
                     for path, m in model.named_modules(remove_duplicate=False))
     first: dict[int, str] = {}
     params = tuple((name, first.setdefault(id(p), name), tuple(p.shape), p.dtype)
                    for name, p in model.named_parameters(remove_duplicate=False))
     state = model.state_dict(keep_vars=True)
-    buffers = tuple((name, tuple(b.shape), b.dtype) if name in state else (name, _canonical(b))
+    buffers = tuple((name, tuple(b.shape), b.dtype) if name in state else (name, _canonical(b, memo))
                     for name, b in model.named_buffers(remove_duplicate=False))
     return (tracer, inputs, modules, params, buffers, tuple(state))
 
