@@ -28,7 +28,6 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from . import limits
 from .graph import ConversionError, ParameterGraph
-from .limits import PEAK_PER_BYTE
 from .onnx_ops import ONNX_OPS, allocation
 from .torch_frontend import from_torch
 from .writer import to_state_dict
@@ -165,12 +164,14 @@ def _check_external_data(proto: onnx.ModelProto, model: Path, base: Path) -> int
 
 
 def _check_memory(proto: onnx.ModelProto, external: int, limit: int, what: str) -> None:
-    """Refuse before allocating what cannot fit: the estimated peak of the conversion, the
-    declared inputs (example inputs are made at those shapes)."""
+    """Refuse before allocating what cannot fit: the measured peak of a conversion
+    (``limits.conversion_bytes``) of the file's tensor scalars, at least the file's own bytes."""
+    scalars = sum(math.prod(t.dims) for t in _tensors(proto))
     data = proto.ByteSize() + external
-    if data * PEAK_PER_BYTE > limit:
-        raise ConversionError(f"{what}: converting {data / 2**30:.2f} GiB of tensors needs about "
-                              f"{data * PEAK_PER_BYTE / 2**30:.1f} GiB; only {limit / 2**30:.1f} GiB of memory is free")
+    need = max(limits.conversion_bytes(scalars), data)
+    if need > limit:
+        raise ConversionError(f"{what}: converting {scalars:,} tensor values ({data / 2**30:.2f} GiB) needs about "
+                              f"{need / 2**30:.1f} GiB; only {limit / 2**30:.1f} GiB of memory is free")
 
 
 def _array(tensor: onnx.TensorProto, base: Path | None) -> Tensor:
@@ -359,7 +360,7 @@ class OnnxModule(nn.Module):
         shapes = {n.output[0]: _fill_shape(n, {**initializers, **constants}) for n in fills}
         for name, shape in shapes.items():
             limits.check_shape(shape, f"{self.source}: ConstantOfShape {name!r}", 4)
-        need = sum(math.prod(v) for v in shapes.values()) * 4 * PEAK_PER_BYTE
+        need = limits.conversion_bytes(sum(math.prod(v) for v in shapes.values()))
         if need > memory_limit():
             raise ConversionError(f"the file's ConstantOfShape fills ({sum(math.prod(v) for v in shapes.values()):,} "
                                   f"elements) need about {need / 2**30:.1f} GiB to convert; only "
