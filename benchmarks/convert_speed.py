@@ -208,7 +208,8 @@ def _memory(name: str, source: str, onnx_path: str | None, queue) -> None:
         weights = sum(4 * math.prod(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
         del proto
     else:
-        weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in model.state_dict().values()}.values())
+        tensors = {t.data_ptr(): t for t in model.state_dict().values()}  # a tied weight once
+        weights = sum(t.numel() * t.element_size() for t in tensors.values())
     before = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # VmHWM from here on is this conversion's peak
         f.write("5")
@@ -292,9 +293,12 @@ def plot(result: dict, path: Path) -> None:
         for key, color in (("gmn_s", "#2e75b6"), ("from_torch_s", "#f4b183"), ("reference_s", "k")):
             ax.plot(ns, [r[key] for r in rows], marker=marker, color=color,
                     label=f"{arch}: {key.removesuffix('_s').replace('gmn', 'gmn template')}")
+        for key, color in (("gmn_cpu_s", "#2e75b6"), ("reference_cpu_s", "k")):
+            ax.plot(ns, [r[key] for r in rows], marker=marker, color=color, ls=":", mfc="none",
+                    label=f"{arch}: {key.removesuffix('_cpu_s')} (CPU time)")
     ax.set(xscale="log", yscale="log", xlabel="checkpoints N", ylabel="total seconds",
            title="N checkpoints of one architecture")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     s = result["single"]
     ax = axes[1]
     bars = {"torch.export": s["export_s"], "from_torch": s["torch_s"], "from_onnx": s["onnx_s"],
@@ -308,6 +312,9 @@ def plot(result: dict, path: Path) -> None:
     ax.bar(labels, [m["graph"] / m["weights"] for m in result["memory"]], color="#bdd7ee", label="graph's arrays")
     ax.bar(labels, [(m["peak"] - m["graph"]) / m["weights"] for m in result["memory"]],
            bottom=[m["graph"] / m["weights"] for m in result["memory"]], color="#2e75b6", label="beyond the graph")
+    from converters.limits import PEAK_PER_BYTE
+
+    ax.axhline(PEAK_PER_BYTE, color="r", ls=":", label="converters.limits estimate")
     ax.set(ylabel="peak bytes per weight byte", title="Peak memory of one conversion")
     ax.legend(fontsize=8)
     fig.tight_layout()

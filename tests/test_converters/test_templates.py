@@ -258,3 +258,17 @@ def test_onnx_constants_are_structure():
     proto = _scaled(2.0)
     converters.from_onnx(proto)  # a caller's proto keeps its data
     assert len(proto.graph.initializer[0].raw_data) == 48
+
+
+def test_a_template_loaded_from_disk_serves_as_well(tmp_path):
+    a, b = _Permuted([1, 0, 2, 3]).eval(), _perturbed(_Permuted([1, 0, 2, 3]).eval())
+    x = torch.randn(2, 4)
+    template = converters.from_torch(a, x)
+    converters.save_graph(template, tmp_path / "t.pt")
+    loaded = converters.load_graph(tmp_path / "t.pt")
+    assert loaded.param_index.constant_buffers == ("order",)
+    assert converters.signature(loaded) == converters.signature(template)
+    assert converters.signature(loaded) != converters.signature(converters.from_torch(_Permuted([3, 2, 1, 0]), x))
+    g = converters.from_state_dict(loaded, b.state_dict())
+    _assert_same_graph(g, converters.from_torch(b, x))
+    assert converters.state_values(loaded, b.state_dict()).equal(converters.parameter_values(g))
