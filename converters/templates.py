@@ -68,20 +68,14 @@ def check_state_dict(index: ParamIndex, state: Mapping[str, object], where: str 
     """Refuse (:class:`TemplateMismatch`, one line naming the first difference) a state dict
     whose keys, shapes or dtypes differ from the template's, whose tied names hold different
     values, or whose constant buffers (``ParamIndex.constant_buffers``) hold other values."""
-    for key, kind, shape, dtype in _expected(index):
-        t = state.get(key)
-        if not isinstance(t, Tensor):
-            if key not in state:
-                raise TemplateMismatch(f"{where}: no {kind} {key!r}, which the template's architecture has")
-            raise TemplateMismatch(f"{where}: {key!r} is a {type(t).__name__}, not a tensor")
-        if t.shape != shape:
-            raise TemplateMismatch(f"{where}: {key!r} has shape {tuple(t.shape)}; the template's is {tuple(shape)}")
-        if t.dtype != dtype:
-            raise TemplateMismatch(f"{where}: {key!r} is {_dtype(t)}; the template's is {str(dtype)[6:]}")
-    if len(state) != len(index.state_keys):  # every key of the template is there: the rest are extra
-        known = set(index.state_keys)
-        extra = next(k for k in state if k not in known)
-        raise TemplateMismatch(f"{where}: {extra!r} is not in the template's architecture (another architecture?)")
+    plan = _plan(index)
+    try:  # the common case in one comparison; any difference is then named below
+        fits = len(state) == len(plan.keys) and [(t.shape, t.dtype) for t in map(state.__getitem__, plan.keys)] \
+            == plan.kinds
+    except (KeyError, AttributeError):
+        fits = False
+    if not fits:
+        _name_difference(plan, state, where)
     for key, name in index.aliases.items():
         if key in state and not _same(state[key], state[name]):
             raise TemplateMismatch(f"{where}: {key!r} and {name!r} hold different values; the template ties them "
@@ -92,20 +86,66 @@ def check_state_dict(index: ParamIndex, state: Mapping[str, object], where: str 
                                    "conversion read them as constants (structure): convert this checkpoint itself")
 
 
-_EXPECTED: dict[int, tuple[ParamIndex, list]] = {}
+def _name_difference(plan: _Plan, state: Mapping[str, object], where: str) -> None:
+    """The first key, in the template's order, that a state dict lacks or holds otherwise; then
+    the first extra key."""
+    for key, kind, (shape, dtype) in zip(plan.keys, plan.names, plan.kinds):
+        t = state.get(key)
+        if not isinstance(t, Tensor):
+            if key not in state:
+                raise TemplateMismatch(f"{where}: no {kind} {key!r}, which the template's architecture has")
+            raise TemplateMismatch(f"{where}: {key!r} is a {type(t).__name__}, not a tensor")
+        if t.shape != shape:
+            raise TemplateMismatch(f"{where}: {key!r} has shape {tuple(t.shape)}; the template's is {tuple(shape)}")
+        if t.dtype != dtype:
+            raise TemplateMismatch(f"{where}: {key!r} is {_dtype(t)}; the template's is {str(dtype)[6:]}")
+    known = set(plan.keys)
+    extra = next(k for k in state if k not in known)
+    raise TemplateMismatch(f"{where}: {extra!r} is not in the template's architecture (another architecture?)")
 
 
-def _expected(index: ParamIndex) -> list[tuple[str, str, torch.Size, torch.dtype]]:
-    """:func:`layout` with torch's own shapes and dtypes (fast to compare), kept per index: one
-    template serves many checkpoints."""
-    held = _EXPECTED.get(id(index))
+@dataclass
+class _Plan:
+    """What reading a checkpoint into one template needs, worked out once per template."""
+
+    keys: tuple[str, ...]  #: state-dict keys in order
+    names: list[str]  #: their kind: parameter, tied, buffer
+    kinds: list[tuple[torch.Size, torch.dtype]]  #: their shapes and dtypes
+    buffers: list[tuple[torch.dtype, list[str], list[int], list[torch.Size]]]  #: by dtype: names, sizes, shapes
+
+
+_PLANS: dict[int, tuple[ParamIndex, _Plan]] = {}
+
+
+def _plan(index: ParamIndex) -> _Plan:
+    """The index's :class:`_Plan`, kept while the index lives (one template, many checkpoints)."""
+    held = _PLANS.get(id(index))
     if held is None or held[0] is not index:
-        if len(_EXPECTED) > 64:
-            _EXPECTED.clear()
-        rows = [(k, kind.split(" ")[0], torch.Size(shape), getattr(torch, dtype))
-                for k, kind, shape, dtype in layout(index)]
-        held = _EXPECTED[id(index)] = (index, rows)
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        rows = layout(index)
+        groups: dict[torch.dtype, tuple[list, list, list]] = {}
+        for name, buffer in index.buffers.items():
+            names, sizes, shapes = groups.setdefault(buffer.dtype, ([], [], []))
+            names.append(name)
+            sizes.append(buffer.numel())
+            shapes.append(buffer.shape)
+        plan = _Plan(tuple(r[0] for r in rows), [r[1].split(" ")[0] for r in rows],
+                     [(torch.Size(r[2]), getattr(torch, r[3])) for r in rows],
+                     [(dtype, *group) for dtype, group in groups.items()])
+        held = _PLANS[id(index)] = (index, plan)
     return held[1]
+
+
+def _copy_buffers(plan: _Plan, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The checkpoint's buffers, copied (a state dict often holds a live module's own buffers,
+    which change in place): one copy per dtype, each buffer a view of it."""
+    out = {}
+    for _, names, sizes, shapes in plan.buffers:
+        flat = torch.cat([state[k].reshape(-1) for k in names]).cpu()
+        for name, part, shape in zip(names, torch.split(flat, sizes), shapes):
+            out[name] = part if part.shape == shape else part.view(shape)
+    return out
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -133,8 +173,7 @@ def from_state_dict(template: ParameterGraph, state_dict: Mapping[str, Tensor],
         if t:
             torch.index_select(value[:p], 0, template.tied_slot, out=value[p: p + t])
         value[p + t:] = old[p + t:]  # structural edges carry the template's constants
-        # copies: a state dict often holds a live module's own buffers, which change in place
-        buffers = {k: state_dict[k].cpu().clone() for k in index.buffers}
+        buffers = _copy_buffers(_plan(index), state_dict)
     g = copy.copy(template)  # PyG's copy: a new store holding the same tensors
     g.edge_value = value
     g.param_index = dataclasses.replace(index, buffers=buffers)

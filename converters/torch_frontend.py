@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, replace
 
@@ -74,7 +75,7 @@ def from_torch(
 def _count_nonfinite(values: Tensor) -> int:
     """NaN/inf weights convert, and are counted. Any NaN or inf makes the sum NaN or inf, so a
     finite sum proves there are none (a float32 overflow only sends us to the exact count)."""
-    if bool(torch.isfinite(values.sum())):
+    if math.isfinite(float(values.sum())):
         return 0
     return int((~torch.isfinite(values)).sum())
 
