@@ -42,6 +42,17 @@ class Context:
         #: later ops make (weight norm's gains to the neurons its weight feeds)
         self.finalisers: list = []
 
+    def release(self) -> None:
+        """Drop what only the walk over the ops needs (every tensor's shadow, constant values, the
+        parameters' flat indices: 8 bytes per scalar of the largest parameter) once it is done,
+        so the graph's arrays are laid out without them. Keeps what the index reads."""
+        self.infos.clear()
+        self.values.clear()
+        self.sources.clear()
+        self.whole_flat.clear()
+        self.finalisers.clear()
+        self.flat = torch.arange(0)
+
     # reading ----------------------------------------------------------------
     def info(self, arg: object) -> TensorInfo | None:
         """Info of an fx argument; ``None`` for Python numbers and other non-tensors."""

@@ -54,6 +54,7 @@ def from_torch(
     # every buffer's value, non-persistent ones too (index tables often are)
     ctx.buffer_values = {**{k: v.detach().cpu() for k, v in model.named_buffers()}, **buffers}
     _walk(ctx, model, program, params, aliases, progress)
+    ctx.release()  # the shadows and flat indices go before the graph's arrays are laid out
     data, layout, sources = builder.finish()
     simplify(data, builder.buffer_nodes, sources)
     index = ParamIndex(
