@@ -22,10 +22,10 @@ from .graph import ConversionError
 #: Peak memory of one conversion per byte of float32 weights, as measured by
 #: ``benchmarks/convert_speed.py`` (part 3, ``benchmarks/results/convert_speed.txt``). The finished
 #: graph's arrays are 26 bytes per edge (index 16, value 4, position 4, type 2): 6.5 per weight byte
-#: where each scalar is one edge (CNNs), 8.5 for GPT-2 small (tied and structural edges). Beyond
-#: them a conversion holds the model's (or the file's) tensors and the parameters' flat indices
-#: (8 bytes per scalar of the largest parameter): 1.3 to 2.6 bytes per weight byte measured. The
-#: largest measured total is 10.8 (GPT-2 small); this leaves a margin above it.
+#: where each scalar is one edge (CNNs), 9.2 for GPT-2 small (tied and structural edges). Beyond
+#: them a conversion held 0.2 (VGG-19 from PyTorch) to 5.2 (ResNet-50 from ONNX, whose eager run at
+#: 224 px keeps every activation) bytes per weight byte: 6.7 to 11.7 in all. This is the largest,
+#: rounded up (VGG-19's 0.54 GiB of weights: 6.4 GiB, which it stays under).
 PEAK_PER_BYTE = 12
 
 #: The most elements one tensor computed from a file's values may have (4 GiB of float32),
