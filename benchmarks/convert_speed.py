@@ -7,13 +7,15 @@ Three parts, printed as one table and drawn as one figure:
    its ``sd_to_net`` builds them): gmn with a template (one ``from_torch``, then
    ``from_state_dict`` per checkpoint) against ``from_torch`` per checkpoint and against the
    reference's ``arch_to_graph(sequential_to_arch(net))`` per checkpoint, all in one process,
-   (``from_torch`` takes most of a second per checkpoint here: it converts the first
-   ``--from-torch-n`` of them and counts the rest at its median),
    checkpoint by checkpoint in turn (so all three see the same machine). Checkpoints are state
    dicts in memory (every weight and statistic moved); the per-checkpoint methods load each into
-   one module first. Times are cumulative: the total for the first N checkpoints.
+   one module first. Times are cumulative (the total for the first N checkpoints), wall clock
+   and CPU time (on a shared machine preemptions inflate short calls' wall time). ``from_torch``
+   takes most of a second per checkpoint: it converts the first ``--from-torch-n`` (100) and
+   the rest are counted at its median. A smaller ResNet than ResNet-50, so that N = 1,000 runs.
 2. **One model**: ResNet-50 (224 px) ``from_torch`` against ``torch.export`` alone (the floor
-   it cannot beat), and ``from_onnx`` of its ONNX export, medians of 3 in one process.
+   it cannot beat), and ``from_onnx`` of its ONNX export (alone, and with a template of the
+   same architecture), medians of 3 in one process.
 3. **Peak memory** of one conversion (ResNet-50, VGG-19, GPT-2 small from PyTorch; VGG-19 and
    ResNet-50 from ONNX), each in a fresh process: the peak resident set over the conversion
    (``VmHWM`` reset before it) above what the process held before it, minus the finished
@@ -21,9 +23,11 @@ Three parts, printed as one table and drawn as one figure:
    allocations (torch's allocator does not report to it): it is printed beside for what it is.
 
     python benchmarks/convert_speed.py --reference ../graph_metanetworks [--max-n 1000]
-        [--out benchmarks/results]
+        [--from-torch-n 100] [--out benchmarks/results] [--replot]
 
-Without ``--reference`` part 1 compares with ``from_torch`` only.
+The reference is run from its own checkout, never copied here: the results in
+``benchmarks/results/`` used cptq/graph_metanetworks at commit 295da2d (``git archive`` into
+``/tmp/gmn_reference``). Part 1 needs it.
 """
 
 from __future__ import annotations
