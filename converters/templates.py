@@ -162,7 +162,9 @@ def from_state_dict(template: ParameterGraph, state_dict: Mapping[str, Tensor],
     structure, shared (no array of it is copied), with the checkpoint's parameter values and
     buffers. Checked first (:func:`check_state_dict`); ``where`` names the checkpoint in
     refusals. The caller vouches that the checkpoint's model is wired as the template's: keys
-    and shapes cannot show wiring (:class:`Templates` finds the template from the module)."""
+    and shapes cannot show wiring (:class:`Templates` finds the template from the module). The
+    graph carries the template's live module, if any (``functional_call`` runs it with the
+    graph's own values and buffers)."""
     index = template.param_index
     check_state_dict(index, state_dict, where)
     old = template.edge_value
@@ -195,7 +197,7 @@ def _write_parameters(index: ParamIndex, state_dict: Mapping[str, Tensor], out: 
     """Each parameter straight into its slice of ``out`` (cast to its dtype; no other copy): one
     ``cat`` when every parameter already has ``out``'s dtype and device."""
     tensors = [state_dict[name] for name, _, _ in index.params]
-    if all(x.dtype == out.dtype and x.device == out.device for x in tensors):
+    if tensors and all(x.dtype == out.dtype and x.device == out.device for x in tensors):
         torch.cat([x.reshape(-1) for x in tensors], out=out)
         return
     for (_, shape, offset), x in zip(index.params, tensors):
