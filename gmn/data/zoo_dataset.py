@@ -118,10 +118,10 @@ class ZooDataset(Dataset):
                 self._read_cache(path, key)
                 return
         self.templates, self.values, self.buffers = {}, [], []
-        self._onnx = converters.Templates()
+        onnx_files = converters.Templates()  # held while converting: the files' modules go after
         for member, arch in tqdm(list(zip(self.members, self.arch_keys)), desc="converting zoo", unit="ckpt",
                                  disable=not progress):
-            values, state = self._convert(member, arch)
+            values, state = self._convert(member, arch, onnx_files)
             buffers = {k: state[k] for k in self.templates[arch].param_index.buffers if k in state}
             _check_finite(values, buffers, f"checkpoint {self.zoo.path(member)}")
             self.values.append(values)
@@ -178,11 +178,11 @@ class ZooDataset(Dataset):
             _check_finite(v, b, f"{where} (member {member['path']})")
         self.values, self.buffers = values, buffers
 
-    def _convert(self, member: dict, key: str) -> tuple[Tensor, dict[str, Tensor]]:
+    def _convert(self, member: dict, key: str, onnx_files: converters.Templates) -> tuple[Tensor, dict[str, Tensor]]:
         """The member's parameter values and its checkpoint (read once: buffers come from it too)."""
         path = self.zoo.path(member)  # confined to the zoo folder, like every read
         if member["arch"]["family"] == "onnx":
-            g = self._onnx.from_onnx(path)  # files of one architecture are traced once
+            g = onnx_files.from_onnx(path)  # files of one architecture are traced once
             self.templates[key] = _detached(g)
             return converters.parameter_values(g), g.param_index.buffers
         if key not in self.templates:
