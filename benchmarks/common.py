@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing as mp
+import sys
+import types
 from pathlib import Path
 
 
@@ -16,6 +19,30 @@ def run_in_process(target, *args) -> dict:
     row = queue.get()
     proc.join()
     return row
+
+
+def load_reference(path: str | Path):
+    """The graph construction modules of the GMN paper's code (a checkout of
+    cptq/graph_metanetworks at ``path``): ``(model_arch_graph, net_makers)``. Its package is also
+    called ``gmn`` (a namespace package, without ``__init__``): ours is set aside while theirs
+    imports (their names are bound at import) and put back after."""
+    folder = Path(path) / "gmn"
+    if not (folder / "graph_construct" / "model_arch_graph.py").is_file():
+        raise FileNotFoundError(f"{path} is not a checkout of cptq/graph_metanetworks (no gmn/graph_construct)")
+    ours = {k: v for k, v in sys.modules.items() if k == "gmn" or k.startswith("gmn.")}
+    for k in ours:
+        del sys.modules[k]
+    theirs = types.ModuleType("gmn")
+    theirs.__path__ = [str(folder)]  # found first, whatever else is on sys.path
+    sys.modules["gmn"] = theirs
+    try:
+        graph = importlib.import_module("gmn.graph_construct.model_arch_graph")
+        makers = importlib.import_module("gmn.graph_construct.net_makers")
+    finally:
+        for k in [k for k in sys.modules if k == "gmn" or k.startswith("gmn.")]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+    return graph, makers
 
 
 def metanetwork_options(p: argparse.ArgumentParser, lr: float | None = None) -> None:

@@ -21,17 +21,15 @@ Targets: 224 px within 1.5x of 64 px; 1,024 tokens within 1.5x of 16 tokens; Res
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
-from common import run_in_process
+from common import load_reference, run_in_process
 
 PIXELS = (32, 64, 224, 512)
 TOKENS = (16, 256, 1024)
@@ -131,24 +129,6 @@ def _print_floors(f: dict, ref: dict | None) -> list[str]:
     for line in lines:
         print(line)
     return lines
-
-
-def load_reference(path: str):
-    """The reference's graph construction modules. Its package is also called ``gmn``: ours is
-    set aside while they import (their names are bound at import) and put back after."""
-    ours = {k: v for k, v in sys.modules.items() if k == "gmn" or k.startswith("gmn.")}
-    for k in ours:
-        del sys.modules[k]
-    sys.path.insert(0, str(path))
-    try:
-        graph = importlib.import_module("gmn.graph_construct.model_arch_graph")
-        makers = importlib.import_module("gmn.graph_construct.net_makers")
-    finally:
-        sys.path.remove(str(path))
-        for k in [k for k in sys.modules if k == "gmn" or k.startswith("gmn.")]:
-            del sys.modules[k]
-        sys.modules.update(ours)
-    return graph, makers
 
 
 def _reference(path: str, queue) -> None:

@@ -16,6 +16,8 @@ _SOURCES = {
     "graph_from_dict": "io", "graph_to_dict": "io", "load_graph": "io", "save_graph": "io",
     "register_module": "registry", "register_op": "registry",
     "from_torch": "torch_frontend",
+    "Signature": "templates", "TemplateMismatch": "templates", "Templates": "templates", "from_state_dict": "templates",
+    "module_key": "templates", "signature": "templates", "state_values": "templates",
     "Activation": "vocab", "EdgeType": "vocab", "NodeType": "vocab",
     "edge_kinds": "writer", "functional_call": "writer", "parameter_edge_mask": "writer", "parameter_values": "writer",
     "to_state_dict": "writer", "with_values": "writer",

@@ -28,6 +28,11 @@ class Context:
         self.node: Node | None = None
         self.buffer_values: dict[str, Tensor] = {}
         self.values: dict[Node, Tensor] = {}  #: real values of constant tensors (see ``evaluate``)
+        #: the buffers each value was computed from, and those whose values a rule read: the
+        #: graph depends on them, so they are structure (``ParamIndex.constant_buffers``)
+        self.sources: dict[Node, frozenset[str]] = {}
+        self.read_buffers: set[str] = set()
+        self.flat = torch.arange(0)  #: ``arange`` of the largest parameter (``from_torch`` sets it)
         #: code of each selection of positions taken from neurons (``rules.shape.selection_view``)
         self.selections: dict[object, int] = {}
         #: storage of an ONNX file's constants: their recorded values are the file's, not an input's
@@ -36,6 +41,17 @@ class Context:
         #: run once every op is converted, for rules that tie what they made to the edges
         #: later ops make (weight norm's gains to the neurons its weight feeds)
         self.finalisers: list = []
+
+    def release(self) -> None:
+        """Drop what only the walk over the ops needs (every tensor's shadow, constant values, the
+        parameters' flat indices: 8 bytes per scalar of the largest parameter) once it is done,
+        so the graph's arrays are laid out without them. Keeps what the index reads."""
+        self.infos.clear()
+        self.values.clear()
+        self.sources.clear()
+        self.whole_flat.clear()
+        self.finalisers.clear()
+        self.flat = torch.arange(0)
 
     # reading ----------------------------------------------------------------
     def info(self, arg: object) -> TensorInfo | None:
@@ -68,12 +84,18 @@ class Context:
             return None
         info = self.infos.get(arg)
         # the eager tracer records every value: only a constant's is the same on every input
-        return self.values.get(arg) if isinstance(info, TensorInfo) and info.const else None
+        value = self.values.get(arg) if isinstance(info, TensorInfo) and info.const else None
+        if value is not None:
+            self.read_buffers.update(self.sources.get(arg, ()))
+        return value
 
     def evaluate(self, node: Node, limit: int = 1 << 22) -> None:
         """Run ``node`` on real values when it is constant, in program order, so in-place
         writes into constant tensors happen as in the model. An in-place op that cannot run
         here makes every value computed so far untrustworthy."""
+        sources = frozenset().union(*(self.sources.get(a, frozenset()) for a in node.all_input_nodes))
+        if sources:
+            self.sources[node] = sources
         info = self.infos.get(node)
         val = node.meta.get("val")
         if isinstance(val, Tensor) and not isinstance(val, FakeTensor) and info is not None:

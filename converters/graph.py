@@ -30,6 +30,9 @@ class ParamIndex:
     canonical name. ``buffers`` are kept verbatim; ``buffer_nodes[name] = (dim, nodes)``
     says that slice ``j`` of that buffer along ``dim`` belongs to node ``nodes[j]``, so a
     permutation of those nodes permutes the buffer too (BatchNorm running statistics).
+    ``constant_buffers`` are buffers whose values the conversion read as constants (an index
+    table, a constant factor): their values are structure, so a checkpoint converted through
+    this graph as a template must hold the same values (``converters.from_state_dict``).
     """
 
     params: tuple[tuple[str, tuple[int, ...], int], ...]
@@ -39,6 +42,7 @@ class ParamIndex:
     buffer_nodes: dict[str, tuple[int, Tensor]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)  #: parameters not stored as float32
     pins: tuple[str, ...] = ()  #: why neurons were pinned (see ``converters/soundness.py``)
+    constant_buffers: tuple[str, ...] = ()
 
     @property
     def num_parameters(self) -> int:
@@ -61,6 +65,7 @@ class ParamIndex:
             "buffer_nodes": {k: [d, n] for k, (d, n) in self.buffer_nodes.items()},
             "dtypes": dict(self.dtypes),
             "pins": list(self.pins),
+            "constant_buffers": list(self.constant_buffers),
         }
 
     @classmethod
@@ -73,6 +78,7 @@ class ParamIndex:
             buffer_nodes={k: (int(v[0]), v[1]) for k, v in d["buffer_nodes"].items()},
             dtypes=dict(d.get("dtypes", {})),
             pins=tuple(d.get("pins", ())),
+            constant_buffers=tuple(d.get("constant_buffers", ())),
         )
 
 

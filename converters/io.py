@@ -129,7 +129,7 @@ def _check_index(index, p: int) -> None:
     for key, kind in kinds.items():
         if not isinstance(index.get(key), kind):
             raise ConversionError(f"param_index.{key} is missing or not a {kind.__name__}")
-    for key, kind in (("dtypes", dict), ("pins", list)):
+    for key, kind in (("dtypes", dict), ("pins", list), ("constant_buffers", list)):
         if key in index and not isinstance(index[key], kind):
             raise ConversionError(f"param_index.{key} is not a {kind.__name__}")
     for key, value in index["buffer_nodes"].items():

@@ -19,10 +19,14 @@ from pathlib import Path
 
 from .errors import ConversionError
 
-#: Peak memory of a conversion per byte of tensor data: the tensors, torch's copies, the graph's
-#: edge arrays (index, value, type, position per scalar). Measured: ResNet-50 (103 MB of
-#: weights) peaks at 1.5 GiB from ONNX, about 15x.
-PEAK_PER_BYTE = 16
+#: Peak memory of one conversion per byte of float32 weights, as measured by
+#: ``benchmarks/convert_speed.py`` (part 3, ``benchmarks/results/convert_speed.txt``). The finished
+#: graph's arrays are 26 bytes per edge (index 16, value 4, position 4, type 2): 6.5 per weight byte
+#: where each scalar is one edge (CNNs), 9.2 for GPT-2 small (tied and structural edges). Beyond
+#: them a conversion held 0.2 (VGG-19 from PyTorch) to 5.2 (ResNet-50 from ONNX, whose eager run at
+#: 224 px keeps every activation) bytes per weight byte: 6.7 to 11.7 in all. This is the largest,
+#: rounded up (VGG-19's 0.54 GiB of weights: 6.4 GiB, which it stays under).
+PEAK_PER_BYTE = 12
 
 #: The most elements one tensor computed from a file's values may have (4 GiB of float32),
 #: whatever memory is free.
@@ -101,10 +105,17 @@ class Budget:
         self.left -= need
 
 
-def check_parameters(count: int, what: str, itemsize: int = 4) -> None:
+def conversion_bytes(count: int) -> int:
+    """The peak memory of converting ``count`` weight scalars: whatever their dtype, each becomes
+    an edge with a float32 value, so the estimate is per scalar (:data:`PEAK_PER_BYTE` per float32
+    byte)."""
+    return count * 4 * PEAK_PER_BYTE
+
+
+def check_parameters(count: int, what: str) -> None:
     """A model of ``count`` parameters (from a config or a spec, counted before it is built):
     refused when converting it cannot fit in free memory."""
-    need, free = count * itemsize * PEAK_PER_BYTE, free_memory()
+    need, free = conversion_bytes(count), free_memory()
     if need > free:
         raise ResourceLimitError(f"{what}: {count:,} parameters need about {_gib(need)} to build and convert; "
                                  f"only {_gib(free)} of memory is free")

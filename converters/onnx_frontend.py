@@ -12,6 +12,7 @@ the values the file holds.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import re
@@ -27,7 +28,6 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from . import limits
 from .graph import ConversionError, ParameterGraph
-from .limits import PEAK_PER_BYTE
 from .onnx_ops import ONNX_OPS, allocation
 from .torch_frontend import from_torch
 from .writer import to_state_dict
@@ -164,12 +164,14 @@ def _check_external_data(proto: onnx.ModelProto, model: Path, base: Path) -> int
 
 
 def _check_memory(proto: onnx.ModelProto, external: int, limit: int, what: str) -> None:
-    """Refuse before allocating what cannot fit: the estimated peak of the conversion, the
-    declared inputs (example inputs are made at those shapes)."""
+    """Refuse before allocating what cannot fit: the measured peak of a conversion
+    (``limits.conversion_bytes``) of the file's tensor scalars, at least the file's own bytes."""
+    scalars = sum(math.prod(t.dims) for t in _tensors(proto))
     data = proto.ByteSize() + external
-    if data * PEAK_PER_BYTE > limit:
-        raise ConversionError(f"{what}: converting {data / 2**30:.2f} GiB of tensors needs about "
-                              f"{data * PEAK_PER_BYTE / 2**30:.1f} GiB; only {limit / 2**30:.1f} GiB of memory is free")
+    need = max(limits.conversion_bytes(scalars), data)
+    if need > limit:
+        raise ConversionError(f"{what}: converting {scalars:,} tensor values ({data / 2**30:.2f} GiB) needs about "
+                              f"{need / 2**30:.1f} GiB; only {limit / 2**30:.1f} GiB of memory is free")
 
 
 def _array(tensor: onnx.TensorProto, base: Path | None) -> Tensor:
@@ -362,7 +364,7 @@ class OnnxModule(nn.Module):
         shapes = {n.output[0]: _fill_shape(n, {**initializers, **constants}) for n in fills}
         for name, shape in shapes.items():
             limits.check_shape(shape, f"{self.source}: ConstantOfShape {name!r}", 4)
-        need = sum(math.prod(v) for v in shapes.values()) * 4 * PEAK_PER_BYTE
+        need = limits.conversion_bytes(sum(math.prod(v) for v in shapes.values()))
         if need > memory_limit():
             raise ConversionError(f"the file's ConstantOfShape fills ({sum(math.prod(v) for v in shapes.values()):,} "
                                   f"elements) need about {need / 2**30:.1f} GiB to convert; only "
@@ -523,16 +525,36 @@ def _example_inputs(proto: onnx.ModelProto, names: list[str]) -> tuple[Tensor, .
 
 
 def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple | Tensor | None = None,
-              progress: bool = False) -> ParameterGraph:
+              progress: bool = False, *, template: ParameterGraph | None = None) -> ParameterGraph:
     """The parameter graph of an ONNX model (a path or a ``ModelProto``).
 
     ``example_inputs`` default to tensors of the declared input shapes (symbolic
     dimensions as 1). External data is memory-mapped (as ``torch.load(mmap=True)`` and
     safetensors do): overwrite those files only after the graph's model is gone.
+
+    ``template``: a graph converted from another file of the same architecture (same nodes,
+    attributes, initializer names, shapes and dtypes, and the same values wherever the template
+    holds a constant rather than a parameter). The file is then not traced: its values are read
+    into the template's structure (``converters.from_state_dict``); a file that differs is refused
+    (:class:`~converters.templates.TemplateMismatch`) naming the first difference.
     """
     proto, base = _open(source)
+    where = "the model" if isinstance(source, onnx.ModelProto) else str(source)
+    owned = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
+    if template is not None:
+        return fill_template(proto, base, template, where, owned)
+    return convert_proto(proto, base, where, example_inputs, progress, owned)
+
+
+def convert_proto(proto: onnx.ModelProto, base: Path | None, where: str, example_inputs: tuple | Tensor | None = None,
+                  progress: bool = False, owned: bool = True) -> ParameterGraph:
+    """:func:`from_onnx` of a proto opened by ``_open``. ``owned``: the proto is ours (read from a
+    file), so its initializers' bytes are dropped once the module holds them (``to_onnx`` writes
+    every initializer from the graph): the file's weights are then held once, not twice."""
     try:  # a malformed proto fails in many ways (unknown dtypes, bad shapes): all are ours to name
-        module = OnnxModule(proto, base, "the model" if isinstance(source, onnx.ModelProto) else str(source))
+        module = OnnxModule(proto, base, where)
+        if owned:
+            _drop_initializer_data(proto)
         if example_inputs is None:
             example_inputs = _example_inputs(proto, module.input_names)
         g = from_torch(module, example_inputs, tracer="eager", progress=progress)
@@ -541,10 +563,100 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto, example_inputs: tuple
     except Exception as err:
         raise ConversionError(f"invalid ONNX model: {type(err).__name__}: {err}") from err
     g.onnx = proto
-    where = "" if isinstance(source, onnx.ModelProto) else f"{source}: "  # one line per file, naming it
-    for message in optimizer_signs(proto, g):
-        warnings.warn(where + message, OptimizedOnnxWarning, stacklevel=2)
+    _warn_optimized(proto, g, where)
     return g
+
+
+def _warn_optimized(proto: onnx.ModelProto, g: ParameterGraph, where: str) -> None:
+    prefix = "" if where == "the model" else f"{where}: "  # one line per file, naming it
+    for message in optimizer_signs(proto, g):
+        warnings.warn(prefix + message, OptimizedOnnxWarning, stacklevel=3)
+
+
+#: the fields a TensorProto keeps its values in (``string_data`` is no weight)
+_DATA_FIELDS = ("raw_data", "float_data", "double_data", "int32_data", "int64_data", "uint64_data")
+
+
+def _drop_initializer_data(proto: onnx.ModelProto) -> None:
+    for t in proto.graph.initializer:
+        for name in _DATA_FIELDS:
+            t.ClearField(name)
+
+
+def structure(proto: onnx.ModelProto) -> list[tuple[str, object]]:
+    """What an ONNX file's graph is without its tensors' values, item by item (named for a
+    refusal): opsets, inputs and outputs, initializers' names, shapes and dtypes, and every node
+    (op, inputs, outputs, attributes; a tensor attribute by its shape and dtype)."""
+    graph = proto.graph
+    items: list[tuple[str, object]] = [("the opset list", sorted((o.domain, o.version) for o in proto.opset_import))]
+    items += [(f"input {i.name!r}", i.type.SerializeToString(deterministic=True)) for i in graph.input]
+    items += [(f"output {o.name!r}", o.type.SerializeToString(deterministic=True)) for o in graph.output]
+    items += [(f"initializer {t.name!r}", (tuple(t.dims), t.data_type)) for t in graph.initializer]
+    for i, n in enumerate(graph.node):
+        attrs = [(a.name, (tuple(a.t.dims), a.t.data_type) if a.type == onnx.AttributeProto.TENSOR
+                  else a.SerializeToString(deterministic=True)) for a in n.attribute]
+        items.append((f"node {i} ({n.op_type} {n.name or n.output[0]!r})",
+                      (n.domain, n.op_type, tuple(n.input), tuple(n.output), tuple(attrs))))
+    return items
+
+
+def structure_key(proto: onnx.ModelProto) -> str:
+    """A hash of :func:`structure`: files of one architecture (any weights) share it."""
+    return hashlib.sha256(repr(structure(proto)).encode()).hexdigest()
+
+
+def fill_template(proto: onnx.ModelProto, base: Path | None, template: ParameterGraph, where: str,
+                  owned: bool = True) -> ParameterGraph:
+    """``from_onnx(..., template=template)`` of a proto opened by ``_open`` (``owned``: as for
+    :func:`convert_proto`)."""
+    from .templates import TemplateMismatch, from_state_dict
+
+    reference = getattr(template, "onnx", None)
+    module = template.model
+    if reference is None or not isinstance(module, OnnxModule):
+        raise ConversionError("the template was not converted from ONNX in this process (it carries no ONNX "
+                              "model): convert one file of the architecture with from_onnx first")
+    mine, theirs = structure(proto), structure(reference)
+    for (what, value), (_, expected) in zip(mine, theirs):
+        if value != expected:
+            raise TemplateMismatch(f"{where}: {what} differs from the template's file")
+    if len(mine) != len(theirs):
+        raise TemplateMismatch(f"{where}: {len(mine)} graph items (nodes, initializers, inputs), the template's "
+                               f"file {len(theirs)}")
+    tensors = _named_tensors(proto)
+    state = {}
+    for name, key in module.onnx_names.items():
+        value = module.folded.get(name)  # fills are computed from their nodes: equal when those are
+        state[key] = value if value is not None else _read(tensors[name], base)
+    for name, value in module.constants.items():
+        if name in module.folded:
+            continue
+        if not torch.equal(_read(tensors[name], base), value):
+            raise TemplateMismatch(f"{where}: constant {name!r} holds other values than the template's file "
+                                   "(a constant is structure, not a parameter)")
+    g = from_state_dict(template, state, where)
+    if owned:
+        _drop_initializer_data(proto)
+    g.onnx = proto
+    _warn_optimized(proto, g, where)
+    return g
+
+
+def _named_tensors(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node tensors by name."""
+    out = {t.name: t for t in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Constant":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            out[n.output[0]] = value if value is not None else n
+    return out
+
+
+def _read(tensor: onnx.TensorProto | onnx.NodeProto, base: Path | None) -> Tensor:
+    """A tensor's values (a Constant node without a ``value`` tensor holds a number)."""
+    if isinstance(tensor, onnx.NodeProto):
+        return OnnxModule._constant(tensor)
+    return _array(tensor, base)
 
 
 class OptimizedOnnxWarning(UserWarning):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, replace
 
@@ -47,9 +48,13 @@ def from_torch(
     buffers = {k: v.detach().cpu().clone() for k, v in state.items() if k not in params and k not in aliases}
     builder = GraphBuilder({k: v.detach().cpu() for k, v in params.items()})
     ctx = Context(builder)
+    # parameters' flat indices are views of one arange of the largest parameter's size, made
+    # for this conversion and freed with it (8 bytes per scalar of that parameter)
+    ctx.flat = torch.arange(max((p.numel() for p in params.values()), default=0))
     # every buffer's value, non-persistent ones too (index tables often are)
     ctx.buffer_values = {**{k: v.detach().cpu() for k, v in model.named_buffers()}, **buffers}
     _walk(ctx, model, program, params, aliases, progress)
+    ctx.release()  # the shadows and flat indices go before the graph's arrays are laid out
     data, layout, sources = builder.finish()
     simplify(data, builder.buffer_nodes, sources)
     index = ParamIndex(
@@ -60,6 +65,7 @@ def from_torch(
         buffer_nodes=dict(builder.buffer_nodes),
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
         pins=tuple(builder.pins),
+        constant_buffers=tuple(sorted(ctx.read_buffers & set(buffers))),
     )
     graph = ParameterGraph(num_nodes=data["node_type"].numel(), param_index=index, **data)
     graph.nonfinite = torch.tensor([_count_nonfinite(data["edge_value"][: int(data["num_param_edges"])])])
@@ -70,7 +76,7 @@ def from_torch(
 def _count_nonfinite(values: Tensor) -> int:
     """NaN/inf weights convert, and are counted. Any NaN or inf makes the sum NaN or inf, so a
     finite sum proves there are none (a float32 overflow only sends us to the exact count)."""
-    if bool(torch.isfinite(values.sum())):
+    if math.isfinite(float(values.sum())):
         return 0
     return int((~torch.isfinite(values)).sum())
 
@@ -263,7 +269,7 @@ def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorIn
     to_param, to_buffer, constants = program.to_param, program.to_buffer, program.constants
     if node.name in to_param:
         name = aliases.get(to_param[node.name], to_param[node.name])
-        flat = _arange(val.numel()).view(val.shape)
+        flat = ctx.flat[: val.numel()].view(val.shape)
         ctx.whole_flat[name] = flat
         none = nonneuron(tuple(val.shape))
         return TensorInfo(none.ids, none.pos, param=name, flat=flat)
@@ -273,6 +279,7 @@ def _placeholder(ctx, node, program, user_inputs, aliases, has_conv) -> TensorIn
     if node.name in to_buffer:
         ctx.buffer_names[node] = to_buffer[node.name]
         ctx.values[node] = ctx.buffer_values.get(to_buffer[node.name])
+        ctx.sources[node] = frozenset((to_buffer[node.name],))
         return nonneuron(shape, None)
     if node.name in constants:
         ctx.values[node] = constants[node.name].clone()
@@ -299,17 +306,6 @@ def _apply(ctx: Context, node: Node):
     if rule is not None:
         return rule(ctx, node)
     return unknown_op(ctx, node, name)
-
-
-_ARANGE = torch.arange(0)
-
-
-def _arange(n: int) -> Tensor:
-    """``arange(n)`` as a view of one shared buffer: parameters' flat indices cost nothing."""
-    global _ARANGE
-    if _ARANGE.numel() < n:
-        _ARANGE = torch.arange(max(n, 2 * _ARANGE.numel()))
-    return _ARANGE[:n]
 
 
 @dataclass

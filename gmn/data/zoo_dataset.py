@@ -1,8 +1,10 @@
 """A zoo as a PyG dataset of parameter graphs with targets.
 
 Each architecture is traced once; a member's graph is its architecture's graph with the
-member's weights as edge values. The converted values are cached in the zoo's ``processed/``
-folder, so a zoo converts once. The cache is
+member's weights as edge values (``converters.state_values``, checked against the template;
+ONNX members through ``converters.Templates``, one trace per architecture of the files).
+The converted values are cached in the zoo's ``processed/`` folder, so a zoo converts once.
+The cache is
 
 - content-keyed: its name is a hash of the catalogue's listing and of every checkpoint's bytes,
   so a checkpoint replaced (``gmn zoo import --replace``, a file overwritten) is converted
@@ -31,7 +33,7 @@ from torch_geometric.data import Dataset
 from tqdm.auto import tqdm
 
 import converters
-from converters import ConversionError, ParameterGraph, ParamIndex
+from converters import ConversionError, ParameterGraph
 from converters.files import atomic_write
 from converters.limits import check_archive
 
@@ -54,19 +56,6 @@ def architecture_key(member: dict, zoo: Zoo) -> str:
         return f"{member['arch']['family']}:{member['path']}"
     arch = {k: v for k, v in member["arch"].items() if k != "dropout"}  # identity in eval: same graph
     return json.dumps([arch, member["dataset"]], sort_keys=True)
-
-
-def state_values(index: ParamIndex, state: dict[str, Tensor], where: str = "checkpoint") -> Tensor:
-    """A state dict's parameters as one vector in graph order (``converters.parameter_values``)."""
-    parts = []
-    for name, shape, _ in index.params:
-        if name not in state:
-            raise ConversionError(f"{where}: the checkpoint has no parameter {name!r}")
-        if tuple(state[name].shape) != tuple(shape):
-            raise ConversionError(f"{where}: {name} has shape {tuple(state[name].shape)}, the architecture "
-                                  f"expects {tuple(shape)}")
-        parts.append(state[name].reshape(-1).float())
-    return torch.cat(parts)
 
 
 class ZooDataset(Dataset):
@@ -147,9 +136,10 @@ class ZooDataset(Dataset):
                 self._read_cache(path, key)
                 return
         self.templates, self.values, self.buffers = {}, [], []
+        onnx_files = converters.Templates()  # held while converting: the files' modules go after
         for member, arch in tqdm(list(zip(self.members, self.arch_keys)), desc="converting zoo", unit="ckpt",
                                  disable=not progress):
-            values, state = self._convert(member, arch)
+            values, state = self._convert(member, arch, onnx_files)
             buffers = {k: state[k] for k in self.templates[arch].param_index.buffers if k in state}
             _check_finite(values, buffers, f"checkpoint {self.zoo.path(member)}")
             self.values.append(values)
@@ -206,21 +196,24 @@ class ZooDataset(Dataset):
             _check_finite(v, b, f"{where} (member {member['path']})")
         self.values, self.buffers = values, buffers
 
-    def _convert(self, member: dict, key: str) -> tuple[Tensor, dict[str, Tensor]]:
+    def _convert(self, member: dict, key: str, onnx_files: converters.Templates) -> tuple[Tensor, dict[str, Tensor]]:
         """The member's parameter values and its checkpoint (read once: buffers come from it too)."""
         path = self.zoo.path(member)  # confined to the zoo folder, like every read
-        where = str(path)
-        if member["arch"]["family"] in OWN_ARCHITECTURE:
-            from ..checkpoints import load_graph
+        family = member["arch"]["family"]
+        if family in OWN_ARCHITECTURE:
+            if family == "onnx":
+                g = onnx_files.from_onnx(path)  # files of one architecture are traced once
+            else:  # a Hugging Face model folder
+                from ..checkpoints import load_graph
 
-            g = load_graph(path)
+                g = load_graph(path)
             self.templates[key] = _detached(g)
             return converters.parameter_values(g), g.param_index.buffers
         if key not in self.templates:
             model, example = self.zoo.model(member)
             self.templates[key] = _detached(converters.from_torch(model, example))
         state = self.zoo.weights(member)
-        return state_values(self.templates[key].param_index, state, where), state
+        return converters.state_values(self.templates[key], state, str(path)), state
 
     def len(self) -> int:
         return len(self.members)

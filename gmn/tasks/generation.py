@@ -37,7 +37,7 @@ from torch_geometric.loader import DataLoader
 import converters
 from converters.writer import STRUCTURAL
 
-from ..data import ZooDataset, state_values
+from ..data import ZooDataset
 from ..models import node_graphs
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder
 from ..nn.features import sinusoidal
@@ -248,7 +248,7 @@ def initial_values(dataset: ZooDataset) -> list[Tensor]:
     """Every member's initial weights (zoo runs are seeded, so they are rebuilt exactly)."""
     from ..zoo.train import initial_state
 
-    return [state_values(dataset.templates[k].param_index, initial_state(m))
+    return [converters.state_values(dataset.templates[k], initial_state(m))
             for m, k in zip(dataset.members, dataset.arch_keys)]
 
 
@@ -260,7 +260,7 @@ def fresh_initialisations(module: nn.Module, template: converters.ParameterGraph
     rows = []
     for _ in range(count):
         _reinitialise(model)
-        rows.append(state_values(template.param_index, model.state_dict()))
+        rows.append(converters.state_values(template, model.state_dict()))
     return torch.stack(rows)
 
 

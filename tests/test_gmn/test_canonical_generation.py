@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import converters
-from gmn.data import state_values
 from gmn.tasks import TrainConfig
 from gmn.tasks.canonical_generation import CanonicalGenerator, fit_canonical_generator, flat_rows
 from gmn.tasks.generation import accuracies
@@ -83,7 +82,7 @@ def cnn_generator():
                        "checkpoint_epochs": [8], "hparams": hparams}) for k in range(8)]
     module = build(CNN, data.input_shape, data.classes).eval()
     template = converters.from_torch(module, (data.x_test[:2],))
-    graphs = [converters.with_values(template, state_values(template.param_index, _tensors(r["checkpoints"][-1])))
+    graphs = [converters.from_state_dict(template, _tensors(r["checkpoints"][-1]))
               for r in runs]
     acc = torch.tensor([r["test_acc"] for r in runs])
     config = TrainConfig(epochs=20, patience=20, lr=1e-3, batch_size=32, hidden=256, layers=2, weight_decay=0.0)

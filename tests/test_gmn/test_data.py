@@ -64,7 +64,7 @@ def test_a_checkpoint_of_the_wrong_shape_is_named(tmp_path, tiny_zoo):
     state = load_file(root / member["path"])
     state["head.weight"] = state["head.weight"][:5]
     save_file(state, root / member["path"])
-    with pytest.raises(converters.ConversionError, match="head.weight has shape"):
+    with pytest.raises(converters.ConversionError, match="'head.weight' has shape"):
         ZooDataset(root, progress=False)
 
 
@@ -85,3 +85,40 @@ def test_held_out_families_are_only_tested():
     assert {family[i] for i in torch.cat([s.train, s.val]).tolist()} == {"a", "b"}
     with pytest.raises(ValueError, match="no member"):
         split_by_run(run, family, test_families=("z",))
+
+
+def test_onnx_members_of_one_architecture_are_traced_once(tmp_path, monkeypatch):
+    """An imported folder of ONNX files: one trace per architecture, every member's own values."""
+    import csv
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters import onnx_frontend
+    from gmn.zoo import import_folder
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    rows = []
+    for i in range(4):
+        gen = torch.Generator().manual_seed(i)
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                                  [numpy_helper.from_array(torch.randn(3, 2, generator=gen).numpy(), "w")])
+        onnx.save(helper.make_model(graph), folder / f"m{i}.onnx")
+        rows.append({"path": f"m{i}.onnx", "test_acc": 0.5 + i / 10})
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "test_acc"])
+        writer.writeheader()
+        writer.writerows(rows)
+    import_folder(folder, tmp_path / "t.csv").catalogue.close()
+    traces = []
+    convert = onnx_frontend.convert_proto
+    monkeypatch.setattr(onnx_frontend, "convert_proto", lambda *a, **k: traces.append(1) or convert(*a, **k))
+    ds = ZooDataset(folder, cache=False, progress=False)
+    assert len(traces) == 1
+    for i in range(4):
+        expected = converters.from_onnx(folder / f"m{i}.onnx")
+        assert torch.equal(ds[i].edge_value, expected.edge_value)
+        assert torch.equal(ds[i].edge_index, expected.edge_index)
