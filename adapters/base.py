@@ -126,9 +126,11 @@ class _Watch(TorchFunctionMode):
         return out
 
 
-def neuron_sets(model: nn.Module, example: dict | tuple) -> tuple[dict[str, tuple[int, int]], dict[int, int]]:
+def neuron_sets(model: nn.Module, example: dict | tuple,
+                on_meta: bool = True) -> tuple[dict[str, tuple[int, int]], dict[int, int]]:
     """Per base layer ``(input set, output set)`` (-1: token ids) and each set's size, from one
-    meta-device forward of ``model`` on ``example`` (meta copies of the inputs)."""
+    forward of ``model`` on ``example``: on the meta device (meta copies of parameters, buffers and
+    inputs), or with ``on_meta=False`` a real one (for models whose forward reads values)."""
     found = layers(model)
     sets = _Sets()
     io: dict[str, list[int]] = {}
@@ -159,16 +161,18 @@ def neuron_sets(model: nn.Module, example: dict | tuple) -> tuple[dict[str, tupl
     hooks = [h for _, (_, m) in found.items() for h in (
         m.register_forward_pre_hook(before, with_kwargs=True),
         m.register_forward_hook(after, with_kwargs=True))]
-    meta = {k: torch.empty_like(v, device="meta") for k, v in itertools.chain(
-        model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))}
-    args, kwargs = (example, {}) if isinstance(example, tuple) else ((), example)
-    args = tuple(_meta(a) for a in args)
-    kwargs = {k: _meta(v) for k, v in kwargs.items()}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _Watch(sets):
-            torch.func.functional_call(model, meta, args, kwargs, tie_weights=True, strict=False)
+            if on_meta:  # every parameter and buffer a meta tensor: no arithmetic, no memory
+                state = {k: torch.empty_like(v, device="meta") for k, v in itertools.chain(
+                    model.named_parameters(), model.named_buffers())}
+                args, kwargs = (example, {}) if isinstance(example, tuple) else ((), example)
+                torch.func.functional_call(model, state, tuple(_meta(a) for a in args),
+                                           {k: _meta(v) for k, v in kwargs.items()}, tie_weights=True, strict=False)
+            else:
+                model(*example) if isinstance(example, tuple) else model(**example)
     finally:
         model.train(was_training)
         for h in hooks:

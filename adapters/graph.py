@@ -81,12 +81,12 @@ def _own_frame(frame: _Frame, paths: list[str], sizes: dict[str, Layer]) -> None
 
 def _base_frame(frame: _Frame, base: nn.Module, found: dict, example) -> None:
     """The base's neuron sets, numbered over all its layers (so the numbering is the base's)."""
-    try:
-        io, _ = neuron_sets(base, example)
-    except Exception as err:  # a forward the meta device cannot run: each layer keeps its own neurons
-        frame.notes.append(f"base forward on the meta device failed ({type(err).__name__}: {str(err)[:120]}); "
-                           "each adapted layer's neurons are its own")
+    if example is None:
+        frame.notes.append("no example input for the base (pass example_inputs): each adapted layer's neurons "
+                           "are its own")
         io = {}
+    else:
+        io = _shared(frame, base, example)
     for path, (layer, _) in found.items():
         i, o = io.get(path, (-1, -1))
         tokens = layer.kind == "embedding"
@@ -95,6 +95,19 @@ def _base_frame(frame: _Frame, base: nn.Module, found: dict, example) -> None:
         frame.number(in_key, layer.in_features, tokens=tokens)
         frame.number(out_key, layer.out_features)
         frame.io[path] = (in_key, out_key)
+
+
+def _shared(frame: _Frame, base: nn.Module, example) -> dict[str, tuple[int, int]]:
+    """Which layers share neurons: from a meta-device forward, or (a forward that reads values:
+    ``.item()``, ``nonzero``) a real one when the base has real weights."""
+    real = not any(p.is_meta for p in base.parameters())
+    for on_meta in (True, False) if real else (True,):
+        try:
+            return neuron_sets(base, example, on_meta)[0]
+        except Exception as err:  # a forward that cannot run: each layer keeps its own neurons
+            failure = f"{type(err).__name__}: {str(err)[:120]}"
+    frame.notes.append(f"the base's forward failed ({failure}); each adapted layer's neurons are its own")
+    return {}
 
 
 def _check_base(modules: list[LoraModule], found: dict, where: str) -> None:

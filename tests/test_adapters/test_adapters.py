@@ -190,3 +190,15 @@ def test_scaling_is_recorded_on_the_residual_edges(built):
     assert found == {8 / 4, 8 / 2, 3 / 4}, (found, config["alpha_pattern"])
     t5 = from_peft(built["t5"][0])
     assert set(t5.edge_value[t5.edge_type == int(converters.EdgeType.RESIDUAL)].tolist()) == {4 / math.sqrt(4)}
+
+
+def test_example_inputs_find_shared_neurons_of_a_plain_module(built):
+    """A CNN has no dummy inputs: with ``example_inputs`` the forward finds that ``fc`` reads the sum
+    into which the embedding writes."""
+    folder, factory, inputs, *_ = built["cnn"]
+    g = from_peft(folder, base=factory(), example_inputs=inputs)
+    assert g.param_index.pins == ()
+    emb_delta = g.edge_index[1, g.param_index.edge_ids("base_model.model.emb.lora_embedding_B")].unique()
+    residual = (g.edge_type == int(converters.EdgeType.RESIDUAL)) & torch.isin(g.edge_index[0], emb_delta)
+    fc_in = g.edge_index[0, g.param_index.edge_ids("base_model.model.fc.lora_A.weight")].unique()
+    assert torch.equal(g.edge_index[1, residual].unique(), fc_in)

@@ -1,0 +1,114 @@
+"""Hostile or foreign adapter folders: one line naming the file and the problem, nothing allocated first."""
+
+from __future__ import annotations
+
+import json
+import resource
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from adapters import AdapterError, from_peft, to_peft
+
+from .cases import make
+
+KEY = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def _config(**changes) -> dict:
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none"}
+    config.update(changes)
+    return config
+
+
+def _folder(tmp_path, config: dict, tensors: dict | None = None):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    tensors = tensors if tensors is not None else {f"{KEY}.lora_A.weight": torch.ones(2, 8),
+                                                     f"{KEY}.lora_B.weight": torch.ones(8, 2)}
+    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
+    return tmp_path
+
+
+def _refused(path, *words):
+    with pytest.raises(AdapterError) as err:
+        from_peft(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_minimal_folder_converts(tmp_path):
+    g = from_peft(_folder(tmp_path, _config()))
+    assert int(g.num_param_edges) == 32
+
+
+@pytest.mark.parametrize("kind", ["IA3", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING"])
+def test_other_peft_types_are_named(tmp_path, kind):
+    _refused(_folder(tmp_path, _config(peft_type=kind)), kind, "not LoRA")
+
+
+def test_unknown_keys_are_refused(tmp_path):
+    tensors = {f"{KEY}.lora_A.weight": torch.ones(2, 8), f"{KEY}.lora_B.weight": torch.ones(8, 2),
+               "base_model.model.model.layers.0.mlp.up_proj.weight": torch.ones(3, 3)}
+    _refused(_folder(tmp_path, _config(), tensors), "unknown key", "up_proj")
+    _refused(_folder(tmp_path, _config(), {"evil": torch.ones(1)}), "unknown key")
+
+
+def test_shapes_that_disagree_with_the_config_are_refused(tmp_path):
+    _refused(_folder(tmp_path, _config(r=3)), "rank-3")
+    _refused(_folder(tmp_path, _config(rank_pattern={"q_proj": 4})), "rank-4")
+    tensors = {f"{KEY}.lora_A.weight": torch.ones(2, 8)}
+    _refused(_folder(tmp_path, _config(), tensors), "no lora_B")
+    _refused(_folder(tmp_path, _config(), {f"{KEY}.lora_A.weight": torch.ones(2, 8),
+                                           f"{KEY}.lora_B.weight": torch.ones(8, 2),
+                                           f"{KEY}.lora_magnitude_vector": torch.ones(8)}), "use_dora is false")
+
+
+@pytest.mark.parametrize("rank", [0, -1, 10**12, 2.5, "16", None])
+def test_hostile_ranks_are_refused_before_any_allocation(tmp_path, rank):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _refused(_folder(tmp_path, _config(r=rank), {}), "r is")
+    _refused(_folder(tmp_path, _config(rank_pattern={"q_proj": rank}), {}), "rank_pattern")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_unreadable_and_oversized_files_are_one_line(tmp_path):
+    folder = _folder(tmp_path, _config())
+    (folder / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    _refused(folder, "safetensors")
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.bin").write_bytes(b"pickle")
+    _refused(folder, "pickle")
+    (folder / "adapter_config.json").write_text("{not json")
+    _refused(folder, "not JSON")
+    _refused(_folder(tmp_path / "bad", _config(target_parameters=["experts.gate_up_proj"])), "target_parameters")
+    _refused(_folder(tmp_path / "pattern", _config(alpha_pattern={"(": 2})), "regular expression")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        from_peft(tmp_path / "empty")
+
+
+def test_a_base_that_disagrees_is_named(tmp_path):
+    factory, _, _ = make("llama", tmp_path / "llama")
+    folder = _folder(tmp_path / "wide", _config(), {f"{KEY}.lora_A.weight": torch.ones(2, 7),
+                                                    f"{KEY}.lora_B.weight": torch.ones(8, 2)})
+    with pytest.raises(AdapterError, match=r"q_proj's adapter is a linear 7 -> 8; the base's layer is a linear 32 -> 32"):
+        from_peft(folder, base=factory())
+    missing = _folder(tmp_path / "missing", _config(), {
+        "base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight": torch.ones(2, 32),
+        "base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight": torch.ones(32, 2)})
+    with pytest.raises(AdapterError, match="layers.9.self_attn.q_proj is adapted but the base has no such layer"):
+        from_peft(missing, base=factory())
+
+
+def test_to_peft_refuses_to_overwrite_and_graphs_without_adapters(tmp_path):
+    g = from_peft(_folder(tmp_path / "a", _config()))
+    to_peft(g, None, tmp_path / "out")
+    with pytest.raises(AdapterError, match="exists"):
+        to_peft(g, None, tmp_path / "out")
+    g.peft_adapters = json.dumps({"adapters": [{"name": "x", "subdir": "../escape", "config": "{}"}]})
+    with pytest.raises(AdapterError, match="malformed"):
+        to_peft(g, None, tmp_path / "out2")
