@@ -163,7 +163,8 @@ def test_base_neurons_are_shared_where_the_base_shares_them(built):
     outs = []
     for layer in (0, 1):
         delta = ends(f"{layer}.self_attn.o_proj.lora_B.weight")[1]
-        residual = (g.edge_type == int(converters.EdgeType.RESIDUAL)) & torch.isin(g.edge_index[0], torch.tensor(sorted(delta)))
+        residual = g.edge_type == int(converters.EdgeType.RESIDUAL)
+        residual &= torch.isin(g.edge_index[0], torch.tensor(sorted(delta)))
         outs.append(set(g.edge_index[1, residual].tolist()))
     assert outs[0] == outs[1] and len(outs[0]) == 32
     bare = from_peft(folder)
