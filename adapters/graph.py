@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -79,14 +80,15 @@ def _own_frame(frame: _Frame, paths: list[str], sizes: dict[str, Layer]) -> None
         frame.io[path] = (("in", path), ("out", path))
 
 
-def _base_frame(frame: _Frame, base: nn.Module, found: dict, example) -> None:
+def _base_frame(frame: _Frame, base: nn.Module, found: dict, given) -> None:
     """The base's neuron sets, numbered over all its layers (so the numbering is the base's)."""
+    example = given if given is not None else example_inputs(base)
     if example is None:
         frame.notes.append("no example input for the base (pass example_inputs): each adapted layer's neurons "
                            "are its own")
         io = {}
     else:
-        io = _shared(frame, base, example)
+        io = _shared(frame, base, example, default=given is None)
     for path, (layer, _) in found.items():
         i, o = io.get(path, (-1, -1))
         tokens = layer.kind == "embedding"
@@ -97,9 +99,23 @@ def _base_frame(frame: _Frame, base: nn.Module, found: dict, example) -> None:
         frame.io[path] = (in_key, out_key)
 
 
-def _shared(frame: _Frame, base: nn.Module, example) -> dict[str, tuple[int, int]]:
+#: neuron sets of bases seen with their default example (many adapters of one base: one forward)
+_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _shared(frame: _Frame, base: nn.Module, example, default: bool) -> dict[str, tuple[int, int]]:
     """Which layers share neurons: from a meta-device forward, or (a forward that reads values:
-    ``.item()``, ``nonzero``) a real one when the base has real weights."""
+    ``.item()``, ``nonzero``) a real one when the base has real weights. With the default example
+    the answer is kept for the base's lifetime (its structure, not its values, decides it)."""
+    if default and base in _SETS:
+        return _SETS[base]
+    io = _run_forward(frame, base, example)
+    if default and not frame.notes:
+        _SETS[base] = io
+    return io
+
+
+def _run_forward(frame: _Frame, base: nn.Module, example) -> dict[str, tuple[int, int]]:
     real = not any(p.is_meta for p in base.parameters())
     for on_meta in (True, False) if real else (True,):
         try:
@@ -140,7 +156,7 @@ def build(adapters: list[Adapter], base: nn.Module | None, where: str, example=N
     builder = GraphBuilder(params)
     frame = _Frame(builder)
     if base is not None:
-        _base_frame(frame, base, found, example if example is not None else example_inputs(base))
+        _base_frame(frame, base, found, example)
     else:
         sizes = {m.module: Layer(m.kind, m.in_features, m.out_features, m.kernel) for m in modules}
         _own_frame(frame, list(dict.fromkeys(m.module for m in modules)), sizes)
