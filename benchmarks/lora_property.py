@@ -48,19 +48,17 @@ def main() -> None:
     for seed in range(args.seeds):
         split = split_by_run(raw.run, raw.family, seed=seed)
         config = TrainConfig(epochs=args.epochs, hidden=args.hidden, layers=args.layers, seed=seed, patience=10)
-        results = []
-        for name, fit in (
-                ("statnn", lambda: fit_statnn(raw, split, seed)),
-                ("mlp-raw", lambda: fit_flat_mlp(raw, split, config, progress=False)),
-                ("mlp-canon", lambda: fit_flat_mlp(canonical, split, config, progress=False)),
-                ("gmn-raw", lambda: fit_metanetwork(raw, split, "gmn", config, progress=False)),
-                ("gmn-canon", lambda: fit_metanetwork(canonical, split, "gmn", config, progress=False))):
-            result = fit()
+        results = [
+            ("statnn", fit_statnn(raw, split, seed)),
+            ("mlp-raw", fit_flat_mlp(raw, split, config, progress=False)),
+            ("mlp-canon", fit_flat_mlp(canonical, split, config, progress=False)),
+            ("gmn-raw", fit_metanetwork(raw, split, "gmn", config, progress=False)),
+            ("gmn-canon", fit_metanetwork(canonical, split, "gmn", config, progress=False))]
+        for name, result in results:
             result.method = name
-            results.append(result)
             print(f"seed {seed} {name}: " + ", ".join(f"{t} tau {s['tau']:.3f}" for t, s in result.scores.items()),
                   flush=True)
-        runs.append(results)
+        runs.append([r for _, r in results])
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     title = (f"# {command}\n# LoRA zoo: {len(raw)} adapters (rank 4) of one digits CNN, each trained on digits rotated "
              f"by its angle; zoo built/resumed in {built:.0f} s; {args.seeds} seeds (split + initialisation); "
