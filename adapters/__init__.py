@@ -17,7 +17,7 @@ from converters.limits import MAX_JSON_BYTES
 
 from .folder import Adapter, AdapterError, LoraModule, from_peft_model, lora_pairs, modules_of, read_folder
 from .graph import META, build
-from .writer import adapters_of, to_peft
+from .writer import adapters_in, adapters_of, to_peft
 
 
 def from_peft(source, base: nn.Module | str | os.PathLike | None = None, *,
@@ -76,5 +76,5 @@ def meta_base(folder: Path) -> nn.Module:
                            f"({type(err).__name__}: {str(err)[:200]})") from None
 
 
-__all__ = ["META", "Adapter", "AdapterError", "LoraModule", "adapters_of", "from_peft", "lora_pairs", "meta_base",
-           "modules_of", "to_peft"]
+__all__ = ["META", "Adapter", "AdapterError", "LoraModule", "adapters_in", "adapters_of", "build", "from_peft",
+           "lora_pairs", "meta_base", "modules_of", "to_peft"]

@@ -17,7 +17,7 @@ from converters.graph import ParameterGraph
 from converters.io import atomic_write
 from converters.writer import to_state_dict
 
-from .folder import CONFIG, WEIGHTS, AdapterError, _subdir_ok
+from .folder import CONFIG, WEIGHTS, Adapter, AdapterError, _subdir_ok
 from .graph import META
 
 
@@ -39,6 +39,19 @@ def adapters_of(graph: ParameterGraph) -> list[dict]:
     return entries
 
 
+def adapters_in(graph: ParameterGraph, values: Tensor | None = None) -> list[Adapter]:
+    """The graph's adapters (configs and tensors, with parameter values ``values``), as read."""
+    entries = adapters_of(graph)
+    out = [Adapter(e["name"], e["subdir"], json.loads(e["config"]), e["config"]) for e in entries]
+    by_subdir = {a.subdir: a for a in out}
+    for name, tensor in to_state_dict(graph, values).items():
+        sub, _, key = name.rpartition("/")
+        if sub not in by_subdir:
+            raise AdapterError(f"parameter {name!r:.120} belongs to no adapter of the graph")
+        by_subdir[sub].tensors[key] = tensor
+    return out
+
+
 def to_peft(graph: ParameterGraph, values: Tensor | None, out_dir: str | os.PathLike, *,
             overwrite: bool = False) -> list[Path]:
     """Write ``graph``'s adapters with parameter values ``values`` (None: the graph's own) as a PEFT
@@ -49,13 +62,8 @@ def to_peft(graph: ParameterGraph, values: Tensor | None, out_dir: str | os.Path
     if isinstance(graph, Batch):
         raise AdapterError("to_peft writes one adapter graph, not a batch")
     entries = adapters_of(graph)
-    state = to_state_dict(graph, values)
-    parts: dict[str, dict[str, Tensor]] = {e["subdir"]: {} for e in entries}
-    for name, tensor in state.items():
-        sub, _, key = name.rpartition("/")
-        if sub not in parts:
-            raise AdapterError(f"parameter {name!r:.120} belongs to no adapter of the graph")
-        parts[sub][key] = tensor.detach().cpu().contiguous()
+    parts = {a.subdir: {k: v.detach().cpu().contiguous() for k, v in a.tensors.items()}
+             for a in adapters_in(graph, values)}
     out = Path(out_dir)
     folders = [out / e["subdir"] if e["subdir"] else out for e in entries]
     if not overwrite:

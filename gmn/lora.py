@@ -21,6 +21,7 @@ over the vocabulary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -106,4 +107,106 @@ def canonicalise(g: ParameterGraph, rtol: float = RTOL) -> ParameterGraph:
     return with_values(g, values)
 
 
-__all__ = ["EQUAL_RTOL", "RTOL", "ModuleSpectrum", "balanced_svd", "canonical_values", "canonicalise"]
+
+
+# ------------------------------------------------------------------------------ merging, retrieval
+def _products(g: ParameterGraph) -> dict[str, tuple[float, Tensor, Tensor, tuple, tuple]]:
+    """Per module of a one-adapter graph: (scaling, A and B flattened past their first axis in float64, A's
+    parameter name, A's shape, B's shape)."""
+    from adapters import adapters_in, modules_of
+
+    found = adapters_in(g)
+    if len(found) != 1:
+        raise ValueError(f"merging and distances take graphs of one adapter; this one holds {len(found)}")
+    adapter = found[0]
+    out = {}
+    for m in modules_of(found):
+        if set(m.keys) - {"A", "B"}:
+            raise ValueError(f"{m.module}: DoRA magnitudes and lora_B biases do not add; not merged")
+        a, b = (adapter.tensors[m.keys[r]].double() for r in ("A", "B"))
+        out[m.module] = (m.scaling, a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), m.keys["A"],
+                         tuple(a.shape), tuple(b.shape))
+    whole = set(adapter.tensors) - {k for m in modules_of(found) for k in m.keys.values()}
+    if whole:
+        raise ValueError(f"{sorted(whole)[0]} is a whole tensor (modules_to_save, bias); not merged")
+    return out
+
+
+def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank: int | None = None,
+          base=None) -> tuple[ParameterGraph, dict[str, float]]:
+    """Task arithmetic on the low-rank products: each module's ``sum_i w_i s_i B_i A_i``, as one adapter.
+
+    Exact at rank ``sum_i r_i`` (the factors stacked) when ``rank`` is None; otherwise the balanced
+    SVD truncated to ``rank``, with each module's relative Frobenius error ``|dropped S| / |S|``
+    returned (zero when exact). The result's scaling is 1 (``lora_alpha = r``, or ``sqrt(r)`` with
+    rsLoRA); modules of only some adapters enter with their own weight. ``base`` as in ``from_peft``."""
+    import json
+    import re
+
+    from adapters import Adapter, adapters_in, build
+
+    weights = [1.0] * len(graphs) if weights is None else list(weights)
+    if len(weights) != len(graphs) or not graphs:
+        raise ValueError(f"{len(weights)} weights for {len(graphs)} graphs")
+    parts = [_products(g) for g in graphs]
+    first = adapters_in(graphs[0])[0]
+    config, dtype = dict(first.config), next(iter(first.tensors.values())).dtype
+    rsl = bool(config.get("use_rslora"))
+    tensors, ranks, alphas, errors = {}, {}, {}, {}
+    for module in sorted({m for p in parts for m in p}):
+        found = [(w, p[module]) for w, p in zip(weights, parts) if module in p]
+        a = torch.cat([f[1] for _, f in found])
+        b = torch.cat([w * f[0] * f[2] for w, f in found], dim=1)
+        key, a_shape, b_shape = found[0][1][3], found[0][1][4], found[0][1][5]
+        errors[module] = 0.0
+        if rank is not None and rank < a.shape[0]:
+            a, b, s = balanced_svd(a, b)
+            errors[module] = float(s[rank:].norm() / s.norm().clamp_min(1e-300))
+            a, b = a[:rank], b[:, :rank]
+        r = a.shape[0]
+        tensors[key] = a.reshape(r, *a_shape[1:]).to(dtype)
+        tensors[key.replace("lora_A.weight", "lora_B.weight").replace("lora_embedding_A", "lora_embedding_B")] = \
+            b.reshape(b_shape[0], r, *b_shape[2:]).to(dtype)
+        ranks[re.escape(module)] = r
+        alphas[re.escape(module)] = math.sqrt(r) if rsl else float(r)
+    config.update(r=max(ranks.values()), lora_alpha=alphas[max(ranks, key=ranks.get)], rank_pattern=ranks,
+                  alpha_pattern=alphas, target_modules=sorted({m.rsplit(".", 1)[-1] for p in parts for m in p}))
+    text = json.dumps(config, indent=2, sort_keys=True)
+    merged = build([Adapter("default", "", json.loads(text), text, tensors)], base, "merged adapter")
+    return merged, errors
+
+
+def _product_norm(a: Tensor, b: Tensor) -> float:
+    """``|B A|_F`` from QR factors (``|R_B R_A^T|_F``): no ``m x n`` product, no cancellation of squares."""
+    return float(torch.linalg.matrix_norm(torch.linalg.qr(b)[1] @ torch.linalg.qr(a.T)[1].T))
+
+
+def product_distances(query: ParameterGraph, graphs: list[ParameterGraph]) -> Tensor:
+    """``sqrt(sum over modules |s_q B_q A_q - s_i B_i A_i|_F^2)`` from the query to each graph: the
+    distance of the adapters' weight updates, invariant to all of GL(r) per module (no canonical frame
+    needed). Each module's difference is one stacked low-rank product, ``[s_q B_q, -s_i B_i] [A_q; A_i]``,
+    whose norm comes from QR factors: ``O((m + n) r^2)``, never an ``m x n`` product."""
+    q = _products(query)
+    out = []
+    for g in graphs:
+        p = _products(g)
+        total = 0.0
+        for module in q.keys() | p.keys():
+            parts = [(1.0, q[module])] if module in q else []
+            parts += [(-1.0, p[module])] if module in p else []
+            a = torch.cat([f[1] for _, f in parts])
+            b = torch.cat([sign * f[0] * f[2] for sign, f in parts], dim=1)
+            total += _product_norm(a, b) ** 2
+        out.append(math.sqrt(total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def nearest(query: ParameterGraph, graphs: list[ParameterGraph], k: int = 5) -> list[tuple[int, float]]:
+    """The ``k`` graphs nearest to ``query`` by :func:`product_distances`: ``(index, distance)``."""
+    d = product_distances(query, graphs)
+    order = torch.argsort(d)[:k]
+    return [(int(i), float(d[i])) for i in order]
+
+
+__all__ = ["EQUAL_RTOL", "RTOL", "ModuleSpectrum", "balanced_svd", "canonical_values", "canonicalise", "merge",
+           "nearest", "product_distances"]

@@ -93,3 +93,54 @@ def test_metanetworks_are_invariant_to_rank_permutations_and_with_canonicalisati
         moved = converters.with_values(g, gl_transform(g, seed=2))
         assert not torch.allclose(run(moved), ref, rtol=1e-3, atol=1e-3)  # raw factors see M
         torch.testing.assert_close(run(lora.canonicalise(moved)), run(lora.canonicalise(g)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two single-adapter folders of one Llama base (r=4 and r=2 on v_proj), and PEFT on both."""
+    root = tmp_path_factory.mktemp("pair")
+    factory, inputs, first = make("llama", root / "a", seed=0)
+    _, _, second = make("llama", root / "b", seed=7)
+    return root, factory, inputs
+
+
+def test_exact_merge_is_peft_s_cat_merge(pair, tmp_path):
+    import peft
+    from test_adapters.cases import outputs
+
+    root, factory, inputs = pair
+    graphs = [from_peft(root / "a"), from_peft(root / "b")]
+    merged, errors = lora.merge(graphs, weights=[0.7, -0.4])
+    assert set(errors.values()) == {0.0}
+    converters.to_peft(merged, None, tmp_path / "merged")
+    ours = outputs(peft.PeftModel.from_pretrained(factory(), tmp_path / "merged").eval(), inputs)
+    model = peft.PeftModel.from_pretrained(factory(), root / "a", adapter_name="a")
+    model.load_adapter(root / "b", adapter_name="b")
+    model.add_weighted_adapter(["a", "b"], [0.7, -0.4], "ab", combination_type="cat")
+    torch.testing.assert_close(ours, outputs(model.eval(), inputs, "ab"), rtol=1e-10, atol=1e-10)
+
+
+def test_truncated_merge_reports_its_error(pair):
+    root, *_ = pair
+    graphs = [from_peft(root / "a"), from_peft(root / "b")]
+    exact, _ = lora.merge(graphs)
+    cut, errors = lora.merge(graphs, rank=3)
+    for module, (s_e, a_e, b_e, *_), in lora._products(exact).items():
+        s_c, a_c, b_c, *_ = lora._products(cut)[module]
+        full = s_e * b_e @ a_e
+        measured = float((s_c * b_c @ a_c - full).norm() / full.norm())
+        assert measured == pytest.approx(errors[module], rel=1e-6, abs=1e-12)
+        assert a_c.shape[0] == min(3, a_e.shape[0])
+    assert max(errors.values()) > 0
+
+
+def test_product_distances_are_exact_and_gl_invariant(pair):
+    root, *_ = pair
+    a, b = from_peft(root / "a"), from_peft(root / "b")
+    moved = converters.with_values(a, gl_transform(a, seed=3))
+    dense = sum(float(((x[0] * x[2] @ x[1]) - (y[0] * y[2] @ y[1])).square().sum())
+                for x, y in zip(lora._products(a).values(), lora._products(b).values())) ** 0.5
+    d = lora.product_distances(a, [b, moved, a])
+    assert float(d[0]) == pytest.approx(dense, rel=1e-10)
+    assert float(d[1]) < 1e-8 * float(d[0]) and float(d[2]) < 1e-12 * float(d[0])
+    assert [i for i, _ in lora.nearest(a, [b, moved], k=2)] == [1, 0]
