@@ -128,35 +128,39 @@ def _train_adapter(peft, base: nn.Module, data: TaskData, folder: Path, i: int, 
 
 
 class AdapterDataset(Dataset):
-    """A LoRA zoo's adapters as parameter graphs (all of one layout) with targets, in the form the
-    property methods of ``gmn.tasks.property`` read (``values``, ``templates``, ``arch_keys``, ``y``);
-    with ``canonical``, every adapter in the GL(r) canonical frame (``gmn.lora.canonicalise``)."""
+    """Adapters of one base as parameter graphs with targets, in the form the property methods of
+    ``gmn.tasks.property`` read (``values``, ``templates``, ``arch_keys``, ``y``); with ``canonical``,
+    every adapter in the GL(r) canonical frame (``gmn.lora.canonical_values``).
 
-    def __init__(self, root: str | Path, targets: tuple[str, ...] = ("angle", "accuracy"), canonical: bool = False):
+    ``root`` holds ``catalogue.csv``: a ``path`` column (an adapter folder, relative to ``root``) and
+    one column per target. ``base``: the adapters' base (a module, or a Hugging Face folder, as
+    ``from_peft`` takes it); by default the LoRA zoo's own (``base.safetensors``). Adapters of one
+    layout (names and shapes) share a template graph."""
+
+    def __init__(self, root: str | Path, targets: tuple[str, ...] = ("angle", "accuracy"), canonical: bool = False,
+                 base=None, example_inputs=None):
         super().__init__(None)
         from adapters import from_peft
 
         from .. import lora
 
         root = Path(root)
-        with open(root / "catalogue.csv", newline="") as fh:
-            self.rows = list(csv.DictReader(fh))
-        data = load("digits")
-        base = base_model(root, data, 0, 0) if (root / "base.safetensors").is_file() else None
+        self.rows = _catalogue(root, targets)
         if base is None:
-            raise ValueError(f"{root}: no base.safetensors (not a LoRA zoo)")
+            if not (root / "base.safetensors").is_file():
+                raise ValueError(f"{root}: no base.safetensors (not a LoRA zoo): pass the adapters' base")
+            data = load("digits")
+            base, example_inputs = base_model(root, data, 0, 0), (data.x_test[:1],)
         self.target_names = tuple(targets)
         self.y = torch.tensor([[float(r[t]) for t in targets] for r in self.rows])
-        self.values, self.buffers = [], []
-        template = None
+        self.values, self.buffers, self.templates, self.arch_keys = [], [], {}, []
         for row in self.rows:
-            g = from_peft(root / row["path"], base=base, example_inputs=(data.x_test[:1],))
-            if template is None:
-                template = converters.with_values(g, converters.parameter_values(g))
+            g = from_peft(_inside(root, row["path"]), base=base, example_inputs=example_inputs)
+            key = json.dumps([[n, list(s)] for n, s, _ in g.param_index.params])
+            self.templates.setdefault(key, converters.with_values(g, converters.parameter_values(g)))
+            self.arch_keys.append(key)
             self.values.append((lora.canonical_values(g)[0] if canonical else converters.parameter_values(g)).float())
             self.buffers.append({})
-        self.templates = {"lora": template}
-        self.arch_keys = ["lora"] * len(self.rows)
         self.run = torch.arange(len(self.rows))
         self.family = ["lora"] * len(self.rows)
 
@@ -164,7 +168,7 @@ class AdapterDataset(Dataset):
         return len(self.rows)
 
     def get(self, idx: int):
-        g = converters.with_values(self.templates["lora"], self.values[idx])
+        g = converters.with_values(self.templates[self.arch_keys[idx]], self.values[idx])
         g.edge_value = g.edge_value.float()
         g.y = self.y[idx].view(1, -1)
         g.run = self.run[idx].view(1)
@@ -176,6 +180,37 @@ class AdapterDataset(Dataset):
         from ..data.zoo_dataset import ZooDataset
 
         return ZooDataset.parameter_std(self, indices)
+
+
+def _catalogue(root: Path, targets: tuple[str, ...]) -> list[dict]:
+    """``catalogue.csv``'s rows, every target a finite number, or one line naming the row."""
+    path = root / "catalogue.csv"
+    if not path.is_file():
+        raise ValueError(f"{root}: no catalogue.csv (a path column and one column per target)")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows, start=2):
+        for t in ("path", *targets):
+            if row.get(t) in (None, ""):
+                raise ValueError(f"{path} line {i}: no {t}")
+        for t in targets:
+            try:
+                ok = math.isfinite(float(row[t]))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{path} line {i}: {t} is {row[t]!r:.40}, not a finite number")
+    if not rows:
+        raise ValueError(f"{path}: no adapters")
+    return rows
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """An adapter folder of the catalogue: inside ``root``, never through a link out of it."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{root / 'catalogue.csv'}: {relative!r:.80} is outside the zoo")
+    return path
 
 
 __all__ = ["AdapterDataset", "build_lora_zoo", "rotate"]

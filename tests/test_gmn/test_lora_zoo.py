@@ -56,7 +56,7 @@ def test_builds_are_deterministic_and_resume(zoo, tmp_path):
 def test_adapter_dataset_raw_and_canonical_hold_one_product(zoo):
     raw, canonical = AdapterDataset(zoo), AdapterDataset(zoo, canonical=True)
     assert len(raw) == 3 and raw.y.shape == (3, 2)
-    index = raw.templates["lora"].param_index
+    index = raw.templates[raw.arch_keys[0]].param_index
     shapes = {n: s for n, s, _ in index.params}
     for i in range(len(raw)):
         assert not torch.equal(raw.values[i], canonical.values[i])
@@ -66,3 +66,22 @@ def test_adapter_dataset_raw_and_canonical_hold_one_product(zoo):
             torch.testing.assert_close(products[1], products[0], rtol=1e-5, atol=1e-6)
         g = raw[i]
         assert int(g.num_param_edges) == converters.parameter_values(g).numel()
+
+
+def test_any_folder_of_adapters_with_a_csv_is_a_dataset(tmp_path):
+    """``gmn zoo import``'s form: adapter folders of one base (two ranks: two layouts) and a CSV."""
+    from test_adapters.cases import make
+
+    root = tmp_path / "mine"
+    factory, _, _ = make("llama", root / "x", seed=0)
+    make("embedding", root / "y", seed=1)
+    (root / "catalogue.csv").write_text("path,score\nx,0.5\ny,0.25\n")
+    data = AdapterDataset(root, ("score",), base=factory())
+    assert data.y.tolist() == [[0.5], [0.25]] and len(data.templates) == 2
+    assert int(data[1].num_param_edges) == data.values[1].numel()
+    (root / "catalogue.csv").write_text("path,score\n../escape,0.5\n")
+    with pytest.raises(ValueError, match="outside the zoo"):
+        AdapterDataset(root, ("score",), base=factory())
+    (root / "catalogue.csv").write_text("path,score\nx,nan\n")
+    with pytest.raises(ValueError, match="line 2: score is 'nan', not a finite number"):
+        AdapterDataset(root, ("score",), base=factory())
