@@ -54,19 +54,24 @@ def balanced_svd(a: Tensor, b: Tensor, rtol: float = RTOL) -> tuple[Tensor, Tens
     qa, ra = torch.linalg.qr(a.T)  # a.T = qa ra: (n, k1), (k1, r)
     qb, rb = torch.linalg.qr(b)  # b = qb rb: (m, k2), (k2, r)
     u, s, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)
-    left, right = qb @ u, qa @ vh.T  # (m, k), (n, k)
+    return _balanced(qb @ u, s, qa @ vh.T, r, rtol)  # left (m, k), right (n, k)
+
+
+def _balanced(left: Tensor, s: Tensor, right: Tensor, r: int, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(A', B', S)`` of rank ``r`` from singular vectors and values: small values zeroed, the sign
+    rule applied, ``S^(1/2)`` on both sides; zero rows and columns beyond the ``k`` values given."""
     s = torch.where(s > rtol * s.max().clamp(min=torch.finfo(s.dtype).tiny), s, torch.zeros_like(s))
     pick = left.abs().argmax(dim=0)
     sign = torch.where(left[pick, torch.arange(left.shape[1])] < 0, -1.0, 1.0).to(s)
     root = s.sqrt() * sign
-    new_b = torch.zeros_like(b)
-    new_a = torch.zeros_like(a)
-    k = s.numel()
-    new_b[:, :k] = left * root
-    new_a[:k] = (right * root).T
-    full = torch.zeros(r, dtype=s.dtype)
-    full[:k] = s
-    return new_a, new_b, full
+    k = min(s.numel(), r)
+    new_b = torch.zeros(left.shape[0], r, dtype=s.dtype)
+    new_a = torch.zeros(r, right.shape[0], dtype=s.dtype)
+    new_b[:, :k] = (left * root)[:, :k]
+    new_a[:k] = (right * root).T[:k]
+    full = torch.zeros(max(r, s.numel()), dtype=s.dtype)
+    full[: s.numel()] = s
+    return new_a, new_b, full[:r] if s.numel() <= r else full
 
 
 def _free(s: Tensor, rtol: float) -> tuple[tuple[int, int], ...]:
@@ -132,14 +137,23 @@ def _products(g: ParameterGraph) -> dict[str, tuple[float, Tensor, Tensor, tuple
     return out
 
 
-def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank: int | None = None,
-          base=None) -> tuple[ParameterGraph, dict[str, float]]:
-    """Task arithmetic on the low-rank products: each module's ``sum_i w_i s_i B_i A_i``, as one adapter.
+MERGES = ("task-arithmetic", "ties", "dare")
 
-    Exact at rank ``sum_i r_i`` (the factors stacked) when ``rank`` is None; otherwise the balanced
-    SVD truncated to ``rank``, with each module's relative Frobenius error ``|dropped S| / |S|``
-    returned (zero when exact). The result's scaling is 1 (``lora_alpha = r``, or ``sqrt(r)`` with
-    rsLoRA); modules of only some adapters enter with their own weight. ``base`` as in ``from_peft``."""
+
+def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank: int | None = None,
+          base=None, *, method: str = "task-arithmetic", density: float = 0.2,
+          seed: int = 0) -> tuple[ParameterGraph, dict[str, float]]:
+    """Merge adapters of one base on their low-rank products ``w_i s_i B_i A_i``, module by module.
+
+    ``task-arithmetic``: their sum, exact at rank ``sum_i r_i`` (the factors stacked; no ``m x n``
+    product) when ``rank`` is None, else its balanced SVD truncated to ``rank``. ``ties`` (each
+    product trimmed to its ``density`` largest magnitudes, signs elected, agreeing entries averaged)
+    and ``dare`` (entries kept with probability ``density``, rescaled, summed) act on the entries of
+    the products, so they form each module's ``m x n`` product and return its SVD truncated to
+    ``rank`` (default: the largest ``r_i``). Each module's relative Frobenius error of truncation,
+    ``|dropped S| / |S|``, is returned (zero when exact). The result's scaling is 1 (``lora_alpha = r``,
+    or ``sqrt(r)`` with rsLoRA); a module of only some adapters counts as zero in the others.
+    ``base`` as in ``from_peft``."""
     import json
     import re
 
@@ -148,6 +162,9 @@ def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank
     weights = [1.0] * len(graphs) if weights is None else list(weights)
     if len(weights) != len(graphs) or not graphs:
         raise ValueError(f"{len(weights)} weights for {len(graphs)} graphs")
+    if method not in MERGES or not 0 < density <= 1:
+        raise ValueError(f"method must be one of {', '.join(MERGES)} (got {method!r}) and density in (0, 1]")
+    gen = torch.Generator().manual_seed(seed)
     parts = [_products(g) for g in graphs]
     first = adapters_in(graphs[0])[0]
     config, dtype = dict(first.config), next(iter(first.tensors.values())).dtype
@@ -155,14 +172,15 @@ def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank
     tensors, ranks, alphas, errors = {}, {}, {}, {}
     for module in sorted({m for p in parts for m in p}):
         found = [(w, p[module]) for w, p in zip(weights, parts) if module in p]
-        a = torch.cat([f[1] for _, f in found])
-        b = torch.cat([w * f[0] * f[2] for w, f in found], dim=1)
         key, a_shape, b_shape = found[0][1][3], found[0][1][4], found[0][1][5]
-        errors[module] = 0.0
-        if rank is not None and rank < a.shape[0]:
-            a, b, s = balanced_svd(a, b)
-            errors[module] = float(s[rank:].norm() / s.norm().clamp_min(1e-300))
-            a, b = a[:rank], b[:, :rank]
+        if method == "task-arithmetic":
+            a, b, errors[module] = _stacked(found, rank)
+        else:
+            size = (found[0][1][2].shape[0], found[0][1][1].shape[1])
+            tasks = torch.stack([w * p[module][0] * (p[module][2] @ p[module][1]) if module in p
+                                 else torch.zeros(size, dtype=torch.float64) for w, p in zip(weights, parts)])
+            a, b, errors[module] = _dense(_combine(tasks.flatten(1), method, density, gen).view(size),
+                                          rank or max(f[1].shape[0] for _, f in found))
         r = a.shape[0]
         tensors[key] = a.reshape(r, *a_shape[1:]).to(dtype)
         tensors[key.replace("lora_A.weight", "lora_B.weight").replace("lora_embedding_A", "lora_embedding_B")] = \
@@ -174,6 +192,33 @@ def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank
     text = json.dumps(config, indent=2, sort_keys=True)
     merged = build([Adapter("default", "", json.loads(text), text, tensors)], base, "merged adapter")
     return merged, errors
+
+
+def _stacked(found: list, rank: int | None) -> tuple[Tensor, Tensor, float]:
+    """The weighted products' sum as stacked factors, truncated to ``rank`` by the balanced SVD."""
+    a = torch.cat([f[1] for _, f in found])
+    b = torch.cat([w * f[0] * f[2] for w, f in found], dim=1)
+    if rank is None or rank >= a.shape[0]:
+        return a, b, 0.0
+    a, b, s = balanced_svd(a, b)
+    return a[:rank], b[:, :rank], float(s[rank:].norm() / s.norm().clamp_min(1e-300))
+
+
+def _combine(tasks: Tensor, method: str, density: float, gen: torch.Generator) -> Tensor:
+    """TIES or DARE over the rows of ``tasks`` (one flattened product per adapter)."""
+    if method == "ties":
+        from .merging import _ties
+
+        return _ties(tasks, density)
+    keep = torch.rand(tasks.shape, generator=gen, dtype=torch.float64) < density
+    return (tasks * keep / density).sum(0)
+
+
+def _dense(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float]:
+    """Balanced factors of rank ``rank`` of a dense update, and the relative error of truncation."""
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    a, b, _ = _balanced(u, s, vh.T, rank, 0.0)
+    return a, b, float(s[rank:].norm() / s.norm().clamp_min(1e-300))
 
 
 def _product_norm(a: Tensor, b: Tensor) -> float:
@@ -208,5 +253,5 @@ def nearest(query: ParameterGraph, graphs: list[ParameterGraph], k: int = 5) -> 
     return [(int(i), float(d[i])) for i in order]
 
 
-__all__ = ["EQUAL_RTOL", "RTOL", "ModuleSpectrum", "balanced_svd", "canonical_values", "canonicalise", "merge",
-           "nearest", "product_distances"]
+__all__ = ["EQUAL_RTOL", "MERGES", "RTOL", "ModuleSpectrum", "balanced_svd", "canonical_values", "canonicalise",
+           "merge", "nearest", "product_distances"]

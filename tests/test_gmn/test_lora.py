@@ -144,3 +144,26 @@ def test_product_distances_are_exact_and_gl_invariant(pair):
     assert float(d[0]) == pytest.approx(dense, rel=1e-10)
     assert float(d[1]) < 1e-8 * float(d[0]) and float(d[2]) < 1e-12 * float(d[0])
     assert [i for i, _ in lora.nearest(a, [b, moved], k=2)] == [1, 0]
+
+
+@pytest.mark.parametrize("method", ["ties", "dare"])
+def test_ties_and_dare_act_on_the_products(pair, method):
+    from gmn.merging import _ties
+
+    root, *_ = pair
+    graphs = [from_peft(root / "a"), from_peft(root / "b")]
+    merged, errors = lora.merge(graphs, [1.0, 0.5], rank=32, method=method, density=0.3, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    parts = [lora._products(g) for g in graphs]
+    for module in sorted(parts[0]):  # the same module order as merge, so DARE draws the same masks
+        tasks = torch.stack([w * p[module][0] * (p[module][2] @ p[module][1]) for w, p in zip([1.0, 0.5], parts)])
+        flat = tasks.flatten(1)
+        if method == "ties":
+            expected = _ties(flat, 0.3)
+        else:
+            expected = (flat * (torch.rand(flat.shape, generator=gen, dtype=torch.float64) < 0.3) / 0.3).sum(0)
+        s, a, b, *_ = lora._products(merged)[module]
+        torch.testing.assert_close(s * b @ a, expected.view(tasks.shape[1:]), rtol=1e-9, atol=1e-10)
+        assert errors[module] < 1e-12  # rank 32 holds any 32 x n product: exact
+    cut, errors = lora.merge(graphs, rank=2, method=method, density=0.3)
+    assert min(errors.values()) > 0 and all(a.shape[0] == 2 for _, a, *_ in lora._products(cut).values())
