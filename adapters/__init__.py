@@ -15,7 +15,16 @@ from torch import nn
 from converters.graph import ParameterGraph
 from converters.limits import MAX_JSON_BYTES
 
-from .folder import Adapter, AdapterError, LoraModule, from_peft_model, lora_pairs, modules_of, read_folder
+from .folder import (
+    Adapter,
+    AdapterError,
+    LoraModule,
+    from_peft_model,
+    is_adapter_folder,
+    lora_pairs,
+    modules_of,
+    read_folder,
+)
 from .graph import META, build
 from .writer import adapters_in, adapters_of, to_peft
 
@@ -77,4 +86,4 @@ def meta_base(folder: Path) -> nn.Module:
 
 
 __all__ = ["META", "Adapter", "AdapterError", "LoraModule", "adapters_in", "adapters_of", "build", "from_peft",
-           "lora_pairs", "meta_base", "modules_of", "to_peft"]
+           "is_adapter_folder", "lora_pairs", "meta_base", "modules_of", "to_peft"]

@@ -191,6 +191,13 @@ def _subdir_ok(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name) is not None and ".." not in name
 
 
+def is_adapter_folder(path) -> bool:
+    """Whether ``path`` is a PEFT adapter folder (``adapter_config.json`` in it or in a sub-folder)."""
+    path = Path(path)
+    return path.is_dir() and ((path / CONFIG).is_file() or any(
+        (p / CONFIG).is_file() for p in path.iterdir() if p.is_dir() and not p.is_symlink()))
+
+
 def find_adapters(folder: Path) -> list[tuple[str, str]]:
     """``(adapter name, sub-folder)`` of every adapter in ``folder``: the folder's own (``default``)
     first, then PEFT's adapter-name sub-folders in name order."""

@@ -41,8 +41,13 @@ def _refused(path, *words):
 
 
 def test_a_minimal_folder_converts(tmp_path):
-    g = from_peft(_folder(tmp_path, _config()))
+    from adapters import is_adapter_folder
+
+    g = from_peft(_folder(tmp_path / "one", _config()))
     assert int(g.num_param_edges) == 32
+    _folder(tmp_path / "two" / "sub", _config())
+    assert is_adapter_folder(tmp_path / "one") and is_adapter_folder(tmp_path / "two")
+    assert not is_adapter_folder(tmp_path / "one" / "adapter_config.json") and not is_adapter_folder(tmp_path / "x")
 
 
 @pytest.mark.parametrize("kind", ["IA3", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING"])
