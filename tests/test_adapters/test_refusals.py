@@ -23,7 +23,7 @@ def _config(**changes) -> dict:
 
 
 def _folder(tmp_path, config: dict, tensors: dict | None = None):
-    tmp_path.mkdir(exist_ok=True)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     tensors = tensors if tensors is not None else {f"{KEY}.lora_A.weight": torch.ones(2, 8),
                                                      f"{KEY}.lora_B.weight": torch.ones(8, 2)}
