@@ -117,3 +117,22 @@ def test_to_peft_refuses_to_overwrite_and_graphs_without_adapters(tmp_path):
     g.peft_adapters = json.dumps({"adapters": [{"name": "x", "subdir": "../escape", "config": "{}"}]})
     with pytest.raises(AdapterError, match="malformed"):
         to_peft(g, None, tmp_path / "out2")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_half_and_double_adapters_round_trip_bit_identically(tmp_path, dtype):
+    from safetensors.torch import load_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"{KEY}.lora_A.weight": torch.randn(2, 8, generator=gen).to(dtype),
+               f"{KEY}.lora_B.weight": torch.randn(8, 2, generator=gen).to(dtype)}
+    g = from_peft(_folder(tmp_path / "in", _config(), tensors))
+    to_peft(g, None, tmp_path / "out")
+    back = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    for key, t in tensors.items():
+        assert back[key].dtype == dtype and torch.equal(back[key].view(torch.uint8), t.view(torch.uint8))
+
+
+def test_integer_tensors_are_refused(tmp_path):
+    tensors = {f"{KEY}.lora_A.weight": torch.ones(2, 8, dtype=torch.int64), f"{KEY}.lora_B.weight": torch.ones(8, 2)}
+    _refused(_folder(tmp_path, _config(), tensors), "I64", "floating point")
