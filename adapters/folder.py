@@ -81,11 +81,15 @@ def read_config(path: Path) -> tuple[dict, str]:
         raise _fail(path.parent, f"no {CONFIG} (not a PEFT adapter folder)")
     if path.stat().st_size > MAX_JSON_BYTES:
         raise _fail(path, f"{path.stat().st_size:,} bytes, beyond the {MAX_JSON_BYTES:,} a config may have")
-    text = path.read_text(encoding="utf-8", errors="strict")
     try:
+        text = path.read_text(encoding="utf-8", errors="strict")
         config = json.loads(text)
+    except UnicodeDecodeError:
+        raise _fail(path, "not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise _fail(path, f"not JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:
+        raise _fail(path, "JSON nested too deeply") from None
     check_config(config, path)
     return config, text
 

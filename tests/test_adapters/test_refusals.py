@@ -89,6 +89,10 @@ def test_unreadable_and_oversized_files_are_one_line(tmp_path):
     _refused(folder, "pickle")
     (folder / "adapter_config.json").write_text("{not json")
     _refused(folder, "not JSON")
+    (folder / "adapter_config.json").write_bytes(b"\xff\xfe{}")
+    _refused(folder, "not UTF-8")
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    _refused(folder, "nested too deeply")
     _refused(_folder(tmp_path / "bad", _config(target_parameters=["experts.gate_up_proj"])), "target_parameters")
     _refused(_folder(tmp_path / "pattern", _config(alpha_pattern={"(": 2})), "regular expression")
     (tmp_path / "empty").mkdir()
@@ -136,3 +140,12 @@ def test_half_and_double_adapters_round_trip_bit_identically(tmp_path, dtype):
 def test_integer_tensors_are_refused(tmp_path):
     tensors = {f"{KEY}.lora_A.weight": torch.ones(2, 8, dtype=torch.int64), f"{KEY}.lora_B.weight": torch.ones(8, 2)}
     _refused(_folder(tmp_path, _config(), tensors), "I64", "floating point")
+
+
+def test_converters_loads_adapters_lazily_and_never_gmn_or_peft():
+    import subprocess
+    import sys
+
+    code = ("import sys, converters; assert 'adapters' not in sys.modules; f = converters.from_peft; "
+            "assert 'adapters' in sys.modules and 'gmn' not in sys.modules and 'peft' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
