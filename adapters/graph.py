@@ -12,8 +12,9 @@ A DoRA magnitude is a SCALE edge beside it, a ``lora_B`` bias BIAS edges from a 
 PEFT saves whole (``modules_to_save``, biases, embedding layers) are CONSTANT edges of one pinned node
 per tensor (position: the scalar's flat index).
 
-Input and output neurons belong to the base and are pinned (they carry a ``node_index``); only rank
-nodes move, so the graph's automorphisms are the rank permutations of each module. With a base the
+Input and output neurons belong to the base and are pinned (they carry a ``node_index``), and so are
+delta nodes; only rank nodes move, so the graph's automorphisms are the rank permutations of each
+module. With a base the
 neurons are the base's own (numbered over all its layers, so every adapter of one base has one
 frame), shared where its layers share them; without one each module's are its own.
 """
@@ -63,12 +64,12 @@ class _Frame:
             if tokens:
                 self.tokens.add(key)
 
-    def nodes_of(self, key) -> Tensor:
+    def nodes_of(self, key, depth: int = 0) -> Tensor:
         if key not in self.nodes:
             size = self.size[key]
             kind = NodeType.TOKEN if key in self.tokens else NodeType.HIDDEN
             index = torch.arange(self.index[key], self.index[key] + size, dtype=torch.int32)
-            self.nodes[key] = self.builder.add_nodes(size, kind, 0, index)
+            self.nodes[key] = self.builder.add_nodes(size, kind, depth, index)
         return self.nodes[key]
 
 
@@ -199,7 +200,10 @@ def _module_edges(builder: GraphBuilder, frame: _Frame, m: LoraModule) -> float:
     in_key, out_key = frame.io[m.module]
     inputs, outputs = frame.nodes_of(in_key), frame.nodes_of(out_key)
     rank = builder.add_nodes(m.rank, NodeType.HIDDEN, 1)
-    delta = builder.add_nodes(m.out_features, NodeType.HIDDEN, 2)
+    # delta nodes are pinned too: two modules that read and write the same neurons (parallel branches)
+    # must not trade their updates, which differ in scaling, DoRA norm and base weight
+    frame.number(("delta", m.adapter, m.module), m.out_features)
+    delta = frame.nodes_of(("delta", m.adapter, m.module), depth=2)
     a_shape = (m.rank, m.in_features) + m.kernel
     tail = (1,) * len(m.kernel)
     kernel_pos = torch.arange(math.prod(m.kernel)).view(m.kernel) if m.kernel else 0

@@ -203,3 +203,43 @@ def test_example_inputs_find_shared_neurons_of_a_plain_module(built):
     residual = (g.edge_type == int(converters.EdgeType.RESIDUAL)) & torch.isin(g.edge_index[0], emb_delta)
     fc_in = g.edge_index[0, g.param_index.edge_ids("base_model.model.fc.lora_A.weight")].unique()
     assert torch.equal(g.edge_index[1, residual].unique(), fc_in)
+
+
+class _Parallel(torch.nn.Module):
+    """Two branches reading and writing the same neurons: ``x + a(x) + b(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return x + self.a(x) + self.b(x)
+
+
+def test_parallel_branches_never_trade_their_updates(tmp_path):
+    """Same inputs, same outputs, same rank: only the scaling tells a's update from b's. The pinned
+    delta nodes keep every symmetry inside one module (an exchange of the two changed the outputs)."""
+    import copy
+
+    import peft
+
+    from .cases import perturb
+
+    torch.manual_seed(0)
+    base = _Parallel().double()
+    model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=2, target_modules=["a", "b"],
+                                                                     alpha_pattern={"b": 7})).double()
+    perturb(model, 0)
+    model.save_pretrained(tmp_path / "par")
+    x = torch.randn(3, 6, dtype=torch.float64)
+    g = from_peft(tmp_path / "par", base=base, example_inputs=(x,))
+    assert g.param_index.pins == ()
+    a_out = g.edge_index[1, g.edge_type == int(converters.EdgeType.RESIDUAL)].unique()
+    assert a_out.numel() == 6  # both branches write the same six neurons
+    ref = model(x)
+    for seed in range(4):
+        moved = symmetry.random_symmetry(g, seed=seed)
+        out = tmp_path / f"moved{seed}"
+        to_peft(g, converters.parameter_values(moved), out)
+        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), out).eval()
+        torch.testing.assert_close(loaded(x), ref, rtol=1e-12, atol=1e-12)
