@@ -17,6 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+try:
+    import re._parser as _regex_parser
+except ImportError:  # Python 3.10
+    import sre_parse as _regex_parser
+
 from converters.graph import ConversionError
 from converters.limits import MAX_JSON_BYTES, check_elements
 
@@ -24,6 +29,12 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 #: PEFT's prefix of every key it saves for LoRA (``LoraModel`` wraps the base as ``.model``)
 PREFIX = "base_model.model."
+#: the longest rank_pattern / alpha_pattern key (PEFT's are module names or short regular expressions)
+MAX_PATTERN = 512
+#: the longest tensor name (a 7B model's are under 80 characters)
+MAX_KEY = 1024
+#: the most repetitions (``*``, ``+``, ``{m,n}``) one pattern key may hold
+MAX_REPEATS = 2
 #: the largest rank a config may name (a 7B model's widest layer is 11,008: no real adapter comes close)
 MAX_RANK = 1 << 16
 #: layers PEFT saves whole when a LoRA targets them (``peft.utils.constants.EMBEDDING_LAYER_NAMES``)
@@ -137,10 +148,51 @@ def check_config(config, where) -> None:
 
 
 def _compiles(pattern: str, where, what: str) -> None:
+    """A pattern key PEFT can match fast: it compiles, is at most ``MAX_PATTERN`` long, holds at most
+    ``MAX_REPEATS`` repetitions and none inside another, no alternation under a repetition and no
+    back-reference (``(a+)+``, ``(a|aa)*``, ``.*.*.*.*x``: Python's matcher backtracks exponentially or
+    to a high power of the name's length on them, and the names they meet come from the file)."""
     try:
-        re.compile(pattern)
+        tree = _regex_parser.parse(pattern)
     except re.error as err:
         raise _fail(where, f"{what} key {pattern!r:.40} is not a regular expression ({err})") from None
+    if len(pattern) > MAX_PATTERN or not _linear(list(tree), inside_repeat=False) or _repeats(list(tree)) > MAX_REPEATS:
+        raise _fail(where, f"{what} key {pattern!r:.40} could take exponential time to match (nested repetition, "
+                           f"alternation or back-reference under a repetition, over {MAX_REPEATS} repetitions or "
+                           f"over {MAX_PATTERN} characters)")
+
+
+_REPEATS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+
+
+def _linear(items: list, inside_repeat: bool) -> bool:
+    for op, av in items:
+        name = str(op)
+        if name in _REPEATS:
+            if inside_repeat or not _linear(list(av[2]), inside_repeat=True):
+                return False
+        elif (name == "BRANCH" or name.startswith("GROUPREF")) and inside_repeat:
+            return False
+        elif name == "GROUPREF" or name.startswith("GROUPREF"):
+            return False
+        else:
+            for part in _parts(av):
+                if not _linear(part, inside_repeat):
+                    return False
+    return True
+
+
+def _repeats(items: list) -> int:
+    return sum((str(op) in _REPEATS) + sum(_repeats(part) for part in _parts(av)) for op, av in items)
+
+
+def _parts(av) -> list[list]:
+    """The sub-patterns inside one parsed item's arguments (groups, branches, assertions)."""
+    if isinstance(av, _regex_parser.SubPattern):
+        return [list(av)]
+    if isinstance(av, (list, tuple)):
+        return [p for x in av for p in _parts(x)]
+    return []
 
 
 def pattern_value(patterns: dict, module: str, default):
@@ -242,6 +294,8 @@ def check_header(header: dict[str, tuple[tuple[int, ...], str]], config: dict, w
     """Names, shapes and dtypes against the config, and the total against free memory, before any read."""
     total = 0
     for key, (shape, dtype) in header.items():
+        if len(key) > MAX_KEY:  # names meet regular expressions: their length bounds the matching time
+            raise _fail(where, f"a key of {len(key):,} characters (at most {MAX_KEY})")
         if dtype not in FLOAT_DTYPES:
             raise _fail(where, f"{key} is {dtype}; adapter weights are floating point")
         if not key.startswith(PREFIX):

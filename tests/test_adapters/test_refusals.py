@@ -149,3 +149,14 @@ def test_converters_loads_adapters_lazily_and_never_gmn_or_peft():
     code = ("import sys, converters; assert 'adapters' not in sys.modules; f = converters.from_peft; "
             "assert 'adapters' in sys.modules and 'gmn' not in sys.modules and 'peft' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "(a|aa)*", r"(x)\1", ".*.*.*q", "q" * 600])
+def test_patterns_that_backtrack_are_refused(tmp_path, pattern):
+    _refused(_folder(tmp_path, _config(alpha_pattern={pattern: 2})), "could take exponential time")
+
+
+def test_long_keys_are_refused(tmp_path):
+    long = "base_model.model." + "a." * 600 + "q_proj"
+    _refused(_folder(tmp_path, _config(), {f"{long}.lora_A.weight": torch.ones(2, 8),
+                                           f"{long}.lora_B.weight": torch.ones(8, 2)}), "characters")
