@@ -1,4 +1,5 @@
-"""converters: PyTorch / ONNX models <-> parameter graphs. Never imports ``gmn``.
+"""converters: PyTorch / ONNX models (and PEFT adapters, through the ``adapters`` package) <->
+parameter graphs. Never imports ``gmn``.
 
 Names load on first use (PEP 562): the graph type is a PyG ``Data`` and the ONNX frontend needs
 ``onnx``, together seconds of imports that a command which only writes a file or prints its help
@@ -24,9 +25,13 @@ _SOURCES = {
     "OptimizedOnnxWarning": "onnx_frontend", "from_onnx": "onnx_frontend", "load_onnx": "onnx_frontend",
     "to_onnx": "onnx_frontend",
 }
+#: PEFT adapters live in the ``adapters`` package beside this one (it builds on converters)
+_ADAPTER_NAMES = ("from_peft", "to_peft")
 
 
 def __getattr__(name: str):
+    if name in _ADAPTER_NAMES:
+        return getattr(importlib.import_module("adapters"), name)
     source = _SOURCES.get(name)
     if source is None:
         raise AttributeError(f"module 'converters' has no attribute {name!r}")
@@ -38,7 +43,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SOURCES))
+    return sorted(set(globals()) | set(_SOURCES) | set(_ADAPTER_NAMES))
 
 
-__all__ = sorted(_SOURCES)
+__all__ = sorted([*_SOURCES, *_ADAPTER_NAMES])

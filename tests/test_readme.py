@@ -119,6 +119,10 @@ def _user_files(root: Path) -> None:
     config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
     transformers.GPT2LMHeadModel(config).save_pretrained(root / "my-model")
     transformers.GPT2LMHeadModel(config).save_pretrained(root / "my-model-2")  # another seed: a pair to merge
+    import peft
+
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)
+    peft.get_peft_model(transformers.GPT2LMHeadModel(config), lora).save_pretrained(root / "my-adapter")
 
 
 @pytest.fixture(scope="module")
