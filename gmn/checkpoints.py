@@ -511,18 +511,26 @@ def load_module(target: str | Path, arch: str | None = None, input_shape: tuple[
 
 
 def load_graph(target: str | Path, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
-               classes: int = 10, example: tuple | None = None, progress: bool = False):
+               classes: int = 10, example: tuple | None = None, progress: bool = False, base: str | None = None,
+               templates=None):
     """Any model gmn reads, as a parameter graph: an ONNX file, a saved graph (``gmn convert``'s
-    .pt, no ``arch``), a checkpoint with ``arch``, a Hugging Face model folder, a built-in name
-    (or its JSON) or ``module:attr``. Every command reads models through here. The graph
-    carries its runnable model (``g.model``), except a saved graph's. ``example`` (inputs to
-    trace with) defaults to the model's own; ``input_shape`` has no batch dimension."""
+    .pt, no ``arch``), a checkpoint with ``arch``, a Hugging Face model folder, a PEFT adapter
+    folder (``base``: its base model, anything :func:`load_module` reads; a Hugging Face folder is
+    built on the meta device), a built-in name (or its JSON) or ``module:attr``. Every command reads
+    models through here. The graph carries its runnable model (``g.model``), except a saved graph's
+    and an adapter's. ``example`` (inputs to trace with) defaults to the model's own; ``input_shape``
+    has no batch dimension. ``templates`` (a ``converters.Templates``): files of one architecture
+    are traced once and the others read into that structure."""
     import converters
     from converters import ConversionError
 
     path = Path(target)
+    if _is_adapter_folder(path):
+        return _adapter_graph(path, base, input_shape, classes, example)
+    if base is not None:
+        raise ValueError(f"{target}: --base goes with a PEFT adapter folder (adapter_config.json), and this is none")
     if path.suffix == ".onnx":
-        return converters.from_onnx(path, progress=progress)
+        return templates.from_onnx(path, progress) if templates is not None else converters.from_onnx(path, progress)
     if path.is_file() and arch is None:
         try:
             return converters.load_graph(path)
@@ -535,7 +543,27 @@ def load_graph(target: str | Path, arch: str | None = None, input_shape: tuple[i
     example = example if example is not None and not is_hf_folder(path) else default
     if example is None:
         raise ValueError(f"{target}: gmn cannot guess this model's inputs; give --input-shape (e.g. 1,3,32,32)")
+    if templates is not None:
+        return templates.from_torch(model.eval(), example, progress=progress)
     return converters.from_torch(model.eval(), example, progress=progress)
+
+
+def _is_adapter_folder(path: Path) -> bool:
+    if not path.is_dir() or is_hf_folder(path):
+        return False
+    from adapters import is_adapter_folder
+
+    return is_adapter_folder(path)
+
+
+def _adapter_graph(path: Path, base: str | None, input_shape: tuple[int, ...] | None, classes: int,
+                   example: tuple | None):
+    """A PEFT adapter folder's graph over ``base`` (none: each adapted module's neurons its own)."""
+    import converters
+
+    if base is not None and not is_hf_folder(Path(base)):  # a Hugging Face base stays a path: built on meta
+        base = load_module(base, None, input_shape, classes)[0]
+    return converters.from_peft(path, base=base, example_inputs=example)
 
 
 def is_hf_model(model: object) -> bool:

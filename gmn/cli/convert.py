@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,28 +43,40 @@ def _shape(text: str | tuple[int, ...]) -> tuple[int, ...]:
         raise ValueError(f"--input-shape {text!r} is not a comma list of integers (e.g. 1,3,32,32)") from None
 
 
-def load_target(target: str, arch: str | None, input_shape: str | tuple | None, dtype: str) -> ParameterGraph:
+def load_target(target: str, arch: str | None, input_shape: str | tuple | None, dtype: str, base: str | None = None,
+                templates=None) -> ParameterGraph:
     """A parameter graph of anything gmn reads (``gmn.checkpoints.load_graph``), traced with
     ``--input-shape``/``--input-dtype`` inputs when given."""
     shape = _shape(input_shape) if input_shape else None
     example = _example(input_shape, dtype, None) if shape else None
-    return load_graph(target, arch, shape[1:] if shape else None, example=example, progress=True)
+    return load_graph(target, arch, shape[1:] if shape else None, example=example, progress=True, base=base,
+                      templates=templates)
+
+
+MODEL_HELP = ("ONNX file, saved graph, checkpoint (with --arch), Hugging Face model folder (config.json + "
+              "safetensors), PEFT adapter folder (adapter_config.json; --base names its base), built-in name or "
+              "module:attr")
 
 
 def add_parsers(sub) -> None:
     for name, text in (("inspect", "print a model's parameter-graph summary"),
-                       ("convert", "convert a model and save its parameter graph")):
+                       ("convert", "convert models and save their parameter graphs (files of one architecture are "
+                                   "traced once)")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="ONNX file, saved graph, checkpoint (with --arch), Hugging Face model folder "
-                                     "(config.json + safetensors), built-in name or module:attr")
+        if name == "convert":
+            p.add_argument("model", nargs="+", help=MODEL_HELP + "; several: -o is a folder")
+        else:
+            p.add_argument("model", help=MODEL_HELP)
         p.add_argument("--arch", help=checks.ARCH_HELP)
+        p.add_argument("--base", help="with an adapter folder: its base model (a Hugging Face folder, built-in name, "
+                                      "JSON or module:attr); without it each adapted module's neurons are its own")
         p.add_argument("--input-shape", type=checks.shape, help="example input shape, e.g. 1,3,32,32")
         p.add_argument("--input-dtype", default="float", choices=("float", "long"),
                        help="example input dtype (long: token ids)")
         if name == "convert":
-            p.add_argument("-o", "--output", required=True, type=checks.output_file(".pt"),
-                           help="where to write the graph (.pt)")
-            p.set_defaults(outputs=lambda a: ([a.output], [], [a.model]))
+            p.add_argument("-o", "--output", required=True,
+                           help="where to write the graph (.pt); with several models, a folder (one <name>.pt each)")
+            p.set_defaults(outputs=lambda a: (_outputs(a.model, a.output), [], a.model))
         else:
             p.add_argument("--graphml", type=checks.output_file(".graphml"),
                            help="also write the graph as GraphML (small graphs)")
@@ -71,9 +85,31 @@ def add_parsers(sub) -> None:
         checks.add_force(p)
 
 
+def _outputs(models: list[str], output: str) -> list[Path]:
+    """Where each graph goes: ``output`` itself for one model, ``output/<name>.pt`` for several
+    (names must differ). Checked before any work."""
+    if len(models) == 1:
+        try:
+            return [Path(checks.output_file(".pt")(output))]
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"-o: {err}") from None
+    folder = Path(output)
+    if folder.suffix == ".pt" or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"-o {output}: with {len(models)} models, -o is a folder (one <name>.pt per model)")
+    if not folder.parent.is_dir():
+        raise ValueError(f"-o {output}: no such folder {folder.parent} to make it in")
+    files = [folder / f"{Path(m.rstrip('/')).stem}.pt" for m in models]
+    if len(set(files)) < len(files):
+        raise ValueError(f"-o {output}: two models have one name; convert them into separate folders")
+    return files
+
+
 def _convert(args) -> int:
+    if args.command == "convert" and len(args.model) > 1:
+        return _convert_many(args)
+    model = args.model[0] if args.command == "convert" else args.model
     start = time.perf_counter()
-    g = load_target(args.model, args.arch, args.input_shape, args.input_dtype)
+    g = load_target(model, args.arch, args.input_shape, args.input_dtype, args.base)
     seconds = time.perf_counter() - start
     print(summary(g))
     print(f"converted in {seconds:.2f} s")
@@ -94,3 +130,17 @@ def _convert(args) -> int:
     return 0
 
 
+def _convert_many(args) -> int:
+    """Several models into ``-o``'s folder: models of one architecture share one trace
+    (``converters.Templates``); a file that does not fit its architecture stops the command
+    naming it."""
+    files = _outputs(args.model, args.output)
+    files[0].parent.mkdir(exist_ok=True)
+    templates = converters.Templates()
+    start = time.perf_counter()
+    for model, out in zip(args.model, files):
+        g = load_target(model, args.arch, args.input_shape, args.input_dtype, args.base, templates)
+        atomic_write(out, lambda tmp, g=g: converters.save_graph(g, tmp))
+        print(f"{model}: {g.num_nodes} nodes, {int(g.num_param_edges.sum())} parameters -> {out}")
+    print(f"converted {len(files)} models ({len(templates)} traced) in {time.perf_counter() - start:.2f} s")
+    return 0

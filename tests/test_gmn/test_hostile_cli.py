@@ -29,7 +29,7 @@ import converters
 from converters.files import atomic_write
 from gmn.architectures import BUILTIN
 from gmn.cli import main
-from gmn.data import ZooDataset, state_values
+from gmn.data import ZooDataset
 from gmn.zoo import Zoo, import_folder
 from gmn.zoo.catalogue import Catalogue
 
@@ -454,14 +454,14 @@ def test_replaced_checkpoints_are_never_served_from_the_cache(tmp_path, capsys):
     capsys.readouterr()
     second = ZooDataset(folder, progress=False)
     i = next(j for j, m in enumerate(second.members) if m["path"] == "m1.safetensors")
-    expected = state_values(second.templates[second.arch_keys[i]].param_index, new)
+    expected = converters.state_values(second.templates[second.arch_keys[i]], new)
     assert torch.equal(second.values[i], expected)
     assert not torch.equal(first.values[i], expected)
     # the same file overwritten in place, without any import: converted again too
     _mlp_checkpoint(folder / "m1.safetensors", 7)
     third = ZooDataset(folder, progress=False)
-    assert torch.equal(third.values[i], state_values(third.templates[third.arch_keys[i]].param_index,
-                                                     load_file(folder / "m1.safetensors")))
+    assert torch.equal(third.values[i], converters.state_values(third.templates[third.arch_keys[i]],
+                                                                load_file(folder / "m1.safetensors")))
     assert len(list((folder / "processed").glob("graphs-*.pt"))) == 3
     OUTCOMES["stale cache never served"] += 2
 
