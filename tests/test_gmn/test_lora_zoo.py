@@ -85,3 +85,11 @@ def test_any_folder_of_adapters_with_a_csv_is_a_dataset(tmp_path):
     (root / "catalogue.csv").write_text("path,score\nx,nan\n")
     with pytest.raises(ValueError, match="line 2: score is 'nan', not a finite number"):
         AdapterDataset(root, ("score",), base=factory())
+
+
+def test_zoo_build_preset_lora_through_the_command_line(tmp_path, capsys):
+    from gmn.cli import main
+
+    assert main(["zoo", "build", str(tmp_path / "z"), "--preset", "lora", "--runs", "2", "--epochs", "1"]) == 0
+    assert "2 LoRA adapters of one base" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "z" / "adapters").iterdir()) == ["a0000", "a0001"]
