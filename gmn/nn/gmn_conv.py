@@ -26,12 +26,19 @@ class GMNConv(nn.Module):
     Per edge and layer this is one ``d x d`` product and one stored ``E x d`` activation.
     ``aggr`` is one reduction (``"mean"``, ``"sum"``, ``"max"``) or several joined by ``+``
     (``"mean+max"``), concatenated.
+
+    ``film``: the edge state also scales the source's term,
+    :math:`z_{uv} = \mathrm{ReLU}(A h_u \odot (1 + F e_{uv}) + B h_v + e_{uv})` (FiLM
+    conditioning, as in Kofinas et al.'s neural-graph PNA). A layer of the model multiplies
+    a neuron's activation by a weight; a sum of ``A h_u`` and ``e_uv`` can mimic that product
+    only piecewise, a gate computes it in one layer.
     """
 
-    def __init__(self, hidden: int, aggr: str = "mean"):
+    def __init__(self, hidden: int, aggr: str = "mean", film: bool = False):
         super().__init__()
         self.hidden, self.aggrs = hidden, tuple(aggr.split("+"))
         self.node_proj = nn.Linear(hidden, 2 * hidden)  # A, B (and the edge MLP's bias)
+        self.edge_film = nn.Linear(hidden, hidden) if film else None  # F
         self.edge_out = nn.Linear(hidden, hidden)  # W
         width = (1 + 2 * len(self.aggrs)) * hidden
         self.node_mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -41,7 +48,10 @@ class GMNConv(nn.Module):
         """``z`` of the given edges (any subset: chunked passes call this per chunk)."""
         a, b = self.node_proj(h).chunk(2, dim=-1)
         # index_select, not a[src]: its backward is an index_add, not a sorting index_put
-        return F.relu(a.index_select(0, src) + b.index_select(0, dst) + e)
+        a = a.index_select(0, src)
+        if self.edge_film is not None:
+            a = a * (1 + self.edge_film(e))
+        return F.relu(a + b.index_select(0, dst) + e)
 
     def update_edges(self, e: Tensor, z: Tensor) -> Tensor:
         return e + self.edge_out(z)

@@ -162,11 +162,11 @@ def test_same_results_on_cuda(graphs):
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("pool", ["mean+attn", "tensor", "mean+max+attn+tensor", "norm"])
+@pytest.mark.parametrize("pool", ["mean+attn", "tensor", "mean+max+attn+tensor", "norm", "mean+output", "film"])
 def test_readout_pools_are_invariant_and_batch_alike(graphs, pool):
     torch.manual_seed(0)
-    net = GraphMetanetwork(hidden=16, layers=2, pool="mean+attn" if pool == "norm" else pool,
-                           readout_norm=pool == "norm")
+    net = GraphMetanetwork(hidden=16, layers=2, pool="mean+attn" if pool in ("norm", "film") else pool,
+                           readout_norm=pool == "norm", film=pool == "film")
     if pool == "norm":  # batch statistics to evaluate with
         net(Batch.from_data_list([graphs[n][0] for n in ("mlp_tanh", "resnet18", "moe")]))
     net.eval()
