@@ -130,6 +130,68 @@ def run(ds: ZooDataset, split: Split, args, method: str) -> float:
     return gmn_accuracy(ds, split, args, method)
 
 
+def diagnose(ds: ZooDataset, members: int = 100) -> str:
+    """Why a graph metanetwork cannot read a SIREN, measured on a randomly initialised one
+    (``inr_config``'s architecture): how far one first-layer weight's change travels (the
+    largest change of a node state at each hop from that weight), and how much each part of
+    the readout differs between SIRENs (std over SIRENs / RMS, mean over features)."""
+    from torch_geometric.loader import DataLoader
+
+    from gmn.models.metanetwork import node_graphs
+    from gmn.nn import scatter
+    from gmn.tasks.property import graph_metanetwork, standardised_values
+
+    config = inr_config(TrainConfig(hidden=32))
+    torch.manual_seed(0)
+    net = graph_metanetwork(config, "gmn", 10, 0).eval()
+    idx = torch.arange(members)
+    batch = next(iter(DataLoader(ds.index_select(idx), batch_size=members)))
+    values = standardised_values(batch, ds.parameter_std(idx), ds.arch_keys)
+    g = ds[0]
+    hops = _hops(g)
+    first = g.param_index.edge_ids("0.weight")[0]
+    base = values[: g.num_edges]
+    moved = base.clone()
+    moved[first] += 1.0
+    lines = [f"one first-layer weight of SIREN 0 moved by one std; largest node-state change per hop "
+             f"({config.layers} GMN layers, hidden 32, random init):"]
+    with torch.no_grad():
+        states = []
+        for v in (base, moved):
+            h, e = net.nodes(g), net.edges(g, v)
+            for conv in net.convs:
+                h, e = conv(h, e, g.edge_index)
+            states.append(h)
+        change = (states[0] - states[1]).abs().max(1).values
+        for d in range(int(hops.max()) + 1):
+            lines.append(f"  hop {d}: {float(change[hops == d].max()):.1e}")
+        h, e = net.nodes(batch), net.edges(batch, values)
+        for conv in net.convs:
+            h, e = conv(h, e, batch.edge_index)
+    spread = lambda x: float((x.std(0) / x.pow(2).mean(0).sqrt()).mean())  # noqa: E731
+    output = h[batch.node_type == int(NodeType.OUTPUT)]
+    pooled = scatter(h, node_graphs(batch), members, "mean")
+    lines.append(f"spread between {members} SIRENs: mean over nodes {spread(pooled):.4f}, "
+                 f"output neuron {spread(output):.4f}")
+    return "\n".join(lines)
+
+
+def _hops(g) -> torch.Tensor:
+    """Each node's hop distance from the first parameter edge's endpoints (edges both ways)."""
+    src, dst = g.edge_index
+    first = g.param_index.edge_ids("0.weight")[0]
+    dist = torch.full((g.num_nodes,), -1)
+    dist[src[first]] = dist[dst[first]] = 0
+    for d in range(1, g.num_nodes):
+        near = (dist == d - 1)
+        reach = torch.cat([dst[near[src]], src[near[dst]]])
+        reach = reach[dist[reach] < 0]
+        if not len(reach):
+            break
+        dist[reach] = d
+    return dist
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'method':<12}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}", "-" * 63]
     lines += [f"{r['method']:<12}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}{r['seconds']:>9.0f}"
@@ -169,6 +231,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--probes", type=int, default=14, help="side of the coordinate grid of probe inputs")
+    p.add_argument("--diagnose", action="store_true", help="only measure why weights are hard to read (seconds)")
     p.add_argument("--out", default="benchmarks/results/property")
     args = p.parse_args()
     out = Path(args.out)
@@ -178,6 +241,11 @@ def main() -> None:
 
     build_inr_zoo(args.zoo, count=args.count).close()
     ds = ZooDataset(args.zoo, targets=("label",))
+    if args.diagnose:
+        text = diagnose(ds) + f"\n(OMP_NUM_THREADS=1 python {' '.join(sys.argv)})\n"
+        print(text)
+        (out / "inr_classification_diagnosis.txt").write_text(text)
+        return
     command = "OMP_NUM_THREADS=1 python " + " ".join(sys.argv)
     sizes = [min(int(n), len(ds) - args.val - args.test) for n in args.n_train.split(",")]
     for n in dict.fromkeys(sizes):
