@@ -4,7 +4,7 @@ metanetwork trained with cross-entropy on an integer target of the zoo."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,15 +78,4 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
                             trainer.state["history"])
 
 
-def inr_config(base: TrainConfig | None = None, layers: int = 6) -> TrainConfig:
-    """The graph-classifier recipe for implicit neural representations (SIRENs), from the
-    measurements in ``benchmarks/results/property/README.md``: the output neuron's state in the
-    readout (a mean over every node and edge differs by ~1 % between SIRENs), ``layers`` at
-    least the hops from the input to the output neurons (a SIREN's ``sin(w0 x)`` puts a node
-    between every layer and its sine: 5 hops for two hidden layers), edge-gated messages and a
-    smooth value encoding."""
-    return replace(base or TrainConfig(), pool="mean+attn+output", layers=layers, film=True, value_scale=0.25,
-                   readout_norm=True)
-
-
-__all__ = ["ClassifierResult", "fit_classifier", "inr_config"]
+__all__ = ["ClassifierResult", "fit_classifier"]

@@ -201,7 +201,7 @@ def _siren_graph():
 def test_a_sirens_output_neuron_hears_the_first_layer_after_five_hops(layers):
     """sin(w0 x) puts a node between every hidden layer and its sine, so a SIREN with two
     hidden layers is 5 hops from its inputs to its output: a 4-layer GMN's output neuron
-    never sees a first-layer weight (why ``inr_config`` uses 6 layers). At init the output's
+    never sees a first-layer weight. At init the output's
     gradient is ~1e-7 after 5 hops (each hop shrinks a neighbour's change 10-100 fold), so
     the dependence is read from autograd, not from a difference of outputs."""
     g = _siren_graph()
