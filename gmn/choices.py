@@ -4,6 +4,6 @@ before it loads the libraries that implement them."""
 
 KINDS = ("gmn", "pna", "scale_gmn")  #: metanetwork layers (gmn.models.GraphMetanetwork's kind)
 READOUTS = ("graph", "node", "edge")
-POOLS = ("mean", "max", "sum", "attn", "tensor")  #: a graph readout's edge pools, joined by +
+POOLS = ("mean", "max", "sum", "attn", "tensor", "output")  #: a graph readout's pools, joined by +
 #: gmn bench property's methods: weight statistics, baselines (nfn_*, probe: gmn/tasks/*_baseline.py), metanetworks
 METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *KINDS)

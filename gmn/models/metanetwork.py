@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from converters.vocab import NodeType
+
 from ..choices import KINDS, POOLS, READOUTS
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
 from ..nn.attention_pool import AttentionPool
@@ -29,19 +31,20 @@ class GraphMetanetwork(nn.Module):
     reduction(s), e.g. ``"mean"`` or ``"mean+max"``. ``node_features``: the width of extra
     per-node inputs (e.g. :func:`gmn.probes.probe_features`), projected and added to the node
     encoding; the model is invariant to a symmetry only if they are (probe features follow
-    neuron permutations, not the rescalings ``"scale_gmn"`` is built for).
+    neuron permutations, not the rescalings ``"scale_gmn"`` is built for). ``film``: GMN layers
+    whose edge states gate the source neuron's term (:class:`~gmn.nn.GMNConv`).
     """
 
     def __init__(self, hidden: int = 64, layers: int = 4, kind: str = "gmn", readout: str = "graph",
                  out_dim: int = 1, aggr: str = "mean", node_features: int = 0, pool: str = "mean",
-                 value_scale: float = 4.0, readout_norm: bool = False):
+                 value_scale: float = 4.0, readout_norm: bool = False, film: bool = False):
         super().__init__()
         if kind not in KINDS or readout not in READOUTS:
             raise ValueError(f"kind must be one of {KINDS} and readout one of {READOUTS}")
         self.kind, self.readout, self.pools = kind, readout, tuple(pool.split("+"))
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden, scale=value_scale)
         self.node_inputs = nn.Linear(node_features, hidden) if node_features else None
-        make = (lambda: PNAConv(hidden)) if kind == "pna" else (lambda: GMNConv(hidden, aggr))
+        make = (lambda: PNAConv(hidden)) if kind == "pna" else (lambda: GMNConv(hidden, aggr, film))
         self.convs = nn.ModuleList(make() for _ in range(layers))
         if any(p not in POOLS for p in self.pools):
             raise ValueError(f"pool must join some of {POOLS} with '+', got {pool!r}")
@@ -77,10 +80,15 @@ class GraphMetanetwork(nn.Module):
         size = int(g.num_param_edges.numel())
         edge_batch = batch[g.edge_index[0]]
         pooled = torch.cat([scatter(h, batch, size, "mean"), scatter(h, batch, size, "max"),
-                            *(self._pool(g, e, edge_batch, size, p) for p in self.pools)], -1)
+                            *(self._pool(g, h, e, edge_batch, size, p) for p in self.pools)], -1)
         return self.head(pooled if self.readout_norm is None else self.readout_norm(pooled))
 
-    def _pool(self, g, e: Tensor, index: Tensor, size: int, how: str) -> Tensor:
+    def _pool(self, g, h: Tensor, e: Tensor, index: Tensor, size: int, how: str) -> Tensor:
+        if how == "output":
+            # the model's output neurons never permute: after enough layers their states hold
+            # what the whole network computes, which a mean over all nodes dilutes
+            out = (g.node_type == int(NodeType.OUTPUT)).nonzero().squeeze(1)
+            return scatter(h.index_select(0, out), node_graphs(g).index_select(0, out), size, "mean")
         if how == "tensor":
             return self.tensors(e, g, size)
         return self.attention(e, index, size) if how == "attn" else scatter(e, index, size, how)

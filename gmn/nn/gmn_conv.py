@@ -25,12 +25,19 @@ class GMNConv(nn.Module):
     Per edge and layer this is one ``d x d`` product and one stored ``E x d`` activation.
     ``aggr`` is one reduction (``"mean"``, ``"sum"``, ``"max"``) or several joined by ``+``
     (``"mean+max"``), concatenated.
+
+    ``film``: the edge state also scales the source's term,
+    :math:`z_{uv} = \mathrm{ReLU}(A h_u \odot (1 + F e_{uv}) + B h_v + e_{uv})` (FiLM
+    conditioning, as in Kofinas et al.'s neural-graph PNA). A layer of the model multiplies
+    a neuron's activation by a weight; a sum of ``A h_u`` and ``e_uv`` can mimic that product
+    only piecewise, a gate computes it in one layer.
     """
 
-    def __init__(self, hidden: int, aggr: str = "mean"):
+    def __init__(self, hidden: int, aggr: str = "mean", film: bool = False):
         super().__init__()
         self.hidden, self.aggrs = hidden, tuple(aggr.split("+"))
         self.node_proj = nn.Linear(hidden, 2 * hidden)  # A, B (and the edge MLP's bias)
+        self.edge_film = nn.Linear(hidden, hidden) if film else None  # F
         self.edge_out = nn.Linear(hidden, hidden)  # W
         width = (1 + 2 * len(self.aggrs)) * hidden
         self.node_mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -43,6 +50,8 @@ class GMNConv(nn.Module):
         # sums and the ReLU go in place (no backward here needs the overwritten values), so the
         # step holds two E x d tensors at once, not four: edges dominate a large graph's memory
         z = a.index_select(0, src)
+        if self.edge_film is not None:
+            z = z * (1 + self.edge_film(e))  # a new tensor: the product's backward needs the old one
         z += b.index_select(0, dst)
         z += e
         return z.relu_()

@@ -140,6 +140,7 @@ class TrainConfig:
     value_scale: float = 4.0  #: frequency scale of the edge values' Fourier features
     probes: int = 0  #: every neuron also sees its activations on this many fixed random inputs
     readout_norm: bool = False  #: pooled graph features standardised over the batch (BatchNorm)
+    film: bool = False  #: GMN messages gated by the edge state (weight times activation)
 
 
 def graph_metanetwork(config: TrainConfig, kind: str, out_dim: int,
@@ -147,7 +148,7 @@ def graph_metanetwork(config: TrainConfig, kind: str, out_dim: int,
     """The graph-readout metanetwork ``config`` describes (``node_features`` default: its probes)."""
     return GraphMetanetwork(config.hidden, config.layers, kind=kind, readout="graph", out_dim=out_dim,
                             aggr=config.aggr, pool=config.pool, value_scale=config.value_scale,
-                            readout_norm=config.readout_norm,
+                            readout_norm=config.readout_norm, film=config.film,
                             node_features=config.probes if node_features is None else node_features)
 
 

@@ -162,11 +162,11 @@ def test_same_results_on_cuda(graphs):
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("pool", ["mean+attn", "tensor", "mean+max+attn+tensor", "norm"])
+@pytest.mark.parametrize("pool", ["mean+attn", "tensor", "mean+max+attn+tensor", "norm", "mean+output", "film"])
 def test_readout_pools_are_invariant_and_batch_alike(graphs, pool):
     torch.manual_seed(0)
-    net = GraphMetanetwork(hidden=16, layers=2, pool="mean+attn" if pool == "norm" else pool,
-                           readout_norm=pool == "norm")
+    net = GraphMetanetwork(hidden=16, layers=2, pool="mean+attn" if pool in ("norm", "film") else pool,
+                           readout_norm=pool == "norm", film=pool == "film")
     if pool == "norm":  # batch statistics to evaluate with
         net(Batch.from_data_list([graphs[n][0] for n in ("mlp_tanh", "resnet18", "moe")]))
     net.eval()
@@ -188,3 +188,29 @@ def test_tensor_segments_follow_the_parameters(graphs):
     assert owner.tolist() == [0] * (len(first) + 1) + [1] * (len(singles[1].param_index.params) + 1)
     for i, (name, _, _) in enumerate(first):  # a tensor's edges are its own segment
         assert set(seg[singles[0].param_index.edge_ids(name)].tolist()) == {i}
+
+
+def _siren_graph():
+    from gmn.zoo.inr import Siren
+
+    torch.manual_seed(0)
+    return converters.from_torch(Siren(hidden=8), torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("layers", [4, 5])
+def test_a_sirens_output_neuron_hears_the_first_layer_after_five_hops(layers):
+    """sin(w0 x) puts a node between every hidden layer and its sine, so a SIREN with two
+    hidden layers is 5 hops from its inputs to its output: a 4-layer GMN's output neuron
+    never sees a first-layer weight. At init the output's
+    gradient is ~1e-7 after 5 hops (each hop shrinks a neighbour's change 10-100 fold), so
+    the dependence is read from autograd, not from a difference of outputs."""
+    g = _siren_graph()
+    values = g.edge_value.clone().requires_grad_()
+    torch.manual_seed(0)
+    net = GraphMetanetwork(hidden=16, layers=layers, readout="node").eval()
+    out = int((g.node_type == int(converters.NodeType.OUTPUT)).nonzero())
+    (grad,) = torch.autograd.grad(net(g, values)[out].sum(), values)
+    first = grad[g.param_index.edge_ids("0.weight")]
+    assert bool((first != 0).any()) == (layers >= 5), first.abs().max()
+    assert bool((grad[g.param_index.edge_ids("4.weight")] != 0).all())  # the last layer: one hop
+
