@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -157,8 +158,10 @@ def merge(graphs: list[ParameterGraph], weights: list[float] | None = None, rank
     import json
     import re
 
-    from adapters import Adapter, adapters_in, build
+    from adapters import Adapter, adapters_in, build, meta_base
 
+    if isinstance(base, (str, Path)):  # a Hugging Face folder, as from_peft takes it
+        base = meta_base(Path(base))
     weights = [1.0] * len(graphs) if weights is None else list(weights)
     if len(weights) != len(graphs) or not graphs:
         raise ValueError(f"{len(weights)} weights for {len(graphs)} graphs")

@@ -79,6 +79,9 @@ def add_parsers(sub) -> None:
                    help="REPAIR the merged neurons' statistics on --data (BatchNorm statistics are recomputed "
                         "whenever --data is given)")
     p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="DARE's random drop")
+    p.add_argument("--rank", type=checks.positive_int,
+                   help="PEFT adapters: truncate the merged update to this rank by SVD (default: exact, the summed "
+                        "ranks; ties and dare: the largest input rank)")
     _model_options(p)
     _match_options(p)
     checks.add_force(p)
@@ -269,6 +272,8 @@ def _merge(args) -> int:
     from ..weightspace import merging
 
     _check_weights(args)
+    if _adapter_folders(args.models):
+        return _merge_adapters(args)
     if args.method != "average" and args.base is None:
         raise ValueError(f"--method {args.method} merges fine-tunes of one base model: give --base")
     if args.repair and args.method != "average":
@@ -298,6 +303,46 @@ def _merge(args) -> int:
     if scored:
         _score(merged, data, "merged model")
     write_model(merged, args.output, _provenance(args, args.models[0], [*args.models, args.base]))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _adapter_folders(models: list[str]) -> bool:
+    """Whether ``models`` are PEFT adapter folders (all of them: a mix is refused)."""
+    from ..checkpoints import _is_adapter_folder
+
+    kinds = [_is_adapter_folder(Path(m)) for m in models]
+    if any(kinds) and not all(kinds):
+        raise ValueError("merge takes models or PEFT adapter folders of one base, not a mix")
+    return all(kinds)
+
+
+def _merge_adapters(args) -> int:
+    """Adapters of one base merged on their low-rank products (``gmn.lora.merge``): average and
+    task-arithmetic exact at the summed rank (``--rank`` truncates by SVD and reports the error),
+    ties and dare on the products' entries. Written as a PEFT adapter folder."""
+    from .. import lora
+    from ..checkpoints import load_module
+
+    if args.repair:
+        raise ValueError("adapters merge on their low-rank products (no neurons to align or REPAIR): drop --repair")
+    if Path(args.output).suffix:
+        raise ValueError(f"-o {args.output}: merged adapters are written as a PEFT adapter folder (no suffix)")
+    # the base's weights are never read: a Hugging Face folder stays a path (built on the meta device)
+    base = args.base if args.base is None or is_hf_folder(Path(args.base)) else load_module(args.base, args.arch)[0]
+    graphs = [converters.from_peft(m, base=base) for m in args.models]
+    n = len(graphs)
+    if args.weights is not None:
+        weights = list(args.weights)
+    else:  # average: the mean of the updates; the task-vector methods: their sum, scaled by --scale
+        weights = [1.0 / n] * n if args.method == "average" else [args.scale] * n
+    method = "task-arithmetic" if args.method == "average" else args.method
+    merged, errors = lora.merge(graphs, weights, rank=args.rank, base=base, method=method, density=args.density,
+                                seed=args.seed)
+    worst = max(errors.values(), default=0.0)
+    print(f"merged {n} adapters ({method}, weights {', '.join(f'{w:g}' for w in weights)}) over {len(errors)} "
+          f"modules; largest relative truncation error {worst:.3g}" + (" (exact)" if worst == 0 else ""))
+    converters.to_peft(merged, None, args.output)
     print(f"wrote {args.output}")
     return 0
 

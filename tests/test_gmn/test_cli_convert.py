@@ -85,3 +85,32 @@ def test_base_without_an_adapter_is_refused(adapter, tmp_path, capsys):
     assert main(["convert", "mlp", "--base", str(adapter / "base"), "-o", str(tmp_path / "g.pt")]) == 2
     err = capsys.readouterr().err
     assert "--base goes with a PEFT adapter folder" in err and not (tmp_path / "g.pt").exists()
+
+
+def test_merging_adapter_folders_is_peft_s_cat_merge(adapter, tmp_path, capsys):
+    """``gmn merge A B --method task-arithmetic`` on two adapters of one base writes an adapter
+    folder that computes what PEFT's own ``add_weighted_adapter(..., "cat")`` computes."""
+    base_folder = adapter / "base"
+    second = tmp_path / "second"
+    model = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(base_folder),
+                                peft.LoraConfig(r=2, lora_alpha=6, target_modules=["v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(generator=torch.Generator().manual_seed(hash(name) % 1000))
+    model.save_pretrained(second)
+    out = tmp_path / "merged"
+    assert main(["merge", str(adapter / "adapter"), str(second), "--method", "task-arithmetic",
+                 "--base", str(base_folder), "-o", str(out)]) == 0
+    assert "(exact)" in capsys.readouterr().out
+    tokens = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    ours = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base_folder), out)
+    theirs = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base_folder),
+                                            adapter / "adapter", adapter_name="a")
+    theirs.load_adapter(second, adapter_name="b")
+    theirs.add_weighted_adapter(["a", "b"], [1.0, 1.0], "ab", combination_type="cat")
+    theirs.set_adapter("ab")
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(tokens).logits, theirs.eval()(tokens).logits, rtol=1e-4, atol=1e-4)
+    assert main(["merge", str(adapter / "adapter"), "mlp", "-o", str(tmp_path / "mix")]) == 2
+    assert "not a mix" in capsys.readouterr().err
