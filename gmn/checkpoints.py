@@ -530,7 +530,8 @@ def load_graph(target: str | Path, arch: str | None = None, input_shape: tuple[i
     if base is not None:
         raise ValueError(f"{target}: --base goes with a PEFT adapter folder (adapter_config.json), and this is none")
     if path.suffix == ".onnx":
-        return templates.from_onnx(path, progress) if templates is not None else converters.from_onnx(path, progress)
+        return (templates.from_onnx(path, progress=progress) if templates is not None
+                else converters.from_onnx(path, progress=progress))
     if path.is_file() and arch is None:
         try:
             return converters.load_graph(path)

@@ -42,6 +42,27 @@ def test_several_checkpoints_of_one_architecture_are_traced_once(tmp_path, capsy
     assert not torch.equal(values[0], values[1])  # each file's own weights, not the template's
 
 
+def test_onnx_files_of_one_architecture_are_traced_once(tmp_path, capsys):
+    import warnings
+
+    pytest.importorskip("onnxscript")
+    from gmn.architectures import SmallCNN
+
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        paths.append(str(tmp_path / f"cnn-{seed}.onnx"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(SmallCNN().eval(), (torch.randn(1, 1, 8, 8),), paths[-1], dynamo=True, optimize=False,
+                              verbose=False)
+    assert main(["convert", *paths, "-o", str(tmp_path / "graphs")]) == 0
+    assert "converted 2 models (1 traced)" in capsys.readouterr().out
+    for seed, path in enumerate(paths):
+        g, fresh = converters.load_graph(tmp_path / "graphs" / f"cnn-{seed}.pt"), converters.from_onnx(path)
+        assert torch.equal(g.edge_index, fresh.edge_index) and torch.equal(g.edge_value, fresh.edge_value)
+
+
 def test_several_models_need_a_folder_and_distinct_names(tmp_path, capsys):
     paths = _checkpoints(tmp_path, 2)
     assert main(["convert", *paths, "--arch", "mlp", "-o", str(tmp_path / "g.pt")]) == 2
