@@ -89,9 +89,11 @@ def add_parsers(sub) -> None:
 
 
 def _train_parser(sub) -> None:
+    from ..tasks.property import METANETWORKS
+
     p = sub.add_parser("train", help="train a metanetwork on a zoo (--nproc N: N processes, DDP)")
     p.add_argument("zoo", help="zoo folder")
-    p.add_argument("--kind", default="gmn", choices=("gmn", "pna", "scale_gmn"), help="metanetwork layers")
+    p.add_argument("--kind", default="gmn", choices=METANETWORKS, help="metanetwork layers")
     p.add_argument("--out", default="gmn-train", type=checks.folder,
                    help="folder for the model, log and test predictions")
     p.add_argument("--seed", type=checks.nonnegative_int, default=0, help="split and initialisation seed")

@@ -1,6 +1,6 @@
 """Property prediction: predict a model's test accuracy (or gap, ...) from its weights.
 
-Methods, all on the same split: a graph metanetwork (``gmn``, ``pna``, ``scale_gmn``),
+Methods, all on the same split: a graph metanetwork (``gmn``, ``pna``, ``scale_gmn``, ``ng_t``),
 StatNN (per-tensor weight statistics with gradient boosting; Unterthiner et al. 2020) and
 an MLP on the flattened weights (single-architecture zoos only). Metrics: Kendall's tau,
 R^2 and MAE on the test part.
@@ -30,7 +30,7 @@ from ..data import Split, ZooDataset
 from ..models import GraphMetanetwork
 from ..probes import batch_features, member_probe_features, probe_features
 
-METANETWORKS = ("gmn", "pna", "scale_gmn")
+METANETWORKS = ("gmn", "pna", "scale_gmn", "ng_t")
 METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *METANETWORKS)  # nfn_*, probe: tasks/*_baseline.py
 
 
