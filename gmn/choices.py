@@ -2,7 +2,7 @@
 methods), in one place that imports nothing: the command line checks its options against them
 before it loads the libraries that implement them."""
 
-KINDS = ("gmn", "pna", "scale_gmn")  #: metanetwork layers (gmn.models.GraphMetanetwork's kind)
+KINDS = ("gmn", "pna", "scale_gmn", "ng_t")  #: metanetwork layers (gmn.models.GraphMetanetwork's kind)
 READOUTS = ("graph", "node", "edge")
 POOLS = ("mean", "max", "sum", "attn", "tensor", "output")  #: a graph readout's pools, joined by +
 #: gmn bench property's methods: weight statistics, baselines (nfn_*, probe: gmn/tasks/*_baseline.py), metanetworks

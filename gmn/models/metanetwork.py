@@ -10,6 +10,7 @@ from converters.vocab import NodeType
 from ..choices import KINDS, POOLS, READOUTS
 from ..nn import EdgeEncoder, GMNConv, NodeEncoder, PNAConv, canonicalise, decanonicalise, scatter
 from ..nn.attention_pool import AttentionPool
+from ..nn.relational_transformer import RelationalTransformerConv
 from ..nn.tensor_pool import TensorPool
 
 
@@ -22,9 +23,10 @@ def node_graphs(g) -> Tensor:
 class GraphMetanetwork(nn.Module):
     """A metanetwork over (batches of) parameter graphs of any architecture.
 
-    ``kind``: ``"gmn"`` (edge-updating GMN layers), ``"pna"`` (PNA-style baseline) or
+    ``kind``: ``"gmn"`` (edge-updating GMN layers), ``"pna"`` (PNA-style baseline: NG-GNN),
     ``"scale_gmn"`` (GMN layers on scale/sign-canonical values: also invariant to ReLU
-    rescaling and tanh sign flips). ``readout``: ``"graph"`` (one invariant vector per
+    rescaling and tanh sign flips) or ``"ng_t"`` (NG-T's relational transformer, attending
+    over graph edges). ``readout``: ``"graph"`` (one invariant vector per
     graph: node states mean and max pooled, edge states mean pooled), ``"node"`` or
     ``"edge"`` (equivariant: one output per node / edge; edge outputs at parameter edges map back to weights with
     ``converters.parameter_edge_mask``). ``aggr``: the GMN layers' neighbourhood
@@ -44,7 +46,8 @@ class GraphMetanetwork(nn.Module):
         self.kind, self.readout, self.pools = kind, readout, tuple(pool.split("+"))
         self.nodes, self.edges = NodeEncoder(hidden), EdgeEncoder(hidden, scale=value_scale)
         self.node_inputs = nn.Linear(node_features, hidden) if node_features else None
-        make = (lambda: PNAConv(hidden)) if kind == "pna" else (lambda: GMNConv(hidden, aggr, film))
+        make = {"pna": lambda: PNAConv(hidden), "ng_t": lambda: RelationalTransformerConv(hidden)}.get(
+            kind, lambda: GMNConv(hidden, aggr, film))
         self.convs = nn.ModuleList(make() for _ in range(layers))
         if any(p not in POOLS for p in self.pools):
             raise ValueError(f"pool must join some of {POOLS} with '+', got {pool!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .scatter import scatter
@@ -28,7 +29,8 @@ class AttentionPool(nn.Module):
         self.value = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, index: Tensor, size: int) -> Tensor:
-        score = self.score(x).float()
+        score = self.score(x)
+        score = score.to(torch.promote_types(score.dtype, torch.float32))  # float32 under autocast, float64 kept
         score = score - scatter(score, index, size, "max").index_select(0, index)  # stable softmax per graph
         weight = score.exp()
         weight = weight / scatter(weight, index, size, "sum").index_select(0, index).clamp_min(1e-30)

@@ -28,9 +28,10 @@ class NodeEncoder(nn.Module):
 
     def forward(self, g) -> Tensor:
         h = self.type_embed(g.node_type.long()) + self.act(g.node_act.long())
-        h = h + self.depth(sinusoidal(g.node_depth, self.hidden))
+        dtype = self.depth.weight.dtype  # sinusoidal features are float32; a float64 model reads them in float64
+        h = h + self.depth(sinusoidal(g.node_depth, self.hidden).to(dtype))
         has_index = (g.node_index >= 0).unsqueeze(-1)
-        return h + has_index * self.index(sinusoidal(g.node_index.clamp(min=0), self.hidden))
+        return h + has_index * self.index(sinusoidal(g.node_index.clamp(min=0), self.hidden).to(dtype))
 
 
 class FourierFeatures(nn.Module):
@@ -66,6 +67,6 @@ class EdgeEncoder(nn.Module):
         uniq, inverse = torch.unique(key, return_inverse=True)
         first = torch.zeros_like(uniq).scatter_(0, inverse, torch.arange(key.numel(), device=key.device))
         table = (self.type_embed(etype[first]) + self.kind(kind[first])
-                 + self.pos(sinusoidal(pos[first], self.hidden)))
-        value = torch.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4)
+                 + self.pos(sinusoidal(pos[first], self.hidden).to(self.pos.weight.dtype)))
+        value = torch.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4).to(self.pos.weight.dtype)
         return table.index_select(0, inverse) + self.value(self.fourier(value))

@@ -67,9 +67,9 @@ def _fixed_split(dataset: ZooDataset, split: Split | str | Path | None, test_fam
     return split_by_index_file(dataset, split)
 
 
-def _spread(values: list[float]) -> str:
-    mean = float(np.mean(values))
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f}±{float(np.std(values, ddof=1)):.3f}"
+def _spread(values: list[float], signed: bool = False) -> str:
+    mean = f"{float(np.mean(values)):{'+' if signed else ''}.3f}"
+    return mean if len(values) == 1 else f"{mean}±{float(np.std(values, ddof=1)):.3f}"
 
 
 #: fewer test checkpoints than this and a Kendall tau says little: its standard error (no
@@ -98,17 +98,27 @@ def _counts(values: list[int]) -> str:
 
 def format_table(runs: list[list[MethodResult]], skipped: dict[str, str] | None = None, title: str = "") -> str:
     """One row per method: each score as mean ± standard deviation over the seeds' runs
-    (``runs[seed][method]``), the test checkpoints per seed, and the mean seconds per seed;
-    below :data:`MIN_TEST` test checkpoints a warning line says how little the scores mean."""
+    (``runs[seed][method]``), with StatNN among the methods each tau's paired difference to
+    StatNN's on the same test checkpoints (mean ± std over seeds), the test checkpoints per
+    seed, and the mean seconds per seed; below :data:`MIN_TEST` test checkpoints a warning
+    line says how little the scores mean."""
     targets = runs[0][0].targets
-    head = (f"{'method':<10}" + "".join(f"{t + ' tau':>20}{'R2':>14}{'MAE':>16}" for t in targets)
+    names = [r.method for r in runs[0]]
+    stat = names.index("statnn") if "statnn" in names else None
+    diff_head = f"{'- statnn':>14}" if stat is not None else ""
+    head = (f"{'method':<10}" + "".join(f"{t + ' tau':>20}{diff_head}{'R2':>14}{'MAE':>16}" for t in targets)
             + f"{'n test':>8}{'s/seed':>9}")
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for i, first in enumerate(runs[0]):
         per_seed = [seed[i] for seed in runs]
-        cells = "".join(f"{_spread([r.scores[t]['tau'] for r in per_seed]):>20}"
-                        f"{_spread([r.scores[t]['r2'] for r in per_seed]):>14}"
-                        f"{_spread([r.scores[t]['mae'] for r in per_seed]):>16}" for t in targets)
+        cells = ""
+        for t in targets:
+            cells += f"{_spread([r.scores[t]['tau'] for r in per_seed]):>20}"
+            if stat is not None:
+                diffs = [seed[i].scores[t]["tau"] - seed[stat].scores[t]["tau"] for seed in runs]
+                cells += f"{_spread(diffs, signed=True):>14}"
+            cells += (f"{_spread([r.scores[t]['r2'] for r in per_seed]):>14}"
+                      f"{_spread([r.scores[t]['mae'] for r in per_seed]):>16}")
         count = _counts([len(r.true) for r in per_seed])
         lines.append(f"{first.method:<10}{cells}{count:>8}{np.mean([r.seconds for r in per_seed]):>9.1f}")
     for method, why in (skipped or {}).items():

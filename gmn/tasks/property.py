@@ -1,6 +1,6 @@
 """Property prediction: predict a model's test accuracy (or gap, ...) from its weights.
 
-Methods, all on the same split: a graph metanetwork (``gmn``, ``pna``, ``scale_gmn``),
+Methods, all on the same split: a graph metanetwork (``gmn``, ``pna``, ``scale_gmn``, ``ng_t``),
 StatNN (per-tensor weight statistics with gradient boosting; Unterthiner et al. 2020) and
 an MLP on the flattened weights (single-architecture zoos only). Metrics: Kendall's tau,
 R^2 and MAE on the test part.

@@ -81,3 +81,23 @@ def test_the_recipe_learns_and_probe_features_follow_the_members(data):
     output = output[template.node_index[output].argsort()]  # in the order of the logits
     torch.testing.assert_close(features[0][output].T, torch.asinh(logits), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(features[0], features[1])
+
+
+def test_table_gives_each_methods_paired_difference_to_statnn():
+    from gmn.tasks.benchmark import format_table
+    from gmn.tasks.property import MethodResult
+
+    true = np.arange(40, dtype=float).reshape(-1, 1)
+    rng = np.random.default_rng(0)
+
+    def result(method: str, noise: float) -> MethodResult:
+        return MethodResult(method, true + rng.normal(0, noise, true.shape), true, ("test_acc",), 1.0)
+
+    runs = [[result("statnn", 8.0), result("gmn", 2.0)] for _ in range(2)]
+    lines = format_table(runs).splitlines()
+    assert "- statnn" in lines[0]
+    diffs = [seed[1].scores["test_acc"]["tau"] - seed[0].scores["test_acc"]["tau"] for seed in runs]
+    expected = f"{np.mean(diffs):+.3f}±{np.std(diffs, ddof=1):.3f}"
+    gmn_row = next(line for line in lines if line.startswith("gmn"))
+    assert expected in gmn_row and np.mean(diffs) > 0
+    assert "+0.000±0.000" in next(line for line in lines if line.startswith("statnn"))
