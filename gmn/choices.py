@@ -7,3 +7,5 @@ READOUTS = ("graph", "node", "edge")
 POOLS = ("mean", "max", "sum", "attn", "tensor", "output")  #: a graph readout's pools, joined by +
 #: gmn bench property's methods: weight statistics, baselines (nfn_*, probe: gmn/tasks/*_baseline.py), metanetworks
 METHODS = ("statnn", "mlp", "nfn_np", "nfn_hnp", "probe", *KINDS)
+#: how an INR zoo's SIRENs start (gmn.zoo.inr): the field's MNIST INR set's, or the SIREN paper's
+SIREN_INITS = ("dwsnets", "sitzmann")

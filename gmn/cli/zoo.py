@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..choices import SIREN_INITS
 from . import checks
 
 
@@ -26,6 +27,9 @@ def zoo_options(p: argparse.ArgumentParser) -> None:
                    help="the zoo's seed: run i is the same in every build")
     p.add_argument("--workers", type=checks.positive_int, help="parallel training processes (default: all cores)")
     p.add_argument("--backend", default="process", choices=BACKENDS, help="local processes or a Ray cluster")
+    p.add_argument("--siren-init", default="dwsnets", choices=SIREN_INITS,
+                   help="with --preset inr: the field's MNIST INR set's initialisation (small first layer, zero "
+                        "biases) or the SIREN paper's")
 
 
 def add_parsers(sub) -> None:
@@ -63,7 +67,7 @@ def _zoo_build(args) -> int:
     if args.preset == "inr":
         from ..zoo.inr import build_inr_zoo
 
-        build_inr_zoo(args.root, count=args.runs, seed=args.seed).close()
+        build_inr_zoo(args.root, count=args.runs, seed=args.seed, init=args.siren_init).close()
         return zoo_info(args)
     if args.preset == "lora":
         return _lora_zoo(args)

@@ -4,6 +4,7 @@ metanetwork trained with cross-entropy on an integer target of the zoo."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +34,16 @@ class ClassifierResult:
 
 def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config: TrainConfig | None = None,
                    out_dir: str | Path | None = None, progress: bool = True,
-                   probes: Tensor | None = None) -> ClassifierResult:
+                   probes: Tensor | None = None, augment: Callable | None = None) -> ClassifierResult:
     """Train a graph-readout :class:`GraphMetanetwork` of ``kind`` to predict the dataset's
     first target as a class (``0 .. C-1``); early stopping on validation cross-entropy.
     Weights enter standardised per tensor with training-set statistics; with ``probes`` (a
     batch of inputs for the members' models) every neuron also gets its activations on them
-    (:func:`gmn.probes.member_probe_features`)."""
+    (:func:`gmn.probes.member_probe_features`). ``augment(batch, values, generator)`` changes
+    each training batch's raw edge values in a function-preserving way (``gmn.tasks.augment``);
+    it cannot be combined with probes, whose activations are computed once per member."""
+    if augment is not None and probes is not None:
+        raise ValueError("augment changes the weights every batch; probe activations are computed once per member")
     config = config or TrainConfig()
     labels = dataset.y[:, 0].long()
     if not torch.equal(labels.float(), dataset.y[:, 0]) or labels.min() < 0:
@@ -51,9 +56,13 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)
     stds = dataset.parameter_std(split.train)
 
-    def forward(batch) -> Tensor:
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def forward(batch, train: bool = False) -> Tensor:
         batch = batch.to(device)
-        return net(batch, standardised_values(batch, stds, dataset.arch_keys), batch_features(features, batch))
+        values = augment(batch, batch.edge_value, generator) if train and augment is not None else None
+        return net(batch, standardised_values(batch, stds, dataset.arch_keys, values),
+                   batch_features(features, batch))
 
     def logits(idx: Tensor) -> Tensor:
         with torch.no_grad():
@@ -63,7 +72,7 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
     def train_epoch() -> float:
         total, count = 0.0, 0
         for batch in loader:
-            loss = F.cross_entropy(forward(batch), batch.y[:, 0].long().to(device))
+            loss = F.cross_entropy(forward(batch, train=True), batch.y[:, 0].long().to(device))
             trainer.step(loss)
             total, count = total + loss.item() * batch.num_graphs, count + batch.num_graphs
         return total / count

