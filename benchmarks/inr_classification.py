@@ -23,7 +23,11 @@ Methods (``--methods``), each on the same split:
   (0.8-1.2) and shifted (up to 0.25) images, computed from each batch's weights
   (``gmn.tasks.augment.CoordinateAffine``: the first layer absorbs the map, exactly);
 - ``gmn_plain``: the library's default recipe (``TrainConfig``'s), value scale 0.25;
-- ``gmn_probes``: ``gmn`` with every neuron's values on a coordinate grid as node features;
+- ``gmn_tensor``: ``gmn_plain`` with per-tensor pooling beside the mean and attention pools
+  (``pool="mean+attn+tensor"``: every tensor counts as in StatNN's features);
+- ``gmn_probes``: ``gmn_plain`` with every neuron's values on a coordinate grid as node features
+  (on the field's SIRENs :data:`NG_RECIPE`'s readout BatchNorm stopped it at 0.136: validation
+  loss jumps, early stopping; rows logged before that change used :data:`NG_RECIPE`);
 - ``image``: logistic regression on the image the SIREN renders on the probe grid (the
   reference point for probes: it reads the function, not the weights).
 
@@ -59,7 +63,7 @@ WEIGHTS, PROBES, IMAGE = "weights", "weights + probes", "rendered image"
 NG_RECIPE = {"pool": "mean+attn+output", "film": True, "value_scale": 0.25, "readout_norm": True}
 METHODS = {"statnn": WEIGHTS, "nfn_hnp": WEIGHTS, "nfn_np": WEIGHTS, "gmn_old": WEIGHTS, "gmn": WEIGHTS,
            "ng_gnn": WEIGHTS, "scale_gmn": WEIGHTS,
-           "gmn_plain": WEIGHTS, "gmn_aug": WEIGHTS, "gmn_probes": PROBES, "image": IMAGE}
+           "gmn_plain": WEIGHTS, "gmn_tensor": WEIGHTS, "gmn_aug": WEIGHTS, "gmn_probes": PROBES, "image": IMAGE}
 
 
 def fixed_split(count: int, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Split:
@@ -125,10 +129,11 @@ def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> float:
     augment = None
     if method == "gmn_old":  # the recipe of benchmarks/editing.py before this change
         config, kind = replace(base, readout_norm=True), "gmn"
-    elif method in ("gmn_plain", "gmn_aug"):
+    elif method in ("gmn_plain", "gmn_tensor", "gmn_aug", "gmn_probes"):
         from gmn.tasks.augment import CoordinateAffine
 
-        config, kind = replace(base, value_scale=0.25), "gmn"
+        pool = "mean+attn+tensor" if method == "gmn_tensor" else base.pool
+        config, kind = replace(base, value_scale=0.25, pool=pool), "gmn"
         augment = CoordinateAffine() if method == "gmn_aug" else None
     else:
         config = replace(base, layers=args.layers, **NG_RECIPE)
