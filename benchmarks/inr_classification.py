@@ -238,8 +238,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, init in zip(axes[0], inits):
         mine = [r for r in rows if _init(r) == init]
         for method in dict.fromkeys(r["method"] for r in mine):
-            points = sorted((r["n_train"], r["acc"]) for r in mine if r["method"] == method)
-            ax.plot(*zip(*points), marker="o", label=f"{method} ({METHODS[method]})")
+            sizes = sorted({r["n_train"] for r in mine if r["method"] == method})
+            means = [np.mean([r["acc"] for r in mine if r["method"] == method and r["n_train"] == n]) for n in sizes]
+            ax.plot(sizes, means, marker="o", label=f"{method} ({METHODS[method]}; mean over seeds)")
         ax.axhline(0.1, color="grey", ls=":", lw=1)
         ax.set(xscale="log", xlabel="training SIRENs", ylabel="test accuracy",
                title=f"MNIST INR classification, {init} SIRENs")
