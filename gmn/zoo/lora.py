@@ -167,13 +167,12 @@ class AdapterDataset(Dataset):
     def len(self) -> int:
         return len(self.rows)
 
+    # a zoo's member graph and value scales, read from the same fields as ZooDataset's
     def get(self, idx: int):
-        g = converters.with_values(self.templates[self.arch_keys[idx]], self.values[idx])
+        from ..data.zoo_dataset import ZooDataset
+
+        g = ZooDataset.get(self, idx)
         g.edge_value = g.edge_value.float()
-        g.y = self.y[idx].view(1, -1)
-        g.run = self.run[idx].view(1)
-        g.member = torch.tensor([idx])
-        g.family = self.family[idx]
         return g
 
     def parameter_std(self, indices: Tensor) -> dict[str, Tensor]:

@@ -26,6 +26,17 @@ def _csv(folder, names) -> str:
     return str(path)
 
 
+def _gpt2_folders(transformers, root, count: int, width: int):
+    """``count`` tiny GPT-2 model folders ``gpt0 ..`` (seed = index) under ``root``: their names
+    and the last model."""
+    for seed in range(count):
+        torch.manual_seed(seed)
+        config = transformers.GPT2Config(vocab_size=4 * width, n_embd=width, n_layer=1, n_head=2, n_positions=width)
+        model = transformers.GPT2LMHeadModel(config)
+        model.save_pretrained(root / f"gpt{seed}")
+    return [f"gpt{seed}" for seed in range(count)], model
+
+
 def _error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -70,13 +81,7 @@ def test_hugging_face_folders_are_zoo_members(tmp_path, capsys):
     import converters
     from gmn.data import ZooDataset
 
-    names = []
-    for seed in range(2):
-        torch.manual_seed(seed)
-        config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16)
-        model = transformers.GPT2LMHeadModel(config)
-        model.save_pretrained(tmp_path / f"gpt{seed}")
-        names.append(f"gpt{seed}")
+    names, model = _gpt2_folders(transformers, tmp_path, 2, width=16)
     targets = _csv(tmp_path, names)
     assert main(["zoo", "import", str(tmp_path), "--targets", targets]) == 0
     assert "2 checkpoints" in capsys.readouterr().out
@@ -92,12 +97,7 @@ def test_generate_writes_hugging_face_members_back_as_model_folders(tmp_path, ca
     transformers = pytest.importorskip("transformers")
     from gmn.checkpoints import read_provenance
 
-    names = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        config = transformers.GPT2Config(vocab_size=32, n_embd=8, n_layer=1, n_head=2, n_positions=8)
-        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / f"gpt{seed}")
-        names.append(f"gpt{seed}")
+    names, _ = _gpt2_folders(transformers, tmp_path, 3, width=8)
     assert main(["zoo", "import", str(tmp_path), "--targets", _csv(tmp_path, names)]) == 0
     out = tmp_path / "gen"
     assert main(["generate", str(tmp_path), "--out", str(out), "--count", "1", "--steps", "2", "--train-epochs", "1",
