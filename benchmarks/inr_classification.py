@@ -18,8 +18,11 @@ Methods (``--methods``), each on the same split:
 - ``gmn``: the same with :data:`NG_RECIPE` and ``--layers`` layers (the remedies measured);
 - ``ng_gnn``: gmn's NG-GNN layer (``kind="pna"``) with ``gmn_tensor``'s settings (rows of Sitzmann
   SIRENs were logged with :data:`NG_RECIPE`, which stops early on the field's SIRENs);
-- ``scale_gmn``: ``gmn`` on sign-canonical values (on this zoo's graphs it equals ``gmn``: the
-  ``sin(w0 x)`` product puts a node between a neuron and its sine, so no neuron is flippable);
+- ``scale_gmn``: ``gmn`` on sign-canonical values (rows logged before ``sin(w0 x)`` was read as a
+  scaled copy of the neuron (``EdgeType.SCALED``) had no flippable neuron: they equal ``gmn``);
+- ``gmn_sign``: ``gmn_tensor`` on sign-canonical values (``kind="scale_gmn"``): every hidden
+  neuron of a SIREN flips (``sin`` is odd), and the canonical form takes the sign of each
+  neuron's summed incoming weights, so the 2^64 sign patterns of one function are one input;
 - ``gmn_aug``: ``gmn_plain`` trained on SIRENs of randomly rotated (up to 45 degrees), scaled
   (0.8-1.2) and shifted (up to 0.25) images, computed from each batch's weights
   (``gmn.tasks.augment.CoordinateAffine``: the first layer absorbs the map, exactly);
@@ -64,7 +67,8 @@ WEIGHTS, PROBES, IMAGE = "weights", "weights + probes", "rendered image"
 NG_RECIPE = {"pool": "mean+attn+output", "film": True, "value_scale": 0.25, "readout_norm": True}
 METHODS = {"statnn": WEIGHTS, "nfn_hnp": WEIGHTS, "nfn_np": WEIGHTS, "gmn_old": WEIGHTS, "gmn": WEIGHTS,
            "ng_gnn": WEIGHTS, "scale_gmn": WEIGHTS,
-           "gmn_plain": WEIGHTS, "gmn_tensor": WEIGHTS, "gmn_aug": WEIGHTS, "gmn_probes": PROBES, "image": IMAGE}
+           "gmn_plain": WEIGHTS, "gmn_tensor": WEIGHTS, "gmn_sign": WEIGHTS, "gmn_aug": WEIGHTS,
+           "gmn_probes": PROBES, "image": IMAGE}
 
 
 def fixed_split(count: int, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Split:
@@ -130,11 +134,12 @@ def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> float:
     augment = None
     if method == "gmn_old":  # the recipe of benchmarks/editing.py before this change
         config, kind = replace(base, readout_norm=True), "gmn"
-    elif method in ("gmn_plain", "gmn_tensor", "gmn_aug", "gmn_probes", "ng_gnn"):
+    elif method in ("gmn_plain", "gmn_tensor", "gmn_sign", "gmn_aug", "gmn_probes", "ng_gnn"):
         from gmn.tasks.augment import CoordinateAffine
 
-        pool = "mean+attn+tensor" if method in ("gmn_tensor", "ng_gnn") else base.pool
-        config, kind = replace(base, value_scale=0.25, pool=pool), "pna" if method == "ng_gnn" else "gmn"
+        pool = "mean+attn+tensor" if method in ("gmn_tensor", "gmn_sign", "ng_gnn") else base.pool
+        kind = {"ng_gnn": "pna", "gmn_sign": "scale_gmn"}.get(method, "gmn")
+        config = replace(base, value_scale=0.25, pool=pool)
         augment = CoordinateAffine() if method == "gmn_aug" else None
     else:
         config = replace(base, layers=args.layers, **NG_RECIPE)

@@ -54,6 +54,7 @@ class EdgeType(IntEnum):
     POSITIONAL = 19  #: neuron -> its copy combined with a per-channel constant; pos = channel
     RECURRENT = 20  #: weight from a recurrent layer's state (previous step) to its gates
     PRELU_SLOPE = 21  #: a PReLU's negative slope, from the neuron to its activated copy
+    SCALED = 22  #: neuron -> its copy times a finite number (``x * c``, ``x / c``); pos codes ``c``
 
 
 class Activation(IntEnum):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmn import architectures as A
+from gmn.zoo.inr import Siren
 
 
 class ConvZoo(nn.Module):
@@ -110,6 +111,7 @@ TORCH_CASES = {
     "vit_mha": (lambda: A.ViT(dim=8, heads=2, mlp=16, kind="fused"), lambda: torch.randn(2, 3, 8, 8)),
     "gqa": (lambda: A.TinyTransformer(dim=16, depth=1, heads=4, kv_heads=2, mlp=16), tokens),
     "moe": (lambda: A.TinyTransformer(dim=8, depth=1, heads=2, mlp=8, experts=4), tokens),
+    "siren": (lambda: Siren(hidden=8, depth=3), lambda: torch.rand(2, 2) * 2 - 1),
 }
 HF_CASES = {name: (lambda name=name: _hf(name), tokens) for name in ("gpt2", "bert", "llama", "mixtral")}
 ALL_CASES = {**TORCH_CASES, **HF_CASES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -75,12 +76,22 @@ def _identity(name: str, number, first: bool) -> bool:
     return False
 
 
+def _is_scaling(name: str, number: object, first: bool) -> bool:
+    """Whether ``x op number`` is ``x`` times a finite number: linear, so it keeps the sign
+    flips of odd and the rescalings of positively homogeneous activations applied after it
+    (``sin(30 x)``, SIREN's layers), which :mod:`gmn.weightspace.symmetry` reads off the edge type."""
+    if isinstance(number, bool) or not isinstance(number, float) or not math.isfinite(number):
+        return False
+    return name in ("aten.mul", "aten.multiply") or (first and name == "aten.div" and number != 0)
+
+
 def with_number(ctx: Context, name: str, x: TensorInfo, code: object, first: bool = True) -> TensorInfo:
     """``x op c`` for one number ``c`` (a Python number, or a constant tensor holding one value).
 
     The result is not ``x``: ``a(2 * h) + b(h)`` with ``a(h) + b(h)``'s graph let ``a`` and ``b``
     swap (the outputs changed by 0.23). Neurons get new ``ACTIVATION`` nodes whose edge position
-    codes the op, the number and its side; a parameter becomes a computed weight
+    codes the op, the number and its side (a ``SCALED`` edge where the op multiplies by the
+    number, an ``ACTIVATION`` edge otherwise); a parameter becomes a computed weight
     (``rules.weight_norm.computed``); adding 0 or multiplying by 1 changes nothing."""
     if _identity(name, code, first):
         return x
@@ -95,7 +106,8 @@ def with_number(ctx: Context, name: str, x: TensorInfo, code: object, first: boo
     variant = zlib.crc32(repr(key).encode()) % (2**31 - 1) + 1
     nodes = torch.unique(distinct_ids(x.ids))
     new = ctx.new_neurons(nodes.numel(), NodeType.ACTIVATION, ctx.depth(x))
-    ctx.builder.edges(nodes, new, EdgeType.ACTIVATION, variant)
+    etype = EdgeType.SCALED if _is_scaling(key[0], code, first) else EdgeType.ACTIVATION
+    ctx.builder.edges(nodes, new, etype, variant)
     ids = lookup(compact(x.ids), nodes, new, ctx.builder.num_nodes).expand(x.ids.shape)
     return TensorInfo(ids, x.pos, routes=x.routes)
 

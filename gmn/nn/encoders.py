@@ -17,12 +17,25 @@ from converters.vocab import Activation, EdgeType, NodeType
 from .features import sinusoidal
 
 
+class VocabEmbedding(nn.Embedding):
+    """An embedding of one of the graph's vocabularies, which grow at the end only: a state
+    dict saved before a member was added loads, the new member's row keeping its fresh value."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"
+        saved = state_dict.get(key)
+        if isinstance(saved, Tensor) and saved.dim() == 2 and saved.shape[1] == self.embedding_dim \
+                and saved.shape[0] < self.num_embeddings:
+            state_dict[key] = torch.cat([saved, self.weight.detach()[saved.shape[0]:].to(saved)])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class NodeEncoder(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.type_embed = nn.Embedding(len(NodeType), hidden)
-        self.act = nn.Embedding(len(Activation), hidden)
+        self.type_embed = VocabEmbedding(len(NodeType), hidden)
+        self.act = VocabEmbedding(len(Activation), hidden)
         self.depth = nn.Linear(hidden, hidden)
         self.index = nn.Linear(hidden, hidden)
 
@@ -50,7 +63,7 @@ class EdgeEncoder(nn.Module):
     def __init__(self, hidden: int, fourier: int = 32, scale: float = 4.0):
         super().__init__()
         self.hidden = hidden
-        self.type_embed = nn.Embedding(len(EdgeType), hidden)
+        self.type_embed = VocabEmbedding(len(EdgeType), hidden)
         self.kind = nn.Embedding(3, hidden)
         self.pos = nn.Linear(hidden, hidden)
         self.fourier = FourierFeatures(fourier, scale)

@@ -9,10 +9,10 @@ from the activation recorded in the graph (:func:`gmn.weightspace.symmetry.scala
     s_v = \\lVert (w_{uv} s_u)_{u \\to v} \\rVert \\ \\text{(scale)}, \\qquad
     s_v = \\operatorname{sign} \\textstyle\\sum_{u \\to v} w_{uv} s_u \\ \\text{(sign)},
 
-with ``s = 1`` elsewhere, and every parameter edge the canonical value
-``w_uv s_u / s_v``. Rescaling or flipping neuron v multiplies ``s_v`` by the same factor
-(by induction over depth), so canonical values are invariant; an edge output ``y_uv`` in
-canonical units becomes equivariant as ``y_uv s_v / s_u``.
+with ``s = 1`` elsewhere (a neuron's ``SCALED`` copy, ``sin(30 v)``, shares ``s_v``), and every
+parameter edge the canonical value ``w_uv s_u / s_v``. Rescaling or flipping neuron v
+multiplies ``s_v`` by the same factor (by induction over depth), so canonical values are
+invariant; an edge output ``y_uv`` in canonical units becomes equivariant as ``y_uv s_v / s_u``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor
 from converters import edge_kinds
 from converters.writer import PARAMETER
 
-from ..weightspace.symmetry import flippable_neurons, scalable_neurons
+from ..weightspace.symmetry import carried_factor, flippable_neurons, scalable_neurons
 from .scatter import scatter
 
 
@@ -48,6 +48,7 @@ def canonical_scales(g, values: Tensor) -> Tensor:
         sign = torch.where(total < 0, -1.0, 1.0).to(values.dtype)
         s = torch.where(level & scal & (norm > 0), norm, s)
         s = torch.where(level & flip, sign, s)
+        s = carried_factor(g, scal | flip, s)  # sin(30 h) moves with h: the next level reads it
     return s
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from converters import ParameterGraph, edge_kinds, with_values
-from converters.vocab import ODD, POSITIVE_HOMOGENEOUS, EdgeType, NodeType
+from converters.vocab import ODD, POSITIVE_HOMOGENEOUS, Activation, EdgeType, NodeType
 from converters.writer import PARAMETER
 
 _M1 = 0x7FB5D329728EA185
@@ -467,9 +467,12 @@ def _moved_buffers(g: ParameterGraph, pi: Tensor) -> dict[str, Tensor]:
 
 
 def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:
-    """Hidden neurons with an activation in ``acts`` whose in-edges are all parameters and
-    whose out-edges are all dense/conv weights: rescaling or flipping their in-edges and
-    compensating on their out-edges keeps the function. Works on batches."""
+    """Hidden neurons whose in-edges are all parameters and which reach dense/conv weights
+    only through an activation in ``acts``: rescaling or flipping their in-edges and
+    compensating on the weights they feed keeps the function. The activation is the
+    neuron's own, or that of its one copy through a ``SCALED`` edge (``sin(30 x)``: a number
+    times ``x`` keeps both symmetries), whose out-edges then carry the compensation
+    (:func:`carried_factor`). Works on batches."""
     n = g.num_nodes
     src, dst = g.edge_index
     etype = g.edge_type.long()
@@ -477,14 +480,33 @@ def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:
     weight = torch.zeros_like(is_param)
     for t in (EdgeType.LINEAR, EdgeType.CONV, EdgeType.CONV_TRANSPOSE):
         weight |= etype == int(t)
-    ok = torch.zeros(n, dtype=torch.bool, device=src.device)
+    has_act = torch.zeros(n, dtype=torch.bool, device=src.device)
     for act in acts:
-        ok |= g.node_act.long() == int(act)
-    ok &= g.node_type.long() == int(NodeType.HIDDEN)
+        has_act |= g.node_act.long() == int(act)
     bad_out = torch.zeros(n, dtype=torch.long, device=src.device).index_add_(0, src, (~(weight & is_param)).long())
     bad_in = torch.zeros(n, dtype=torch.long, device=src.device).index_add_(0, dst, (~is_param).long())
-    has_out = torch.bincount(src, minlength=n) > 0
-    return ok & (bad_out == 0) & (bad_in == 0) & has_out
+    out_deg = torch.bincount(src, minlength=n)
+    in_deg = torch.bincount(dst, minlength=n)
+    feeds_weights = (bad_out == 0) & (out_deg > 0)
+    hidden = (g.node_type.long() == int(NodeType.HIDDEN)) & (bad_in == 0)
+    direct = hidden & has_act & feeds_weights
+    # h -> SCALED -> t with t's activation in acts, t read by weights only, h and t nothing else
+    scaled = etype == int(EdgeType.SCALED)
+    copy_ok = (g.node_type.long()[dst] == int(NodeType.ACTIVATION)) & has_act[dst] & feeds_weights[dst] \
+        & (in_deg[dst] == 1) & (out_deg[src] == 1) & (g.node_act.long()[src] == int(Activation.NONE))
+    through = torch.zeros(n, dtype=torch.bool, device=src.device)
+    through[src[scaled & copy_ok]] = True
+    return direct | (hidden & through)
+
+
+def carried_factor(g: ParameterGraph, units: Tensor, factor: Tensor) -> Tensor:
+    """``factor`` per node with each unit's factor copied onto its ``SCALED`` copy: the copy
+    is the unit times a number, so it moves with the unit and its out-edges compensate."""
+    src, dst = g.edge_index
+    copy = (g.edge_type.long() == int(EdgeType.SCALED)) & units[src]
+    out = factor.clone()
+    out[dst[copy]] = factor[src[copy]]
+    return out
 
 
 def scalable_neurons(g: ParameterGraph) -> Tensor:
@@ -493,7 +515,7 @@ def scalable_neurons(g: ParameterGraph) -> Tensor:
 
 
 def flippable_neurons(g: ParameterGraph) -> Tensor:
-    """Neurons with an odd activation (tanh): f(-x) = -f(x)."""
+    """Neurons with an odd activation (tanh, sin): f(-x) = -f(x)."""
     return _neurons_with(g, ODD)
 
 
@@ -521,17 +543,21 @@ def random_symmetry(
     if scale or sign:
         moved = with_values(g, values)
         factor = torch.ones(g.num_nodes)
+        units = torch.zeros(g.num_nodes, dtype=torch.bool)
         if scale:
             log_s = (torch.rand(g.num_nodes, generator=gen) * 2 - 1) * math.log(scale_range)
+            units |= scalable_neurons(moved)
             factor = torch.where(scalable_neurons(moved), log_s.exp(), factor)
         if sign:
             flips = torch.where(torch.rand(g.num_nodes, generator=gen) < 0.5, -1.0, 1.0)
+            units |= flippable_neurons(moved)
             factor = torch.where(flippable_neurons(moved), flips, factor)
+        factor = carried_factor(moved, units, factor)
         src, dst = g.edge_index[:, : values.numel()]
         values = values * factor[dst] / factor[src]
     out = with_values(g, values, buffers)
     return (out, pi, edge_map) if return_maps else out
 
 
-__all__ = ["flippable_neurons", "random_automorphism", "random_symmetry", "refine",
+__all__ = ["carried_factor", "flippable_neurons", "random_automorphism", "random_symmetry", "refine",
            "scalable_neurons"]

@@ -248,3 +248,21 @@ def test_cat_skips_legacy_empty_tensors():
     model = EmptyCache()
     g = converters.from_torch(model, torch.randn(2, 3, 4))
     assert g.num_parameters == 20
+
+
+def test_a_number_times_neurons_is_a_scaled_edge():
+    class Ops(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return torch.cat([torch.sin(h * 30.0), torch.sin(h / 2.0), torch.sin(h + 30.0), torch.sin(30.0 - h)], -1)
+
+    g = converters.from_torch(Ops(), torch.rand(2, 3) + 1)
+    counts = torch.bincount(g.edge_type.long(), minlength=len(EdgeType))
+    assert int(counts[EdgeType.SCALED]) == 8  # h * 30 and h / 2: 4 neurons each
+    assert int(counts[EdgeType.ACTIVATION]) == 8  # h + 30 and 30 - h are no scalings
+    scaled = g.edge_pos[g.edge_type == EdgeType.SCALED]
+    assert scaled.unique().numel() == 2  # times 30 and over 2 stay apart

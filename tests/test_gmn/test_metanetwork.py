@@ -37,7 +37,7 @@ def test_permutation_invariance_and_equivariance(graphs, name, kind):
         torch.testing.assert_close(_net(kind, "edge")(g2), _net(kind, "edge")(g)[edge_map], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mlp_tanh", "flatten_cnn", "resnet18"])
+@pytest.mark.parametrize("name", ["mlp_tanh", "flatten_cnn", "resnet18", "siren"])
 def test_scale_gmn_is_invariant_to_rescaling_and_sign_flips(name):
     model, x = build(name)
     g = converters.from_torch(model, x)
@@ -214,3 +214,14 @@ def test_a_sirens_output_neuron_hears_the_first_layer_after_five_hops(layers):
     assert bool((first != 0).any()) == (layers >= 5), first.abs().max()
     assert bool((grad[g.param_index.edge_ids("4.weight")] != 0).all())  # the last layer: one hop
 
+
+
+def test_a_metanetwork_saved_before_a_vocabulary_grew_still_loads():
+    net = _net("gmn", "graph")
+    state = net.state_dict()
+    key = next(k for k in state if k.endswith("type_embed.weight") and "edge" in k)
+    old = {k: (v[:-1] if k == key else v) for k, v in state.items()}  # saved without the newest edge type
+    fresh = _net("gmn", "graph", seed=1)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.state_dict()[key][:-1], state[key][:-1])
+    assert not torch.equal(fresh.state_dict()[key][-1], state[key][-1])  # the new row keeps its own value

@@ -137,3 +137,50 @@ def test_experts_move_with_router_rows():
             assert torch.equal(a, b) or torch.allclose(a, b)
         seen |= router != list(range(len(router)))
     assert seen
+
+
+class _Scaled(torch.nn.Module):
+    """``sin(30 fc1(x))`` read by fc2, beside variants that lose the flip: the pre-activation
+    of two neurons also read elsewhere (those two stay), or shifted rather than scaled."""
+
+    def __init__(self, variant: str):
+        super().__init__()
+        self.variant = variant
+        self.fc1, self.fc2 = torch.nn.Linear(3, 6), torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if self.variant == "shifted":
+            return self.fc2(torch.sin(h + 30.0))
+        y = self.fc2(torch.sin(30.0 * h))
+        return y + h[:, :2] if self.variant == "read_twice" else y
+
+
+@pytest.mark.parametrize(("variant", "flippable"), [("scaled", 6), ("read_twice", 4), ("shifted", 0)])
+def test_sign_flips_through_a_scaled_sine(variant, flippable):
+    torch.manual_seed(0)
+    model = _Scaled(variant).double()
+    for p in model.parameters():  # every weight and bias away from 0 and 1
+        p.data.uniform_(-1, 1)
+    g = converters.from_torch(model, torch.rand(4, 3, dtype=torch.float64))
+    assert int(symmetry.flippable_neurons(g).sum()) == flippable
+    g2 = symmetry.random_symmetry(g, seed=1, sign=True)
+    fresh = torch.rand(64, 3, dtype=torch.float64) * 4 - 2
+    with torch.no_grad():
+        torch.testing.assert_close(_rebuilt(model, g2)(fresh), model(fresh), rtol=1e-10, atol=1e-10)
+    biases = [converters.to_state_dict(gg)["fc1.bias"].sort().values for gg in (g, g2)]
+    assert (not torch.equal(*biases)) == (flippable > 0)  # a permutation keeps the multiset, a flip does not
+
+
+def test_siren_layers_flip_on_fresh_inputs():
+    model, x = build("siren")
+    model = model.double()
+    for p in model.parameters():
+        p.data.uniform_(-1, 1)
+    g = converters.from_torch(model, x.double())
+    assert int(symmetry.flippable_neurons(g).sum()) == 16  # both hidden layers of 8
+    fresh = torch.rand(256, 2, dtype=torch.float64) * 2 - 1
+    for seed in range(3):
+        g2 = symmetry.random_symmetry(g, seed=seed, sign=True)
+        with torch.no_grad():
+            torch.testing.assert_close(_rebuilt(model, g2)(fresh), model(fresh), rtol=1e-10, atol=1e-10)
