@@ -26,6 +26,7 @@ import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -220,6 +221,18 @@ class Signature:
     def digest(self) -> str:
         """One hex string for both parts (a file name, a dictionary key)."""
         return hashlib.sha256(repr((self.layout, self.structure)).encode()).hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """SHA-256 of the converter's own source files: a graph cached by another version of the
+    rules may have another structure (``x * 30`` became a ``SCALED`` edge), so caches of
+    converted graphs are keyed by it and never read across versions."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def signature(g: ParameterGraph) -> Signature:

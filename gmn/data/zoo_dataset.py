@@ -127,8 +127,9 @@ class ZooDataset(Dataset):
     def _load(self, cache: bool, progress: bool) -> None:
         self._content_hash = None
         if cache:
-            folder, key = self._cache_dir(), self._cache_key()
-            self._content_hash = key
+            folder, self._content_hash = self._cache_dir(), self._cache_key()
+            # graphs of another converter may differ in structure: its caches are other files
+            key = hashlib.sha256(f"{self._content_hash} {converters.code_fingerprint()}".encode()).hexdigest()
             path = folder / f"graphs-{key[:32]}.pt"
             if path.is_symlink():
                 raise ValueError(f"{path} is a link: the zoo's cache is never read through a link; remove it")

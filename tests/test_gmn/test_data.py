@@ -29,6 +29,16 @@ def test_cache_is_reused_and_equal(tiny_zoo):
         assert torch.equal(a.edge_value, b.edge_value) and torch.equal(a.edge_index, b.edge_index)
 
 
+def test_a_cache_of_another_converter_is_never_read(tiny_zoo, monkeypatch):
+    ZooDataset(tiny_zoo, progress=False)
+    before = set((tiny_zoo / "processed").glob("graphs-*.pt"))
+    # another version of the rules (a changed structure) must convert again, not read old graphs
+    monkeypatch.setattr(converters, "code_fingerprint", lambda: "another converter")
+    ZooDataset(tiny_zoo, progress=False)
+    after = set((tiny_zoo / "processed").glob("graphs-*.pt"))
+    assert before < after
+
+
 def test_batches_of_zoo_graphs_run_through_a_metanetwork(tiny_zoo):
     from gmn import GraphMetanetwork
 
