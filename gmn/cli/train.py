@@ -175,12 +175,12 @@ def _write_training(out: Path, args, data, split, result, world: int) -> None:
     import json
     import sys
 
-    from ..tasks.property import save_predictor
+    from ..tasks.property import json_safe, save_predictor
 
     out.mkdir(parents=True, exist_ok=True)
     save_predictor(result.predictor, out / "model.safetensors")
-    text = json.dumps({"kind": args.kind, "scores": result.scores, "history": result.history, "world_size": world,
-                       "test_checkpoints": len(split.test), "zoo": result.predictor.zoo}, indent=1)
+    text = json.dumps({"kind": args.kind, "scores": json_safe(result.scores), "history": result.history,
+                       "world_size": world, "test_checkpoints": len(split.test), "zoo": result.predictor.zoo}, indent=1)
     atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(text))
     paths = [str(Path(args.zoo) / data.members[i]["path"]) for i in split.test.tolist()]
     write_predictions(out / "test_predictions.csv", paths, result.targets, result.pred, result.true)

@@ -18,7 +18,7 @@ from ..zoo import build_zoo
 from .nfn_baseline import MODES as NFN_METHODS
 from .nfn_baseline import fit_nfn
 from .probe_baseline import fit_probe
-from .property import MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
+from .property import MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn, json_safe
 
 
 def run_methods(dataset: ZooDataset, methods: tuple[str, ...], config: TrainConfig, test_families: tuple[str, ...] = (),
@@ -68,6 +68,8 @@ def _fixed_split(dataset: ZooDataset, split: Split | str | Path | None, test_fam
 
 
 def _spread(values: list[float], signed: bool = False) -> str:
+    if not np.isfinite(values).all():
+        return "n/a"  # an undefined tau (constant predictions) is no score, and no 0
     mean = f"{float(np.mean(values)):{'+' if signed else ''}.3f}"
     return mean if len(values) == 1 else f"{mean}±{float(np.std(values, ddof=1)):.3f}"
 
@@ -209,7 +211,7 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
                            "test_checkpoints": len(r.true),
                            "history": r.history, "pred": np.asarray(r.pred).tolist(),
                            "true": np.asarray(r.true).tolist()} for i, results in enumerate(per_seed) for r in results]}
-    atomic_write(out / "property.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    atomic_write(out / "property.json", lambda tmp: Path(tmp).write_text(json.dumps(json_safe(report), indent=1)))
     try:
         plot(per_seed, out / "property.png", title=title, first_seed=config.seed)
     except ImportError:

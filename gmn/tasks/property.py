@@ -33,12 +33,25 @@ from ..probes import batch_features, member_probe_features, probe_features
 
 
 def metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Kendall's tau, R^2 and mean absolute error of one target."""
+    """Kendall's tau, R^2 and mean absolute error of one target. Tau is NaN where it is
+    undefined (constant predictions, e.g. a collapsed model, or constant targets): 0 would read
+    as "no correlation measured"."""
     from scipy.stats import kendalltau
 
     tau = kendalltau(pred, true).statistic
     r2 = 1.0 - float(((pred - true) ** 2).sum()) / max(float(((true - true.mean()) ** 2).sum()), 1e-12)
-    return {"tau": float(np.nan_to_num(tau)), "r2": r2, "mae": float(np.abs(pred - true).mean())}
+    return {"tau": float(tau), "r2": r2, "mae": float(np.abs(pred - true).mean())}
+
+
+def json_safe(value):
+    """``value`` with every non-finite float as None (JSON has no NaN: other tools refuse it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass
@@ -566,7 +579,7 @@ def save_predictor(predictor: Predictor, path: str | Path) -> None:
             "kind": p.kind, "config": config, "targets": list(p.targets),
             "target_scaling": {t: {"mean": float(p.mean[i]), "std": float(p.std[i])} for i, t in enumerate(p.targets)},
             "architectures": [a.record() for a in p.architectures], "input_shape": p.input_shape,
-            "zoo": p.zoo, "scores": p.scores}
+            "zoo": p.zoo, "scores": json_safe(p.scores)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gmn": json.dumps(meta)}))
 
 

@@ -17,6 +17,20 @@ def test_metrics():
     assert metrics(np.full(4, true.mean()), true)["r2"] == pytest.approx(0.0)
 
 
+def test_an_undefined_tau_is_said_so_never_zero():
+    import json
+
+    from gmn.tasks.benchmark import format_table
+    from gmn.tasks.property import MethodResult, json_safe
+
+    true = np.array([0.1, 0.5, 0.3, 0.9])
+    result = MethodResult("gmn", np.full((4, 1), 0.4), true[:, None], ("acc",), 1.0)  # a collapsed model
+    assert np.isnan(result.scores["acc"]["tau"])
+    row = next(line for line in format_table([[result]]).splitlines() if line.startswith("gmn"))
+    assert row.split()[1] == "n/a"
+    assert json.loads(json.dumps(json_safe({"scores": result.scores})))["scores"]["acc"]["tau"] is None
+
+
 @pytest.fixture(scope="module")
 def data(tiny_zoo):
     ds = ZooDataset(tiny_zoo, targets=("test_acc", "gap"), progress=False)
