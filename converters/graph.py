@@ -326,7 +326,8 @@ class GraphBuilder:
             unused = self._unused_node()
             return _block(unused, unused, EdgeType.UNUSED, torch.arange(numel), (numel,)), []
         if all(u.flat is None for u in uses):
-            slots = torch.arange(offset, offset + numel)
+            # the slots (8 bytes a scalar) only for a parameter that is read again
+            slots = torch.arange(offset, offset + numel) if len(uses) > 1 else None
             return uses[0], [(u, slots) for u in uses[1:]]
         cols = [u.columns() for u in uses]
         flats = torch.cat([u.flat if u.flat is not None else torch.arange(numel) for u in uses])
