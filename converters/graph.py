@@ -18,6 +18,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .errors import ConversionError
+from .tensor_info import broadcast_shape
 from .vocab import Activation, EdgeType, NodeType
 
 
@@ -172,7 +173,7 @@ class _Block:
 def _block(src: Tensor, dst: Tensor, etype: int, pos: Tensor | int, shape=None, flat=None) -> _Block:
     if shape is None:
         shapes = [src.shape, dst.shape] + ([pos.shape] if isinstance(pos, Tensor) else [])
-        shape = tuple(torch.broadcast_shapes(*shapes))
+        shape = tuple(broadcast_shape(*shapes))
     return _Block(src, dst, pos, int(etype), tuple(shape), flat)
 
 
