@@ -16,6 +16,7 @@ checks, layout and simplify) and the floor of that layout, writing the finished 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import io
 import logging
@@ -94,19 +95,26 @@ def main() -> None:
             tasks[f"after export {k}"] = _post_export(v, model, x)
             tasks[f"from_onnx {k}"] = partial(v.from_onnx, onnx_path)
         times: dict[str, list[float]] = {k: [] for k in tasks}
+        cpu: dict[str, list[float]] = {k: [] for k in tasks}  # preemptions on a shared machine do not count
         for fn in tasks.values():  # once untimed: imports, caches
             fn()
-        for _ in range(args.rounds):
-            for k, fn in tasks.items():
-                start = time.perf_counter()
-                fn()
+        for r in range(args.rounds):
+            # every other round in reverse, and garbage collected before each call: no version always
+            # runs after the other or collects the other's garbage
+            for k, fn in (list(tasks.items()) if r % 2 == 0 else list(tasks.items())[::-1]):
+                gc.collect()
+                start, start_cpu = time.perf_counter(), time.process_time()
+                out = fn()
                 times[k].append(time.perf_counter() - start)
+                cpu[k].append(time.process_time() - start_cpu)
+                del out  # freed outside the timing
     med = {k: statistics.median(v) for k, v in times.items()}
     params = sum(p.numel() for p in model.parameters())
     lines = [f"ResNet-50 at 224 px ({params / 1e6:.1f} M parameters, {edges:,} edges), medians of "
-             f"{args.rounds} rounds in one process, interleaved; wall seconds",
-             f"{'':<22} {'median':>7}  all"]
-    lines += [f"{k:<22} {m:>7.3f}  {' '.join(f'{t:.3f}' for t in times[k])}" for k, m in med.items()]
+             f"{args.rounds} rounds in one process, interleaved; seconds, wall clock and CPU time",
+             f"{'':<22} {'median':>7} {'CPU':>7}  all (wall)"]
+    lines += [f"{k:<22} {m:>7.3f} {statistics.median(cpu[k]):>7.3f}  {' '.join(f'{t:.3f}' for t in times[k])}"
+              for k, m in med.items()]
     exp = med["torch.export"]
     for k in ("before", "after"):
         rate = params / 1e6 / med[f"from_onnx {k}"]
@@ -115,6 +123,11 @@ def main() -> None:
     lines.append(f"after / before: from_torch {med['from_torch after'] / med['from_torch before']:.2f}, after export "
                  f"{med['after export after'] / med['after export before']:.2f}, from_onnx "
                  f"{med['from_onnx after'] / med['from_onnx before']:.2f}")
+    mc = {k: statistics.median(v) for k, v in cpu.items()}
+    lines.append(f"in CPU time: from_torch before {mc['from_torch before'] / mc['torch.export']:.2f}x, after "
+                 f"{mc['from_torch after'] / mc['torch.export']:.2f}x torch.export; from_onnx before "
+                 f"{params / 1e6 / mc['from_onnx before']:.1f}, after {params / 1e6 / mc['from_onnx after']:.1f} "
+                 f"M params per CPU second")
     print("\n".join(lines))
     if args.out:
         command = "python " + " ".join(sys.argv)
