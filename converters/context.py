@@ -201,6 +201,13 @@ def nonneuron(shape: tuple[int, ...], *infos: TensorInfo | None) -> TensorInfo:
 def dependencies(*infos: TensorInfo | None) -> Tensor:
     """Every neuron the values of ``infos`` depend on: their own neurons, the router neurons
     they were chosen from, the neurons masks and indices were computed from (sorted, unique)."""
+    return torch.unique(mentioned(*infos))
+
+
+def mentioned(*infos: TensorInfo | None) -> Tensor:
+    """The neurons of :func:`dependencies`, with repeats and unsorted: enough for a membership
+    test or a scatter (the soundness check runs per op and per argument; a sort each time is
+    most of its cost)."""
     parts = []
     for i in infos:
         if i is None or i.param is not None:
@@ -208,4 +215,4 @@ def dependencies(*infos: TensorInfo | None) -> Tensor:
         parts += [t for t in (distinct_ids(i.ids), i.routes, i.taint) if t is not None]
     if not parts:
         return torch.zeros(0, dtype=torch.long)
-    return torch.unique(torch.cat([p.reshape(-1) for p in parts]))
+    return torch.cat([p.reshape(-1) for p in parts])

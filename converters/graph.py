@@ -18,6 +18,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .errors import ConversionError
+from .tensor_info import broadcast_shape
 from .vocab import Activation, EdgeType, NodeType
 
 
@@ -172,7 +173,7 @@ class _Block:
 def _block(src: Tensor, dst: Tensor, etype: int, pos: Tensor | int, shape=None, flat=None) -> _Block:
     if shape is None:
         shapes = [src.shape, dst.shape] + ([pos.shape] if isinstance(pos, Tensor) else [])
-        shape = tuple(torch.broadcast_shapes(*shapes))
+        shape = tuple(broadcast_shape(*shapes))
     return _Block(src, dst, pos, int(etype), tuple(shape), flat)
 
 
@@ -326,7 +327,8 @@ class GraphBuilder:
             unused = self._unused_node()
             return _block(unused, unused, EdgeType.UNUSED, torch.arange(numel), (numel,)), []
         if all(u.flat is None for u in uses):
-            slots = torch.arange(offset, offset + numel)
+            # the slots (8 bytes a scalar) only for a parameter that is read again
+            slots = torch.arange(offset, offset + numel) if len(uses) > 1 else None
             return uses[0], [(u, slots) for u in uses[1:]]
         cols = [u.columns() for u in uses]
         flats = torch.cat([u.flat if u.flat is not None else torch.arange(numel) for u in uses])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .limits import MAX_WINDOW
+from .tensor_info import broadcast_shape
 
 ONNX_OPS: dict[str, Callable] = {}
 
@@ -458,7 +459,7 @@ def gather(i, a):
 @onnx_op("Expand")
 def expand(i, a):
     x, target = i[0], _ints(i[1])
-    out = torch.broadcast_shapes(tuple(x.shape), tuple(target))
+    out = broadcast_shape(tuple(x.shape), tuple(target))
     return x.expand(out)
 
 
@@ -591,12 +592,12 @@ def _shape(t) -> tuple[int, ...]:
 
 def _broadcast(i, a) -> int:
     shapes = [_shape(t) for t in i if isinstance(t, Tensor)]
-    return math.prod(torch.broadcast_shapes(*shapes)) if shapes else 0
+    return math.prod(broadcast_shape(*shapes)) if shapes else 0
 
 
 def _prelu_size(i, a) -> int:
     x, slope = _shape(i[0]), _shape(i[1])
-    return math.prod(torch.broadcast_shapes(x, prelu_slope_shape(x, slope, a["_opset"])))
+    return math.prod(broadcast_shape(x, prelu_slope_shape(x, slope, a["_opset"])))
 
 
 def _fold(i, a) -> int:
@@ -609,7 +610,7 @@ def _matmul_size(i, a) -> int:
     x, w = (1,) + x if len(x) == 1 else x, w + (1,) if len(w) == 1 else w
     if len(x) < 2 or len(w) < 2:
         return 0
-    return math.prod(torch.broadcast_shapes(x[:-2], w[:-2])) * x[-2] * w[-1]
+    return math.prod(broadcast_shape(x[:-2], w[:-2])) * x[-2] * w[-1]
 
 
 def _gemm_size(i, a) -> int:
@@ -618,7 +619,7 @@ def _gemm_size(i, a) -> int:
         return 0
     rows, cols = x[1] if a.get("transA", 0) else x[0], w[0] if a.get("transB", 0) else w[1]
     c = _shape(i[2]) if len(i) > 2 and i[2] is not None else ()
-    return 2 * math.prod(torch.broadcast_shapes((rows, cols), c))  # the product and the sum
+    return 2 * math.prod(broadcast_shape((rows, cols), c))  # the product and the sum
 
 
 def _gather_size(i, a) -> int:
@@ -637,7 +638,7 @@ def _expand_size(i, a) -> int:
     target = _ints(i[1])
     if any(d < 0 for d in target):
         raise ValueError(f"Expand to a negative size {target}")
-    return math.prod(torch.broadcast_shapes(_shape(i[0]), tuple(target)))
+    return math.prod(broadcast_shape(_shape(i[0]), tuple(target)))
 
 
 def _tile_size(i, a) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.fx import Node
 
-from .context import Context, dependencies, nonneuron
+from .context import Context, dependencies, mentioned, nonneuron
 from .registry import op_name
 from .rules.shape import VIEW_OPS
 from .tensor_info import TensorInfo
@@ -57,12 +57,13 @@ def check_op(ctx: Context, name: str, args: list[TensorInfo], out, first_block: 
     if name in VALUE_FREE:
         return
     _check_parameters(ctx, name, args, out, first_block)
-    needs = [d for d in (dependencies(a) for a in args) if d.numel()]
+    # membership tests and a scatter: the sets matter, not their order or repeats
+    needs = [d for d in (mentioned(a) for a in args) if d.numel()]
     outputs = _outputs(out)
     if not needs or (outputs and all(o.ids.numel() == 0 for o in outputs)):
         return  # nothing read, or an empty result (a slice past the end): nothing can differ
     seen = torch.zeros(ctx.builder.num_nodes + 1, dtype=torch.bool)
-    results = dependencies(*outputs)
+    results = mentioned(*outputs)
     seen[results] = True
     for block in ctx.builder.blocks[first_block:]:
         seen[block.src.reshape(-1)] = True

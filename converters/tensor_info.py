@@ -65,6 +65,25 @@ def compact(t: Tensor, keep: int | None = None) -> Tensor:
     return t
 
 
+def broadcast_shape(*shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` of plain sizes, in a few microseconds (torch's takes about 0.2 ms
+    a call, and rules and ONNX ops call it per op). Anything irregular (a mismatch, a negative
+    size) goes to torch's, for its error."""
+    nd = max((len(s) for s in shapes), default=0)
+    out = [1] * nd
+    for shape in shapes:
+        offset = nd - len(shape)
+        for i, d in enumerate(shape):
+            if d != 1:
+                if out[offset + i] == 1:
+                    out[offset + i] = d
+                elif out[offset + i] != d:
+                    return torch.broadcast_shapes(*shapes)
+    if any(d < 0 for d in out):
+        return torch.broadcast_shapes(*shapes)
+    return torch.Size(out)
+
+
 def broadcast_axes(shape: tuple[int, ...], *tensors: Tensor) -> list[int]:
     """Axes of ``shape`` along which every one of ``tensors``, broadcast to ``shape``, is a
     broadcast (stride 0): a rule may compute there on one index and expand its result."""

@@ -15,7 +15,7 @@ from torch.fx import Node
 
 from ..context import Context, nonneuron
 from ..registry import register_op
-from ..tensor_info import TensorInfo, broadcast_axes, distinct_ids, narrow_axes, repeat_shadow
+from ..tensor_info import TensorInfo, broadcast_axes, broadcast_shape, distinct_ids, narrow_axes, repeat_shadow
 from ..vocab import Activation, EdgeType, NodeType
 from .common import fibers_to_nodes
 from .linear import matmul_with_parameter
@@ -110,7 +110,7 @@ def _attention(ctx: Context, node: Node) -> TensorInfo:
         g = q.ids.shape[-3] // k.ids.shape[-3]
         k, v = (i.map(lambda t: repeat_shadow(t, g, -3)) for i in (k, v))
     qs, ks = q.ids.shape, k.ids.shape
-    score_shape = torch.broadcast_shapes(qs[:-2], ks[:-2]) + (qs[-2], ks[-2])
+    score_shape = broadcast_shape(qs[:-2], ks[:-2]) + (qs[-2], ks[-2])
     scores = contract(ctx, q, k.map(lambda t: t.transpose(-1, -2)), score_shape)
     heads = torch.unique(distinct_ids(scores.ids))
     ctx.builder.set_activation(heads, Activation.SOFTMAX)

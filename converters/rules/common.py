@@ -6,7 +6,15 @@ import torch
 from torch import Tensor
 
 from ..context import Context
-from ..tensor_info import TensorInfo, broadcast_axes, channel_ids, compact, first_occurrence, narrow_axes
+from ..tensor_info import (
+    TensorInfo,
+    broadcast_axes,
+    broadcast_shape,
+    channel_ids,
+    compact,
+    first_occurrence,
+    narrow_axes,
+)
 from ..vocab import EdgeType, NodeType
 
 
@@ -80,7 +88,7 @@ def pair(
     b_pos: int = 0,
 ) -> Tensor:
     """One new node per distinct (a, b) pair of node ids; edges a -> node and b -> node."""
-    shape = torch.broadcast_shapes(a.shape, b.shape)
+    shape = broadcast_shape(a.shape, b.shape)
     axes = broadcast_axes(shape, a, b)  # computed once where both repeat, then expanded
     a, b = narrow_axes(a, shape, axes), narrow_axes(b, shape, axes)
     small = a.shape

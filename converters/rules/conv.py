@@ -47,11 +47,14 @@ def conv(ctx: Context, node: Node) -> TensorInfo:
     out = ctx.new_neurons(n_out, NodeType.HIDDEN, depth)
     first = torch.arange(a).view(a, 1, 1)
     second = torch.arange(bdim).view(1, bdim, 1)
-    group = first // (a // groups)
+    # without groups the weight's second axis is every channel: a row of ids broadcast over the
+    # first axis, not an (a, bdim) table (its size is the weight's over the kernel's, and every
+    # later reader of the block -- the soundness check, the layout -- would scan it)
+    cols = second if groups == 1 else first // (a // groups) * bdim + second
     if transposed:  # weight (in, out / groups, *k)
-        src, dst, etype = in_ids[first], out[group * bdim + second], EdgeType.CONV_TRANSPOSE
+        src, dst, etype = in_ids.view(a, 1, 1), out[cols], EdgeType.CONV_TRANSPOSE
     else:  # weight (out, in / groups, *k)
-        src, dst, etype = in_ids[group * bdim + second], out[first], EdgeType.CONV
+        src, dst, etype = in_ids[cols], out.view(a, 1, 1), EdgeType.CONV
     flat = None if whole(ctx, w) else w.flat.reshape(-1)
     pos = torch.arange(k).view(1, 1, k)
     ctx.builder.param_edges(w.param, src, dst, etype, pos, flat=flat, shape=(a, bdim, k))
