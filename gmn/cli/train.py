@@ -24,9 +24,13 @@ def check_split(args) -> None:
 
     from ..zoo import Zoo
     from ..zoo.formats import split_by_index_file
+    from ..zoo.lora import is_lora_zoo
 
     if not args.zoo:
         raise ValueError("--split names checkpoints of an existing zoo: give the zoo folder with --zoo")
+    if is_lora_zoo(args.zoo):
+        raise ValueError(f"--split names checkpoints of a model zoo; {args.zoo} is a LoRA zoo, split by adapter "
+                         f"(--seed draws it)")
     if args.test_families:
         raise ValueError("--split and --test-families both choose the test part: give one")
     zoo = Zoo(args.zoo)
@@ -228,7 +232,8 @@ def _bench_parser(sub) -> None:
     _recipe_options(p)
     checks.add_force(p)
     # the main job: a zoo the metanetworks train to convergence on in minutes on 2 cores
-    p.set_defaults(handler=_bench_property, runs=160, train_epochs=30, lr=3e-3,
+    # targets: a model zoo's test_acc,gap or a LoRA zoo's own (a built one's angle,accuracy; an import's columns)
+    p.set_defaults(handler=_bench_property, runs=160, train_epochs=30, lr=3e-3, targets=None,
                    outputs=lambda a: ([Path(a.out) / f"property.{x}" for x in ("txt", "json", "png")], [], []))
 
 
@@ -238,10 +243,13 @@ def _split(text: str) -> tuple[str, ...]:
 
 def _bench_property(args) -> int:
     from ..tasks.benchmark import property_benchmark
+    from ..zoo.lora import is_lora_zoo
 
     settings = config(args)
+    if args.zoo and is_lora_zoo(args.zoo) or not args.zoo and args.preset == "lora":
+        return _bench_lora(args, settings)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
-                               args.backend, args.zoo, _split(args.methods), _split(args.targets),
+                               args.backend, args.zoo, _split(args.methods), _split(args.targets or "test_acc,gap"),
                                _split(args.test_families), settings, seeds=args.seeds, split=args.split,
                                allow_modules=allowed_modules(args))
     print(table)
@@ -249,3 +257,29 @@ def _bench_property(args) -> int:
     return 0
 
 
+
+
+def _bench_lora(args, settings) -> int:
+    """A LoRA zoo (``--zoo``, or ``--preset lora`` built into ``--out``): StatNN, and each method on raw
+    and on GL(r)-canonical adapters (``gmn.tasks.lora_property``), one split per seed for all."""
+    from dataclasses import replace
+
+    from ..tasks.lora_property import lora_property_benchmark, lora_rows
+
+    methods = _split(args.methods)
+    lora_rows(methods)  # a method that reads no adapters: one line before the zoo is built
+    if args.test_families:
+        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
+    if settings.probes:
+        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
+    zoo = args.zoo
+    if zoo is None:
+        from ..zoo.lora import build_lora_zoo
+
+        zoo = Path(args.out) / "zoo-lora"
+        build_lora_zoo(zoo, runs=args.runs, epochs=args.epochs, seed=args.seed, progress=True)
+    table = lora_property_benchmark(zoo, args.out, methods, _split(args.targets) if args.targets else None,
+                                    replace(settings, probes=0), seeds=args.seeds)
+    print(table)
+    print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
+    return 0

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -162,6 +163,24 @@ class AdapterDataset(Dataset):
             self.buffers.append({})
         self.run = torch.arange(len(self.rows))
         self.family = ["lora"] * len(self.rows)
+        # what a trained predictor records of its zoo (gmn.tasks.property.Predictor), as ZooDataset has it
+        self.zoo = SimpleNamespace(root=root)
+        self.members = [{"path": row["path"], "arch": {"family": "lora", "layout": key}, "dataset": None}
+                        for row, key in zip(self.rows, self.arch_keys)]
+        self._content_hash: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the catalogue and every adapter's weights: another for any change."""
+        import hashlib
+
+        if self._content_hash is None:
+            digest = hashlib.sha256((self.zoo.root / CATALOGUE).read_bytes())
+            for row in self.rows:
+                for weights in sorted(_inside(self.zoo.root, row["path"]).rglob("adapter_model.safetensors")):
+                    digest.update(weights.read_bytes())
+            self._content_hash = digest.hexdigest()
+        return self._content_hash
 
     def len(self) -> int:
         return len(self.rows)

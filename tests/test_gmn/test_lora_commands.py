@@ -1,0 +1,67 @@
+"""Commands on a LoRA zoo: gmn bench property (raw against GL(r)-canonical adapters, one split per seed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gmn.cli import main
+from gmn.data.splits import split_by_run
+from gmn.tasks.lora_property import lora_property_runs
+from gmn.tasks.property import TrainConfig, fit_flat_mlp
+from gmn.zoo.lora import AdapterDataset, build_lora_zoo
+
+ROWS = ["statnn", "mlp-raw", "mlp-canon", "gmn-raw", "gmn-canon"]
+FAST = ["--train-epochs", "2", "--hidden", "8", "--layers", "1", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora-cmd") / "zoo"
+    build_lora_zoo(root, runs=12, epochs=1, base_epochs=1)
+    return root
+
+
+def test_bench_property_on_a_lora_zoo_writes_the_side_by_side_table(zoo, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "property", "--zoo", str(zoo), "--out", str(out), "--seeds", "2", *FAST]) == 0
+    table = (out / "property.txt").read_text().splitlines()
+    assert [line.split()[0] for line in table[3:8]] == ROWS
+    assert "angle tau" in table[1] and "accuracy tau" in table[1]
+    report = json.loads((out / "property.json").read_text())
+    assert report["targets"] == ["angle", "accuracy"] and report["adapters"] == 12
+    assert [[r["method"] for r in seed] for seed in report["runs"]] == [ROWS, ROWS]
+    assert (out / "property.png").stat().st_size > 0
+    assert main(["bench", "property", "--zoo", str(zoo), "--out", str(out), "--seeds", "1", *FAST]) == 2
+    assert "gmn never replaces an output" in capsys.readouterr().err
+
+
+def test_one_split_per_seed_and_the_canonical_rows_read_canonical_adapters(zoo):
+    config = TrainConfig(epochs=2, hidden=8, layers=1, batch_size=4, patience=2, seed=3)
+    runs, raw = lora_property_runs(zoo, ("statnn", "mlp"), config=config, seeds=2)
+    assert [[r.method for r in seed] for seed in runs] == [ROWS[:3]] * 2
+    for seed in runs:
+        for r in seed[1:]:
+            np.testing.assert_array_equal(r.true, seed[0].true)  # every method tested on the same adapters
+    assert not np.array_equal(runs[0][0].true, runs[1][0].true)  # seeds 3 and 4: other splits
+    split = split_by_run(raw.run, raw.family, seed=3)
+    canonical = AdapterDataset(zoo, canonical=True)
+    direct = fit_flat_mlp(canonical, split, config, progress=False)
+    np.testing.assert_allclose(runs[0][2].pred, direct.pred, rtol=1e-5, atol=1e-6)
+    on_raw = fit_flat_mlp(raw, split, config, progress=False)
+    np.testing.assert_allclose(runs[0][1].pred, on_raw.pred, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(on_raw.pred, direct.pred)
+    assert torch.equal(raw.y, canonical.y)
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--methods", "statnn,nfn_np"], "method 'nfn_np' does not read adapters"),
+    (["--split", "nfn"], "is a LoRA zoo, split by adapter"),
+    (["--test-families", "lora"], "a LoRA zoo has one base")])
+def test_bench_property_refuses_what_a_lora_zoo_cannot_do(zoo, tmp_path, capsys, extra, problem):
+    capsys.readouterr()
+    assert main(["bench", "property", "--zoo", str(zoo), "--out", str(tmp_path / "o"), *FAST, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and "\n" not in err
+    assert not (tmp_path / "o" / "property.txt").exists()
