@@ -264,6 +264,21 @@ def zoo_base(root: str | Path) -> tuple[nn.Module, tuple | None]:
     return base_model(root, data, 0, 0), (data.x_test[:1],)
 
 
+def nearest_adapters(root: str | Path, query: str | Path, k: int = 5) -> list[tuple[dict, float]]:
+    """The ``k`` adapters of the zoo nearest to the adapter folder ``query`` (read against the zoo's
+    base), by the distance of their weight updates (``gmn.lora.nearest``) in the GL(r) canonical frame:
+    ``(catalogue row, distance)``, nearest first. Any ``(B M^-1, M A)`` of the query retrieves the same."""
+    from adapters import from_peft
+
+    from .. import lora
+
+    base, example = zoo_base(root)
+    q = lora.canonicalise(from_peft(query, base=base, example_inputs=example))
+    zoo = AdapterDataset(root, canonical=True, base=base, example_inputs=example)
+    found = lora.nearest(q, [zoo.get(i) for i in range(len(zoo))], k=k)
+    return [(zoo.rows[i], d) for i, d in found]
+
+
 def _catalogue(root: Path, targets: tuple[str, ...]) -> list[dict]:
     """``catalogue.csv``'s rows, every target a finite number, or one line naming the row."""
     path = root / "catalogue.csv"
@@ -295,4 +310,5 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-__all__ = ["AdapterDataset", "build_lora_zoo", "is_lora_zoo", "rotate", "zoo_base", "zoo_settings", "zoo_targets"]
+__all__ = ["AdapterDataset", "build_lora_zoo", "is_lora_zoo", "nearest_adapters", "rotate", "zoo_base", "zoo_settings",
+           "zoo_targets"]

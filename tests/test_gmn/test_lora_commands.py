@@ -115,3 +115,54 @@ def test_weight_commands_refuse_what_adapters_cannot_do(zoo, tmp_path, capsys, c
     assert main([command, str(zoo), "--out", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert problem in err and "\n" not in err
+
+
+def _dense_distances(query_folder, folders, scaling=2.0):
+    """|s B_q A_q - s B A|_F over modules from the files, by dense products in float64 (alpha 8 / rank 4)."""
+    from safetensors.torch import load_file
+
+    def updates(folder):
+        t = load_file(str(folder / "adapter_model.safetensors"))
+        out = {}
+        for key in (k for k in t if "lora_A" in k):
+            a, b = t[key].double(), t[key.replace("lora_A", "lora_B")].double()
+            out[key] = scaling * b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+        return out
+
+    q = updates(query_folder)
+    return [sum(float((q[k] - u[k]).norm() ** 2) for k in q) ** 0.5 for u in map(updates, folders)]
+
+
+def test_nearest_retrieves_the_same_neighbours_for_any_gl_transform_of_the_query(zoo, tmp_path, capsys):
+    from test_adapters.test_adapters import gl_transform
+
+    import converters
+    from adapters import from_peft
+    from gmn.zoo.lora import nearest_adapters, zoo_base
+
+    base, example = zoo_base(zoo)
+    g = from_peft(zoo / "adapters" / "a0003", base=base, example_inputs=example)
+    wide = converters.with_values(g, converters.parameter_values(g).double())
+    wide.edge_value = wide.edge_value.double()  # M applied in float64, written back as the files' float32
+    moved = converters.with_values(g, gl_transform(wide, seed=7, cond=1e2).float())
+    converters.to_peft(moved, None, tmp_path / "moved")
+    changed = converters.parameter_values(from_peft(tmp_path / "moved", base=base, example_inputs=example))
+    assert not torch.allclose(changed, converters.parameter_values(g), atol=1e-3)  # other factors
+    plain = nearest_adapters(zoo, zoo / "adapters" / "a0003", k=12)
+    transformed = nearest_adapters(zoo, tmp_path / "moved", k=12)
+    assert [r["path"] for r, _ in plain] == [r["path"] for r, _ in transformed]
+    assert plain[0][0]["path"] == "adapters/a0003" and plain[0][1] < 1e-5 and transformed[0][1] < 1e-3
+    folders = [zoo / r["path"] for r, _ in plain]
+    dense = _dense_distances(zoo / "adapters" / "a0003", folders)
+    assert dense == sorted(dense)  # the order is that of the dense updates' distances
+    np.testing.assert_allclose([d for _, d in plain], dense, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([d for _, d in transformed], dense, rtol=1e-3, atol=1e-3)
+    other = nearest_adapters(zoo, zoo / "adapters" / "a0005", k=3)
+    assert other[0][0]["path"] == "adapters/a0005"
+    capsys.readouterr()
+    assert main(["nearest", str(zoo), str(tmp_path / "moved"), "-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[2:]] == [r["path"] for r, _ in plain[:3]]
+    assert main(["nearest", str(zoo), str(tmp_path / "moved"), "-k", "0"]) == 2
+    assert main(["nearest", str(tmp_path), str(tmp_path / "moved")]) == 2
+    assert "not a LoRA zoo" in capsys.readouterr().err
