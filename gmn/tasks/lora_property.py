@@ -32,10 +32,11 @@ def lora_rows(methods: tuple[str, ...]) -> list[str]:
 
 def lora_property_runs(zoo: str | Path, methods: tuple[str, ...] = ("statnn", "mlp", "gmn"),
                        targets: tuple[str, ...] | None = None, config: TrainConfig | None = None, seeds: int = 3,
-                       progress: bool = False) -> tuple[list[list[MethodResult]], object]:
+                       progress: bool = False) -> tuple[list[list[MethodResult]], object, dict[str, str]]:
     """Every row of :func:`lora_rows` on the zoo's adapters (``targets``: default the zoo's own), for
     ``seeds`` seeds from ``config.seed`` (each its own split by adapter and initialisation; one split
-    for every method of a seed). Returns ``runs[seed][row]`` and the raw dataset."""
+    for every method of a seed). Returns ``runs[seed][row]``, the raw dataset and the rows skipped (why:
+    the flat MLP needs one layout, and adapters of several ranks have several)."""
     from ..data.splits import split_by_run
     from ..zoo.lora import AdapterDataset
 
@@ -45,12 +46,16 @@ def lora_property_runs(zoo: str | Path, methods: tuple[str, ...] = ("statnn", "m
         raise ValueError(f"probes ({config.probes}) run the model; an adapter is read weights only: use 0 probes")
     raw = AdapterDataset(zoo, targets)
     canonical = AdapterDataset(zoo, raw.target_names, canonical=True)
+    skipped = {}
+    if len(raw.templates) > 1:
+        why = f"the flat MLP needs one parameter layout; these adapters have {len(raw.templates)} (ranks or modules)"
+        skipped = {row: why for row in rows if row.startswith("mlp-")}
     runs = []
     for seed in range(config.seed, config.seed + seeds):
         split = split_by_run(raw.run, raw.family, seed=seed)
         seeded = replace(config, seed=seed)
         results = []
-        for row in rows:
+        for row in (r for r in rows if r not in skipped):
             result = _fit(row, raw, canonical, split, seeded)
             result.method = row
             if progress:
@@ -58,7 +63,7 @@ def lora_property_runs(zoo: str | Path, methods: tuple[str, ...] = ("statnn", "m
                       flush=True)
             results.append(result)
         runs.append(results)
-    return runs, raw
+    return runs, raw, skipped
 
 
 def _fit(row: str, raw, canonical, split, config: TrainConfig) -> MethodResult:
@@ -80,19 +85,20 @@ def lora_property_benchmark(zoo: str | Path, out: str | Path, methods: tuple[str
     from .benchmark import format_table, plot
 
     config = config or TrainConfig()
-    runs, raw = lora_property_runs(zoo, methods, targets, config, seeds, progress)
+    runs, raw, skipped = lora_property_runs(zoo, methods, targets, config, seeds, progress)
     layouts = len(raw.templates)
     title = title or (f"LoRA zoo {Path(zoo).name}: {len(raw)} adapters of one base ({layouts} layout"
                       f"{'s' if layouts > 1 else ''}), {seeds} seed{'s' if seeds > 1 else ''} (split and "
                       f"initialisation); -raw: factors as trained, -canon: GL(r) canonical (balanced SVD)")
-    table = format_table(runs, title=title)
+    table = format_table(runs, skipped, title)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / f"{name}.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
+    results = [{"method": r.method, "seed": config.seed + i, "scores": r.scores, "seconds": r.seconds,
+                "test_adapters": len(r.true), "pred": r.pred.tolist(), "true": r.true.tolist()}
+               for i, seed in enumerate(runs) for r in seed]
     report = {"zoo": str(zoo), "adapters": len(raw), "targets": list(raw.target_names), "config": config.__dict__,
-              "seeds": seeds, "runs": [[{"method": r.method, "seed": config.seed + i, "scores": r.scores,
-                                         "seconds": r.seconds, "test_adapters": len(r.true)} for r in seed]
-                                       for i, seed in enumerate(runs)]}
+              "seeds": seeds, "skipped": skipped, "results": results}
     atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     try:
         plot(runs, out / f"{name}.png", title=title, first_seed=config.seed)

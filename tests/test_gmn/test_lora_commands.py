@@ -31,7 +31,8 @@ def test_bench_property_on_a_lora_zoo_writes_the_side_by_side_table(zoo, tmp_pat
     assert "angle tau" in table[1] and "accuracy tau" in table[1]
     report = json.loads((out / "property.json").read_text())
     assert report["targets"] == ["angle", "accuracy"] and report["adapters"] == 12
-    assert [[r["method"] for r in seed] for seed in report["runs"]] == [ROWS, ROWS]
+    assert [(r["method"], r["seed"]) for r in report["results"]] == [(m, s) for s in (0, 1) for m in ROWS]
+    assert all(len(r["pred"]) == len(r["true"]) == r["test_adapters"] == 2 for r in report["results"])
     assert (out / "property.png").stat().st_size > 0
     assert main(["bench", "property", "--zoo", str(zoo), "--out", str(out), "--seeds", "1", *FAST]) == 2
     assert "gmn never replaces an output" in capsys.readouterr().err
@@ -39,8 +40,8 @@ def test_bench_property_on_a_lora_zoo_writes_the_side_by_side_table(zoo, tmp_pat
 
 def test_one_split_per_seed_and_the_canonical_rows_read_canonical_adapters(zoo):
     config = TrainConfig(epochs=2, hidden=8, layers=1, batch_size=4, patience=2, seed=3)
-    runs, raw = lora_property_runs(zoo, ("statnn", "mlp"), config=config, seeds=2)
-    assert [[r.method for r in seed] for seed in runs] == [ROWS[:3]] * 2
+    runs, raw, skipped = lora_property_runs(zoo, ("statnn", "mlp"), config=config, seeds=2)
+    assert [[r.method for r in seed] for seed in runs] == [ROWS[:3]] * 2 and skipped == {}
     for seed in runs:
         for r in seed[1:]:
             np.testing.assert_array_equal(r.true, seed[0].true)  # every method tested on the same adapters
