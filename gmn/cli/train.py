@@ -106,7 +106,9 @@ def _train_parser(sub) -> None:
     train_options(p)
     _recipe_options(p)
     checks.add_force(p)
-    p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in TRAIN_OUTPUTS], [], []))
+    # targets: a model zoo's test_acc,gap or a LoRA zoo's own (MODEL_TARGETS, zoo_targets)
+    p.set_defaults(handler=_train, targets=None,
+                   outputs=lambda a: ([Path(a.out) / n for n in TRAIN_OUTPUTS], [], []))
 
 
 #: what ``gmn train`` writes into its --out folder (besides state/, the resumable training state)
@@ -154,23 +156,53 @@ def _train(args) -> int:
             torch.cuda.set_device(args.device)
         torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     allow = allowed_modules(args)
-    if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
-        data = ZooDataset(args.zoo, _split(args.targets), allow_modules=allow)
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=allow)
+    settings = config(args)
+    if lora_zoo(args.zoo):  # every rank reads the adapters (no cache to share)
+        data, settings = _adapters(args, settings, rank)
+    else:
+        targets = _split(args.targets or MODEL_TARGETS)
+        if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
+            data = ZooDataset(args.zoo, targets, allow_modules=allow)
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            data = ZooDataset(args.zoo, targets, progress=False, allow_modules=allow)
     if args.split:  # the zoo's published split (checked against the catalogue in _preflight)
         split = split_by_index_file(data, args.split)
     else:
         split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
     out = Path(args.out)
-    result = fit_metanetwork(data, split, args.kind, config(args), out / "state", progress=rank == 0)
+    result = fit_metanetwork(data, split, args.kind, settings, out / "state", progress=rank == 0)
     if rank == 0:
         _write_training(out, args, data, split, result, world)
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+#: what a model zoo's metanetwork predicts unless --targets says otherwise (a LoRA zoo: its own targets)
+MODEL_TARGETS = "test_acc,gap"
+
+
+def lora_zoo(zoo: str | None) -> bool:
+    from ..zoo.lora import is_lora_zoo
+
+    return bool(zoo) and Path(zoo).is_dir() and is_lora_zoo(zoo)
+
+
+def _adapters(args, settings, rank: int):
+    """A LoRA zoo's adapters in the GL(r) canonical frame (``gmn predict`` reads new adapter folders
+    into it), weights only: probes run a model, and an adapter is no model on its own."""
+    from dataclasses import replace
+
+    from ..zoo.lora import AdapterDataset
+
+    if args.test_families:
+        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
+    if settings.probes and rank == 0:
+        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
+    return (AdapterDataset(args.zoo, _split(args.targets) if args.targets else None, canonical=True),
+            replace(settings, probes=0))
 
 
 def _write_training(out: Path, args, data, split, result, world: int) -> None:
@@ -249,7 +281,7 @@ def _bench_property(args) -> int:
     if args.zoo and is_lora_zoo(args.zoo) or not args.zoo and args.preset == "lora":
         return _bench_lora(args, settings)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
-                               args.backend, args.zoo, _split(args.methods), _split(args.targets or "test_acc,gap"),
+                               args.backend, args.zoo, _split(args.methods), _split(args.targets or MODEL_TARGETS),
                                _split(args.test_families), settings, seeds=args.seeds, split=args.split,
                                allow_modules=allowed_modules(args))
     print(table)

@@ -167,3 +167,38 @@ def test_nearest_retrieves_the_same_neighbours_for_any_gl_transform_of_the_query
     assert main(["nearest", str(zoo), str(tmp_path / "moved"), "-k", "0"]) == 2
     assert main(["nearest", str(tmp_path), str(tmp_path / "moved")]) == 2
     assert "not a LoRA zoo" in capsys.readouterr().err
+
+
+def test_train_then_predict_adapter_folders(zoo, tmp_path, capsys):
+    """gmn train on a LoRA zoo, then gmn predict on adapter folders: the test adapters' predictions are
+    those training wrote, and a GL(r)-moved copy of an adapter is predicted as the adapter itself."""
+    import csv
+
+    from test_adapters.test_adapters import gl_transform
+
+    import converters
+    from adapters import from_peft
+    from gmn.zoo.lora import zoo_base
+
+    out = tmp_path / "train"
+    assert main(["train", str(zoo), "--out", str(out), *FAST, "--seed", "1"]) == 0
+    with open(out / "test_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and set(rows[0]) == {"path", "angle_true", "angle_pred", "accuracy_true", "accuracy_pred"}
+    base, example = zoo_base(zoo)
+    g = from_peft(rows[0]["path"], base=base, example_inputs=example)
+    wide = converters.with_values(g, converters.parameter_values(g).double())
+    wide.edge_value = wide.edge_value.double()
+    converters.to_peft(converters.with_values(g, gl_transform(wide, seed=3, cond=1e2).float()), None,
+                       tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["predict", str(out), *(r["path"] for r in rows), str(tmp_path / "moved")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[2:]}
+    for r in rows:
+        np.testing.assert_allclose(table[r["path"]], [float(r["angle_pred"]), float(r["accuracy_pred"])],
+                                   rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(table[str(tmp_path / "moved")], table[rows[0]["path"]], rtol=1e-3, atol=1e-3)
+    assert abs(table[rows[0]["path"]][0] - table[rows[1]["path"]][0]) > 1e-2  # adapters are told apart
+    assert main(["predict", str(out), str(zoo / "base.safetensors")]) == 2
+    assert "give PEFT adapter folders" in capsys.readouterr().err
