@@ -164,9 +164,9 @@ def _zoo_import_adapters(args) -> int:
 def _zoo_import_published(args) -> int:
     from ..zoo.formats import import_published
 
-    if args.targets or args.arch or args.input_shape:
+    if args.targets or args.arch or args.input_shape or args.base:
         raise ValueError(f"--format {args.format} reads targets and architectures from the zoo's own files: "
-                         f"drop --targets/--arch/--input-shape")
+                         f"drop --targets/--arch/--input-shape/--base")
     try:
         steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
     except ValueError:

@@ -21,6 +21,7 @@ from torch import nn
 
 from converters.files import atomic_write
 
+from ..architectures import BUILTIN
 from ..checkpoints import build_arch, is_hf_folder, parse_arch
 from .lora import CATALOGUE, SETTINGS
 from .zoo import _number, confined
@@ -35,7 +36,12 @@ def base_record(text: str) -> dict:
     if Path(text).exists():
         raise ValueError(f"--base {text}: neither a Hugging Face model folder (config.json + safetensors) nor a "
                          f"built-in name")
-    spec = parse_arch(text)
+    try:
+        spec = parse_arch(text)
+    except ValueError as err:  # parse_arch speaks of --arch; this is --base, and it may be a missing folder
+        why = str(err).split(": ", 1)[0].replace("--arch", "the value")
+        raise ValueError(f"--base {text}: no such Hugging Face model folder, nor a built-in name "
+                         f"({', '.join(BUILTIN)}) or its JSON ({why})") from None
     if spec["family"] != "builtin":
         raise ValueError(f"--base {text}: a zoo's base is a built-in name (or its JSON) or a Hugging Face model "
                          f"folder; a zoo never imports code its files name (module:attr) nor builds zoo families")

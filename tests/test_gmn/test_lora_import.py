@@ -137,3 +137,15 @@ def test_adapter_folders_without_base_are_one_line(tmp_path, capsys):
     _, table, _ = adapter_folders(tmp_path, count=1)
     err = _refused(capsys, ["zoo", "import", str(tmp_path / "adapters"), "--targets", str(table)])
     assert "names PEFT adapter folders: give their base with --base" in err
+
+
+def test_base_goes_with_adapter_folders_only(tmp_path, capsys):
+    _, table, _ = adapter_folders(tmp_path, count=1)
+    zoo = str(tmp_path / "adapters")
+    for extra, problem in ((["--format", "siren-inr"], "drop --targets/--arch/--input-shape/--base"),
+                           (["--arch", "cnn"], "--arch and --input-shape describe model checkpoints"),
+                           (["--base", str(tmp_path / "nowhere")], "no such Hugging Face model folder")):
+        err = _refused(capsys, ["zoo", "import", zoo, "--targets", str(table), "--base", str(tmp_path / "base"),
+                                *extra])
+        assert problem in err, err
+    assert not (tmp_path / "adapters" / "zoo.json").exists()
