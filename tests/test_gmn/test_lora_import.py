@@ -149,3 +149,26 @@ def test_base_goes_with_adapter_folders_only(tmp_path, capsys):
                                 *extra])
         assert problem in err, err
     assert not (tmp_path / "adapters" / "zoo.json").exists()
+
+
+def test_a_built_in_base(tmp_path, capsys):
+    """--base mlp: adapters of gmn's built-in MLP (Linear layers 0, 2, 4), read against a fresh build."""
+    from gmn.architectures import BUILTIN
+
+    factory, _ = BUILTIN["mlp"]
+    lines = ["path,loss"]
+    for i in range(3):
+        model = peft.get_peft_model(factory(), peft.LoraConfig(r=2, lora_alpha=2, target_modules=["0", "4"]))
+        perturb(model, seed=10 + i)
+        model.save_pretrained(tmp_path / "mlp-adapters" / f"m{i}")
+        lines.append(f"m{i},{1.5 - i}")
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    zoo = tmp_path / "mlp-adapters"
+    assert main(["zoo", "import", str(zoo), "--targets", str(tmp_path / "t.csv"), "--base", "mlp"]) == 0
+    assert json.loads((zoo / "zoo.json").read_text())["base"] == {"family": "builtin", "name": "mlp", "kwargs": {}}
+    data = AdapterDataset(zoo)
+    assert data.y[:, 0].tolist() == [1.5, 0.5, -0.5]
+    direct = from_peft(zoo / "m2", base=factory())
+    assert torch.equal(data.values[2], converters.parameter_values(direct).float())
+    assert main(["zoo", "import", str(zoo), "--targets", str(tmp_path / "t.csv"), "--base", "cnn", "--replace"]) == 2
+    assert "row 2 of" in capsys.readouterr().err  # an MLP's adapters do not fit the CNN
