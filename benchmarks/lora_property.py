@@ -12,7 +12,6 @@ shows what removing it buys. Several seeds (each its own split and initialisatio
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,40 +34,21 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/adapters")
     args, out = parse_with_out(p)
     torch.set_num_threads(1)
-    from gmn.data.splits import split_by_run
-    from gmn.tasks.benchmark import format_table, plot
-    from gmn.tasks.property import TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
-    from gmn.zoo.lora import AdapterDataset, build_lora_zoo
+    from gmn.tasks.lora_property import lora_property_benchmark
+    from gmn.tasks.property import TrainConfig
+    from gmn.zoo.lora import build_lora_zoo
 
     start = time.perf_counter()
     build_lora_zoo(args.zoo, runs=args.runs, progress=True)
     built = time.perf_counter() - start
-    raw, canonical = AdapterDataset(args.zoo), AdapterDataset(args.zoo, canonical=True)
-    runs = []
-    for seed in range(args.seeds):
-        split = split_by_run(raw.run, raw.family, seed=seed)
-        config = TrainConfig(epochs=args.epochs, hidden=args.hidden, layers=args.layers, seed=seed, patience=10)
-        results = [
-            ("statnn", fit_statnn(raw, split, seed)),
-            ("mlp-raw", fit_flat_mlp(raw, split, config, progress=False)),
-            ("mlp-canon", fit_flat_mlp(canonical, split, config, progress=False)),
-            ("gmn-raw", fit_metanetwork(raw, split, "gmn", config, progress=False)),
-            ("gmn-canon", fit_metanetwork(canonical, split, "gmn", config, progress=False))]
-        for name, result in results:
-            result.method = name
-            print(f"seed {seed} {name}: " + ", ".join(f"{t} tau {s['tau']:.3f}" for t, s in result.scores.items()),
-                  flush=True)
-        runs.append([r for _, r in results])
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    title = (f"# {command}\n# LoRA zoo: {len(raw)} adapters (rank 4) of one digits CNN, each trained on digits rotated "
-             f"by its angle; zoo built/resumed in {built:.0f} s; {args.seeds} seeds (split + initialisation); "
+    title = (f"# {command}\n# LoRA zoo: {args.runs} adapters (rank 4) of one digits CNN, each trained on digits "
+             f"rotated by its angle; zoo built/resumed in {built:.0f} s; {args.seeds} seeds (split + initialisation); "
              "one thread")
-    table = format_table(runs, title=title)
+    config = TrainConfig(epochs=args.epochs, hidden=args.hidden, layers=args.layers, seed=0, patience=10)
+    table = lora_property_benchmark(args.zoo, out, ("statnn", "mlp", "gmn"), config=config, seeds=args.seeds,
+                                    name="lora_property", title=title)
     print(table)
-    (out / "lora_property.txt").write_text(table + "\n")
-    (out / "lora_property.json").write_text(json.dumps({"command": command, "runs": [
-        [{"method": r.method, "scores": r.scores, "seconds": r.seconds} for r in seed] for seed in runs]}, indent=2))
-    plot(runs[0], out / "lora_property.png", target=0, title="LoRA zoo: predicted against true angle (seed 0)")
 
 
 if __name__ == "__main__":

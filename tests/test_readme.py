@@ -123,6 +123,24 @@ def _user_files(root: Path) -> None:
 
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)
     peft.get_peft_model(transformers.GPT2LMHeadModel(config), lora).save_pretrained(root / "my-adapter")
+    _adapter_folders(root, peft, lora, transformers.GPT2LMHeadModel(config))
+
+
+def _adapter_folders(root: Path, peft, lora, base) -> None:
+    """``my-adapters/``: eight PEFT folders of one base (B drawn: PEFT's zero B is no adapter one would
+    import) and ``my-adapters.csv``, a score per folder."""
+    import copy
+
+    rows = ["path,score"]
+    for i in range(8):
+        model = peft.get_peft_model(copy.deepcopy(base), lora)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+        model.save_pretrained(root / "my-adapters" / f"task{i}")
+        rows.append(f"task{i},{i / 8}")
+    (root / "my-adapters.csv").write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture(scope="module")

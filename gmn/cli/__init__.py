@@ -1,6 +1,7 @@
 """The ``gmn`` command line, one module per command group: ``convert`` (``inspect``, ``convert``),
 ``zoo`` (``zoo build|import|info``), ``train`` (``train``, ``bench property``), ``predict``, ``weights``
-(``edit``, ``generate``), ``merge`` (``align``, ``merge``, ``barrier``); ``checks`` holds what every
+(``edit``, ``generate``), ``merge`` (``align``, ``merge``, ``barrier``), ``retrieve`` (``nearest``: adapters
+of a LoRA zoo); ``checks`` holds what every
 command checks before any work. This module assembles the parser and turns every failure into one
 line."""
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import checks, convert, merge, predict, train, weights, zoo
+from . import checks, convert, merge, predict, retrieve, train, weights, zoo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_parsers(sub)
     weights.add_parsers(sub, train.train_options)
     merge.add_parsers(sub)
+    retrieve.add_parsers(sub)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     _show_defaults(parser)
     _plain_warnings()

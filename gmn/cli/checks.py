@@ -168,6 +168,18 @@ def split_file(text: str) -> str:
     return text
 
 
+def adapter_base(text: str) -> str:
+    """``--base`` of an adapter zoo: a built-in name (or its JSON) or a Hugging Face model folder
+    (``gmn.zoo.adapter_import.base_record``); never ``module:attr``, which a zoo would have to import."""
+    from ..zoo.adapter_import import base_record
+
+    try:
+        base_record(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--base {text}: ")) from None
+    return text
+
+
 def output_file(*suffixes: str) -> Callable[[str], str]:
     """A file to write: its kind by suffix, not a folder, in a folder that exists."""
     def check(text: str) -> str:

@@ -109,6 +109,8 @@ def _graph(target: str, args, predictor):
     from .convert import load_target
 
     path = Path(target)
+    if args.arch is None and _lora_predictor(predictor):
+        return _zoo_adapter(path, predictor)
     if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
         try:
             return converters.load_graph(path)  # a saved graph carries its architecture (--arch is for the others)
@@ -117,6 +119,30 @@ def _graph(target: str, args, predictor):
         if args.arch is None:
             return _zoo_checkpoint(path, predictor)
     return load_target(target, args.arch, _input_shape(target, args, predictor), "float")
+
+
+def _lora_predictor(predictor) -> bool:
+    """Whether the metanetwork learned from a LoRA zoo (``gmn train`` on adapters)."""
+    return any(a.spec.get("family") == "lora" for a in predictor.architectures)
+
+
+def _zoo_adapter(path: Path, predictor):
+    """A PEFT adapter folder read against the training zoo's base, in the GL(r) canonical frame the
+    metanetwork learned in (``gmn train`` on a LoRA zoo)."""
+    from adapters import from_peft, is_adapter_folder
+
+    from .. import lora
+    from ..zoo.lora import is_lora_zoo, zoo_base
+
+    root = Path(predictor.zoo.get("path", ""))
+    if not is_adapter_folder(path):
+        raise ValueError(f"{path}: the metanetwork learned from adapters; give PEFT adapter folders "
+                         f"(adapter_config.json + adapter_model.safetensors)")
+    if not (root.is_dir() and is_lora_zoo(root)):
+        raise ValueError(f"{path}: an adapter is read against the base of the metanetwork's training zoo, and "
+                         f"{root} is no LoRA zoo (any more)")
+    base, example = zoo_base(root)
+    return lora.canonicalise(from_peft(path, base=base, example_inputs=example))
 
 
 def _zoo_checkpoint(path: Path, predictor):

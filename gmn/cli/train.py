@@ -24,9 +24,13 @@ def check_split(args) -> None:
 
     from ..zoo import Zoo
     from ..zoo.formats import split_by_index_file
+    from ..zoo.lora import is_lora_zoo
 
     if not args.zoo:
         raise ValueError("--split names checkpoints of an existing zoo: give the zoo folder with --zoo")
+    if is_lora_zoo(args.zoo):
+        raise ValueError(f"--split names checkpoints of a model zoo; {args.zoo} is a LoRA zoo, split by adapter "
+                         f"(--seed draws it)")
     if args.test_families:
         raise ValueError("--split and --test-families both choose the test part: give one")
     zoo = Zoo(args.zoo)
@@ -102,7 +106,9 @@ def _train_parser(sub) -> None:
     train_options(p)
     _recipe_options(p)
     checks.add_force(p)
-    p.set_defaults(handler=_train, outputs=lambda a: ([Path(a.out) / n for n in TRAIN_OUTPUTS], [], []))
+    # targets: a model zoo's test_acc,gap or a LoRA zoo's own (MODEL_TARGETS, zoo_targets)
+    p.set_defaults(handler=_train, targets=None,
+                   outputs=lambda a: ([Path(a.out) / n for n in TRAIN_OUTPUTS], [], []))
 
 
 #: what ``gmn train`` writes into its --out folder (besides state/, the resumable training state)
@@ -150,23 +156,53 @@ def _train(args) -> int:
             torch.cuda.set_device(args.device)
         torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     allow = allowed_modules(args)
-    if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
-        data = ZooDataset(args.zoo, _split(args.targets), allow_modules=allow)
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        data = ZooDataset(args.zoo, _split(args.targets), progress=False, allow_modules=allow)
+    settings = config(args)
+    if lora_zoo(args.zoo):  # every rank reads the adapters (no cache to share)
+        data, settings = _adapters(args, settings, rank)
+    else:
+        targets = _split(args.targets or MODEL_TARGETS)
+        if rank == 0:  # converts (and caches) the zoo once; the other ranks then read the cache
+            data = ZooDataset(args.zoo, targets, allow_modules=allow)
+        if world > 1:
+            torch.distributed.barrier()
+        if rank != 0:
+            data = ZooDataset(args.zoo, targets, progress=False, allow_modules=allow)
     if args.split:  # the zoo's published split (checked against the catalogue in _preflight)
         split = split_by_index_file(data, args.split)
     else:
         split = split_by_run(data.run, data.family, seed=args.seed, test_families=_split(args.test_families))
     out = Path(args.out)
-    result = fit_metanetwork(data, split, args.kind, config(args), out / "state", progress=rank == 0)
+    result = fit_metanetwork(data, split, args.kind, settings, out / "state", progress=rank == 0)
     if rank == 0:
         _write_training(out, args, data, split, result, world)
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+#: what a model zoo's metanetwork predicts unless --targets says otherwise (a LoRA zoo: its own targets)
+MODEL_TARGETS = "test_acc,gap"
+
+
+def lora_zoo(zoo: str | None) -> bool:
+    from ..zoo.lora import is_lora_zoo
+
+    return bool(zoo) and Path(zoo).is_dir() and is_lora_zoo(zoo)
+
+
+def _adapters(args, settings, rank: int):
+    """A LoRA zoo's adapters in the GL(r) canonical frame (``gmn predict`` reads new adapter folders
+    into it), weights only: probes run a model, and an adapter is no model on its own."""
+    from dataclasses import replace
+
+    from ..zoo.lora import AdapterDataset
+
+    if args.test_families:
+        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
+    if settings.probes and rank == 0:
+        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
+    return (AdapterDataset(args.zoo, _split(args.targets) if args.targets else None, canonical=True),
+            replace(settings, probes=0))
 
 
 def _write_training(out: Path, args, data, split, result, world: int) -> None:
@@ -228,7 +264,8 @@ def _bench_parser(sub) -> None:
     _recipe_options(p)
     checks.add_force(p)
     # the main job: a zoo the metanetworks train to convergence on in minutes on 2 cores
-    p.set_defaults(handler=_bench_property, runs=160, train_epochs=30, lr=3e-3,
+    # targets: a model zoo's test_acc,gap or a LoRA zoo's own (a built one's angle,accuracy; an import's columns)
+    p.set_defaults(handler=_bench_property, runs=160, train_epochs=30, lr=3e-3, targets=None,
                    outputs=lambda a: ([Path(a.out) / f"property.{x}" for x in ("txt", "json", "png")], [], []))
 
 
@@ -238,10 +275,13 @@ def _split(text: str) -> tuple[str, ...]:
 
 def _bench_property(args) -> int:
     from ..tasks.benchmark import property_benchmark
+    from ..zoo.lora import is_lora_zoo
 
     settings = config(args)
+    if args.zoo and is_lora_zoo(args.zoo) or not args.zoo and args.preset == "lora":
+        return _bench_lora(args, settings)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
-                               args.backend, args.zoo, _split(args.methods), _split(args.targets),
+                               args.backend, args.zoo, _split(args.methods), _split(args.targets or MODEL_TARGETS),
                                _split(args.test_families), settings, seeds=args.seeds, split=args.split,
                                allow_modules=allowed_modules(args))
     print(table)
@@ -249,3 +289,29 @@ def _bench_property(args) -> int:
     return 0
 
 
+
+
+def _bench_lora(args, settings) -> int:
+    """A LoRA zoo (``--zoo``, or ``--preset lora`` built into ``--out``): StatNN, and each method on raw
+    and on GL(r)-canonical adapters (``gmn.tasks.lora_property``), one split per seed for all."""
+    from dataclasses import replace
+
+    from ..tasks.lora_property import lora_property_benchmark, lora_rows
+
+    methods = _split(args.methods)
+    lora_rows(methods)  # a method that reads no adapters: one line before the zoo is built
+    if args.test_families:
+        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
+    if settings.probes:
+        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
+    zoo = args.zoo
+    if zoo is None:
+        from ..zoo.lora import build_lora_zoo
+
+        zoo = Path(args.out) / "zoo-lora"
+        build_lora_zoo(zoo, runs=args.runs, epochs=args.epochs, seed=args.seed, progress=True)
+    table = lora_property_benchmark(zoo, args.out, methods, _split(args.targets) if args.targets else None,
+                                    replace(settings, probes=0), seeds=args.seeds)
+    print(table)
+    print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
+    return 0

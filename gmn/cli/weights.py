@@ -45,15 +45,14 @@ def add_parsers(sub, train_options) -> None:
     p.add_argument("--recompute-batchnorm", action="store_true",
                    help="recompute the samples' BatchNorm statistics on the zoo's training data")
     p.add_argument("--count", type=checks.positive_int, default=8, help="checkpoints to sample")
-    p.add_argument("--target", type=checks.finite_float, help="condition on this test accuracy")
+    p.add_argument("--target", type=checks.finite_float,
+                   help="condition on this test accuracy (a LoRA zoo: on its first target, e.g. the angle)")
     p.add_argument("--guidance", type=checks.finite_float, default=2.0,
                    help="classifier-free guidance weight with --target")
     p.add_argument("--steps", type=checks.positive_int, default=20, help="Heun integration steps")
     _common(p, train_options)
     p.set_defaults(handler=_generate, train_epochs=None, patience=None, hidden=None, batch_size=None,
-                   outputs=lambda a: ([Path(a.out) / "generated.json"]
-                                      + [Path(a.out) / f"generated-{i:03d}{x}" for i in range(a.count)
-                                         for x in (".safetensors", ".onnx")[: 1 + a.onnx]], [], []))
+                   outputs=_generate_outputs)
 
     p = sub.add_parser("edit", help="train a weight editor on a zoo and write the edited checkpoints")
     p.add_argument("zoo", help="zoo folder")
@@ -69,6 +68,16 @@ def add_parsers(sub, train_options) -> None:
                    help="give every neuron its activations on the first N objective inputs (gmn.probes); 0: none")
     _common(p, train_options)
     p.set_defaults(handler=_edit, outputs=lambda a: ([Path(a.out) / "edited.json"], [Path(a.out) / "edited"], []))
+
+
+def _generate_outputs(a) -> tuple[list[Path], list[Path], list]:
+    """generated.json and the samples: checkpoint files, or on a LoRA zoo adapter folders."""
+    from .lora_weights import generate_outputs, is_lora
+
+    if is_lora(a.zoo):
+        return generate_outputs(a)
+    return ([Path(a.out) / "generated.json"] + [Path(a.out) / f"generated-{i:03d}{x}" for i in range(a.count)
+                                                for x in (".safetensors", ".onnx")[: 1 + a.onnx]], [], [])
 
 
 def _common(p: argparse.ArgumentParser, train_options) -> None:
@@ -150,7 +159,10 @@ def _state_dir(out: Path, *settings) -> Path:
 
 def _generate(args) -> int:
     from ..data import ZooDataset
+    from .lora_weights import generate_adapters, is_lora
 
+    if is_lora(args.zoo):  # samples written as PEFT adapter folders
+        return generate_adapters(args, GENERATOR_DEFAULTS["canonical"])
     check_onnx_export(args.onnx)
     arch = _generate_arch(args.arch)
     defaults = GENERATOR_DEFAULTS[args.generator]
@@ -280,7 +292,11 @@ def _class_accuracies(module: nn.Module, graph, values: Tensor, data, k: int) ->
 def _edit(args) -> int:
     from ..data import ZooDataset, split_by_run
     from ..tasks.editing import edit_members, fit_editor
+    from .lora_weights import is_lora
 
+    if is_lora(args.zoo):
+        raise ValueError(f"{args.zoo} is a LoRA zoo: gmn edit's objectives run the zoo families' classifiers and "
+                         f"INRs, not adapters over a base (gmn generate writes adapter folders)")
     check_onnx_export(args.onnx)
     if args.objective not in ("accuracy", "dilation") and not args.objective.startswith("forget:"):
         raise ValueError(f"unknown objective {args.objective!r}; use accuracy, forget:K or dilation")

@@ -54,6 +54,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--arch", help="built-in architecture or module:attr of every checkpoint (or an arch column); "
                                   "ONNX files and model folders, which carry their own, are checked against it")
     p.add_argument("--input-shape", type=checks.shape, help="input shape without batch for module:attr, e.g. 3,32,32")
+    p.add_argument("--base", type=checks.adapter_base,
+                   help="the folder holds PEFT adapter folders of this one base (a built-in name or its JSON, or a "
+                        "Hugging Face model folder): a LoRA zoo (--targets: a path column naming each adapter "
+                        "folder, every other column a number)")
     p.add_argument("--replace", action="store_true", help="replace runs the zoo already holds")
     p.set_defaults(handler=_zoo_import)
     p = zoo.add_parser("info", help="members per family and status, accuracy spread")
@@ -83,16 +87,31 @@ def _zoo_build(args) -> int:
 
 def _lora_zoo(args) -> int:
     """A LoRA zoo (PEFT adapter folders and catalogue.csv; ``gmn.zoo.lora``): resumes as the others."""
-    import csv
 
     from ..zoo.lora import build_lora_zoo
 
-    catalogue = build_lora_zoo(args.root, runs=args.runs, epochs=args.epochs, seed=args.seed, progress=True)
-    with open(catalogue, newline="") as f:
+    build_lora_zoo(args.root, runs=args.runs, epochs=args.epochs, seed=args.seed, progress=True)
+    return _lora_info(args.root)
+
+
+def _lora_info(root: str) -> int:
+    """A LoRA zoo (built or imported): its adapters, base and each target's spread."""
+    import csv
+    from pathlib import Path
+
+    from ..zoo.lora import CATALOGUE, zoo_settings, zoo_targets
+
+    settings = zoo_settings(root)
+    with open(Path(root) / CATALOGUE, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    accs = sorted(float(r["accuracy"]) for r in rows)
-    print(f"{args.root}: {len(rows)} LoRA adapters of one base ({catalogue.name}); accuracy on their tasks "
-          f"{accs[0]:.3f} to {accs[-1]:.3f}, median {accs[len(accs) // 2]:.3f}")
+    base = settings["base"]
+    named = base.get("path") or base.get("name") or base.get("family") if isinstance(base, dict) else base
+    print(f"{root}: {len(rows)} LoRA adapters of one base ({named}; {CATALOGUE}, "
+          f"{'imported' if settings.get('imported') else 'built'})")
+    for target in zoo_targets(root):
+        v = sorted(float(r[target]) for r in rows if r.get(target))
+        if v:
+            print(f"  {target}: {v[0]:.4g} to {v[-1]:.4g}, median {v[len(v) // 2]:.4g}")
     return 0
 
 
@@ -105,7 +124,39 @@ def _zoo_import(args) -> int:
         raise ValueError("zoo import needs --targets (a CSV of targets), or --format for a published zoo")
     if args.out or args.split_file or args.steps:
         raise ValueError("--out, --split-file and --steps go with --format (a published zoo)")
+    if args.base or _names_adapters(args.folder, args.targets):
+        return _zoo_import_adapters(args)
     import_folder(args.folder, args.targets, args.arch, args.input_shape, replace=args.replace)
+    args.root = args.folder
+    return zoo_info(args)
+
+
+def _names_adapters(folder: str, targets: str) -> bool:
+    """Whether the CSV's first row names a PEFT adapter folder (then the import needs --base)."""
+    import csv
+    from pathlib import Path
+
+    from adapters import is_adapter_folder
+
+    try:
+        with open(targets, newline="", encoding="utf-8-sig") as f:
+            first = next(csv.DictReader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False  # the model import reads it again and says what is wrong
+    rel = (first or {}).get("path") or ""
+    return bool(rel) and is_adapter_folder(Path(folder) / rel)
+
+
+def _zoo_import_adapters(args) -> int:
+    """PEFT adapter folders of one base: a LoRA zoo (``gmn.zoo.adapter_import``)."""
+    from ..zoo.adapter_import import import_adapters
+
+    if not args.base:
+        raise ValueError(f"{args.targets} names PEFT adapter folders: give their base with --base (a built-in name "
+                         f"or a Hugging Face model folder)")
+    if args.arch or args.input_shape:
+        raise ValueError("--arch and --input-shape describe model checkpoints; adapters are read against --base")
+    import_adapters(args.folder, args.targets, args.base, replace=args.replace)
     args.root = args.folder
     return zoo_info(args)
 
@@ -113,9 +164,9 @@ def _zoo_import(args) -> int:
 def _zoo_import_published(args) -> int:
     from ..zoo.formats import import_published
 
-    if args.targets or args.arch or args.input_shape:
+    if args.targets or args.arch or args.input_shape or args.base:
         raise ValueError(f"--format {args.format} reads targets and architectures from the zoo's own files: "
-                         f"drop --targets/--arch/--input-shape")
+                         f"drop --targets/--arch/--input-shape/--base")
     try:
         steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
     except ValueError:
@@ -134,7 +185,10 @@ def zoo_info(args) -> int:
     from collections import Counter
 
     from ..zoo import Zoo
+    from ..zoo.lora import is_lora_zoo
 
+    if is_lora_zoo(args.root):
+        return _lora_info(args.root)
     zoo = Zoo(args.root)
     runs, members = zoo.catalogue.runs(), zoo.members(include_diverged=True)
     print(f"{zoo.root}: {len(runs)} runs, {len(members)} checkpoints")

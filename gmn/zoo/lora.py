@@ -18,6 +18,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -133,11 +134,12 @@ class AdapterDataset(Dataset):
     every adapter in the GL(r) canonical frame (``gmn.lora.canonical_values``).
 
     ``root`` holds ``catalogue.csv``: a ``path`` column (an adapter folder, relative to ``root``) and
-    one column per target. ``base``: the adapters' base (a module, or a Hugging Face folder, as
-    ``from_peft`` takes it); by default the LoRA zoo's own (``base.safetensors``). Adapters of one
-    layout (names and shapes) share a template graph."""
+    one column per target. ``targets``: by default the zoo's own (a built zoo's angle and accuracy, an
+    imported zoo's CSV columns). ``base``: the adapters' base (a module, or a Hugging Face folder, as
+    ``from_peft`` takes it); by default the zoo's own (:func:`zoo_base`). Adapters of one layout (names
+    and shapes) share a template graph."""
 
-    def __init__(self, root: str | Path, targets: tuple[str, ...] = ("angle", "accuracy"), canonical: bool = False,
+    def __init__(self, root: str | Path, targets: tuple[str, ...] | None = None, canonical: bool = False,
                  base=None, example_inputs=None):
         super().__init__(None)
         from adapters import from_peft
@@ -145,12 +147,10 @@ class AdapterDataset(Dataset):
         from .. import lora
 
         root = Path(root)
+        targets = zoo_targets(root) if targets is None else tuple(targets)
         self.rows = _catalogue(root, targets)
         if base is None:
-            if not (root / "base.safetensors").is_file():
-                raise ValueError(f"{root}: no base.safetensors (not a LoRA zoo): pass the adapters' base")
-            data = load("digits")
-            base, example_inputs = base_model(root, data, 0, 0), (data.x_test[:1],)
+            base, example_inputs = zoo_base(root)
         self.target_names = tuple(targets)
         self.y = torch.tensor([[float(r[t]) for t in targets] for r in self.rows])
         self.values, self.buffers, self.templates, self.arch_keys = [], [], {}, []
@@ -163,6 +163,24 @@ class AdapterDataset(Dataset):
             self.buffers.append({})
         self.run = torch.arange(len(self.rows))
         self.family = ["lora"] * len(self.rows)
+        # what a trained predictor records of its zoo (gmn.tasks.property.Predictor), as ZooDataset has it
+        self.zoo = SimpleNamespace(root=root)
+        self.members = [{"path": row["path"], "arch": {"family": "lora", "layout": key}, "dataset": None}
+                        for row, key in zip(self.rows, self.arch_keys)]
+        self._content_hash: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the catalogue and every adapter's weights: another for any change."""
+        import hashlib
+
+        if self._content_hash is None:
+            digest = hashlib.sha256((self.zoo.root / CATALOGUE).read_bytes())
+            for row in self.rows:
+                for weights in sorted(_inside(self.zoo.root, row["path"]).rglob("adapter_model.safetensors")):
+                    digest.update(weights.read_bytes())
+            self._content_hash = digest.hexdigest()
+        return self._content_hash
 
     def len(self) -> int:
         return len(self.rows)
@@ -179,6 +197,86 @@ class AdapterDataset(Dataset):
         from ..data.zoo_dataset import ZooDataset
 
         return ZooDataset.parameter_std(self, indices)
+
+
+SETTINGS, CATALOGUE = "zoo.json", "catalogue.csv"
+#: a built zoo's targets (an imported zoo's are its CSV's columns, recorded in zoo.json)
+BUILT_TARGETS = ("angle", "accuracy")
+
+
+def zoo_settings(root: str | Path) -> dict | None:
+    """A LoRA zoo's ``zoo.json`` (None when ``root`` has none), checked: read only when small, an
+    object of preset ``lora``, and, for an import, written with the ``catalogue.csv`` that is there
+    (an import killed between its two files leaves a pair that does not match)."""
+    import hashlib
+
+    from converters.limits import MAX_JSON_BYTES
+
+    path = Path(root) / SETTINGS
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: beyond the {MAX_JSON_BYTES:,} bytes a zoo's settings may have")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(settings, dict) or settings.get("preset") != "lora":
+        return None
+    digest = settings.get("catalogue_sha256")
+    catalogue = Path(root) / CATALOGUE
+    if digest is not None and (not catalogue.is_file()
+                               or hashlib.sha256(catalogue.read_bytes()).hexdigest() != digest):
+        raise ValueError(f"{catalogue}: not the catalogue {SETTINGS} was written with (an import was interrupted); "
+                         f"import the folder again (gmn zoo import ... --replace)")
+    return settings
+
+
+def is_lora_zoo(root: str | Path) -> bool:
+    """Whether ``root`` is a LoRA zoo (built by ``build_lora_zoo`` or imported by ``import_adapters``)."""
+    return zoo_settings(root) is not None
+
+
+def zoo_targets(root: str | Path) -> tuple[str, ...]:
+    """The zoo's targets: an imported zoo's CSV columns, else a built zoo's angle and accuracy."""
+    settings = zoo_settings(root) or {}
+    names = settings.get("descriptors") if settings.get("imported") else BUILT_TARGETS
+    if not (isinstance(names, list | tuple) and names and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{Path(root) / SETTINGS}: descriptors must be a list of column names")
+    return tuple(names)
+
+
+def zoo_base(root: str | Path) -> tuple[nn.Module, tuple | None]:
+    """The zoo's base (its real weights for a built zoo; a meta-device or fresh module for an imported
+    one: adapters are read against its shapes) and an example input for its forward (None: the
+    model's own)."""
+    root = Path(root)
+    settings = zoo_settings(root)
+    if settings is None:
+        raise ValueError(f"{root}: no {SETTINGS} (not a gmn LoRA zoo): pass the adapters' base")
+    if settings.get("imported"):
+        from .adapter_import import base_from_record
+
+        return base_from_record(settings.get("base"), root / SETTINGS)
+    if not (root / "base.safetensors").is_file():
+        raise ValueError(f"{root}: no base.safetensors (a built LoRA zoo keeps its base there)")
+    data = load(settings.get("dataset", "digits"))
+    return base_model(root, data, 0, 0), (data.x_test[:1],)
+
+
+def nearest_adapters(root: str | Path, query: str | Path, k: int = 5) -> list[tuple[dict, float]]:
+    """The ``k`` adapters of the zoo nearest to the adapter folder ``query`` (read against the zoo's
+    base), by the distance of their weight updates (``gmn.lora.nearest``) in the GL(r) canonical frame:
+    ``(catalogue row, distance)``, nearest first. Any ``(B M^-1, M A)`` of the query retrieves the same."""
+    from adapters import from_peft
+
+    from .. import lora
+
+    base, example = zoo_base(root)
+    q = lora.canonicalise(from_peft(query, base=base, example_inputs=example))
+    zoo = AdapterDataset(root, canonical=True, base=base, example_inputs=example)
+    found = lora.nearest(q, [zoo.get(i) for i in range(len(zoo))], k=k)
+    return [(zoo.rows[i], d) for i, d in found]
 
 
 def _catalogue(root: Path, targets: tuple[str, ...]) -> list[dict]:
@@ -212,4 +310,5 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-__all__ = ["AdapterDataset", "build_lora_zoo", "rotate"]
+__all__ = ["AdapterDataset", "build_lora_zoo", "is_lora_zoo", "nearest_adapters", "rotate", "zoo_base", "zoo_settings",
+           "zoo_targets"]
