@@ -30,7 +30,7 @@ from .writer import adapters_in, adapters_of, to_peft
 
 
 def from_peft(source, base: nn.Module | str | os.PathLike | None = None, *,
-              example_inputs: dict | tuple | None = None) -> ParameterGraph:
+              example_inputs: dict | tuple | None = None, base_weights: bool = False) -> ParameterGraph:
     """The parameter graph of a PEFT LoRA adapter.
 
     ``source``: an adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, other
@@ -38,7 +38,10 @@ def from_peft(source, base: nn.Module | str | os.PathLike | None = None, *,
     (a module, built on the meta device or not: its weights are never read), a Hugging Face model
     folder (built on the meta device), or None (each adapted module's neurons its own; a PeftModel
     source brings its base). ``example_inputs``: an input for the base's meta-device forward that
-    finds which layers share neurons (default: transformers' dummy inputs).
+    finds which layers share neurons (default: transformers' dummy inputs). ``base_weights``: each
+    adapted layer's base weights as structural edges between its input and output neurons (values,
+    not parameters: every adapter of the base has the same ones); needs a base with its weights,
+    refused above :data:`adapters.graph.BASE_WEIGHT_EDGES`.
     """
     if hasattr(source, "peft_config") and isinstance(source, nn.Module):
         adapters, where = from_peft_model(source), type(source).__name__
@@ -47,7 +50,7 @@ def from_peft(source, base: nn.Module | str | os.PathLike | None = None, *,
         adapters, where = read_folder(source), str(source)
     if isinstance(base, (str, os.PathLike)):
         base = meta_base(Path(base))
-    return build(adapters, base, where, example_inputs)
+    return build(adapters, base, where, example_inputs, base_weights)
 
 
 def meta_base(folder: Path) -> nn.Module:

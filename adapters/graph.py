@@ -143,8 +143,14 @@ def _describe(layer: Layer) -> str:
     return f"a {layer.kind} {layer.in_features} -> {layer.out_features}{kernel}"
 
 
-def build(adapters: list[Adapter], base: nn.Module | None, where: str, example=None) -> ParameterGraph:
-    """The parameter graph of ``adapters`` (one folder), in ``base``'s frame when given."""
+#: most base-weight edges a graph may get (``base_weights=True``): a 7B base's q, k, v, o would be 8.6 G
+BASE_WEIGHT_EDGES = 50_000_000
+
+
+def build(adapters: list[Adapter], base: nn.Module | None, where: str, example=None,
+          base_weights: bool = False) -> ParameterGraph:
+    """The parameter graph of ``adapters`` (one folder), in ``base``'s frame when given; with
+    ``base_weights``, each adapted layer's base weights as structural edges (:func:`_base_edges`)."""
     modules = modules_of(adapters)
     found = layers(base) if base is not None else {}
     if base is not None:
@@ -161,13 +167,19 @@ def build(adapters: list[Adapter], base: nn.Module | None, where: str, example=N
     else:
         sizes = {m.module: Layer(m.kind, m.in_features, m.out_features, m.kernel) for m in modules}
         _own_frame(frame, list(dict.fromkeys(m.module for m in modules)), sizes)
+    if base_weights:
+        _check_base_weights(base, modules, found, where)
     scalings = [_module_edges(builder, frame, m) for m in modules]
     _whole_tensors(builder, frame, adapters, {k for m in modules for k in m.keys.values()})
+    weights = _base_edges(builder, frame, modules, found) if base_weights else []
     data, layout, _ = builder.finish()
     start = int(data["num_param_edges"]) + int(data["num_tied_edges"])
     for m, s in zip(modules, scalings):  # the structural edges, in the order they were added
         data["edge_value"][start : start + m.out_features] = s
         start += m.out_features
+    for w in weights:
+        data["edge_value"][start : start + w.numel()] = w.to(data["edge_value"].dtype)
+        start += w.numel()
     index = ParamIndex(
         params=layout, state_keys=tuple(params), aliases={}, buffers={}, buffer_nodes={},
         dtypes={k: str(v.dtype).removeprefix("torch.") for k, v in params.items() if v.dtype != torch.float32},
@@ -222,6 +234,52 @@ def _module_edges(builder: GraphBuilder, frame: _Frame, m: LoraModule) -> float:
     return m.scaling
 
 
+def _check_base_weights(base: nn.Module | None, modules: list[LoraModule], found: dict, where: str) -> None:
+    """Base weights as edges need a base with values, plain (ungrouped) layers and a bounded count."""
+    if base is None:
+        raise AdapterError(f"{where}: base weights as edge features need the base")
+    paths = dict.fromkeys(m.module for m in modules)
+    count = 0
+    for path in paths:
+        layer, module = found[path]
+        weight = module.weight
+        if weight.is_meta:
+            raise AdapterError(f"{where}: base weights as edge features need the base's weights; {path}'s are on the "
+                               "meta device (pass the base as a module with its weights)")
+        if layer.kind == "conv" and getattr(module, "groups", 1) != 1:
+            raise AdapterError(f"{where}: {path} is a grouped convolution: its base weights are not one edge per "
+                               "input and output channel pair")
+        count += weight.numel()
+    if count > BASE_WEIGHT_EDGES:
+        raise AdapterError(f"{where}: the adapted layers' base weights would be {count:,} edges (at most "
+                           f"{BASE_WEIGHT_EDGES:,}); convert without base weights")
+
+
+def _base_edges(builder: GraphBuilder, frame: _Frame, modules: list[LoraModule], found: dict) -> list[Tensor]:
+    """Each adapted layer's base weight ``W[o, i]`` as a structural edge from input neuron ``i`` to
+    output neuron ``o`` (per kernel offset for a convolution, from token ``i`` for an embedding),
+    of the layer's edge type: the base is shared by every adapter of the frame, so its weights are
+    features of the graph, never parameters of the adapter. Returns the values in edge order."""
+    values = []
+    for path in dict.fromkeys(m.module for m in modules):
+        layer, module = found[path]
+        inputs, outputs = (frame.nodes_of(key) for key in frame.io[path])
+        weight = module.weight.detach()
+        if layer.kind == "embedding":  # (tokens, out)
+            grid = weight.unsqueeze(-1)
+        elif type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+            grid = weight.unsqueeze(-1)
+        else:  # (out, in, *kernel) -> (in, out, kernel offsets)
+            grid = weight.reshape(layer.out_features, layer.in_features, -1).transpose(0, 1)
+        k = grid.shape[-1]
+        src = inputs.view(-1, 1, 1).expand(grid.shape).reshape(-1)
+        dst = outputs.view(1, -1, 1).expand(grid.shape).reshape(-1)
+        pos = torch.arange(k).view(1, 1, k).expand(grid.shape).reshape(-1) if layer.kind == "conv" else 0
+        builder.edges(src, dst, EDGE_TYPE[layer.kind], pos)
+        values.append(grid.reshape(-1))
+    return values
+
+
 def _whole_tensors(builder: GraphBuilder, frame: _Frame, adapters: list[Adapter], lora: set[str]) -> None:
     """A pinned CONSTANT node per tensor PEFT saves whole, one edge per scalar (position: flat index)."""
     for a in adapters:
@@ -235,4 +293,4 @@ def _whole_tensors(builder: GraphBuilder, frame: _Frame, adapters: list[Adapter]
             builder.param_edges(name, node, node, EdgeType.CONSTANT, pos=torch.arange(numel), shape=(numel,))
 
 
-__all__ = ["META", "build"]
+__all__ = ["BASE_WEIGHT_EDGES", "META", "build"]

@@ -137,10 +137,11 @@ class AdapterDataset(Dataset):
     one column per target. ``targets``: by default the zoo's own (a built zoo's angle and accuracy, an
     imported zoo's CSV columns). ``base``: the adapters' base (a module, or a Hugging Face folder, as
     ``from_peft`` takes it); by default the zoo's own (:func:`zoo_base`). Adapters of one layout (names
-    and shapes) share a template graph."""
+    and shapes) share a template graph. ``base_weights``: the adapted layers' base weights as edge
+    features (``from_peft(base_weights=True)``), the same in every graph of the zoo."""
 
     def __init__(self, root: str | Path, targets: tuple[str, ...] | None = None, canonical: bool = False,
-                 base=None, example_inputs=None):
+                 base=None, example_inputs=None, base_weights: bool = False):
         super().__init__(None)
         from adapters import from_peft
 
@@ -155,7 +156,8 @@ class AdapterDataset(Dataset):
         self.y = torch.tensor([[float(r[t]) for t in targets] for r in self.rows])
         self.values, self.buffers, self.templates, self.arch_keys = [], [], {}, []
         for row in self.rows:
-            g = from_peft(_inside(root, row["path"]), base=base, example_inputs=example_inputs)
+            g = from_peft(_inside(root, row["path"]), base=base, example_inputs=example_inputs,
+                          base_weights=base_weights)
             key = json.dumps([[n, list(s)] for n, s, _ in g.param_index.params])
             self.templates.setdefault(key, converters.with_values(g, converters.parameter_values(g)))
             self.arch_keys.append(key)
