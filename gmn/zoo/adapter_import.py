@@ -24,7 +24,7 @@ from converters.files import atomic_write
 from ..architectures import BUILTIN
 from ..checkpoints import build_arch, is_hf_folder, parse_arch
 from .lora import CATALOGUE, SETTINGS
-from .zoo import _number, confined
+from .zoo import _number, confined, read_targets_csv
 
 
 def base_record(text: str) -> dict:
@@ -90,13 +90,7 @@ def import_adapters(folder: str | Path, targets: str | Path, base: str, replace:
 
 def _read_csv(targets: str | Path) -> tuple[list[dict], tuple[str, ...]]:
     """The CSV's rows and target columns (every column but ``path``)."""
-    try:
-        with open(targets, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{targets}: cannot read the CSV ({err})") from err
-    if not rows or "path" not in rows[0]:
-        raise ValueError(f"{targets} needs a header with a 'path' column and at least one row")
+    rows = read_targets_csv(targets)
     names = tuple(k for k in rows[0] if k != "path")
     if not names or any(not n or not n.strip() for n in names):
         raise ValueError(f"{targets}: besides 'path', every column is a named numeric target (there must be one)")

@@ -143,6 +143,18 @@ def _fits(path: Path, spec: dict, allow: tuple[str, ...], models: dict, where: s
         raise ValueError(f"{where}: {err}") from None
 
 
+def read_targets_csv(targets: str | Path) -> list[dict]:
+    """The rows of an import's CSV (a ``path`` column and targets), or one line naming the file."""
+    try:
+        with open(targets, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{targets}: cannot read the CSV ({err})") from err
+    if not rows or "path" not in rows[0]:
+        raise ValueError(f"{targets} needs a header with a 'path' column and at least one row")
+    return rows
+
+
 def import_folder(folder: str | Path, targets: str | Path, arch: str | None = None,
                   input_shape: tuple[int, ...] | None = None, replace: bool = False) -> Zoo:
     """Catalogue a folder of PyTorch or ONNX checkpoints or model folders with a CSV of targets as a zoo.
@@ -162,13 +174,7 @@ def import_folder(folder: str | Path, targets: str | Path, arch: str | None = No
     all runs are catalogued in one transaction (a killed import leaves all or none).
     """
     folder = Path(folder).resolve()
-    try:
-        with open(targets, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{targets}: cannot read the CSV ({err})") from err
-    if not rows or "path" not in rows[0]:
-        raise ValueError(f"{targets} needs a header with a 'path' column")
+    rows = read_targets_csv(targets)
     runs: dict[str, dict] = {}
     seen: dict[tuple[str, int], int] = {}
     models: dict[str, nn.Module] = {}
