@@ -56,10 +56,15 @@ def _predict(args) -> int:
     return 0
 
 
+def _tau(value) -> str:
+    """A saved tau, or n/a where it was undefined (constant predictions: saved as null)."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
 def _describe(predictor) -> str:
     """One line: what model this is, what it learned from and how well it did on its test part."""
     zoo, scores = predictor.zoo, predictor.scores
-    taus = ", ".join(f"{t} {scores[t]['tau']:.3f}" for t in predictor.targets if t in scores)
+    taus = ", ".join(f"{t} {_tau(scores[t]['tau'])}" for t in predictor.targets if t in scores)
     return (f"{predictor.kind} metanetwork (gmn {predictor.gmn_version}) trained on {zoo.get('members')} checkpoints "
             f"of {zoo.get('path')} ({', '.join(zoo.get('families', []))}); test tau {taus} "
             f"on {zoo.get('split', {}).get('test')} test checkpoints")
