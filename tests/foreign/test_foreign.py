@@ -226,3 +226,17 @@ def test_free_groups_are_symmetries(converted):
     values, buffers, _ = symmetry.permute_values(g, together)
     moved = converters.with_values(g, values, buffers)
     assert rel_err(run(rebuilt(model, moved), x), y) < tol, f"{name}: permuting the free groups changed the outputs"
+
+
+def test_rescalings_and_sign_flips_hold_on_fresh_inputs(converted):
+    """ReLU-like neurons rescaled and odd-activation neurons flipped (also through a product by a
+    number: ``sin(30 x)``, ``relu(x / 2)``) leave outputs unchanged on fresh inputs too."""
+    name, model, x, g = converted
+    tol = 1e-5 if name in FLOAT32_ONLY else 1e-6 if name in FLOAT32_INSIDE else 1e-9
+    if not bool((symmetry.scalable_neurons(g) | symmetry.flippable_neurons(g)).any()):
+        pytest.skip(f"{name}: no neuron may be rescaled or flipped")
+    inputs = [fresh_inputs(x, seed) for seed in range(3)]
+    expected = [run(model, i) for i in inputs]
+    moved = rebuilt(model, symmetry.random_symmetry(g, seed=11, scale=True, sign=True))
+    for seed in range(3):
+        assert rel_err(run(moved, inputs[seed]), expected[seed]) < tol, f"{name}: fresh input {seed} changed"
