@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--extrapolation", type=float, nargs="+", default=(-85.0, 85.0))
     p.add_argument("--samples", type=int, default=4, help="generated adapters per task (accuracy: their mean)")
     p.add_argument("--epochs", type=int, default=40, help="generator epochs of 50 steps (gmn generate's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1: generator, fine-tuning and sampling")
     p.add_argument("--out", default="benchmarks/results/generation")
     args, out = parse_with_out(p)
     torch.set_num_threads(1)  # timings comparable across methods on a shared machine
@@ -73,19 +73,21 @@ def run(args) -> tuple[list[dict], dict]:
     train = split.train_indices(raw.y[:, 0])
     zoo = {"raw": [raw.get(i) for i in train], "canonical": [canon.get(i) for i in train],
            "canonical_values": [canon.values[i] for i in train], "angles": raw.y[train, 0], "settings": settings}
-    generators = {"generated": fit(zoo["canonical"], zoo["angles"], args), "generated_raw": fit(zoo["raw"],
-                                                                                               zoo["angles"], args)}
     means = shared_means(zoo)
     neighbours = neighbour_distances(zoo, lora)
     ref_steps = reference_steps(len(data.y_train), settings["epochs"])
-    rows = []
-    with tempfile.TemporaryDirectory() as work:
-        for angle, kind in tqdm(list(zip(tasks, kinds)), desc="held-out tasks", unit="task"):
-            task = Task.rotated(data, angle)
-            rows += task_rows(task, kind, base, zoo, generators, means, ref_steps, args, Path(work))
+    rows, fit_seconds = [], {}
+    for seed in range(args.seeds):
+        generators = {name: fit(zoo[frame], zoo["angles"], seed, args.epochs)
+                      for name, frame in (("generated", "canonical"), ("generated_raw", "raw"))}
+        fit_seconds[seed] = {k: g.fit_seconds for k, g in generators.items()}
+        with tempfile.TemporaryDirectory() as work:
+            for angle, kind in tqdm(list(zip(tasks, kinds)), desc=f"held-out tasks, seed {seed}", unit="task"):
+                task = Task.rotated(data, angle)
+                rows += task_rows(task, kind, base, zoo, generators, means, ref_steps, seed, args, Path(work))
     summary = {"zoo": str(args.zoo), "train_adapters": len(train), "held_out_adapters": len(raw) - len(train),
                "band": list(args.band), "train_range": list(args.range), "reference_steps": ref_steps,
-               "generator_fit_seconds": {k: g.fit_seconds for k, g in generators.items()},
+               "seeds": args.seeds, "generator_fit_seconds": fit_seconds,
                "neighbour_distance_median": statistics.median(neighbours),
                "neighbour_distance_quartiles": statistics.quantiles(neighbours, n=4),
                "compute": "training seconds (1 thread; evaluation and file writing excluded) over the reference "
@@ -93,13 +95,13 @@ def run(args) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def fit(graphs: list, angles: torch.Tensor, args):
+def fit(graphs: list, angles: torch.Tensor, seed: int, epochs: int):
     """The conditional flow generator on ``graphs``, as ``gmn generate --target`` fits it on a LoRA zoo."""
     from gmn.tasks.canonical_generation import fit_canonical_generator
     from gmn.tasks.property import TrainConfig
 
-    config = TrainConfig(epochs=args.epochs, patience=args.epochs, lr=1e-3, batch_size=64, hidden=512, layers=3,
-                         weight_decay=0.0, seed=args.seed)
+    config = TrainConfig(epochs=epochs, patience=epochs, lr=1e-3, batch_size=64, hidden=512, layers=3,
+                         weight_decay=0.0, seed=seed)
     return fit_canonical_generator(graphs, angles, config, aligned=True)
 
 
@@ -121,20 +123,19 @@ def neighbour_distances(zoo: dict, lora) -> list[float]:
     return [float(lora.product_distances(zoo["raw"][i], [zoo["raw"][j]])[0]) for i, j in zip(order, order[1:])]
 
 
-def task_rows(task, kind: str, base, zoo: dict, generators: dict, means: dict, ref_steps: int, args,
+def task_rows(task, kind: str, base, zoo: dict, generators: dict, means: dict, ref_steps: int, seed: int, args,
               work: Path) -> list[dict]:
     """Every method's row on one held-out task."""
     from gmn.tasks.conditional import finetune_curve, fresh_adapter
 
     cfg = zoo["settings"]
     steps = max(ref_steps, max(KS))
-    curve = finetune_curve(fresh_adapter(base, cfg["rank"], cfg["alpha"], cfg["targets"], args.seed), task, steps,
-                           args.seed)
+    curve = finetune_curve(fresh_adapter(base, cfg["rank"], cfg["alpha"], cfg["targets"], seed), task, steps, seed)
     ref = {"accuracy": curve.accuracy[ref_steps], "seconds": curve.seconds[ref_steps], "steps": ref_steps,
            "steps_to_reference": curve.steps_to(curve.accuracy[ref_steps])}
 
     def row(method: str, accuracy: float, seconds: float, steps: int = 0, **extra) -> dict:
-        return {"method": method, "descriptor": task.angle, "held_out": kind, "accuracy": accuracy,
+        return {"method": method, "descriptor": task.angle, "held_out": kind, "seed": seed, "accuracy": accuracy,
                 "finetuned_accuracy": ref["accuracy"], "accuracy_ratio": accuracy / ref["accuracy"],
                 "compute_ratio": seconds / ref["seconds"], "steps": steps, "seconds": seconds, **extra}
 
@@ -143,7 +144,7 @@ def task_rows(task, kind: str, base, zoo: dict, generators: dict, means: dict, r
     rows += [row(f"finetune_k{k}", curve.accuracy[k], curve.seconds[k], k) for k in KS]
     rows += baseline_rows(task, base, zoo, means, work, row)
     for name, gen in generators.items():
-        rows += generated_rows(name, gen, task, base, zoo, ref, args, work, row)
+        rows += generated_rows(name, gen, task, base, zoo, ref, seed, args.samples, work, row)
     return rows
 
 
@@ -168,14 +169,15 @@ def baseline_rows(task, base, zoo: dict, means: dict, work: Path, row) -> list[d
     return rows
 
 
-def generated_rows(name: str, gen, task, base, zoo: dict, ref: dict, args, work: Path, row) -> list[dict]:
+def generated_rows(name: str, gen, task, base, zoo: dict, ref: dict, seed: int, count: int, work: Path,
+                   row) -> list[dict]:
     """The generator's samples at the task's angle (no training), then k steps of fine-tuning from the first."""
     from gmn import lora
     from gmn.tasks.conditional import finetune_curve, load_adapter
 
     start = time.perf_counter()
-    samples = gen.sample(args.samples, steps=20, target=task.angle, guidance=2.0, seed=args.seed)
-    seconds = (time.perf_counter() - start) / args.samples  # per adapter
+    samples = gen.sample(count, steps=20, target=task.angle, guidance=2.0, seed=seed)  # gmn generate's defaults
+    seconds = (time.perf_counter() - start) / count  # per adapter
     accuracies = [task.accuracy(load_adapter(g, base, work / f"{name}-{i}")) for i, g in enumerate(samples)]
     # distance of the update to the nearest training adapter's (GL(r)-invariant; no frame needed)
     nearest = [lora.nearest(g, zoo["raw"], k=1)[0] for g in samples]
@@ -183,7 +185,7 @@ def generated_rows(name: str, gen, task, base, zoo: dict, ref: dict, args, work:
                 nearest_distance=[d for _, d in nearest],
                 nearest_angle=[float(zoo["angles"][i]) for i, _ in nearest])]
     model = load_adapter(samples[0], base, work / f"{name}-train", trainable=True)
-    curve = finetune_curve(model, task, max(KS), args.seed)
+    curve = finetune_curve(model, task, max(KS), seed)
     reached = curve.steps_to(ref["accuracy"])
     rows += [row(f"{name}_k{k}", curve.accuracy[k], seconds + curve.seconds[k], k) for k in KS]
     rows[-1].update(curve=curve.accuracy, steps_to_reference=reached,
@@ -200,48 +202,75 @@ def grouped(rows: list[dict], kind: str) -> dict[str, list[dict]]:
     return {m: [r for r in rows if r["method"] == m and r["held_out"] == kind] for m in ORDER}
 
 
+def _mean(rows: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in rows)
+
+
+def _seed_spread(rows: list[dict], key: str) -> float:
+    """The standard deviation over seeds of the per-seed means (0 with one seed)."""
+    per_seed = [_mean([r for r in rows if r["seed"] == s], key) for s in sorted({r["seed"] for r in rows})]
+    return statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+
+
 def table(rows: list[dict], summary: dict, command: str) -> str:
     lines = [f"# {command}", f"# zoo {summary['zoo']}: {summary['train_adapters']} training adapters, "
              f"{summary['held_out_adapters']} held out (band {summary['band']}, range {summary['train_range']}); "
-             f"reference = {summary['reference_steps']} steps of fine-tuning from PEFT's default init",
-             f"# compute: {summary['compute']}",
-             f"# generator training seconds: {summary['generator_fit_seconds']}", ""]
+             f"reference = {summary['reference_steps']} steps of fine-tuning from PEFT's default init; "
+             f"{summary['seeds']} seed(s)", f"# compute: {summary['compute']}",
+             f"# generator training seconds per seed: {summary['generator_fit_seconds']}", ""]
     for kind in ("interpolation", "extrapolation"):
-        lines.append(f"{kind}: mean over tasks {sorted({r['descriptor'] for r in rows if r['held_out'] == kind})}")
-        lines.append(f"{'method':<20}{'accuracy':>10}{'x finetuned':>13}{'compute':>11}{'steps':>7}")
+        lines.append(f"{kind}: mean over tasks {sorted({r['descriptor'] for r in rows if r['held_out'] == kind})} "
+                     f"and seeds (sd: of the per-seed means)")
+        lines.append(f"{'method':<20}{'accuracy':>10}{'x finetuned':>13}{'sd':>7}{'compute':>11}{'steps':>7}")
         for method, group in grouped(rows, kind).items():
             if group:
-                mean = {k: statistics.mean(r[k] for r in group) for k in ("accuracy", "accuracy_ratio",
-                                                                          "compute_ratio")}
-                lines.append(f"{method:<20}{mean['accuracy']:>10.3f}{mean['accuracy_ratio']:>13.3f}"
-                             f"{mean['compute_ratio']:>11.2e}{group[0]['steps']:>7}")
+                lines.append(f"{method:<20}{_mean(group, 'accuracy'):>10.3f}{_mean(group, 'accuracy_ratio'):>13.3f}"
+                             f"{_seed_spread(group, 'accuracy_ratio'):>7.3f}{_mean(group, 'compute_ratio'):>11.2e}"
+                             f"{group[0]['steps']:>7}")
         lines.append("")
-    lines += per_task(rows) + novelty(rows, summary)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + targets(rows) + per_task(rows) + novelty(rows, summary)) + "\n"
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets on interpolated tasks, each said as met or missed."""
+    at = grouped(rows, "interpolation")
+    gen, ret, ta = (_mean(at[m], "accuracy") for m in ("generated", "retrieval", "task_arithmetic"))
+    ratio, compute = _mean(at["generated"], "accuracy_ratio"), _mean(at["generated"], "compute_ratio")
+    steps = [r["steps_ratio_to_reference"] for r in at["generated_k100"]]
+    steps_mean = statistics.mean(1.0 if s is None else s for s in steps)  # never reached: no saving, counted 1
+    said = {True: "met", False: "MISSED"}
+    return ["targets (interpolation):",
+            f"  generated >= 0.90 x fine-tuned accuracy: {ratio:.3f} -> {said[ratio >= 0.9]}",
+            f"  generated compute <= 1/100 of fine-tuning's: {compute:.3f} -> {said[compute <= 0.01]}",
+            f"  generated beats retrieval ({ret:.3f}) and task arithmetic ({ta:.3f}): {gen:.3f} -> "
+            f"{said[gen > max(ret, ta)]}",
+            f"  fine-tuning from generated init reaches the reference in <= 1/10 of the steps from default init: "
+            f"{steps_mean:.3f} of them (never reached: {steps.count(None)}) -> {said[steps_mean <= 0.1]}", ""]
 
 
 def per_task(rows: list[dict]) -> list[str]:
     methods = ("finetune", "retrieval", "task_arithmetic", "mean_products", "generated", "generated_raw")
-    lines = ["per task: accuracy (finetune) and x finetuned (others); steps to the reference accuracy from the "
-             "generated init (default init in brackets)",
-             f"{'angle':>7} {'kind':<14}" + "".join(f"{m:>16}" for m in methods) + f"{'steps gen':>11}"]
+    lines = ["per task, mean over seeds: accuracy (finetune) and x finetuned (others); steps to the reference "
+             "accuracy from the generated init per seed (from default init in brackets)",
+             f"{'angle':>7} {'kind':<14}" + "".join(f"{m:>16}" for m in methods) + "  steps gen (default)"]
     for angle in dict.fromkeys(r["descriptor"] for r in rows):
-        at = {r["method"]: r for r in rows if r["descriptor"] == angle}
-        cells = [f"{at['finetune']['accuracy']:>16.3f}"] + [f"{at[m]['accuracy_ratio']:>16.3f}" for m in methods[1:]]
-        lines.append(f"{angle:>7.1f} {at['finetune']['held_out']:<14}" + "".join(cells)
-                     + f"{at['generated_k100']['steps_to_reference']!s:>6} ({at['finetune']['steps_to_reference']})")
+        at = {m: [r for r in rows if r["descriptor"] == angle and r["method"] == m] for m in ORDER}
+        cells = [f"{_mean(at['finetune'], 'accuracy'):>16.3f}"]
+        cells += [f"{_mean(at[m], 'accuracy_ratio'):>16.3f}" for m in methods[1:]]
+        reached = [r["steps_to_reference"] for r in at["generated_k100"]]
+        default = [r["steps_to_reference"] for r in at["finetune"]]
+        lines.append(f"{angle:>7.1f} {at['finetune'][0]['held_out']:<14}" + "".join(cells) + f"  {reached} ({default})")
     return lines + [""]
 
 
 def novelty(rows: list[dict], summary: dict) -> list[str]:
-    lines = [f"novelty: |dW| (update distance) of each generated adapter to its nearest training adapter; training "
-             f"adapters adjacent in angle are {summary['neighbour_distance_median']:.3f} apart (median; quartiles "
-             + ", ".join(f"{q:.3f}" for q in summary["neighbour_distance_quartiles"]) + ")"]
+    lines = [f"novelty: |dW| (update distance) of each generated adapter to its nearest training adapter (angle); "
+             f"training adapters adjacent in angle are {summary['neighbour_distance_median']:.3f} apart (median; "
+             "quartiles " + ", ".join(f"{q:.3f}" for q in summary["neighbour_distance_quartiles"]) + ")"]
     for r in rows:
         if r["method"] in ("generated", "generated_raw"):
-            lines.append(f"{r['method']:<14}{r['descriptor']:>7.1f}  nearest "
-                         + ", ".join(f"{d:.3f} (angle {a:.1f})" for d, a in zip(r["nearest_distance"],
-                                                                                 r["nearest_angle"])))
+            lines.append(f"{r['method']:<14}{r['descriptor']:>7.1f} seed {r['seed']}: "
+                         + ", ".join(f"{d:.3f} ({a:.1f})" for d, a in zip(r["nearest_distance"], r["nearest_angle"])))
     return lines
 
 
