@@ -273,6 +273,14 @@ def novelty(rows: list[dict], summary: dict) -> list[str]:
     lines = [f"novelty: |dW| (update distance) of each generated adapter to its nearest training adapter (angle); "
              f"training adapters adjacent in angle are {summary['neighbour_distance_median']:.3f} apart (median; "
              "quartiles " + ", ".join(f"{q:.3f}" for q in summary["neighbour_distance_quartiles"]) + ")"]
+    for kind in ("interpolation", "extrapolation"):
+        for method in ("generated", "generated_raw"):
+            group = grouped(rows, kind)[method]
+            distances = [d for r in group for d in r["nearest_distance"]]
+            first = statistics.mean(r["sample_accuracies"][0] / r["finetuned_accuracy"] for r in group)
+            lines.append(f"  {kind:<14}{method:<14} nearest |dW| median {statistics.median(distances):.3f} "
+                         f"(max {max(distances):.3f}); the first sample, which the k-step rows start from: "
+                         f"{first:.3f} x finetuned")
     for r in rows:
         if r["method"] in ("generated", "generated_raw"):
             lines.append(f"{r['method']:<14}{r['descriptor']:>7.1f} seed {r['seed']}: "
