@@ -23,6 +23,8 @@ Methods (``--methods``), each on the same split:
 - ``gmn_sign``: ``gmn_tensor`` on sign-canonical values (``kind="scale_gmn"``): every hidden
   neuron of a SIREN flips (``sin`` is odd), and the canonical form takes the sign of each
   neuron's summed incoming weights, so the 2^64 sign patterns of one function are one input;
+- ``gmn_sign_probes``: ``gmn_probes`` with ``kind="scale_gmn"`` (values and probe features in
+  sign-canonical units);
 - ``gmn_aug``: ``gmn_plain`` trained on SIRENs of randomly rotated (up to 45 degrees), scaled
   (0.8-1.2) and shifted (up to 0.25) images, computed from each batch's weights
   (``gmn.tasks.augment.CoordinateAffine``: the first layer absorbs the map, exactly);
@@ -68,7 +70,7 @@ NG_RECIPE = {"pool": "mean+attn+output", "film": True, "value_scale": 0.25, "rea
 METHODS = {"statnn": WEIGHTS, "nfn_hnp": WEIGHTS, "nfn_np": WEIGHTS, "gmn_old": WEIGHTS, "gmn": WEIGHTS,
            "ng_gnn": WEIGHTS, "scale_gmn": WEIGHTS,
            "gmn_plain": WEIGHTS, "gmn_tensor": WEIGHTS, "gmn_sign": WEIGHTS, "gmn_aug": WEIGHTS,
-           "gmn_probes": PROBES, "image": IMAGE}
+           "gmn_probes": PROBES, "gmn_sign_probes": PROBES, "image": IMAGE}
 
 
 def fixed_split(count: int, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Split:
@@ -134,17 +136,17 @@ def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> float:
     augment = None
     if method == "gmn_old":  # the recipe of benchmarks/editing.py before this change
         config, kind = replace(base, readout_norm=True), "gmn"
-    elif method in ("gmn_plain", "gmn_tensor", "gmn_sign", "gmn_aug", "gmn_probes", "ng_gnn"):
+    elif method in ("gmn_plain", "gmn_tensor", "gmn_sign", "gmn_aug", "gmn_probes", "gmn_sign_probes", "ng_gnn"):
         from gmn.tasks.augment import CoordinateAffine
 
         pool = "mean+attn+tensor" if method in ("gmn_tensor", "gmn_sign", "ng_gnn") else base.pool
-        kind = {"ng_gnn": "pna", "gmn_sign": "scale_gmn"}.get(method, "gmn")
+        kind = {"ng_gnn": "pna", "gmn_sign": "scale_gmn", "gmn_sign_probes": "scale_gmn"}.get(method, "gmn")
         config = replace(base, value_scale=0.25, pool=pool)
         augment = CoordinateAffine() if method == "gmn_aug" else None
     else:
         config = replace(base, layers=args.layers, **NG_RECIPE)
         kind = "scale_gmn" if method == "scale_gmn" else "gmn"
-    probes = coordinates(args.probes) if method == "gmn_probes" else None
+    probes = coordinates(args.probes) if method in ("gmn_probes", "gmn_sign_probes") else None
     return fit_classifier(ds, split, kind, config, progress=False, probes=probes, augment=augment).accuracy
 
 

@@ -33,7 +33,8 @@ class GraphMetanetwork(nn.Module):
     reduction(s), e.g. ``"mean"`` or ``"mean+max"``. ``node_features``: the width of extra
     per-node inputs (e.g. :func:`gmn.probes.probe_features`), projected and added to the node
     encoding; the model is invariant to a symmetry only if they are (probe features follow
-    neuron permutations, not the rescalings ``"scale_gmn"`` is built for). ``film``: GMN layers
+    neuron permutations; ``"scale_gmn"`` divides them by each node's canonical scale, so a
+    neuron's pre-activations, which rescale and flip with it, are read in canonical units). ``film``: GMN layers
     whose edge states gate the source neuron's term (:class:`~gmn.nn.GMNConv`).
     """
 
@@ -71,6 +72,8 @@ class GraphMetanetwork(nn.Module):
         if self.node_inputs is not None:
             if node_features is None:
                 raise ValueError("this metanetwork was built with node_features: pass them to forward")
+            if scales is not None:  # a rescaled or flipped neuron's pre-activations move with it: canonical units too
+                node_features = node_features / scales.to(node_features.dtype).unsqueeze(-1)
             h = h + self.node_inputs(node_features.to(h.dtype))
         for conv in self.convs:
             h, e = conv(h, e, g.edge_index)

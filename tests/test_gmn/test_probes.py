@@ -74,3 +74,23 @@ def test_metanetwork_with_probe_features_is_invariant_and_needs_them():
     assert torch.allclose(out, net(h, node_features=probe_features(g, model, x, values)), atol=1e-5)
     with pytest.raises(ValueError, match="node_features"):
         net(g)
+
+
+@pytest.mark.parametrize("case", ["mlp", "siren"])
+def test_scale_gmn_with_probe_features_is_invariant_to_rescaling_and_flips(case):
+    from gmn.zoo.inr import Siren
+
+    if case == "siren":
+        torch.manual_seed(2)
+        model, x = Siren(hidden=6, depth=3), torch.rand(9, 2) * 2 - 1
+    else:
+        model, x = _mlp()  # tanh neurons flip, ReLU neurons rescale
+    g = converters.from_torch(model, x[:1])
+    moved = symmetry.random_symmetry(g, seed=5, scale=True, sign=True)
+    a, b = (probe_features(gg, model, x) for gg in (g, moved))
+    assert not torch.allclose(a.sort(0).values, b.sort(0).values, atol=1e-3)  # the features did move
+    torch.manual_seed(0)
+    net = GraphMetanetwork(16, 2, kind="scale_gmn", readout="graph", out_dim=3, node_features=len(x)).eval()
+    torch.testing.assert_close(net(moved, node_features=b), net(g, node_features=a), rtol=1e-4, atol=1e-5)
+    plain = GraphMetanetwork(16, 2, kind="gmn", readout="graph", out_dim=3, node_features=len(x)).eval()
+    assert not torch.allclose(plain(moved, node_features=b), plain(g, node_features=a), atol=1e-4)
