@@ -223,9 +223,9 @@ def _hops(g) -> torch.Tensor:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'SIRENs':<10}{'method':<12}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}",
-             "-" * 73]
-    lines += [f"{_siren_init(r):<10}{r['method']:<12}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
+    lines = [f"{'SIRENs':<10}{'method':<17}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}",
+             "-" * 78]
+    lines += [f"{_siren_init(r):<10}{r['method']:<17}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
               f"{r['seconds']:>9.0f}" for r in rows]
     return "\n".join(lines)
 
