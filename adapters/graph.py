@@ -265,9 +265,7 @@ def _base_edges(builder: GraphBuilder, frame: _Frame, modules: list[LoraModule],
         layer, module = found[path]
         inputs, outputs = (frame.nodes_of(key) for key in frame.io[path])
         weight = module.weight.detach()
-        if layer.kind == "embedding":  # (tokens, out)
-            grid = weight.unsqueeze(-1)
-        elif type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+        if layer.kind == "embedding" or type(module).__name__ == "Conv1D":  # stored (tokens or in, out)
             grid = weight.unsqueeze(-1)
         else:  # (out, in, *kernel) -> (in, out, kernel offsets)
             grid = weight.reshape(layer.out_features, layer.in_features, -1).transpose(0, 1)

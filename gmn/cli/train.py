@@ -142,6 +142,7 @@ def _train(args) -> int:
     from ..data import ZooDataset, split_by_run
     from ..tasks.property import fit_metanetwork
     from ..zoo.formats import split_by_index_file
+    from .lora_weights import is_lora
 
     if args.nproc > 1:  # relaunch this command under torchrun, one process per rank
         from torch.distributed.run import main as torchrun
@@ -157,7 +158,7 @@ def _train(args) -> int:
         torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     allow = allowed_modules(args)
     settings = config(args)
-    if lora_zoo(args.zoo):  # every rank reads the adapters (no cache to share)
+    if is_lora(args.zoo):  # every rank reads the adapters (no cache to share)
         data, settings = _adapters(args, settings, rank)
     else:
         targets = _split(args.targets or MODEL_TARGETS)
@@ -184,25 +185,25 @@ def _train(args) -> int:
 MODEL_TARGETS = "test_acc,gap"
 
 
-def lora_zoo(zoo: str | None) -> bool:
-    from ..zoo.lora import is_lora_zoo
+def _adapter_settings(args, settings, say: bool = True):
+    """The settings for a LoRA zoo, read weights only (probes run a model, and an adapter is no
+    model on its own); a family split is refused: a LoRA zoo has one base."""
+    from dataclasses import replace
 
-    return bool(zoo) and Path(zoo).is_dir() and is_lora_zoo(zoo)
+    if args.test_families:
+        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
+    if settings.probes and say:
+        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
+    return replace(settings, probes=0)
 
 
 def _adapters(args, settings, rank: int):
     """A LoRA zoo's adapters in the GL(r) canonical frame (``gmn predict`` reads new adapter folders
-    into it), weights only: probes run a model, and an adapter is no model on its own."""
-    from dataclasses import replace
-
+    into it), and their settings."""
     from ..zoo.lora import AdapterDataset
 
-    if args.test_families:
-        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
-    if settings.probes and rank == 0:
-        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
-    return (AdapterDataset(args.zoo, _split(args.targets) if args.targets else None, canonical=True),
-            replace(settings, probes=0))
+    settings = _adapter_settings(args, settings, say=rank == 0)
+    return AdapterDataset(args.zoo, _split(args.targets) if args.targets else None, canonical=True), settings
 
 
 def _write_training(out: Path, args, data, split, result, world: int) -> None:
@@ -275,10 +276,10 @@ def _split(text: str) -> tuple[str, ...]:
 
 def _bench_property(args) -> int:
     from ..tasks.benchmark import property_benchmark
-    from ..zoo.lora import is_lora_zoo
+    from .lora_weights import is_lora
 
     settings = config(args)
-    if args.zoo and is_lora_zoo(args.zoo) or not args.zoo and args.preset == "lora":
+    if is_lora(args.zoo) or not args.zoo and args.preset == "lora":
         return _bench_lora(args, settings)
     table = property_benchmark(args.out, args.preset, args.runs, args.dataset, args.epochs, args.workers,
                                args.backend, args.zoo, _split(args.methods), _split(args.targets or MODEL_TARGETS),
@@ -289,21 +290,14 @@ def _bench_property(args) -> int:
     return 0
 
 
-
-
 def _bench_lora(args, settings) -> int:
     """A LoRA zoo (``--zoo``, or ``--preset lora`` built into ``--out``): StatNN, and each method on raw
     and on GL(r)-canonical adapters (``gmn.tasks.lora_property``), one split per seed for all."""
-    from dataclasses import replace
-
     from ..tasks.lora_property import lora_property_benchmark, lora_rows
 
     methods = _split(args.methods)
     lora_rows(methods)  # a method that reads no adapters: one line before the zoo is built
-    if args.test_families:
-        raise ValueError("--test-families holds out model families; a LoRA zoo has one base (it is split by adapter)")
-    if settings.probes:
-        print(f"gmn: adapters are read weights only: --probes {settings.probes} does not apply", flush=True)
+    settings = _adapter_settings(args, settings)
     zoo = args.zoo
     if zoo is None:
         from ..zoo.lora import build_lora_zoo
@@ -311,7 +305,7 @@ def _bench_lora(args, settings) -> int:
         zoo = Path(args.out) / "zoo-lora"
         build_lora_zoo(zoo, runs=args.runs, epochs=args.epochs, seed=args.seed, progress=True)
     table = lora_property_benchmark(zoo, args.out, methods, _split(args.targets) if args.targets else None,
-                                    replace(settings, probes=0), seeds=args.seeds)
+                                    settings, seeds=args.seeds)
     print(table)
     print(f"wrote {Path(args.out) / 'property.txt'}, property.json and property.png")
     return 0

@@ -133,17 +133,17 @@ def _zoo_import(args) -> int:
 
 def _names_adapters(folder: str, targets: str) -> bool:
     """Whether the CSV's first row names a PEFT adapter folder (then the import needs --base)."""
-    import csv
     from pathlib import Path
 
     from adapters import is_adapter_folder
 
+    from ..zoo.zoo import read_targets_csv
+
     try:
-        with open(targets, newline="", encoding="utf-8-sig") as f:
-            first = next(csv.DictReader(f), None)
-    except (OSError, UnicodeDecodeError, csv.Error):
+        first = read_targets_csv(targets)[0]
+    except ValueError:
         return False  # the model import reads it again and says what is wrong
-    rel = (first or {}).get("path") or ""
+    rel = first.get("path") or ""
     return bool(rel) and is_adapter_folder(Path(folder) / rel)
 
 

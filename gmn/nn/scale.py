@@ -23,7 +23,7 @@ from torch import Tensor
 from converters import edge_kinds
 from converters.writer import PARAMETER
 
-from ..weightspace.symmetry import carried_factor, flippable_neurons, scalable_neurons
+from ..weightspace.symmetry import flippable_neurons, scalable_neurons, scaled_copies
 from .scatter import scatter
 
 
@@ -31,6 +31,7 @@ def canonical_scales(g, values: Tensor) -> Tensor:
     """``s`` per node (1 for neurons without a scale or sign symmetry)."""
     n = g.num_nodes
     scal, flip = scalable_neurons(g), flippable_neurons(g)
+    unit, copy = scaled_copies(g, scal | flip)  # sin(30 h) moves with h: the next level reads the copy
     param = edge_kinds(g) == PARAMETER
     src, dst = g.edge_index[:, param]
     w = values[param]
@@ -48,7 +49,7 @@ def canonical_scales(g, values: Tensor) -> Tensor:
         sign = torch.where(total < 0, -1.0, 1.0).to(values.dtype)
         s = torch.where(level & scal & (norm > 0), norm, s)
         s = torch.where(level & flip, sign, s)
-        s = carried_factor(g, scal | flip, s)  # sin(30 h) moves with h: the next level reads it
+        s[copy] = s[unit]
     return s
 
 

@@ -204,16 +204,23 @@ def property_benchmark(out: str | Path = "gmn-bench", preset: str = "small-cnn",
         results, skipped = run_methods(data, methods, seeded, test_families, state_dir, progress, split=fixed)
         per_seed.append(results)
     table = format_table(per_seed, skipped, title)
-    atomic_write(out / "property.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
     report = {"zoo": str(zoo), "members": len(data), "config": config.__dict__, "seeds": seeds, "skipped": skipped,
               "split": "by run" if fixed is None else str(split) if isinstance(split, (str, Path)) else "given",
               "results": [{"method": r.method, "seed": config.seed + i, "scores": r.scores, "seconds": r.seconds,
                            "test_checkpoints": len(r.true),
                            "history": r.history, "pred": np.asarray(r.pred).tolist(),
                            "true": np.asarray(r.true).tolist()} for i, results in enumerate(per_seed) for r in results]}
-    atomic_write(out / "property.json", lambda tmp: Path(tmp).write_text(json.dumps(json_safe(report), indent=1)))
+    return write_report(out, "property", table, report, per_seed, title, config.seed)
+
+
+def write_report(out: Path, name: str, table: str, report: dict, runs: list[list[MethodResult]], title: str,
+                 first_seed: int) -> str:
+    """``<name>.txt`` (the table), ``<name>.json`` (``report``, NaN as null) and ``<name>.png``
+    in ``out``, each atomically; returns the table (with a line where no plot could be drawn)."""
+    atomic_write(out / f"{name}.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
+    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(json_safe(report), indent=1)))
     try:
-        plot(per_seed, out / "property.png", title=title, first_seed=config.seed)
+        plot(runs, out / f"{name}.png", title=title, first_seed=first_seed)
     except ImportError:
         table += "\n(no plot: pip install matplotlib)"
     return table

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from converters import ParameterGraph, with_values
 
-from ..zoo.lora import rotate
+from ..zoo.lora import _accuracy, rotate
 
 
 # ------------------------------------------------------------------------------ held-out descriptors
@@ -107,9 +107,7 @@ class Task:
         return cls(angle, rotate(data.x_train, angle), data.y_train, rotate(data.x_test, angle), data.y_test)
 
     def accuracy(self, model: nn.Module) -> float:
-        model.eval()
-        with torch.no_grad():
-            return float((model(self.x_test).argmax(1) == self.y_test).float().mean())
+        return _accuracy(model.eval(), self.x_test, self.y_test)  # the zoo's own scoring
 
 
 def load_adapter(graph: ParameterGraph, base: nn.Module, folder: str | Path, trainable: bool = False) -> nn.Module:

@@ -8,11 +8,8 @@ seed: StatNN (weight statistics), a flat MLP and the metanetworks on raw and on 
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
-
-from converters.files import atomic_write
 
 from ..choices import KINDS
 from .property import MethodResult, TrainConfig, fit_flat_mlp, fit_metanetwork, fit_statnn
@@ -82,7 +79,7 @@ def lora_property_benchmark(zoo: str | Path, out: str | Path, methods: tuple[str
                             title: str = "") -> str:
     """:func:`lora_property_runs`, written to ``out`` as ``<name>.{txt,json,png}`` (each atomically);
     returns the table (mean ± std over seeds)."""
-    from .benchmark import format_table, plot
+    from .benchmark import format_table, write_report
 
     config = config or TrainConfig()
     runs, raw, skipped = lora_property_runs(zoo, methods, targets, config, seeds, progress)
@@ -93,18 +90,12 @@ def lora_property_benchmark(zoo: str | Path, out: str | Path, methods: tuple[str
     table = format_table(runs, skipped, title)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / f"{name}.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
     results = [{"method": r.method, "seed": config.seed + i, "scores": r.scores, "seconds": r.seconds,
                 "test_adapters": len(r.true), "pred": r.pred.tolist(), "true": r.true.tolist()}
                for i, seed in enumerate(runs) for r in seed]
     report = {"zoo": str(zoo), "adapters": len(raw), "targets": list(raw.target_names), "config": config.__dict__,
               "seeds": seeds, "skipped": skipped, "results": results}
-    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
-    try:
-        plot(runs, out / f"{name}.png", title=title, first_seed=config.seed)
-    except ImportError:
-        table += "\n(no plot: pip install matplotlib)"
-    return table
+    return write_report(out, name, table, report, runs, title, config.seed)
 
 
 __all__ = ["LORA_METHODS", "lora_property_benchmark", "lora_property_runs", "lora_rows"]

@@ -472,7 +472,7 @@ def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:
     compensating on the weights they feed keeps the function. The activation is the
     neuron's own, or that of its one copy through a ``SCALED`` edge (``sin(30 x)``: a number
     times ``x`` keeps both symmetries), whose out-edges then carry the compensation
-    (:func:`carried_factor`). Works on batches."""
+    (:func:`scaled_copies`). Works on batches."""
     n = g.num_nodes
     src, dst = g.edge_index
     etype = g.edge_type.long()
@@ -499,14 +499,12 @@ def _neurons_with(g: ParameterGraph, acts: frozenset) -> Tensor:
     return direct | (hidden & through)
 
 
-def carried_factor(g: ParameterGraph, units: Tensor, factor: Tensor) -> Tensor:
-    """``factor`` per node with each unit's factor copied onto its ``SCALED`` copy: the copy
-    is the unit times a number, so it moves with the unit and its out-edges compensate."""
+def scaled_copies(g: ParameterGraph, units: Tensor) -> tuple[Tensor, Tensor]:
+    """``(unit, copy)`` node pairs of each unit's ``SCALED`` copy: the copy is the unit times a
+    number, so it moves with the unit (``factor[copy] = factor[unit]``) and its out-edges compensate."""
     src, dst = g.edge_index
     copy = (g.edge_type.long() == int(EdgeType.SCALED)) & units[src]
-    out = factor.clone()
-    out[dst[copy]] = factor[src[copy]]
-    return out
+    return src[copy], dst[copy]
 
 
 def scalable_neurons(g: ParameterGraph) -> Tensor:
@@ -546,18 +544,21 @@ def random_symmetry(
         units = torch.zeros(g.num_nodes, dtype=torch.bool)
         if scale:
             log_s = (torch.rand(g.num_nodes, generator=gen) * 2 - 1) * math.log(scale_range)
-            units |= scalable_neurons(moved)
-            factor = torch.where(scalable_neurons(moved), log_s.exp(), factor)
+            scalable = scalable_neurons(moved)
+            units |= scalable
+            factor = torch.where(scalable, log_s.exp(), factor)
         if sign:
             flips = torch.where(torch.rand(g.num_nodes, generator=gen) < 0.5, -1.0, 1.0)
-            units |= flippable_neurons(moved)
-            factor = torch.where(flippable_neurons(moved), flips, factor)
-        factor = carried_factor(moved, units, factor)
+            flippable = flippable_neurons(moved)
+            units |= flippable
+            factor = torch.where(flippable, flips, factor)
+        unit, copy = scaled_copies(moved, units)
+        factor[copy] = factor[unit]
         src, dst = g.edge_index[:, : values.numel()]
         values = values * factor[dst] / factor[src]
     out = with_values(g, values, buffers)
     return (out, pi, edge_map) if return_maps else out
 
 
-__all__ = ["carried_factor", "flippable_neurons", "random_automorphism", "random_symmetry", "refine",
-           "scalable_neurons"]
+__all__ = ["flippable_neurons", "random_automorphism", "random_symmetry", "refine",
+           "scalable_neurons", "scaled_copies"]
