@@ -42,6 +42,9 @@ EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
 #: LoRA options that change what the adapter computes in ways this converter does not model
 UNSUPPORTED = ("layer_replication", "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
                "use_qalora", "use_bdlora", "arrow_config", "lora_ga_config", "kasa_config", "monteclora_config")
+_WHY_UNSUPPORTED = {"target_parameters": " (LoRA on raw parameters, such as the fused experts of a mixture-of-"
+                                         "experts layer: PEFT >= 0.22 writes it when target_modules names an expert "
+                                         "projection; name the modules outside the experts to adapt only those)"}
 FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 #: suffix of a key -> its role in the module the rest of the key names
 ROLES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_B.bias": "B_bias",
@@ -136,7 +139,8 @@ def check_config(config, where) -> None:
             check(value, where, f"{key}[{name!r:.40}]")
     for key in UNSUPPORTED:
         if config.get(key) not in (None, False, {}, []):
-            raise _fail(where, f"LoRA option {key} is not supported")
+            why = _WHY_UNSUPPORTED.get(key, "")
+            raise _fail(where, f"LoRA option {key} is not supported{why}")
     if config.get("bias", "none") not in ("none", "all", "lora_only"):
         raise _fail(where, f"bias is {config.get('bias')!r:.40}, not none, all or lora_only")
     for key in ("use_rslora", "use_dora", "fan_in_fan_out"):

@@ -160,3 +160,17 @@ def test_long_keys_are_refused(tmp_path):
     long = "base_model.model." + "a." * 600 + "q_proj"
     _refused(_folder(tmp_path, _config(), {f"{long}.lora_A.weight": torch.ones(2, 8),
                                            f"{long}.lora_B.weight": torch.ones(8, 2)}), "characters")
+
+
+def test_peft_adapters_of_fused_experts_are_refused_in_one_line(tmp_path):
+    """PEFT's own folder with LoRA on a mixture-of-experts layer's fused expert tensors (what PEFT
+    >= 0.22 writes for ``target_modules=["gate_proj", ...]`` on Qwen2-MoE): refused, not misread."""
+    import peft
+
+    from .cases import _moe
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(_moe().double(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                                 target_parameters=["experts.gate_up_proj"]))
+    model.save_pretrained(tmp_path)
+    _refused(tmp_path, "target_parameters", "fused experts")
