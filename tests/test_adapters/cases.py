@@ -89,8 +89,8 @@ CASES = {
             lambda gen: {"pixel_values": torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)}),
     # The shared expert by its full names: PEFT >= 0.22 turns a bare "gate_proj" into target_parameters on the
     # fused routed experts (gate_up_proj), which gmn refuses (test_refusals) rather than reading wrong.
-    "moe": (_moe, {"default": dict(r=2, lora_alpha=4, target_modules=["q_proj", "shared_expert.gate_proj",
-                                                                     "shared_expert.up_proj", "shared_expert.down_proj"])},
+    "moe": (_moe, {"default": dict(r=2, lora_alpha=4, target_modules=[
+        "q_proj", "shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj"])},
             lambda gen: _tokens(gen)),
     "cnn": (SmallCNN, {"default": dict(r=2, lora_alpha=3, target_modules=["conv1", "conv2", "emb", "fc"],
                                        use_dora=True)},
