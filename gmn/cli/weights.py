@@ -193,7 +193,19 @@ def _generate(args) -> int:
         acc = None if data is None else _accuracy(module, g, converters.parameter_values(g), data)
         report.append({"file": name, "test_acc": acc, "arch": arch, **_nearest(g, ds, trained)})
     _report(out / "generated.json", report, "generated", data is not None)
+    if args.target is not None and data is not None:
+        print(target_note(args.target, [r["test_acc"] for r in report], ds.y[trained, 0]))
     return 0
+
+
+def target_note(target: float, reached: list[float], trained: Tensor) -> str:
+    """How far the samples' accuracy landed from the requested one, and whether the request lay
+    outside the accuracies the generator was trained on (an extrapolation, which it rarely reaches)."""
+    median = sorted(reached)[len(reached) // 2]
+    lo, hi = float(trained.min()), float(trained.max())
+    where = "inside" if lo <= target <= hi else "OUTSIDE"
+    return (f"requested test accuracy {target:.4f}: samples' median {median:.4f} (gap {median - target:+.4f}); "
+            f"{where} the training checkpoints' range {lo:.4f}-{hi:.4f}")
 
 
 def _nearest(g, ds, members: list[int]) -> dict:

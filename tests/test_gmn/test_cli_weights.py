@@ -56,6 +56,17 @@ def test_canonical_generation_writes_runnable_batchnorm_checkpoints(resnet_zoo, 
     torch.testing.assert_close(state["stem.1.running_mean"], means.mean(0), rtol=1e-4, atol=1e-5)
 
 
+def test_generate_says_how_far_samples_land_from_the_requested_accuracy(resnet_zoo, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", str(resnet_zoo), "--out", str(out), "--count", "3", "--steps", "2",
+                 "--target", "1.5", "--train-epochs", "1", "--hidden", "16"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    reached = sorted(r["test_acc"] for r in json.loads((out / "generated.json").read_text()))
+    accs = [m["test_acc"] for m in Zoo(resnet_zoo).members()]
+    assert line == (f"requested test accuracy 1.5000: samples' median {reached[1]:.4f} (gap {reached[1] - 1.5:+.4f}); "
+                    f"OUTSIDE the training checkpoints' range {min(accs):.4f}-{max(accs):.4f}")
+
+
 def test_canonical_generation_refuses_architectures_the_zoo_lacks(tiny_zoo, tmp_path, capsys):
     assert main(["generate", str(tiny_zoo), "--out", str(tmp_path), "--arch", json.dumps(UNSEEN), *SMALL]) == 2
     assert "use --generator gmn for other shapes" in capsys.readouterr().err
