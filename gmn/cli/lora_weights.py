@@ -9,6 +9,7 @@ zoo's ``adapter_config.json`` verbatim, every tensor in its dtype), a folder
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections import Counter
@@ -73,4 +74,63 @@ def generate_adapters(args, defaults: dict) -> int:
     return 0
 
 
-__all__ = ["generate_adapters", "generate_outputs", "is_lora"]
+def edit_adapters(args) -> int:
+    """Train an adapter editor on a built LoRA zoo (objective: each adapter's accuracy on its own task) and
+    write the edited adapters as PEFT folders, with their test accuracy before and after."""
+    import peft
+    import torch
+
+    from converters import to_peft
+
+    from ..data import split_by_run
+    from ..tasks.lora_editing import AdapterTasks, fit_adapter_editor
+    from ..zoo.datasets import load
+    from ..zoo.lora import AdapterDataset, zoo_base, zoo_settings
+    from .weights import _report, _state_dir
+
+    given = [o for o, on in (("--onnx", args.onnx), ("--probes", args.probes)) if on]
+    if given:
+        raise ValueError(f"{given[0]} does not apply to a LoRA zoo: its edits are PEFT adapter folders of its base")
+    if args.objective != "accuracy":
+        raise ValueError(f"--objective {args.objective}: on a LoRA zoo the objective is accuracy (each adapter on "
+                         "its own task)")
+    settings = zoo_settings(args.zoo)
+    if settings.get("imported"):
+        raise ValueError(f"{args.zoo} is an imported LoRA zoo: its adapters' tasks are not known to gmn, so there "
+                         "is no objective to edit for (a built zoo's adapters each have a rotated-digits task)")
+    ds = AdapterDataset(args.zoo, targets=("angle",))
+    base, _ = zoo_base(args.zoo)
+    tasks = AdapterTasks(ds.y[:, 0], load(settings.get("dataset", "digits")))
+    root = Path(args.zoo)
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(root / ds.rows[0]["path"]))  # PEFT wraps in place
+    split = split_by_run(ds.run, ds.family, fractions=(0.1, 0.2), seed=args.seed)
+    out = Path(args.out)
+    state = _state_dir(out, args.zoo, "lora", args.objective, args.scale, args.inputs, args.config.__dict__)
+    result = fit_adapter_editor(ds, split, tasks, model, args.config, images=args.inputs, scale=args.scale,
+                                out_dir=state)
+    idx = split.test if args.members == "test" else torch.arange(len(ds))
+    report = []
+    with torch.no_grad():
+        for i in idx.tolist():
+            g = ds.get(i)
+            values = result.editor(g)
+            folder = out / "edited" / Path(ds.rows[i]["path"]).name
+            to_peft(g, values, folder, overwrite=True)
+            x, y = tasks.test(i)
+            edited = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).eval()
+            source = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(root / ds.rows[i]["path"])).eval()
+            report.append({"folder": f"edited/{folder.name}", "source": ds.rows[i]["path"],
+                           "angle": float(ds.y[i, 0]), "test_acc_before": _acc(source, x, y),
+                           "test_acc_after": _acc(edited, x, y)})
+    _report(out / "edited.json", report, "edited adapter", True)
+    return 0
+
+
+def _acc(model, x, y) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean())
+
+
+__all__ = ["edit_adapters", "generate_adapters", "generate_outputs", "is_lora"]

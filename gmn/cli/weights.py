@@ -306,9 +306,10 @@ def _edit(args) -> int:
     from ..tasks.editing import edit_members, fit_editor
     from .lora_weights import is_lora
 
-    if is_lora(args.zoo):
-        raise ValueError(f"{args.zoo} is a LoRA zoo: gmn edit's objectives run the zoo families' classifiers and "
-                         f"INRs, not adapters over a base (gmn generate writes adapter folders)")
+    if is_lora(args.zoo):  # edited adapters written as PEFT adapter folders
+        from .lora_weights import edit_adapters
+
+        return edit_adapters(args)
     check_onnx_export(args.onnx)
     if args.objective not in ("accuracy", "dilation") and not args.objective.startswith("forget:"):
         raise ValueError(f"unknown objective {args.objective!r}; use accuracy, forget:K or dilation")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import converters
 from gmn.cli import main
 from gmn.data.splits import split_by_run
 from gmn.tasks.lora_property import lora_property_runs
@@ -110,12 +111,90 @@ def test_generate_on_a_lora_zoo_writes_adapter_folders_peft_loads(zoo, tmp_path,
 @pytest.mark.parametrize("command, extra, problem", [
     ("generate", ["--generator", "gmn"], "on a LoRA zoo the generator is canonical"),
     ("generate", ["--onnx"], "--onnx does not apply to a LoRA zoo"),
-    ("edit", [], "is a LoRA zoo: gmn edit's objectives")])
+    ("edit", ["--objective", "forget:3"], "on a LoRA zoo the objective is accuracy"),
+    ("edit", ["--onnx"], "--onnx does not apply to a LoRA zoo")])
 def test_weight_commands_refuse_what_adapters_cannot_do(zoo, tmp_path, capsys, command, extra, problem):
     capsys.readouterr()
     assert main([command, str(zoo), "--out", str(tmp_path / "o"), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert problem in err and "\n" not in err
+
+
+def test_edit_on_a_lora_zoo_writes_edited_adapter_folders_peft_loads(zoo, tmp_path, capsys):
+    """Each edited adapter is a PEFT folder; its accuracy before is the zoo's own (the catalogue), after
+    is what PEFT computes with the written folder, and the editor's validation loss fell below the
+    unedited adapters' (the untrained editor is the identity)."""
+    import csv
+
+    import peft
+    from safetensors.torch import load_file
+
+    from gmn.zoo.datasets import load
+    from gmn.zoo.lora import base_model, rotate
+
+    out = tmp_path / "edit"
+    assert main(["edit", str(zoo), "--out", str(out), "--members", "all", "--inputs", "16", "--train-epochs", "1",
+                 "--hidden", "8", "--layers", "2", "--batch-size", "4"]) == 0
+    report = {r["source"]: r for r in json.loads((out / "edited.json").read_text())}
+    with open(zoo / "catalogue.csv") as fh:
+        catalogue = {row["path"]: row for row in csv.DictReader(fh)}
+    assert report.keys() == catalogue.keys()
+    data = load("digits")
+    for path, row in report.items():
+        assert row["test_acc_before"] == pytest.approx(float(catalogue[path]["accuracy"]), abs=1e-9)
+        model = peft.PeftModel.from_pretrained(base_model(zoo, data, 0, 0), out / row["folder"]).eval()
+        with torch.no_grad():
+            x = rotate(data.x_test, float(catalogue[path]["angle"]))
+            assert float((model(x).argmax(-1) == data.y_test).float().mean()) == row["test_acc_after"]
+        written = load_file(str(out / row["folder"] / "adapter_model.safetensors"))
+        source = load_file(str(zoo / path / "adapter_model.safetensors"))
+        assert written.keys() == source.keys() and not all(torch.equal(written[k], source[k]) for k in written)
+    assert "edited adapter models, mean test accuracy" in capsys.readouterr().out
+
+
+def test_adapter_editor_lowers_the_validation_loss_below_the_unedited_adapters(zoo):
+    import peft
+
+    from gmn.data import split_by_run
+    from gmn.tasks.lora_editing import AdapterTasks, fit_adapter_editor
+    from gmn.tasks.property import TrainConfig
+    from gmn.zoo.datasets import load
+    from gmn.zoo.lora import base_model
+
+    ds = AdapterDataset(zoo, targets=("angle",))
+    data = load("digits")
+    model = peft.PeftModel.from_pretrained(base_model(zoo, data, 0, 0), zoo / ds.rows[0]["path"])
+    split = split_by_run(ds.run, ds.family, fractions=(0.25, 0.25), seed=0)
+    config = TrainConfig(epochs=4, patience=4, hidden=16, layers=2, batch_size=4, lr=3e-3)
+    result = fit_adapter_editor(ds, split, AdapterTasks(ds.y[:, 0], data), model, config, images=32,
+                                progress=False)
+    assert min(h["val_loss"] for h in result.history) < result.val_unedited
+
+
+def test_adapter_editor_is_equivariant_to_rank_permutations(zoo):
+    """A rank permutation of an adapter (an automorphism of its graph) gives the same edited function."""
+    import peft
+
+    from gmn.tasks.editing import WeightEditor
+    from gmn.tasks.lora_editing import _Runner, live_names
+    from gmn.weightspace.symmetry import random_symmetry
+    from gmn.zoo.datasets import load
+    from gmn.zoo.lora import base_model
+
+    ds = AdapterDataset(zoo)
+    torch.manual_seed(0)
+    editor = WeightEditor(hidden=16, layers=2, scale=0.1)
+    torch.nn.init.normal_(editor.net.head[-1].weight, std=0.5)  # a trained editor's output is not zero
+    model = peft.PeftModel.from_pretrained(base_model(zoo, load("digits"), 0, 0), zoo / ds.rows[0]["path"])
+    g = ds.get(0)
+    moved = random_symmetry(g, seed=3)
+    key = "base_model.model.head.lora_A.weight"
+    assert not torch.equal(converters.to_state_dict(g)[key], converters.to_state_dict(moved)[key])
+    runner = _Runner(model, live_names([n for n, _, _ in g.param_index.params], model))
+    x = load("digits").x_test[:16]
+    with torch.no_grad():
+        outputs = [runner.logits(converters.to_state_dict(h, editor(h)), x) for h in (g, moved)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
 
 
 def _dense_distances(query_folder, folders, scaling=2.0):
