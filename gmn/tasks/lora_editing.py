@@ -89,6 +89,12 @@ class _Runner:
         return torch.func.functional_call(self.model, {self.names[k]: v for k, v in state.items()}, (x,))
 
 
+def _states(batch, values: Tensor) -> list[dict[str, Tensor]]:
+    """One state dict per graph of ``batch`` (``to_state_dict`` gives a lone graph's as a dict)."""
+    states = converters.to_state_dict(batch, values)
+    return states if isinstance(states, list) else [states]
+
+
 def fit_adapter_editor(dataset, split: Split, tasks: AdapterTasks, model: nn.Module,
                        config: TrainConfig | None = None, images: int = 64, scale: float = 1.0,
                        out_dir: str | Path | None = None, progress: bool = True) -> AdapterEditResult:
@@ -108,10 +114,8 @@ def fit_adapter_editor(dataset, split: Split, tasks: AdapterTasks, model: nn.Mod
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)
 
     def losses(batch, values: Tensor, generator: torch.Generator) -> Tensor:
-        states = converters.to_state_dict(batch, values)
-        states = states if isinstance(states, list) else [states]
         out = []
-        for member, state in zip(batch.member.tolist(), states):
+        for member, state in zip(batch.member.tolist(), _states(batch, values)):
             x, y = tasks.batch(member, images, generator)
             out.append(F.cross_entropy(runner.logits(state, x), y))
         return torch.stack(out)
@@ -137,7 +141,7 @@ def fit_adapter_editor(dataset, split: Split, tasks: AdapterTasks, model: nn.Mod
     with torch.no_grad():
         for batch in DataLoader(dataset.index_select(split.test), batch_size=64):
             for values, sink in ((converters.parameter_values(batch), before), (editor(batch), after)):
-                for member, state in zip(batch.member.tolist(), converters.to_state_dict(batch, values)):
+                for member, state in zip(batch.member.tolist(), _states(batch, values)):
                     x, y = tasks.test(member)
                     sink.append(float((runner.logits(state, x).argmax(-1) == y).float().mean()))
     return AdapterEditResult(np.array(before), np.array(after), time.perf_counter() - start, unedited,
