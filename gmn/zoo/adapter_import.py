@@ -26,12 +26,15 @@ from .lora import CATALOGUE, SETTINGS
 from .zoo import _number, confined, read_targets_csv
 
 
-def base_record(text: str) -> dict:
-    """``--base`` as the record a zoo keeps: a Hugging Face model folder (by its absolute path) or a
-    built-in architecture (a name or its JSON). Python ``module:attr`` is refused: a zoo never
+def base_record(text: str, root: Path | None = None) -> dict:
+    """``--base`` as the record a zoo keeps: a Hugging Face model folder or a built-in architecture
+    (a name or its JSON). A folder inside the zoo's ``root`` is kept relative to it (the zoo moves
+    with its base), any other by its absolute path. Python ``module:attr`` is refused: a zoo never
     names code to import."""
     if is_hf_folder(Path(text)):
-        return {"family": "huggingface", "path": str(Path(text).resolve())}
+        path = Path(text).resolve()
+        inside = root is not None and path.is_relative_to(Path(root).resolve())
+        return {"family": "huggingface", "path": str(path.relative_to(Path(root).resolve()) if inside else path)}
     if Path(text).exists():
         raise ValueError(f"--base {text}: neither a Hugging Face model folder (config.json + safetensors) nor a "
                          f"built-in name")
@@ -53,7 +56,8 @@ def base_from_record(record, where: Path) -> tuple[nn.Module, tuple | None]:
     from adapters import meta_base
 
     if isinstance(record, dict) and record.get("family") == "huggingface" and isinstance(record.get("path"), str):
-        return meta_base(Path(record["path"])), None
+        path = Path(record["path"])  # relative: inside the zoo folder, never through a link out of it
+        return meta_base(path if path.is_absolute() else confined(where.parent, record["path"])), None
     if isinstance(record, dict) and record.get("family") == "builtin" and isinstance(record.get("kwargs"), dict):
         spec = parse_arch(json.dumps({"name": record.get("name"), **record["kwargs"]}))
         return build_arch(spec)
@@ -74,8 +78,8 @@ def import_adapters(folder: str | Path, targets: str | Path, base: str, replace:
         found = next(p for p in outputs if p.exists())
         raise ValueError(f"{found} exists; an import never replaces a zoo's catalogue (pass --replace to do so)")
     rows, names = _read_csv(targets)
-    record = base_record(base)
-    model, example = base_from_record(record, Path(f"--base {base}"))
+    record = base_record(base, folder)
+    model, example = base_from_record(record, folder / SETTINGS)
     seen: dict[str, int] = {}
     for i, row in enumerate(rows, start=2):
         _check_row(folder, row, names, model, example, f"row {i} of {targets}", seen, i)

@@ -172,3 +172,21 @@ def test_a_built_in_base(tmp_path, capsys):
     assert torch.equal(data.values[2], converters.parameter_values(direct).float())
     assert main(["zoo", "import", str(zoo), "--targets", str(tmp_path / "t.csv"), "--base", "cnn", "--replace"]) == 2
     assert "row 2 of" in capsys.readouterr().err  # an MLP's adapters do not fit the CNN
+
+
+def test_a_base_inside_the_zoo_moves_with_it_and_a_record_leading_out_is_refused(tmp_path):
+    root = tmp_path / "zoo"
+    _, table, _ = adapter_folders(root, count=2)
+    (root / "base").rename(root / "adapters" / "base")  # the base kept inside the imported folder
+    assert main(["zoo", "import", str(root / "adapters"), "--targets", str(table), "--base",
+                 str(root / "adapters" / "base")]) == 0
+    settings = json.loads((root / "adapters" / "zoo.json").read_text())
+    assert settings["base"]["path"] == "base"  # relative: no absolute path of the machine it was made on
+    moved = tmp_path / "elsewhere"
+    (root / "adapters").rename(moved)
+    before = AdapterDataset(moved)
+    assert len(before) == 2
+    settings["base"]["path"] = "../../base"
+    (moved / "zoo.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="leads outside the zoo folder"):
+        AdapterDataset(moved)
