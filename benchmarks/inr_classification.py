@@ -37,6 +37,11 @@ Methods (``--methods``), each on the same split:
 - ``gmn_probes``: ``gmn_plain`` with every neuron's values on a coordinate grid as node features
   (on the field's SIRENs :data:`NG_RECIPE`'s readout BatchNorm stopped it at 0.136: validation
   loss jumps, early stopping; rows logged before that change used :data:`NG_RECIPE`);
+- ``dwsnet``: DWSNets' own model and recipe (Navon et al. 2023's code, imported by
+  ``benchmarks/inr_peer.py`` from a work tree of their repository, never vendored) without
+  augmentation; their trainer's defaults, statistics from the training split;
+- ``dwsnet_aug``: the same with their MNIST trainer's default augmentation (their ``INRDataset._augment``:
+  translation, rotation, noise, dropout and scaling of the INR through its weights);
 - ``image``: logistic regression on the image the SIREN renders on the probe grid (the
   reference point for probes: it reads the function, not the weights).
 
@@ -76,7 +81,7 @@ MILD_AFFINE = CoordinateAffine(rotation=15.0, translation=0.1, scale=0.1)
 METHODS = {"statnn": WEIGHTS, "nfn_hnp": WEIGHTS, "nfn_np": WEIGHTS, "gmn_old": WEIGHTS, "gmn": WEIGHTS,
            "ng_gnn": WEIGHTS, "scale_gmn": WEIGHTS,
            "gmn_plain": WEIGHTS, "gmn_tensor": WEIGHTS, "gmn_sign": WEIGHTS, "gmn_aug": WEIGHTS,
-           "gmn_sign_aug": WEIGHTS,
+           "gmn_sign_aug": WEIGHTS, "dwsnet": WEIGHTS, "dwsnet_aug": WEIGHTS,
            "gmn_probes": PROBES, "gmn_sign_probes": PROBES, "image": IMAGE}
 
 
