@@ -122,7 +122,7 @@ def edit_adapters(args) -> int:
             report.append({"folder": f"edited/{folder.name}", "source": ds.rows[i]["path"],
                            "angle": float(ds.y[i, 0]), "test_acc_before": _acc(source, x, y),
                            "test_acc_after": _acc(edited, x, y)})
-    _report(out / "edited.json", report, "edited adapter", True)
+    _report(out / "edited.json", report, "edited adapter", True, written="PEFT adapter folders")
     return 0
 
 

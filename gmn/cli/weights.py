@@ -348,7 +348,7 @@ def _edit(args) -> int:
     return 0
 
 
-def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None:
+def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool, written: str = "checkpoints") -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     for r in rows[:20]:  # the architecture is in the JSON file: a Hugging Face config is no line
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k != "arch"))
@@ -367,4 +367,4 @@ def _report(path: Path, rows: list[dict], what: str, has_accuracy: bool) -> None
         for k in (k for k in rows[0] if k.endswith("_before") and k.startswith(("class_", "other_"))):
             before, after = (sum(r[k.replace("_before", w)] for r in rows) / len(rows) for w in ("_before", "_after"))
             print(f"  mean {k.removesuffix('_before')}: {before:.4f} before, {after:.4f} after")
-    print(f"wrote {len(rows)} checkpoints and {path}")
+    print(f"wrote {len(rows)} {written} and {path}")
