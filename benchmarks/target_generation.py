@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from generation import Architecture
+from generation import Architecture, _as_rows
 
-import converters
 from gmn.data import ZooDataset
 from gmn.tasks.canonical_generation import fit_canonical_generator
 from gmn.tasks.generation import accuracies, nearest_aligned
@@ -74,14 +73,13 @@ def run(args) -> dict:
     rows = []
     for where in ("interpolation", "extrapolation"):
         for target in _targets(arch.acc, parts[where], args.targets):
-            nearest = int((train_acc - target).abs().argmin())
+            retrieved = float(train_acc[(train_acc - target).abs().argmin()])
             base = {"held_out": where, "target": target, "train_max": float(train_acc.max())}
-            rows.append({**base, "method": "retrieval", "acc_median": float(train_acc[nearest]),
-                         "gap_median": abs(float(train_acc[nearest]) - target),
-                         "within": float(abs(float(train_acc[nearest]) - target) <= WITHIN), "distance": 0.0})
+            rows.append({**base, "method": "retrieval", "acc_median": retrieved, "gap_median": abs(retrieved - target),
+                         "within": float(abs(retrieved - target) <= WITHIN), "distance": 0.0})
             for guidance in args.guidance:
                 graphs = gen.sample(args.samples, steps=args.steps, target=target, guidance=guidance, seed=args.seed)
-                values = torch.stack([converters.parameter_values(g) for g in graphs])
+                values, _ = _as_rows(graphs)
                 acc = accuracies(arch.module, arch.template, values, data.x_test, data.y_test)
                 gap = (acc - target).abs()
                 distance = nearest_aligned(arch.template, values, frame, 1, in_frame=True, budget=1).distance

@@ -85,7 +85,7 @@ def edit_adapters(args) -> int:
     from ..data import split_by_run
     from ..tasks.lora_editing import AdapterTasks, fit_adapter_editor
     from ..zoo.datasets import load
-    from ..zoo.lora import AdapterDataset, zoo_base, zoo_settings
+    from ..zoo.lora import AdapterDataset, _accuracy, zoo_base, zoo_settings
     from .weights import _report, _state_dir
 
     given = [o for o, on in (("--onnx", args.onnx), ("--probes", args.probes)) if on]
@@ -98,8 +98,8 @@ def edit_adapters(args) -> int:
     if settings.get("imported"):
         raise ValueError(f"{args.zoo} is an imported LoRA zoo: its adapters' tasks are not known to gmn, so there "
                          "is no objective to edit for (a built zoo's adapters each have a rotated-digits task)")
-    ds = AdapterDataset(args.zoo, targets=("angle",))
-    base, _ = zoo_base(args.zoo)
+    base, example = zoo_base(args.zoo)  # loaded once: the dataset reads the adapters against it
+    ds = AdapterDataset(args.zoo, targets=("angle",), base=base, example_inputs=example)
     tasks = AdapterTasks(ds.y[:, 0], load(settings.get("dataset", "digits")))
     root = Path(args.zoo)
     model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(root / ds.rows[0]["path"]))  # PEFT wraps in place
@@ -120,17 +120,10 @@ def edit_adapters(args) -> int:
             edited = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).eval()
             source = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(root / ds.rows[i]["path"])).eval()
             report.append({"folder": f"edited/{folder.name}", "source": ds.rows[i]["path"],
-                           "angle": float(ds.y[i, 0]), "test_acc_before": _acc(source, x, y),
-                           "test_acc_after": _acc(edited, x, y)})
+                           "angle": float(ds.y[i, 0]), "test_acc_before": _accuracy(source, x, y),
+                           "test_acc_after": _accuracy(edited, x, y)})
     _report(out / "edited.json", report, "edited adapter", True, written="PEFT adapter folders")
     return 0
-
-
-def _acc(model, x, y) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean())
 
 
 __all__ = ["edit_adapters", "generate_adapters", "generate_outputs", "is_lora"]

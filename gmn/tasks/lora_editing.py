@@ -140,10 +140,12 @@ def fit_adapter_editor(dataset, split: Split, tasks: AdapterTasks, model: nn.Mod
     before, after = [], []
     with torch.no_grad():
         for batch in DataLoader(dataset.index_select(split.test), batch_size=64):
-            for values, sink in ((converters.parameter_values(batch), before), (editor(batch), after)):
-                for member, state in zip(batch.member.tolist(), _states(batch, values)):
-                    x, y = tasks.test(member)
-                    sink.append(float((runner.logits(state, x).argmax(-1) == y).float().mean()))
+            pairs = zip(batch.member.tolist(), _states(batch, converters.parameter_values(batch)),
+                        _states(batch, editor(batch)))
+            for member, unedited_state, edited_state in pairs:
+                x, y = tasks.test(member)  # rotated once for both
+                before.append(float((runner.logits(unedited_state, x).argmax(-1) == y).float().mean()))
+                after.append(float((runner.logits(edited_state, x).argmax(-1) == y).float().mean()))
     return AdapterEditResult(np.array(before), np.array(after), time.perf_counter() - start, unedited,
                              trainer.state["history"], editor)
 

@@ -32,9 +32,9 @@ def base_record(text: str, root: Path | None = None) -> dict:
     with its base), any other by its absolute path. Python ``module:attr`` is refused: a zoo never
     names code to import."""
     if is_hf_folder(Path(text)):
-        path = Path(text).resolve()
-        inside = root is not None and path.is_relative_to(Path(root).resolve())
-        return {"family": "huggingface", "path": str(path.relative_to(Path(root).resolve()) if inside else path)}
+        path, root = Path(text).resolve(), None if root is None else Path(root).resolve()
+        inside = root is not None and path.is_relative_to(root)
+        return {"family": "huggingface", "path": str(path.relative_to(root) if inside else path)}
     if Path(text).exists():
         raise ValueError(f"--base {text}: neither a Hugging Face model folder (config.json + safetensors) nor a "
                          f"built-in name")
