@@ -62,10 +62,14 @@ def main() -> None:
 
 
 def run(args) -> tuple[list[dict], dict]:
+    import copy
+
+    import peft
     from tqdm.auto import tqdm
 
     from gmn import lora
     from gmn.tasks.conditional import DescriptorSplit, Task, reference_steps
+    from gmn.tasks.lora_editing import AdapterTasks
     from gmn.zoo.datasets import load
     from gmn.zoo.lora import AdapterDataset, zoo_base, zoo_settings
 
@@ -82,15 +86,21 @@ def run(args) -> tuple[list[dict], dict]:
     means = shared_means(zoo)
     neighbours = neighbour_distances(zoo, lora)
     ref_steps = reference_steps(len(data.y_train), settings["epochs"])
+    zoo["raw_values"] = [raw.values[i] for i in train]
+    tasks_of_training = AdapterTasks(zoo["angles"], data)  # the training adapters' own tasks
+    peft_base = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(Path(args.zoo) / raw.rows[0]["path"]))
     rows, fit_seconds = [], {}
     for seed in range(args.seeds):
         generators = {name: fit(zoo[frame], zoo["angles"], seed, args.epochs)
                       for name, frame in (("generated", "canonical"), ("generated_raw", "raw"))}
-        fit_seconds[seed] = {k: g.fit_seconds for k, g in generators.items()}
+        hypernetworks = {name: fit_hypernetwork(zoo, frame, tasks_of_training, peft_base, seed, task_loss)
+                         for name, frame, task_loss in HYPERNETWORKS}
+        fit_seconds[seed] = {k: g.fit_seconds for k, g in {**generators, **hypernetworks}.items()}
         with tempfile.TemporaryDirectory() as work:
             for angle, kind in tqdm(list(zip(tasks, kinds)), desc=f"held-out tasks, seed {seed}", unit="task"):
                 task = Task.rotated(data, angle)
-                rows += task_rows(task, kind, base, zoo, generators, means, ref_steps, seed, args, Path(work))
+                rows += task_rows(task, kind, base, zoo, generators, hypernetworks, means, ref_steps, seed, args,
+                                  Path(work))
     summary = {"zoo": str(args.zoo), "train_adapters": len(train), "held_out_adapters": len(raw) - len(train),
                "band": list(args.band), "train_range": list(args.range), "reference_steps": ref_steps,
                "seeds": args.seeds, "generator_fit_seconds": fit_seconds,
@@ -111,6 +121,23 @@ def fit(graphs: list, angles: torch.Tensor, seed: int, epochs: int):
     return fit_canonical_generator(graphs, angles, config, aligned=True)
 
 
+#: (method, frame, trained with the task loss): the hypernetwork, its raw-factor variant, and the zoo alone
+HYPERNETWORKS = (("hypernetwork", "canonical", True), ("hypernetwork_raw", "raw", True),
+                 ("hypernetwork_zoo_only", "canonical", False))
+
+
+def fit_hypernetwork(zoo: dict, frame: str, tasks, peft_base, seed: int, task_loss: bool):
+    """The descriptor-to-adapter hypernetwork on the training adapters (``gmn generate --generator
+    hypernetwork``'s settings), in ``frame``; with ``task_loss`` also trained on their tasks' images."""
+    import dataclasses
+
+    from gmn.tasks.adapter_hypernetwork import HYPERNETWORK_CONFIG, fit_adapter_hypernetwork
+
+    config = dataclasses.replace(HYPERNETWORK_CONFIG, seed=seed)
+    return fit_adapter_hypernetwork(zoo[frame][0], torch.stack(zoo[f"{frame}_values"]), zoo["angles"], tasks,
+                                    peft_base, config, task_loss=task_loss, progress=False)
+
+
 def shared_means(zoo: dict) -> dict:
     """The two task-independent baselines, each with the seconds it took to make."""
     from gmn import lora
@@ -129,8 +156,8 @@ def neighbour_distances(zoo: dict, lora) -> list[float]:
     return [float(lora.product_distances(zoo["raw"][i], [zoo["raw"][j]])[0]) for i, j in zip(order, order[1:])]
 
 
-def task_rows(task, kind: str, base, zoo: dict, generators: dict, means: dict, ref_steps: int, seed: int, args,
-              work: Path) -> list[dict]:
+def task_rows(task, kind: str, base, zoo: dict, generators: dict, hypernetworks: dict, means: dict,
+              ref_steps: int, seed: int, args, work: Path) -> list[dict]:
     """Every method's row on one held-out task."""
     from gmn.tasks.conditional import finetune_curve, fresh_adapter
 
@@ -150,7 +177,14 @@ def task_rows(task, kind: str, base, zoo: dict, generators: dict, means: dict, r
     rows += [row(f"finetune_k{k}", curve.accuracy[k], curve.seconds[k], k) for k in KS]
     rows += baseline_rows(task, base, zoo, means, work, row)
     for name, gen in generators.items():
-        rows += generated_rows(name, gen, task, base, zoo, ref, seed, args.samples, work, row)
+        start = time.perf_counter()
+        samples = gen.sample(args.samples, steps=20, target=task.angle, guidance=2.0, seed=seed)  # gmn generate's
+        seconds = (time.perf_counter() - start) / args.samples  # per adapter
+        rows += generated_rows(name, samples, seconds, task, base, zoo, ref, seed, work, row)
+    for name, net in hypernetworks.items():
+        start = time.perf_counter()
+        adapter = net.adapters([task.angle])
+        rows += generated_rows(name, adapter, time.perf_counter() - start, task, base, zoo, ref, seed, work, row)
     return rows
 
 
@@ -175,15 +209,13 @@ def baseline_rows(task, base, zoo: dict, means: dict, work: Path, row) -> list[d
     return rows
 
 
-def generated_rows(name: str, gen, task, base, zoo: dict, ref: dict, seed: int, count: int, work: Path,
-                   row) -> list[dict]:
-    """The generator's samples at the task's angle (no training), then k steps of fine-tuning from the first."""
+def generated_rows(name: str, samples: list, seconds: float, task, base, zoo: dict, ref: dict, seed: int,
+                   work: Path, row) -> list[dict]:
+    """A generator's adapters for the task's angle (made in ``seconds`` each), scored with no training,
+    then k steps of fine-tuning from the first."""
     from gmn import lora
     from gmn.tasks.conditional import finetune_curve, load_adapter
 
-    start = time.perf_counter()
-    samples = gen.sample(count, steps=20, target=task.angle, guidance=2.0, seed=seed)  # gmn generate's defaults
-    seconds = (time.perf_counter() - start) / count  # per adapter
     accuracies = [task.accuracy(load_adapter(g, base, work / f"{name}-{i}")) for i, g in enumerate(samples)]
     # distance of the update to the nearest training adapter's (GL(r)-invariant; no frame needed)
     nearest = [lora.nearest(g, zoo["raw"], k=1)[0] for g in samples]
@@ -199,9 +231,9 @@ def generated_rows(name: str, gen, task, base, zoo: dict, ref: dict, seed: int, 
     return rows
 
 
+GENERATORS = ("generated", "generated_raw", "hypernetwork", "hypernetwork_raw", "hypernetwork_zoo_only")
 ORDER = ("finetune", "finetune_k1", "finetune_k10", "finetune_k100", "retrieval", "mean_products", "mean_canonical",
-         "task_arithmetic", "generated", "generated_k1", "generated_k10", "generated_k100", "generated_raw",
-         "generated_raw_k1", "generated_raw_k10", "generated_raw_k100")
+         "task_arithmetic", *(f"{g}{k}" for g in GENERATORS for k in ("", "_k1", "_k10", "_k100")))
 
 
 def grouped(rows: list[dict], kind: str) -> dict[str, list[dict]]:
@@ -238,34 +270,42 @@ def table(rows: list[dict], summary: dict, command: str) -> str:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """The issue's targets on interpolated tasks, each said as met or missed."""
+    """The issue's targets on interpolated tasks, each said as met or missed, for the flow generator and
+    the hypernetwork (both in the canonical frame)."""
     at = grouped(rows, "interpolation")
-    gen, ret, ta = (_mean(at[m], "accuracy") for m in ("generated", "retrieval", "task_arithmetic"))
-    ratio, compute = _mean(at["generated"], "accuracy_ratio"), _mean(at["generated"], "compute_ratio")
-    steps = [r["steps_ratio_to_reference"] for r in at["generated_k100"]]
-    steps_mean = statistics.mean(1.0 if s is None else s for s in steps)  # never reached: no saving, counted 1
+    ret, ta = (_mean(at[m], "accuracy") for m in ("retrieval", "task_arithmetic"))
     said = {True: "met", False: "MISSED"}
-    return ["targets (interpolation):",
-            f"  generated >= 0.90 x fine-tuned accuracy: {ratio:.3f} -> {said[ratio >= 0.9]}",
-            f"  generated compute <= 1/100 of fine-tuning's: {compute:.3f} -> {said[compute <= 0.01]}",
-            f"  generated beats retrieval ({ret:.3f}) and task arithmetic ({ta:.3f}): {gen:.3f} -> "
-            f"{said[gen > max(ret, ta)]}",
-            f"  fine-tuning from generated init reaches the reference in <= 1/10 of the steps from default init: "
-            f"{steps_mean:.3f} of them (never reached: {steps.count(None)}) -> {said[steps_mean <= 0.1]}", ""]
+    lines = ["targets (interpolation):"]
+    for method in ("generated", "hypernetwork"):
+        acc, ratio = _mean(at[method], "accuracy"), _mean(at[method], "accuracy_ratio")
+        compute = _mean(at[method], "compute_ratio")
+        steps = [r["steps_ratio_to_reference"] for r in at[f"{method}_k100"]]
+        steps_mean = statistics.mean(1.0 if s is None else s for s in steps)  # never reached: no saving, counted 1
+        lines += [f"  {method}:",
+                  f"    >= 0.90 x fine-tuned accuracy: {ratio:.3f} -> {said[ratio >= 0.9]}",
+                  f"    compute <= 1/100 of fine-tuning's: {compute:.4f} -> {said[compute <= 0.01]}",
+                  f"    beats retrieval ({ret:.3f}) and task arithmetic ({ta:.3f}): {acc:.3f} -> "
+                  f"{said[acc > max(ret, ta)]}",
+                  f"    fine-tuning from it reaches the reference in <= 1/10 of the steps from default init: "
+                  f"{steps_mean:.3f} of them (never reached: {steps.count(None)}) -> {said[steps_mean <= 0.1]}"]
+    return lines + [""]
 
 
 def per_task(rows: list[dict]) -> list[str]:
-    methods = ("finetune", "retrieval", "task_arithmetic", "mean_products", "generated", "generated_raw")
+    methods = ("finetune", "retrieval", "task_arithmetic", "mean_products", "generated", "generated_raw",
+               "hypernetwork", "hypernetwork_raw", "hypernetwork_zoo_only")
     lines = ["per task, mean over seeds: accuracy (finetune) and x finetuned (others); steps to the reference "
              "accuracy from the generated init per seed (from default init in brackets)",
-             f"{'angle':>7} {'kind':<14}" + "".join(f"{m:>16}" for m in methods) + "  steps gen (default)"]
+             f"{'angle':>7} {'kind':<14}" + "".join(f"{m[:15]:>16}" for m in methods)
+             + "  steps: generated; hypernetwork (default init)"]
     for angle in dict.fromkeys(r["descriptor"] for r in rows):
         at = {m: [r for r in rows if r["descriptor"] == angle and r["method"] == m] for m in ORDER}
         cells = [f"{_mean(at['finetune'], 'accuracy'):>16.3f}"]
         cells += [f"{_mean(at[m], 'accuracy_ratio'):>16.3f}" for m in methods[1:]]
-        reached = [r["steps_to_reference"] for r in at["generated_k100"]]
+        reached = [[r["steps_to_reference"] for r in at[f"{g}_k100"]] for g in ("generated", "hypernetwork")]
         default = [r["steps_to_reference"] for r in at["finetune"]]
-        lines.append(f"{angle:>7.1f} {at['finetune'][0]['held_out']:<14}" + "".join(cells) + f"  {reached} ({default})")
+        lines.append(f"{angle:>7.1f} {at['finetune'][0]['held_out']:<14}" + "".join(cells)
+                     + f"  {reached[0]}; {reached[1]} ({default})")
     return lines + [""]
 
 
@@ -274,16 +314,16 @@ def novelty(rows: list[dict], summary: dict) -> list[str]:
              f"training adapters adjacent in angle are {summary['neighbour_distance_median']:.3f} apart (median; "
              "quartiles " + ", ".join(f"{q:.3f}" for q in summary["neighbour_distance_quartiles"]) + ")"]
     for kind in ("interpolation", "extrapolation"):
-        for method in ("generated", "generated_raw"):
+        for method in GENERATORS:
             group = grouped(rows, kind)[method]
             distances = [d for r in group for d in r["nearest_distance"]]
             first = statistics.mean(r["sample_accuracies"][0] / r["finetuned_accuracy"] for r in group)
-            lines.append(f"  {kind:<14}{method:<14} nearest |dW| median {statistics.median(distances):.3f} "
+            lines.append(f"  {kind:<14}{method:<22} nearest |dW| median {statistics.median(distances):.3f} "
                          f"(max {max(distances):.3f}); the first sample, which the k-step rows start from: "
                          f"{first:.3f} x finetuned")
     for r in rows:
-        if r["method"] in ("generated", "generated_raw"):
-            lines.append(f"{r['method']:<14}{r['descriptor']:>7.1f} seed {r['seed']}: "
+        if r["method"] in GENERATORS:
+            lines.append(f"{r['method']:<22}{r['descriptor']:>7.1f} seed {r['seed']}: "
                          + ", ".join(f"{d:.3f} ({a:.1f})" for d, a in zip(r["nearest_distance"], r["nearest_angle"])))
     return lines
 
@@ -293,8 +333,11 @@ SERIES = {"fine-tuning from default init (k, 63, 100 steps)": ("finetune_k1", "f
           "generated, canonical frame (+0, 1, 10, 100 steps)": ("generated", "generated_k1", "generated_k10",
                                                                 "generated_k100"),
           "generated, raw factors (+0, 1, 10, 100 steps)": ("generated_raw", "generated_raw_k1", "generated_raw_k10",
-                                                            "generated_raw_k100")}
-POINTS = ("retrieval", "task_arithmetic", "mean_products", "mean_canonical")
+                                                            "generated_raw_k100"),
+          "hypernetwork, canonical frame (+0, 1, 10, 100 steps)": ("hypernetwork", "hypernetwork_k1",
+                                                                   "hypernetwork_k10", "hypernetwork_k100")}
+POINTS = ("retrieval", "task_arithmetic", "mean_products", "mean_canonical", "hypernetwork_raw",
+          "hypernetwork_zoo_only")
 
 
 def _point(group: list[dict]) -> tuple[float, float]:

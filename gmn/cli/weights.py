@@ -21,10 +21,16 @@ from ..zoo.catalogue import FILENAME
 from ..zoo.generate import save_checkpoint
 from . import checks
 
-GENERATORS = ("canonical", "gmn")
+GENERATORS = ("canonical", "gmn", "hypernetwork")
 #: what --train-epochs, --patience, --hidden and --batch-size default to, per generator
 GENERATOR_DEFAULTS = {"canonical": {"epochs": 40, "patience": 40, "hidden": 512, "batch_size": 64},
-                      "gmn": {"epochs": 20, "patience": 10, "hidden": 32, "batch_size": 32}}
+                      "gmn": {"epochs": 20, "patience": 10, "hidden": 32, "batch_size": 32},
+                      "hypernetwork": {"epochs": 40, "patience": 10, "hidden": 256, "batch_size": 16}}
+
+
+def sample_count(a) -> int:
+    """``--count``, or its default: 8 samples, the hypernetwork's one adapter (it is deterministic)."""
+    return a.count if a.count is not None else 1 if a.generator == "hypernetwork" else 8
 
 
 def add_parsers(sub, train_options) -> None:
@@ -32,19 +38,23 @@ def add_parsers(sub, train_options) -> None:
                        epilog="--train-epochs, --patience, --hidden and --batch-size default per generator: "
                               + "; ".join(f"{g} {d['epochs']}, {d['patience']}, {d['hidden']}, {d['batch_size']}"
                                           for g, d in GENERATOR_DEFAULTS.items())
-                              + " (canonical: epochs of 50 steps, batches of draws, the MLP's width)")
+                              + " (canonical and hypernetwork: epochs of 50 steps, batches of draws, the MLP's "
+                                "width)")
     p.add_argument("zoo", help="zoo folder (its checkpoints are the training data)")
     p.add_argument("--out", default="gmn-generate", type=checks.folder,
                    help="folder for the generator state and the checkpoints")
     p.add_argument("--generator", default="canonical", choices=GENERATORS,
                    help="canonical: align the architecture's checkpoints to one frame and flow-match their "
                         "flattened weights (an MLP); gmn: equivariant flow with a GMN velocity field (any shape of "
-                        "the zoo's families, also unseen ones; its samples are at chance accuracy today)")
+                        "the zoo's families, also unseen ones; its samples are at chance accuracy today); "
+                        "hypernetwork (a LoRA zoo gmn built): a network from the task's angle to its adapter, trained "
+                        "on the zoo's adapters and their tasks; writes the adapter for --target")
     p.add_argument("--arch", help="architecture spec as JSON (canonical: one of the zoo's architectures; gmn: any "
                                   "shape of the zoo's families; default: the zoo's most common architecture)")
     p.add_argument("--recompute-batchnorm", action="store_true",
                    help="recompute the samples' BatchNorm statistics on the zoo's training data")
-    p.add_argument("--count", type=checks.positive_int, default=8, help="checkpoints to sample")
+    p.add_argument("--count", type=checks.positive_int,
+                   help="checkpoints to sample (default 8; the hypernetwork writes one adapter)")
     p.add_argument("--target", type=checks.finite_float,
                    help="condition on this test accuracy (a LoRA zoo: on its first target, e.g. the angle)")
     p.add_argument("--guidance", type=checks.finite_float, default=2.0,
@@ -76,7 +86,7 @@ def _generate_outputs(a) -> tuple[list[Path], list[Path], list]:
 
     if is_lora(a.zoo):
         return generate_outputs(a)
-    return ([Path(a.out) / "generated.json"] + [Path(a.out) / f"generated-{i:03d}{x}" for i in range(a.count)
+    return ([Path(a.out) / "generated.json"] + [Path(a.out) / f"generated-{i:03d}{x}" for i in range(sample_count(a))
                                                 for x in (".safetensors", ".onnx")[: 1 + a.onnx]], [], [])
 
 
@@ -162,7 +172,11 @@ def _generate(args) -> int:
     from .lora_weights import generate_adapters, is_lora
 
     if is_lora(args.zoo):  # samples written as PEFT adapter folders
-        return generate_adapters(args, GENERATOR_DEFAULTS["canonical"])
+        return generate_adapters(args)
+    if args.generator == "hypernetwork":
+        raise ValueError(f"--generator hypernetwork writes adapters for the tasks of a LoRA zoo gmn built; {args.zoo} "
+                         "is not one (gmn zoo build DIR --preset lora)")
+    args.count = sample_count(args)
     check_onnx_export(args.onnx)
     arch = _generate_arch(args.arch)
     defaults = GENERATOR_DEFAULTS[args.generator]

@@ -37,6 +37,10 @@ from converters import ParameterGraph
 from .lora_editing import AdapterTasks, _Runner, live_names
 from .property import TrainConfig, _Trainer
 
+#: the default training: 40 epochs of 50 steps of 16 descriptors, patience 10, AdamW 1e-3, width 256, 3 layers
+HYPERNETWORK_CONFIG = TrainConfig(epochs=40, patience=10, lr=1e-3, batch_size=16, hidden=256, layers=3,
+                                  weight_decay=0.0)
+
 
 class AdapterHypernetwork(nn.Module):
     """Descriptor -> adapter factors: an MLP of ``layers`` hidden layers of width ``hidden`` whose
@@ -92,8 +96,7 @@ def fit_adapter_hypernetwork(template: ParameterGraph, rows: Tensor, descriptors
     their task (``tasks``: the zoo's images and each member's angle, indexed like ``rows``), through
     ``model`` (a ``PeftModel`` of the zoo's base); early stopping on the validation descriptors' loss.
     Resumes from ``out_dir``."""
-    config = config or TrainConfig(epochs=40, patience=10, lr=1e-3, batch_size=16, hidden=256, layers=3,
-                                   weight_decay=0.0)
+    config = config or HYPERNETWORK_CONFIG
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     net = AdapterHypernetwork(template, rows.float(), descriptors, config.hidden, config.layers)
@@ -152,4 +155,4 @@ def _fit_task_loss(net: AdapterHypernetwork, descriptors: Tensor, tasks: Adapter
     return trainer.state["history"]
 
 
-__all__ = ["AdapterHypernetwork", "fit_adapter_hypernetwork"]
+__all__ = ["HYPERNETWORK_CONFIG", "AdapterHypernetwork", "fit_adapter_hypernetwork"]

@@ -72,6 +72,13 @@ def test_canonical_generation_refuses_architectures_the_zoo_lacks(tiny_zoo, tmp_
     assert "use --generator gmn for other shapes" in capsys.readouterr().err
 
 
+def test_the_hypernetwork_is_refused_on_a_zoo_of_models(tiny_zoo, tmp_path, capsys):
+    assert main(["generate", str(tiny_zoo), "--out", str(tmp_path), "--generator", "hypernetwork", "--target", "30",
+                 *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "writes adapters for the tasks of a LoRA zoo gmn built" in err and "\n" not in err
+
+
 def test_edit_writes_edited_checkpoints_of_the_test_members(tiny_zoo, tmp_path):
     out = tmp_path / "edit"
     assert main(["edit", str(tiny_zoo), "--out", str(out), "--objective", "forget:3", "--probes", "8", *SMALL]) == 0

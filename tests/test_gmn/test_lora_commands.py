@@ -108,8 +108,34 @@ def test_generate_on_a_lora_zoo_writes_adapter_folders_peft_loads(zoo, tmp_path,
     assert "gmn never replaces an output" in capsys.readouterr().err
 
 
+def test_generate_with_the_hypernetwork_writes_the_adapter_for_the_target_angle(zoo, tmp_path, capsys):
+    """One folder, the adapter for --target, scored as PEFT loads it on the digits rotated by that angle."""
+    import peft
+
+    from gmn.zoo.datasets import load
+    from gmn.zoo.lora import _accuracy, base_model, rotate
+
+    out = tmp_path / "hyper"
+    argv = ["generate", str(zoo), "--generator", "hypernetwork", "--target", "30", "--out", str(out),
+            "--train-epochs", "1", "--hidden", "16", "--layers", "1", "--batch-size", "4"]
+    assert main(argv) == 0
+    report = json.loads((out / "generated.json").read_text())
+    assert [(r["folder"], r["conditioned_on"], r["target"]) for r in report] == [("generated-000", "angle", 30.0)]
+    assert sorted(p.name for p in out.iterdir()) == ["generated-000", "generated.json", "state"]
+    data = load("digits")
+    model = peft.PeftModel.from_pretrained(base_model(zoo, data, 0, 0), out / "generated-000").eval()
+    assert report[0]["test_acc"] == _accuracy(model, rotate(data.x_test, 30.0), data.y_test)
+    printed = capsys.readouterr().out
+    assert f"test accuracy on its rotated digits {report[0]['test_acc']:.4f}" in printed
+    assert "the angle is inside the training adapters' range" in printed
+    assert main(argv) == 2  # the folder holds an output: never replaced without --force
+    assert "gmn never replaces an output" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command, extra, problem", [
     ("generate", ["--generator", "gmn"], "on a LoRA zoo the generator is canonical"),
+    ("generate", ["--generator", "hypernetwork"], "--generator hypernetwork needs --target"),
+    ("generate", ["--generator", "hypernetwork", "--target", "30", "--count", "2"], "one adapter per --target"),
     ("generate", ["--onnx"], "--onnx does not apply to a LoRA zoo"),
     ("edit", ["--objective", "forget:3"], "on a LoRA zoo the objective is accuracy"),
     ("edit", ["--onnx"], "--onnx does not apply to a LoRA zoo")])

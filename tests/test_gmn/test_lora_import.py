@@ -71,6 +71,13 @@ def test_an_imported_zoo_reads_as_a_built_one(imported, capsys):
     assert "4 LoRA adapters of one base" in out and "imported" in out and "score: 0 to 0.75" in out
 
 
+def test_the_hypernetwork_needs_a_built_zoo_whose_tasks_it_knows(imported, tmp_path, capsys):
+    err = _refused(capsys, ["generate", str(imported[0] / "adapters"), "--out", str(tmp_path / "g"), "--generator",
+                            "hypernetwork", "--target", "0.5"])
+    assert "is an imported LoRA zoo" in err and "use --generator canonical" in err
+    assert not (tmp_path / "g").exists()
+
+
 def _refused(capsys, argv):
     capsys.readouterr()  # what saving the folders printed
     assert main(argv) == 2
