@@ -85,6 +85,7 @@ def run(args) -> tuple[list[dict], dict]:
            "canonical_values": [canon.values[i] for i in train], "angles": raw.y[train, 0], "settings": settings}
     means = shared_means(zoo)
     neighbours = neighbour_distances(zoo, lora)
+    norms = [update_norm(g) for g in zoo["raw"]]
     ref_steps = reference_steps(len(data.y_train), settings["epochs"])
     zoo["raw_values"] = [raw.values[i] for i in train]
     tasks_of_training = AdapterTasks(zoo["angles"], data)  # the training adapters' own tasks
@@ -93,8 +94,8 @@ def run(args) -> tuple[list[dict], dict]:
     for seed in range(args.seeds):
         generators = {name: fit(zoo[frame], zoo["angles"], seed, args.epochs)
                       for name, frame in (("generated", "canonical"), ("generated_raw", "raw"))}
-        hypernetworks = {name: fit_hypernetwork(zoo, frame, tasks_of_training, peft_base, seed, task_loss)
-                         for name, frame, task_loss in HYPERNETWORKS}
+        hypernetworks = {name: fit_hypernetwork(zoo, frame, tasks_of_training, peft_base, seed, *how)
+                         for name, frame, *how in HYPERNETWORKS}
         fit_seconds[seed] = {k: g.fit_seconds for k, g in {**generators, **hypernetworks}.items()}
         with tempfile.TemporaryDirectory() as work:
             for angle, kind in tqdm(list(zip(tasks, kinds)), desc=f"held-out tasks, seed {seed}", unit="task"):
@@ -106,6 +107,7 @@ def run(args) -> tuple[list[dict], dict]:
                "seeds": args.seeds, "generator_fit_seconds": fit_seconds,
                "neighbour_distance_median": statistics.median(neighbours),
                "neighbour_distance_quartiles": statistics.quantiles(neighbours, n=4),
+               "training_update_norm_median": statistics.median(norms),
                "compute": "training seconds (1 thread; evaluation and file writing excluded) over the reference "
                           "fine-tuning's; generator training excluded (generator_fit_seconds, amortised)"}
     return rows, summary
@@ -121,21 +123,23 @@ def fit(graphs: list, angles: torch.Tensor, seed: int, epochs: int):
     return fit_canonical_generator(graphs, angles, config, aligned=True)
 
 
-#: (method, frame, trained with the task loss): the hypernetwork, its raw-factor variant, and the zoo alone
-HYPERNETWORKS = (("hypernetwork", "canonical", True), ("hypernetwork_raw", "raw", True),
-                 ("hypernetwork_zoo_only", "canonical", False))
+#: (method, frame, trained with the task loss, conditioned on the angle): the hypernetwork, its raw-factor
+#: variant, the zoo alone (no task loss), and one adapter for all training tasks (no descriptor)
+HYPERNETWORKS = (("hypernetwork", "canonical", True, True), ("hypernetwork_raw", "raw", True, True),
+                 ("hypernetwork_zoo_only", "canonical", False, True), ("multitask_adapter", "canonical", True, False))
 
 
-def fit_hypernetwork(zoo: dict, frame: str, tasks, peft_base, seed: int, task_loss: bool):
+def fit_hypernetwork(zoo: dict, frame: str, tasks, peft_base, seed: int, task_loss: bool, conditioned: bool):
     """The descriptor-to-adapter hypernetwork on the training adapters (``gmn generate --generator
-    hypernetwork``'s settings), in ``frame``; with ``task_loss`` also trained on their tasks' images."""
+    hypernetwork``'s settings), in ``frame``; with ``task_loss`` also trained on their tasks' images;
+    not ``conditioned``: one adapter for all of them."""
     import dataclasses
 
     from gmn.tasks.adapter_hypernetwork import HYPERNETWORK_CONFIG, fit_adapter_hypernetwork
 
     config = dataclasses.replace(HYPERNETWORK_CONFIG, seed=seed)
     return fit_adapter_hypernetwork(zoo[frame][0], torch.stack(zoo[f"{frame}_values"]), zoo["angles"], tasks,
-                                    peft_base, config, task_loss=task_loss, progress=False)
+                                    peft_base, config, task_loss=task_loss, conditioned=conditioned, progress=False)
 
 
 def shared_means(zoo: dict) -> dict:
@@ -148,6 +152,15 @@ def shared_means(zoo: dict) -> dict:
     middle = time.perf_counter()
     factors = canonical_mean(zoo["canonical"], zoo["canonical_values"])
     return {"mean_products": (products, middle - start), "mean_canonical": (factors, time.perf_counter() - middle)}
+
+
+def update_norm(g) -> float:
+    """``|s B A|`` over the adapter's modules: the size of its update, to read distances against."""
+    import converters
+    from gmn import lora
+
+    zero = converters.with_values(g, torch.zeros_like(converters.parameter_values(g)))
+    return float(lora.product_distances(g, [zero])[0])
 
 
 def neighbour_distances(zoo: dict, lora) -> list[float]:
@@ -220,7 +233,7 @@ def generated_rows(name: str, samples: list, seconds: float, task, base, zoo: di
     # distance of the update to the nearest training adapter's (GL(r)-invariant; no frame needed)
     nearest = [lora.nearest(g, zoo["raw"], k=1)[0] for g in samples]
     rows = [row(name, statistics.mean(accuracies), seconds, sample_accuracies=accuracies,
-                nearest_distance=[d for _, d in nearest],
+                nearest_distance=[d for _, d in nearest], update_norm=[update_norm(g) for g in samples],
                 nearest_angle=[float(zoo["angles"][i]) for i, _ in nearest])]
     model = load_adapter(samples[0], base, work / f"{name}-train", trainable=True)
     curve = finetune_curve(model, task, max(KS), seed)
@@ -231,7 +244,8 @@ def generated_rows(name: str, samples: list, seconds: float, task, base, zoo: di
     return rows
 
 
-GENERATORS = ("generated", "generated_raw", "hypernetwork", "hypernetwork_raw", "hypernetwork_zoo_only")
+GENERATORS = ("generated", "generated_raw", "hypernetwork", "hypernetwork_raw", "hypernetwork_zoo_only",
+              "multitask_adapter")
 ORDER = ("finetune", "finetune_k1", "finetune_k10", "finetune_k100", "retrieval", "mean_products", "mean_canonical",
          "task_arithmetic", *(f"{g}{k}" for g in GENERATORS for k in ("", "_k1", "_k10", "_k100")))
 
@@ -293,7 +307,7 @@ def targets(rows: list[dict]) -> list[str]:
 
 def per_task(rows: list[dict]) -> list[str]:
     methods = ("finetune", "retrieval", "task_arithmetic", "mean_products", "generated", "generated_raw",
-               "hypernetwork", "hypernetwork_raw", "hypernetwork_zoo_only")
+               "hypernetwork", "hypernetwork_raw", "hypernetwork_zoo_only", "multitask_adapter")
     lines = ["per task, mean over seeds: accuracy (finetune) and x finetuned (others); steps to the reference "
              "accuracy from the generated init per seed (from default init in brackets)",
              f"{'angle':>7} {'kind':<14}" + "".join(f"{m[:15]:>16}" for m in methods)
@@ -312,15 +326,17 @@ def per_task(rows: list[dict]) -> list[str]:
 def novelty(rows: list[dict], summary: dict) -> list[str]:
     lines = [f"novelty: |dW| (update distance) of each generated adapter to its nearest training adapter (angle); "
              f"training adapters adjacent in angle are {summary['neighbour_distance_median']:.3f} apart (median; "
-             "quartiles " + ", ".join(f"{q:.3f}" for q in summary["neighbour_distance_quartiles"]) + ")"]
+             "quartiles " + ", ".join(f"{q:.3f}" for q in summary["neighbour_distance_quartiles"]) + "); a training "
+             f"adapter's own update |dW| is {summary['training_update_norm_median']:.3f} (median)"]
     for kind in ("interpolation", "extrapolation"):
         for method in GENERATORS:
             group = grouped(rows, kind)[method]
             distances = [d for r in group for d in r["nearest_distance"]]
             first = statistics.mean(r["sample_accuracies"][0] / r["finetuned_accuracy"] for r in group)
+            norm = statistics.median(n for r in group for n in r["update_norm"])
             lines.append(f"  {kind:<14}{method:<22} nearest |dW| median {statistics.median(distances):.3f} "
-                         f"(max {max(distances):.3f}); the first sample, which the k-step rows start from: "
-                         f"{first:.3f} x finetuned")
+                         f"(max {max(distances):.3f}), its own |dW| median {norm:.3f}; the first sample, which the "
+                         f"k-step rows start from: {first:.3f} x finetuned")
     for r in rows:
         if r["method"] in GENERATORS:
             lines.append(f"{r['method']:<22}{r['descriptor']:>7.1f} seed {r['seed']}: "
@@ -337,7 +353,7 @@ SERIES = {"fine-tuning from default init (k, 63, 100 steps)": ("finetune_k1", "f
           "hypernetwork, canonical frame (+0, 1, 10, 100 steps)": ("hypernetwork", "hypernetwork_k1",
                                                                    "hypernetwork_k10", "hypernetwork_k100")}
 POINTS = ("retrieval", "task_arithmetic", "mean_products", "mean_canonical", "hypernetwork_raw",
-          "hypernetwork_zoo_only")
+          "hypernetwork_zoo_only", "multitask_adapter")
 
 
 def _point(group: list[dict]) -> tuple[float, float]:

@@ -46,12 +46,13 @@ class AdapterHypernetwork(nn.Module):
     """Descriptor -> adapter factors: an MLP of ``layers`` hidden layers of width ``hidden`` whose
     output, scaled per coordinate by the training adapters' spread and shifted by their mean, is the
     flat factor vector of ``template`` (a graph of the zoo's adapter layout). The last layer starts at
-    zero, so the untrained network gives the mean adapter of its frame."""
+    zero, so the untrained network gives the mean adapter of its frame. Not ``conditioned``: the input is
+    always zero, one adapter for every task (the multi-task baseline: what the descriptor buys)."""
 
     def __init__(self, template: ParameterGraph, rows: Tensor, descriptors: Tensor, hidden: int = 256,
-                 layers: int = 3):
+                 layers: int = 3, conditioned: bool = True):
         super().__init__()
-        self.template = template
+        self.template, self.conditioned = template, conditioned
         self.register_buffer("mean", rows.mean(0))
         self.register_buffer("std", rows.std(0).clamp_min(1e-6 * float(rows.std(0).mean().clamp_min(1e-12))))
         self.register_buffer("d_mean", descriptors.float().mean())
@@ -65,7 +66,7 @@ class AdapterHypernetwork(nn.Module):
     def standardised(self, descriptors: Tensor) -> Tensor:
         """``[N, D]``: the network's output, the factors standardised per coordinate."""
         z = (descriptors.float().to(self.mean.device) - self.d_mean) / self.d_std
-        return self.net(z[:, None])
+        return self.net(z[:, None] if self.conditioned else torch.zeros_like(z)[:, None])
 
     def forward(self, descriptors: Tensor) -> Tensor:
         """``[N, D]``: the flat factors of each descriptor's adapter."""
@@ -88,18 +89,19 @@ def _task_split(count: int, seed: int, fraction: float = 0.2) -> tuple[Tensor, T
 def fit_adapter_hypernetwork(template: ParameterGraph, rows: Tensor, descriptors: Tensor, tasks: AdapterTasks,
                              model: nn.Module, config: TrainConfig | None = None, steps_per_epoch: int = 50,
                              reconstruction_steps: int = 500, images: int = 64, task_loss: bool = True,
-                             out_dir: str | Path | None = None, progress: bool = True) -> AdapterHypernetwork:
+                             conditioned: bool = True, out_dir: str | Path | None = None,
+                             progress: bool = True) -> AdapterHypernetwork:
     """Train an :class:`AdapterHypernetwork` on the training adapters' factors ``rows`` (``[N, D]`` in
     ``template``'s layout, in the frame the network is to write) and ``descriptors`` (``[N]``):
     ``reconstruction_steps`` full-batch steps on the factors, then (``task_loss``) ``config.epochs`` of
     ``steps_per_epoch`` steps, each on ``config.batch_size`` training descriptors with ``images`` of
     their task (``tasks``: the zoo's images and each member's angle, indexed like ``rows``), through
     ``model`` (a ``PeftModel`` of the zoo's base); early stopping on the validation descriptors' loss.
-    Resumes from ``out_dir``."""
+    ``conditioned``: see :class:`AdapterHypernetwork`. Resumes from ``out_dir``."""
     config = config or HYPERNETWORK_CONFIG
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    net = AdapterHypernetwork(template, rows.float(), descriptors, config.hidden, config.layers)
+    net = AdapterHypernetwork(template, rows.float(), descriptors, config.hidden, config.layers, conditioned)
     _reconstruct(net, rows.float(), descriptors, reconstruction_steps, config.lr)
     net.reconstruction_seconds = time.perf_counter() - start
     net.history = []
