@@ -33,6 +33,8 @@ SCALE = {
 }
 #: the INR preset fits 500-step SIRENs: three images (train, validation, test) walk the path
 SCALE_INR = ["--runs", "3"]
+#: the adapter hypernetwork writes one adapter per --target (it refuses --count): only its training is scaled
+SCALE_HYPERNETWORK = ["--train-epochs", "1", "--hidden", "8", "--layers", "1"]
 #: what cannot run on a CI machine, by a piece of the command
 SKIP = {
     "pytest": "the test suite itself",
@@ -77,6 +79,8 @@ def _skip_reason(text: str) -> str | None:
 def _scaled(command: list[str]) -> list[str]:
     if command[:3] == ["gmn", "zoo", "build"] and "inr" in command:
         return command + SCALE_INR
+    if command[:2] == ["gmn", "generate"] and "hypernetwork" in command:
+        return command + SCALE_HYPERNETWORK
     flags = next((f for lead, f in SCALE.items() if tuple(command[: len(lead)]) == lead), [])
     return command + flags
 
