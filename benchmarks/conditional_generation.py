@@ -382,7 +382,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"held-out angles: {kind}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy on the held-out task (mean over tasks and seeds)")
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
