@@ -20,12 +20,7 @@ from gmn.zoo.lora import AdapterDataset, build_lora_zoo, rotate, zoo_base  # noq
 FAST = TrainConfig(epochs=3, patience=3, lr=3e-3, batch_size=4, hidden=32, layers=2, weight_decay=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

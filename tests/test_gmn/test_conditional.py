@@ -24,13 +24,7 @@ from gmn.zoo.lora import AdapterDataset, build_lora_zoo, rotate, zoo_base  # noq
 SMALL = dict(runs=3, epochs=1, base_epochs=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 16-channel CNN on 8x8 images: more threads only add overhead (3x slower on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
