@@ -93,6 +93,7 @@ def _hypernetwork_adapter(args) -> int:
     import peft
     import torch
 
+    import converters
     from converters import to_peft
 
     from .. import lora
@@ -107,6 +108,9 @@ def _hypernetwork_adapter(args) -> int:
                          "hypernetwork has no task loss to learn from (use --generator canonical)")
     if args.target is None:
         raise ValueError("--generator hypernetwork needs --target: the angle of the task to write an adapter for")
+    if not -180.0 <= args.target <= 180.0:
+        raise ValueError(f"--target {args.target:g}: a built LoRA zoo's task is a rotation angle in degrees, "
+                         "between -180 and 180")
     if args.count != 1:
         raise ValueError(f"--count {args.count}: the hypernetwork is deterministic, it writes one adapter per --target")
     base, example = zoo_base(args.zoo)
@@ -121,6 +125,8 @@ def _hypernetwork_adapter(args) -> int:
     net = fit_adapter_hypernetwork(graphs[0], torch.stack([ds.values[i] for i in members]), angles,
                                    AdapterTasks(angles, data), model, args.config, out_dir=state)
     g, = net.adapters([args.target])
+    if not torch.isfinite(converters.parameter_values(g)).all():  # never a folder PEFT would load as garbage
+        raise ValueError(f"--target {args.target:g}: the hypernetwork's adapter is not finite; nothing written")
     folder = out / "generated-000"
     to_peft(g, None, folder, overwrite=args.force)
     adapter = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(folder))  # scored as a user loads it

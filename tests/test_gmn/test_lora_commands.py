@@ -136,6 +136,7 @@ def test_generate_with_the_hypernetwork_writes_the_adapter_for_the_target_angle(
     ("generate", ["--generator", "gmn"], "on a LoRA zoo the generator is canonical"),
     ("generate", ["--generator", "hypernetwork"], "--generator hypernetwork needs --target"),
     ("generate", ["--generator", "hypernetwork", "--target", "30", "--count", "2"], "one adapter per --target"),
+    ("generate", ["--generator", "hypernetwork", "--target", "1e30"], "a rotation angle in degrees, between -180"),
     ("generate", ["--onnx"], "--onnx does not apply to a LoRA zoo"),
     ("edit", ["--objective", "forget:3"], "on a LoRA zoo the objective is accuracy"),
     ("edit", ["--onnx"], "--onnx does not apply to a LoRA zoo")])
