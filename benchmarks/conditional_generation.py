@@ -82,12 +82,12 @@ def run(args) -> tuple[list[dict], dict]:
     kinds = split.check(tasks)
     train = split.train_indices(raw.y[:, 0])
     zoo = {"raw": [raw.get(i) for i in train], "canonical": [canon.get(i) for i in train],
-           "canonical_values": [canon.values[i] for i in train], "angles": raw.y[train, 0], "settings": settings}
+           "canonical_values": [canon.values[i] for i in train], "raw_values": [raw.values[i] for i in train],
+           "angles": raw.y[train, 0], "settings": settings}
     means = shared_means(zoo)
     neighbours = neighbour_distances(zoo, lora)
     norms = [update_norm(g) for g in zoo["raw"]]
     ref_steps = reference_steps(len(data.y_train), settings["epochs"])
-    zoo["raw_values"] = [raw.values[i] for i in train]
     tasks_of_training = AdapterTasks(zoo["angles"], data)  # the training adapters' own tasks
     peft_base = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(Path(args.zoo) / raw.rows[0]["path"]))
     rows, fit_seconds = [], {}

@@ -42,7 +42,7 @@ def generate_adapters(args) -> int:
     from .. import lora
     from ..tasks.canonical_generation import fit_canonical_generator
     from ..zoo.lora import AdapterDataset
-    from .weights import GENERATOR_DEFAULTS, _state_dir, sample_count
+    from .weights import GENERATOR_DEFAULTS, _state_dir
 
     given = [o for o, on in (("--onnx", args.onnx), ("--recompute-batchnorm", args.recompute_batchnorm),
                              ("--arch", args.arch)) if on]
@@ -51,7 +51,6 @@ def generate_adapters(args) -> int:
     if args.generator == "gmn":
         raise ValueError("on a LoRA zoo the generator is canonical (the GL(r) frame) or hypernetwork; --generator gmn "
                          "samples the zoo families' models")
-    args.count = sample_count(args)
     args.config = dataclasses.replace(args.config, **{k: v for k, v in GENERATOR_DEFAULTS[args.generator].items()
                                                       if getattr(args.config, k) is None})
     if args.generator == "hypernetwork":
@@ -103,7 +102,8 @@ def _hypernetwork_adapter(args) -> int:
     from ..zoo.lora import AdapterDataset, _accuracy, rotate, zoo_base, zoo_settings
     from .weights import _state_dir
 
-    if zoo_settings(args.zoo).get("imported"):
+    settings = zoo_settings(args.zoo)
+    if settings.get("imported"):
         raise ValueError(f"{args.zoo} is an imported LoRA zoo: its adapters' tasks are not known to gmn, so the "
                          "hypernetwork has no task loss to learn from (use --generator canonical)")
     if args.target is None:
@@ -117,7 +117,7 @@ def _hypernetwork_adapter(args) -> int:
     ds = AdapterDataset(args.zoo, targets=("angle",), canonical=True, base=base, example_inputs=example)
     layout, members = _common_layout(ds, args.zoo)
     angles = ds.y[members, 0]
-    data = load(zoo_settings(args.zoo).get("dataset", "digits"))
+    data = load(settings.get("dataset", "digits"))
     model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(Path(args.zoo) / ds.rows[members[0]]["path"]))
     out = Path(args.out)
     state = _state_dir(out, args.zoo, args.config.__dict__, "lora-hypernetwork", layout)

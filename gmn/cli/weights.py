@@ -171,12 +171,12 @@ def _generate(args) -> int:
     from ..data import ZooDataset
     from .lora_weights import generate_adapters, is_lora
 
+    args.count = sample_count(args)
     if is_lora(args.zoo):  # samples written as PEFT adapter folders
         return generate_adapters(args)
     if args.generator == "hypernetwork":
         raise ValueError(f"--generator hypernetwork writes adapters for the tasks of a LoRA zoo gmn built; {args.zoo} "
                          "is not one (gmn zoo build DIR --preset lora)")
-    args.count = sample_count(args)
     check_onnx_export(args.onnx)
     arch = _generate_arch(args.arch)
     defaults = GENERATOR_DEFAULTS[args.generator]

@@ -22,7 +22,6 @@ adapters, which is what lets it answer descriptors between and beyond the traini
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 import converters
 from converters import ParameterGraph
 
-from .lora_editing import AdapterTasks, _Runner, live_names
+from .lora_editing import AdapterTasks, _Runner
 from .property import TrainConfig, _Trainer
 
 #: the default training: 40 epochs of 50 steps of 16 descriptors, patience 10, AdamW 1e-3, width 256, 3 layers
@@ -53,8 +52,9 @@ class AdapterHypernetwork(nn.Module):
                  layers: int = 3, conditioned: bool = True):
         super().__init__()
         self.template, self.conditioned = template, conditioned
+        std = rows.std(0)
         self.register_buffer("mean", rows.mean(0))
-        self.register_buffer("std", rows.std(0).clamp_min(1e-6 * float(rows.std(0).mean().clamp_min(1e-12))))
+        self.register_buffer("std", std.clamp_min(1e-6 * float(std.mean().clamp_min(1e-12))))
         self.register_buffer("d_mean", descriptors.float().mean())
         self.register_buffer("d_std", descriptors.float().std().clamp_min(1e-12))
         sizes = [1] + [hidden] * layers
@@ -125,10 +125,7 @@ def _reconstruct(net: AdapterHypernetwork, rows: Tensor, descriptors: Tensor, st
 def _fit_task_loss(net: AdapterHypernetwork, descriptors: Tensor, tasks: AdapterTasks, model: nn.Module,
                    config: TrainConfig, steps_per_epoch: int, images: int, out_dir, progress: bool) -> list[dict]:
     """Stage 2: the cross-entropy of the base with each generated adapter on its task's images."""
-    names = live_names([n for n, _, _ in net.template.param_index.params], model)
-    runner = _Runner(copy.deepcopy(model), names)
-    for p in runner.model.parameters():
-        p.requires_grad_(False)
+    runner = _Runner(model, [n for n, _, _ in net.template.param_index.params])
     train, val = _task_split(len(descriptors), config.seed)
     draw = torch.Generator().manual_seed(config.seed)
 

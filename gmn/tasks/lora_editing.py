@@ -80,10 +80,15 @@ class AdapterEditResult:
 
 
 class _Runner:
-    """The base with one adapter's factors swapped in: PEFT's forward, differentiable in the factors."""
+    """The base with one adapter's factors swapped in: PEFT's forward, differentiable in the factors.
+    Runs a frozen copy of ``model`` (a ``PeftModel``); ``keys``: the saved LoRA keys it is given
+    (mapped with :func:`live_names`)."""
 
-    def __init__(self, model: nn.Module, names: dict[str, str]):
-        self.model, self.names = model.eval(), names
+    def __init__(self, model: nn.Module, keys):
+        self.names = live_names(keys, model)
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
 
     def logits(self, state: dict[str, Tensor], x: Tensor) -> Tensor:
         return torch.func.functional_call(self.model, {self.names[k]: v for k, v in state.items()}, (x,))
@@ -105,10 +110,7 @@ def fit_adapter_editor(dataset, split: Split, tasks: AdapterTasks, model: nn.Mod
     config = config or TrainConfig()
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    names = live_names([n for n, _, _ in next(iter(dataset.templates.values())).param_index.params], model)
-    runner = _Runner(copy.deepcopy(model), names)
-    for p in runner.model.parameters():
-        p.requires_grad_(False)
+    runner = _Runner(model, [n for n, _, _ in next(iter(dataset.templates.values())).param_index.params])
     editor = WeightEditor(config.hidden, config.layers, aggr=config.aggr, scale=scale)
     draw = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 import converters  # noqa: E402
 from gmn.tasks.adapter_hypernetwork import AdapterHypernetwork, fit_adapter_hypernetwork  # noqa: E402
 from gmn.tasks.conditional import load_adapter  # noqa: E402
-from gmn.tasks.lora_editing import AdapterTasks, _Runner, live_names  # noqa: E402
+from gmn.tasks.lora_editing import AdapterTasks, _Runner  # noqa: E402
 from gmn.tasks.property import TrainConfig  # noqa: E402
 from gmn.zoo.datasets import load  # noqa: E402
 from gmn.zoo.lora import AdapterDataset, build_lora_zoo, rotate, zoo_base  # noqa: E402
@@ -45,8 +45,7 @@ def _fit(zoo, **kw):
 def test_what_it_trains_on_is_what_peft_computes_with_the_written_folder(zoo, tmp_path):
     _, base, ds, model, data = zoo
     net = _fit(zoo, reconstruction_steps=20)
-    names = live_names([n for n, _, _ in ds.get(0).param_index.params], model)
-    runner = _Runner(copy.deepcopy(model), names)
+    runner = _Runner(model, [n for n, _, _ in ds.get(0).param_index.params])
     x = rotate(data.x_test[:32], 33.0)
     g, = net.adapters([33.0])
     trained_forward = runner.logits(converters.to_state_dict(net.template, net(torch.tensor([33.0]))[0]), x)
@@ -76,7 +75,7 @@ def _val_loss_of(zoo, net) -> float:
     angles = ds.y[:, 0]
     _, val = _task_split(len(angles), FAST.seed)
     tasks = AdapterTasks(angles, data)
-    runner = _Runner(copy.deepcopy(model), live_names([n for n, _, _ in ds.get(0).param_index.params], model))
+    runner = _Runner(model, [n for n, _, _ in ds.get(0).param_index.params])
     gen, losses = torch.Generator().manual_seed(12345), []
     with torch.no_grad():
         for member, row in zip(val.tolist(), net(angles[val])):

@@ -203,7 +203,7 @@ def test_adapter_editor_is_equivariant_to_rank_permutations(zoo):
     import peft
 
     from gmn.tasks.editing import WeightEditor
-    from gmn.tasks.lora_editing import _Runner, live_names
+    from gmn.tasks.lora_editing import _Runner
     from gmn.weightspace.symmetry import random_symmetry
     from gmn.zoo.datasets import load
     from gmn.zoo.lora import base_model
@@ -217,7 +217,7 @@ def test_adapter_editor_is_equivariant_to_rank_permutations(zoo):
     moved = random_symmetry(g, seed=3)
     key = "base_model.model.head.lora_A.weight"
     assert not torch.equal(converters.to_state_dict(g)[key], converters.to_state_dict(moved)[key])
-    runner = _Runner(model, live_names([n for n, _, _ in g.param_index.params], model))
+    runner = _Runner(model, [n for n, _, _ in g.param_index.params])
     x = load("digits").x_test[:16]
     with torch.no_grad():
         outputs = [runner.logits(converters.to_state_dict(h, editor(h)), x) for h in (g, moved)]
