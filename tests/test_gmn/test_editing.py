@@ -176,3 +176,22 @@ def test_inr_classifier_augments_training_batches_only(inr_zoo):
     assert sum(seen) == 2 * len(split.train)  # every training graph once an epoch, no validation or test graph
     with pytest.raises(ValueError, match="probe"):
         fit_classifier(ds, split, config=config, progress=False, augment=counting, probes=coordinates(5))
+
+
+def test_inr_classifier_ensemble_predicts_its_members_mean_probabilities(inr_zoo):
+    """An ensemble of K is K classifiers seeded seed..seed+K-1 (the first is the single one),
+    each trained as alone, voting with their mean softmax probabilities."""
+    ds = ZooDataset(inr_zoo, targets=("label",), progress=False)
+    split = split_by_run(ds.run, ds.family, fractions=(0.15, 0.2), seed=0)
+    config = TrainConfig(epochs=3, hidden=16, layers=2, lr=3e-3, batch_size=8, patience=100, seed=5)
+    ensemble = fit_classifier(ds, split, config=config, progress=False, members=2)
+    singles = [fit_classifier(ds, split, config=TrainConfig(**{**config.__dict__, "seed": s}), progress=False)
+               for s in (5, 6)]
+    assert not torch.allclose(torch.tensor(singles[0].probabilities), torch.tensor(singles[1].probabilities))
+    mean = (singles[0].probabilities + singles[1].probabilities) / 2
+    torch.testing.assert_close(torch.tensor(ensemble.probabilities), torch.tensor(mean))
+    assert (ensemble.predicted == mean.argmax(-1)).all()
+    assert ensemble.member_accuracy == [s.accuracy for s in singles]
+    torch.testing.assert_close(torch.tensor(ensemble.probabilities.sum(-1)), torch.ones(len(split.test)))
+    with pytest.raises(ValueError, match="members"):
+        fit_classifier(ds, split, config=config, progress=False, members=0)
