@@ -3,7 +3,9 @@
 Every method runs on the same split per seed (grouped by run, as ``gmn bench property``); the
 training part is cut to the first runs of a seeded shuffle until it holds at least N
 checkpoints (validation and test parts stay whole), so a smaller training set is a subset of
-every larger one. Metanetworks use ``gmn bench property``'s defaults. Rows are appended to
+every larger one. Metanetworks use ``gmn bench property``'s defaults; with ``--ensemble K`` each
+is also fitted as a small ensemble (seeds seed..seed+K-1, the first the single model; predictions
+averaged; method ``NAME xK``, its members' scores in the row). Rows are appended to
 ``learning_curve.jsonl`` as they finish (a killed run resumes); then the table (mean ± std over
 seeds, and the mean paired difference to StatNN on the same test checkpoints) and a plot.
 
@@ -24,7 +26,7 @@ import torch
 
 from converters.io import atomic_write
 from gmn.data import Split, ZooDataset, split_by_run
-from gmn.tasks.property import TrainConfig, fit_metanetwork, fit_statnn
+from gmn.tasks.property import MethodResult, TrainConfig, fit_metanetwork, fit_statnn
 
 #: ``gmn bench property``'s metanetwork defaults (gmn/cli/train.py)
 MAIN_JOB = {"epochs": 30, "lr": 3e-3, "hidden": 32, "layers": 3, "patience": 10, "normalise": True,
@@ -40,6 +42,17 @@ def cut(split: Split, run: torch.Tensor, size: int | None, seed: int) -> Split:
     counts = torch.bincount(run[split.train], minlength=int(run.max()) + 1)[runs]
     keep = runs[: int((counts.cumsum(0) < size).sum()) + 1]
     return Split(split.train[torch.isin(run[split.train], keep)], split.val, split.test)
+
+
+def fit_ensemble(data: ZooDataset, split: Split, kind: str, members: int,
+                 seed: int) -> tuple[MethodResult, list[dict]]:
+    """``members`` metanetworks of ``kind`` seeded ``seed .. seed+members-1``: their averaged
+    test predictions, and each member's scores."""
+    fits = [fit_metanetwork(data, split, kind, TrainConfig(**MAIN_JOB, seed=seed + k), progress=False)
+            for k in range(members)]
+    mean = MethodResult(f"{kind} x{members}", np.mean([f.pred for f in fits], 0), fits[0].true, fits[0].targets,
+                        sum(f.seconds for f in fits))
+    return mean, [f.scores for f in fits]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -105,6 +118,7 @@ def main() -> None:
     p.add_argument("--methods", default="statnn,gmn,pna")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--ensemble", type=int, default=1, help="metanetworks per ensemble (1: single models)")
     p.add_argument("--out", default="benchmarks/results/property")
     args = p.parse_args()
     out = Path(args.out)
@@ -118,13 +132,21 @@ def main() -> None:
         for size in sizes:
             split = cut(full, data.run, size, seed)
             for method in args.methods.split(","):
-                if any(r["method"] == method and r["size"] == (size or "all") and r["seed"] == seed
+                name = method if method == "statnn" or args.ensemble == 1 else f"{method} x{args.ensemble}"
+                if any(r["method"] == name and r["size"] == (size or "all") and r["seed"] == seed
                        for r in _rows(log)):
                     continue
-                result = (fit_statnn(data, split, seed) if method == "statnn" else
-                          fit_metanetwork(data, split, method, TrainConfig(**MAIN_JOB, seed=seed), progress=False))
-                row = {"method": method, "size": size or "all", "train": len(split.train), "seed": seed,
+                members = None
+                if method == "statnn":
+                    result = fit_statnn(data, split, seed)
+                elif args.ensemble > 1:
+                    result, members = fit_ensemble(data, split, method, args.ensemble, seed)
+                else:
+                    result = fit_metanetwork(data, split, method, TrainConfig(**MAIN_JOB, seed=seed), progress=False)
+                row = {"method": name, "size": size or "all", "train": len(split.train), "seed": seed,
                        "seconds": result.seconds, "epochs": len(result.history), "scores": result.scores}
+                if members is not None:
+                    row["member_scores"] = members
                 with open(log, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("method", "size", "train", "seed")}
