@@ -62,7 +62,8 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
         raise ValueError(f"target {dataset.target_names[0]!r} is not a class index (non-negative integers)")
     start = time.perf_counter()
     features = None if probes is None else member_probe_features(dataset, probes.cpu())
-    fits = [_fit_member(dataset, split, kind, replace(config, seed=config.seed + k), labels,
+    stds = dataset.parameter_std(split.train)  # one value scale for every member
+    fits = [_fit_member(dataset, split, kind, replace(config, seed=config.seed + k), labels, stds,
                         features, 0 if probes is None else len(probes), augment, out_dir, progress,
                         f"{kind}-classifier" + (f"-{k}" if k else ""))
             for k in range(members)]
@@ -74,14 +75,14 @@ def fit_classifier(dataset: ZooDataset, split: Split, kind: str = "gmn", config:
 
 
 def _fit_member(dataset: ZooDataset, split: Split, kind: str, config: TrainConfig, labels: Tensor,
-                features: dict[int, Tensor] | None, node_features: int, augment: Callable | None,
-                out_dir: str | Path | None, progress: bool, name: str) -> tuple[Tensor, list[dict]]:
+                stds: dict[str, Tensor], features: dict[int, Tensor] | None, node_features: int,
+                augment: Callable | None, out_dir: str | Path | None, progress: bool,
+                name: str) -> tuple[Tensor, list[dict]]:
     """One classifier trained with ``config.seed``: its test softmax probabilities and history."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     net = graph_metanetwork(config, kind, int(labels.max()) + 1, node_features).to(device)
     loader = DataLoader(dataset.index_select(split.train), batch_size=config.batch_size, shuffle=True)
-    stds = dataset.parameter_std(split.train)
 
     generator = torch.Generator().manual_seed(config.seed)
 
